@@ -1,0 +1,109 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// stateDir is where rankzip keeps its state: --state, else
+// $RANKZIP_STATE_DIR, else the user's state directory.
+func stateDir(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if d := os.Getenv("RANKZIP_STATE_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "rankzip")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "rankzip")
+	}
+	return filepath.Join(os.TempDir(), "rankzip")
+}
+
+// demoModel is the generated example: the shapes of the stories260K fixture.
+var demoModel = model.SyntheticConfig{Hidden: 64, Intermediate: 172, Layers: 4, Heads: 8, KVHeads: 4,
+	Vocab: 512, MaxPositions: 256, Tied: true}
+
+func runDemo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", "demo [--state DIR]", stderr)
+	state := fs.String("state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
+	seed := fs.Uint64("seed", 1, "seed of the generated model and data")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	dir := filepath.Join(stateDir(*state), "demo")
+	k := kernels.Default()
+	fmt.Fprintf(stdout, "rankzip demo in %s (backend %s)\n\n", dir, k.Name())
+
+	gen, err := model.Synthetic(demoModel, *seed, k)
+	if err != nil {
+		return err
+	}
+	f32Dir, bf16Dir := filepath.Join(dir, "model"), filepath.Join(dir, "model-bf16")
+	if err := model.Save(gen, f32Dir, safetensors.F32); err != nil {
+		return err
+	}
+	calibSeqs, err := model.Sample(gen, 32, 128, 1, *seed)
+	if err != nil {
+		return err
+	}
+	evalSeqs, err := model.Sample(gen, 16, 128, 1, *seed+1)
+	if err != nil {
+		return err
+	}
+	calibPath, evalPath := filepath.Join(dir, "calib.parquet"), filepath.Join(dir, "eval.parquet")
+	if err := calib.Write(calibPath, calibSeqs); err != nil {
+		return err
+	}
+	if err := calib.Write(evalPath, evalSeqs); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "1. generated a Llama model and sampled %d calibration and %d evaluation sequences of 128 tokens from it\n\n", len(calibSeqs), len(evalSeqs))
+	if err := inspect(f32Dir, stdout); err != nil {
+		return err
+	}
+
+	orig, err := model.Load(f32Dir, k)
+	if err != nil {
+		return err
+	}
+	if err := model.Save(orig, bf16Dir, safetensors.BF16); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\n2. read it back and exported a bfloat16 copy to %s\n", bf16Dir)
+
+	ds, err := calib.Open(evalPath)
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	base, err := eval.Evaluate(orig, nil, ds, 0, nil)
+	if err != nil {
+		return err
+	}
+	half, err := model.Load(bf16Dir, k)
+	if err != nil {
+		return err
+	}
+	cmp, err := eval.Evaluate(half, orig, ds, 0, nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\n3. evaluated on %s (%d sequences, %d scored tokens)\n\n", evalPath, base.Sequences, base.Tokens)
+	fmt.Fprintf(stdout, "%-10s %10s %12s %12s\n", "model", "ppl", "kl", "top1 agree")
+	fmt.Fprintf(stdout, "%-10s %10.4f %12s %12s\n", "float32", base.PPL, "-", "-")
+	fmt.Fprintf(stdout, "%-10s %10.4f %12.3g %12.4f\n", "bfloat16", cmp.PPL, *cmp.KL, *cmp.Top1Agree)
+	fmt.Fprintf(stdout, "\nTry: rankzip eval --model %s --data %s --baseline %s\n", bf16Dir, evalPath, f32Dir)
+	return nil
+}

@@ -1,0 +1,91 @@
+// Command rankzip compresses Llama-family language models and measures them.
+//
+//	rankzip demo                 generate an example model and data, run the pipeline on it
+//	rankzip eval --model DIR --data FILE.parquet [--baseline DIR] [--sequences N] [--json] [--dump-logits FILE]
+//	rankzip inspect DIR          architecture, parameter count, dtype and size
+//	rankzip calib import --from X.jsonl --out X.parquet
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `usage: rankzip <command> [flags]
+
+commands:
+  demo      generate a small example model and data, then run the pipeline on it
+  eval      measure a model on a Parquet evaluation set (perplexity, KL against a baseline)
+  inspect   print a checkpoint's architecture, parameter count, dtype and size
+  calib     calibration data: "calib import --from X.jsonl --out X.parquet"
+
+Run "rankzip <command> -h" for the flags of a command.
+`
+
+// errUsage marks errors already explained by a usage message.
+var errUsage = errors.New("usage")
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, errUsage) && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "rankzip:", err)
+		}
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "demo":
+		return runDemo(rest, stdout, stderr)
+	case "eval":
+		return runEval(rest, stdout, stderr)
+	case "inspect":
+		return runInspect(rest, stdout, stderr)
+	case "calib":
+		return runCalib(rest, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "rankzip: unknown command %q\n\n%s", cmd, usage)
+	return errUsage
+}
+
+// newFlags returns a flag set that reports errors to stderr without exiting.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: rankzip %s\n\nflags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags and rejects stray positional arguments beyond want.
+func parse(fs *flag.FlagSet, args []string, want int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() != want {
+		fmt.Fprintf(fs.Output(), "rankzip %s: expected %d positional argument(s), got %d: %q\n", fs.Name(), want, fs.NArg(), fs.Args())
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}

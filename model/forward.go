@@ -1,0 +1,300 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+
+	"github.com/rankzip/rankzip/kernels"
+)
+
+// States are hidden states of a batch of sequences laid out as rows:
+// sequence s occupies rows Starts[s] to Starts[s+1]-1, positions from 0.
+type States struct {
+	X      []float32 // rows×Dim
+	Dim    int
+	Starts []int // len = sequences+1, Starts[0] = 0
+}
+
+// Rows is the total number of tokens.
+func (h *States) Rows() int { return h.Starts[len(h.Starts)-1] }
+
+// Sequences is the number of sequences.
+func (h *States) Sequences() int { return len(h.Starts) - 1 }
+
+// Site names the input of a group of linear layers inside a block.
+type Site int
+
+const (
+	AttnInput Site = iota // normalised block input, read by q, k and v
+	OInput                // attention output, read by o_proj
+	MLPInput              // normalised residual stream, read by gate and up
+	DownInput             // silu(gate)·up, read by down_proj
+)
+
+// Tap observes the rows×cols input x of a group of linear layers; the
+// calibration pass uses it to accumulate statistics. x must not be kept.
+type Tap func(site Site, x []float32, rows, cols int)
+
+// CheckTokens validates token sequences against the model: ids inside the
+// vocabulary and lengths within max_position_embeddings.
+func (m *Model) CheckTokens(seqs [][]int32) error {
+	c := m.Config
+	for s, seq := range seqs {
+		if len(seq) > c.MaxPositions {
+			return fmt.Errorf("sequence %d has %d tokens, more than max_position_embeddings %d", s, len(seq), c.MaxPositions)
+		}
+		for t, id := range seq {
+			if id < 0 || int(id) >= c.VocabSize {
+				return fmt.Errorf("sequence %d position %d: token id %d outside the vocabulary [0, %d)", s, t, id, c.VocabSize)
+			}
+		}
+	}
+	return nil
+}
+
+// EmbedTokens looks up the embeddings of a batch of sequences.
+func (m *Model) EmbedTokens(seqs [][]int32) (*States, error) {
+	if err := m.CheckTokens(seqs); err != nil {
+		return nil, err
+	}
+	h := m.Config.HiddenSize
+	st := &States{Dim: h, Starts: make([]int, 1, len(seqs)+1)}
+	for _, s := range seqs {
+		st.Starts = append(st.Starts, st.Starts[len(st.Starts)-1]+len(s))
+	}
+	st.X = make([]float32, st.Rows()*h)
+	r := 0
+	for _, s := range seqs {
+		for _, id := range s {
+			copy(st.X[r*h:(r+1)*h], m.Embed[int(id)*h:(int(id)+1)*h])
+			r++
+		}
+	}
+	return st, nil
+}
+
+// Forward returns the logits (rows×vocab, rows in sequence order) of a batch.
+func (m *Model) Forward(seqs [][]int32) ([]float32, error) {
+	h, err := m.EmbedTokens(seqs)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range m.Blocks {
+		h = m.RunBlock(b, h, nil)
+	}
+	return m.Logits(h), nil
+}
+
+// Logits applies the final norm and the LM head.
+func (m *Model) Logits(h *States) []float32 {
+	rows := h.Rows()
+	x := make([]float32, len(h.X))
+	rmsNorm(x, h.X, m.Norm, rows, h.Dim, m.Config.RMSNormEps)
+	out := make([]float32, rows*m.LMHead.Out())
+	m.LMHead.Apply(m.Backend, out, x, rows)
+	return out
+}
+
+// RunBlock runs block b on h and returns the block's output; h is unchanged.
+// tap, if not nil, sees the input of every group of linear layers.
+func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
+	c, k := m.Config, m.Backend
+	rows, dim := h.Rows(), h.Dim
+	qd, kvd := b.Q.Out(), b.K.Out()
+
+	x := make([]float32, rows*dim)
+	rmsNorm(x, h.X, b.AttnNorm, rows, dim, c.RMSNormEps)
+	if tap != nil {
+		tap(AttnInput, x, rows, dim)
+	}
+	q := make([]float32, rows*qd)
+	kk := make([]float32, rows*kvd)
+	v := make([]float32, rows*b.V.Out())
+	b.Q.Apply(k, q, x, rows)
+	b.K.Apply(k, kk, x, rows)
+	b.V.Apply(k, v, x, rows)
+	rope := newRope(c, h.Starts)
+	rope.apply(q, qd/c.HeadDim, c.HeadDim)
+	rope.apply(kk, kvd/c.HeadDim, c.HeadDim)
+	att := make([]float32, rows*qd)
+	attention(k, att, q, kk, v, h.Starts, c)
+	if tap != nil {
+		tap(OInput, att, rows, qd)
+	}
+	out := &States{X: make([]float32, rows*dim), Dim: dim, Starts: h.Starts}
+	b.O.Apply(k, out.X, att, rows)
+	for i := range out.X {
+		out.X[i] += h.X[i]
+	}
+
+	rmsNorm(x, out.X, b.MLPNorm, rows, dim, c.RMSNormEps)
+	if tap != nil {
+		tap(MLPInput, x, rows, dim)
+	}
+	inter := b.Gate.Out()
+	gate := make([]float32, rows*inter)
+	up := make([]float32, rows*inter)
+	b.Gate.Apply(k, gate, x, rows)
+	b.Up.Apply(k, up, x, rows)
+	parallelFor(len(gate), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			g := gate[i]
+			gate[i] = g / (1 + float32(math.Exp(-float64(g)))) * up[i]
+		}
+	})
+	if tap != nil {
+		tap(DownInput, gate, rows, inter)
+	}
+	b.Down.Apply(k, x, gate, rows)
+	for i := range out.X {
+		out.X[i] += x[i]
+	}
+	return out
+}
+
+// rmsNorm writes x / sqrt(mean(x²) + eps) · w for each row of src into dst.
+func rmsNorm(dst, src, w []float32, rows, dim int, eps float64) {
+	parallelFor(rows, max(1, 4096/dim), func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			row := src[r*dim : (r+1)*dim]
+			var ss float64
+			for _, v := range row {
+				ss += float64(v) * float64(v)
+			}
+			inv := float32(1 / math.Sqrt(ss/float64(dim)+eps))
+			out := dst[r*dim : (r+1)*dim]
+			for i, v := range row {
+				out[i] = w[i] * (v * inv)
+			}
+		}
+	})
+}
+
+// rope holds cos and sin per row of a batch (rows×HeadDim/2).
+type rope struct {
+	cos, sin []float32
+	half     int
+	rows     int
+}
+
+func newRope(c *Config, starts []int) *rope {
+	inv := c.InvFreq()
+	half := len(inv)
+	rows := starts[len(starts)-1]
+	r := &rope{cos: make([]float32, rows*half), sin: make([]float32, rows*half), half: half, rows: rows}
+	for s := 0; s+1 < len(starts); s++ {
+		for row := starts[s]; row < starts[s+1]; row++ {
+			pos := float64(row - starts[s])
+			for i, f := range inv {
+				sn, cs := math.Sincos(pos * f)
+				r.cos[row*half+i], r.sin[row*half+i] = float32(cs), float32(sn)
+			}
+		}
+	}
+	return r
+}
+
+// apply rotates each head of x (rows×heads·headDim) in the Hugging Face
+// rotate-half convention: pairs are (i, i+headDim/2).
+func (r *rope) apply(x []float32, heads, headDim int) {
+	half := r.half
+	width := heads * headDim
+	parallelFor(r.rows, 64, func(lo, hi int) {
+		for row := lo; row < hi; row++ {
+			cs, sn := r.cos[row*half:(row+1)*half], r.sin[row*half:(row+1)*half]
+			for h := range heads {
+				v := x[row*width+h*headDim : row*width+(h+1)*headDim]
+				for i := range half {
+					a, b := v[i], v[i+half]
+					v[i] = a*cs[i] - b*sn[i]
+					v[i+half] = b*cs[i] + a*sn[i]
+				}
+			}
+		}
+	})
+}
+
+// attention computes causal grouped-query attention for each sequence and
+// head: out = softmax(q kᵀ/√d + mask) v, heads sharing KV heads in groups.
+func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Config) {
+	d := c.HeadDim
+	qd, kvd := c.NumHeads*d, c.NumKVHeads*d
+	group := c.NumHeads / c.NumKVHeads
+	scale := float32(1 / math.Sqrt(float64(d)))
+	var scores []float32
+	for s := 0; s+1 < len(starts); s++ {
+		r0, n := starts[s], starts[s+1]-starts[s]
+		if n == 0 {
+			continue
+		}
+		if cap(scores) < n*n {
+			scores = make([]float32, n*n)
+		}
+		sc := scores[:n*n]
+		for h := range c.NumHeads {
+			kvh := h / group
+			k.Sgemm(false, true, n, n, d, scale, q[r0*qd+h*d:], qd, kk[r0*kvd+kvh*d:], kvd, 0, sc, n)
+			causalSoftmax(sc, n, c.SlidingWindow)
+			k.Sgemm(false, false, n, d, n, 1, sc, n, v[r0*kvd+kvh*d:], kvd, 0, out[r0*qd+h*d:], qd)
+		}
+	}
+}
+
+// causalSoftmax turns each row i of the n×n scores into softmax over the
+// columns j ≤ i (and j > i-window when window > 0), zeroing the rest.
+func causalSoftmax(sc []float32, n, window int) {
+	parallelFor(n, max(1, 8192/n), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			row := sc[i*n : (i+1)*n]
+			first := 0
+			if window > 0 {
+				first = max(0, i-window+1)
+			}
+			mx := float32(math.Inf(-1))
+			for _, x := range row[first : i+1] {
+				mx = max(mx, x)
+			}
+			var sum float64
+			for j := first; j <= i; j++ {
+				e := math.Exp(float64(row[j] - mx))
+				row[j] = float32(e)
+				sum += e
+			}
+			inv := float32(1 / sum)
+			for j := range row {
+				if j < first || j > i {
+					row[j] = 0
+				} else {
+					row[j] *= inv
+				}
+			}
+		}
+	})
+}
+
+// parallelFor splits [0, n) into chunks of at least grain and runs fn on
+// them across GOMAXPROCS goroutines.
+func parallelFor(n, grain int, fn func(lo, hi int)) {
+	workers := runtime.GOMAXPROCS(0)
+	if grain < 1 {
+		grain = 1
+	}
+	if workers <= 1 || n <= grain {
+		fn(0, n)
+		return
+	}
+	chunks := min(workers, (n+grain-1)/grain)
+	size := (n + chunks - 1) / chunks
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += size {
+		hi := min(n, lo+size)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}

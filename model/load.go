@@ -1,0 +1,194 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// Block holds the weights of one decoder layer.
+type Block struct {
+	AttnNorm   []float32 // input_layernorm
+	Q, K, V, O Linear
+	MLPNorm    []float32 // post_attention_layernorm
+	Gate, Up   Linear
+	Down       Linear
+}
+
+// Model is a Llama-family causal language model held in float32.
+type Model struct {
+	Config *Config
+	Embed  []float32 // vocab×hidden
+	Blocks []*Block
+	Norm   []float32
+	LMHead Linear // shares Embed when the embeddings are tied
+	// Backend runs the large matrix products.
+	Backend kernels.Backend
+}
+
+// Modules are the seven linear layers of a block, by their name inside it.
+var Modules = []string{
+	"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+	"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+}
+
+// Linear returns the block's linear layer by module name (see Modules).
+func (b *Block) Linear(module string) *Linear {
+	switch module {
+	case "self_attn.q_proj":
+		return &b.Q
+	case "self_attn.k_proj":
+		return &b.K
+	case "self_attn.v_proj":
+		return &b.V
+	case "self_attn.o_proj":
+		return &b.O
+	case "mlp.gate_proj":
+		return &b.Gate
+	case "mlp.up_proj":
+		return &b.Up
+	case "mlp.down_proj":
+		return &b.Down
+	}
+	return nil
+}
+
+// linearShape gives (out, in, hasBias) for a module under config c.
+func linearShape(c *Config, module string) (out, in int, bias bool) {
+	h, q, kv, i := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim, c.IntermediateSize
+	switch module {
+	case "self_attn.q_proj":
+		return q, h, c.QKVBias
+	case "self_attn.k_proj", "self_attn.v_proj":
+		return kv, h, c.QKVBias
+	case "self_attn.o_proj":
+		return h, q, c.OBias
+	case "mlp.gate_proj", "mlp.up_proj":
+		return i, h, c.MLPBias
+	case "mlp.down_proj":
+		return h, i, c.MLPBias
+	}
+	panic("model: unknown module " + module)
+}
+
+// tensorSpec is one tensor a checkpoint must hold.
+type tensorSpec struct {
+	name  string
+	shape []int
+}
+
+// expectedTensors lists every tensor of a checkpoint for config c.
+func expectedTensors(c *Config) []tensorSpec {
+	h := c.HiddenSize
+	specs := []tensorSpec{{"model.embed_tokens.weight", []int{c.VocabSize, h}}, {"model.norm.weight", []int{h}}}
+	if !c.TieWordEmbeddings {
+		specs = append(specs, tensorSpec{"lm_head.weight", []int{c.VocabSize, h}})
+	}
+	for l := range c.NumLayers {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		specs = append(specs, tensorSpec{p + "input_layernorm.weight", []int{h}},
+			tensorSpec{p + "post_attention_layernorm.weight", []int{h}})
+		for _, m := range Modules {
+			out, in, bias := linearShape(c, m)
+			specs = append(specs, tensorSpec{p + m + ".weight", []int{out, in}})
+			if bias {
+				specs = append(specs, tensorSpec{p + m + ".bias", []int{out}})
+			}
+		}
+	}
+	return specs
+}
+
+// ignoredTensor reports names that checkpoints may carry and the forward pass
+// deliberately does not use (buffers recomputed from the config).
+func ignoredTensor(name string) bool {
+	return strings.HasSuffix(name, ".rotary_emb.inv_freq")
+}
+
+// Load reads the checkpoint in dir (config.json plus model.safetensors or a
+// sharded index), checks it strictly against the config and converts every
+// tensor to float32.
+func Load(dir string, k kernels.Backend) (*Model, error) {
+	cfg, err := ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer ck.Close()
+
+	specs := expectedTensors(cfg)
+	want := make(map[string]bool, len(specs))
+	for _, s := range specs {
+		want[s.name] = true
+	}
+	for _, name := range ck.Names() {
+		if want[name] || ignoredTensor(name) {
+			continue
+		}
+		if name == "lm_head.weight" && cfg.TieWordEmbeddings {
+			continue // checked against the embeddings below
+		}
+		return nil, fmt.Errorf("checkpoint %s: unexpected tensor %q for a %s model with %d layers (config.json and the weights disagree)",
+			dir, name, cfg.ModelType, cfg.NumLayers)
+	}
+	tensors := make(map[string][]float32, len(specs))
+	for _, s := range specs {
+		v, err := readTensor(ck, dir, s)
+		if err != nil {
+			return nil, err
+		}
+		tensors[s.name] = v
+	}
+	m := &Model{Config: cfg, Embed: tensors["model.embed_tokens.weight"], Norm: tensors["model.norm.weight"], Backend: k}
+	if cfg.TieWordEmbeddings {
+		if _, ok := ck.Info("lm_head.weight"); ok {
+			head, err := readTensor(ck, dir, tensorSpec{"lm_head.weight", []int{cfg.VocabSize, cfg.HiddenSize}})
+			if err != nil {
+				return nil, err
+			}
+			if !slices.Equal(head, m.Embed) {
+				return nil, fmt.Errorf("checkpoint %s: tensor \"lm_head.weight\" differs from model.embed_tokens.weight but config.json sets tie_word_embeddings", dir)
+			}
+		}
+		m.LMHead = NewDense(cfg.VocabSize, cfg.HiddenSize, m.Embed, nil)
+	} else {
+		m.LMHead = NewDense(cfg.VocabSize, cfg.HiddenSize, tensors["lm_head.weight"], nil)
+	}
+	for l := range cfg.NumLayers {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		b := &Block{AttnNorm: tensors[p+"input_layernorm.weight"], MLPNorm: tensors[p+"post_attention_layernorm.weight"]}
+		for _, mod := range Modules {
+			out, in, _ := linearShape(cfg, mod)
+			*b.Linear(mod) = NewDense(out, in, tensors[p+mod+".weight"], tensors[p+mod+".bias"])
+		}
+		m.Blocks = append(m.Blocks, b)
+	}
+	return m, nil
+}
+
+func readTensor(ck *safetensors.Checkpoint, dir string, s tensorSpec) ([]float32, error) {
+	info, ok := ck.Info(s.name)
+	if !ok {
+		return nil, fmt.Errorf("checkpoint %s: missing tensor %q (shape %v expected from config.json)", dir, s.name, s.shape)
+	}
+	if !slices.Equal(info.Shape, s.shape) {
+		return nil, fmt.Errorf("checkpoint %s: tensor %q has shape %v, config.json implies %v", dir, s.name, info.Shape, s.shape)
+	}
+	v, err := ck.Float32(s.name)
+	if err != nil {
+		return nil, err
+	}
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return nil, fmt.Errorf("checkpoint %s: tensor %q holds a non-finite value (%v at flat index %d)", dir, s.name, x, i)
+		}
+	}
+	return v, nil
+}

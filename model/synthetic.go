@@ -1,0 +1,112 @@
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/rankzip/rankzip/kernels"
+)
+
+// SyntheticConfig describes a generated Llama model (for the demo, tests and
+// benchmarks).
+type SyntheticConfig struct {
+	Hidden, Intermediate, Layers, Heads, KVHeads, Vocab, MaxPositions int
+	Tied                                                              bool
+}
+
+// Synthetic returns a Llama model with the given shapes and random weights
+// drawn from seed: Gaussian with standard deviation 1/√in per linear layer, so
+// activations keep their scale, and embeddings with standard deviation 0.25,
+// so the output distribution is far from uniform.
+func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error) {
+	raw := map[string]any{
+		"architectures": []string{"LlamaForCausalLM"}, "model_type": "llama",
+		"hidden_size": s.Hidden, "intermediate_size": s.Intermediate, "num_hidden_layers": s.Layers,
+		"num_attention_heads": s.Heads, "num_key_value_heads": s.KVHeads, "vocab_size": s.Vocab,
+		"max_position_embeddings": s.MaxPositions, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+		"hidden_act": "silu", "tie_word_embeddings": s.Tied, "attention_bias": false, "mlp_bias": false,
+		"bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+	}
+	data, err := json.Marshal(raw)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConfig("synthetic config", data)
+	if err != nil {
+		return nil, fmt.Errorf("synthetic model: %w", err)
+	}
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	gauss := func(n int, std float64) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() * std)
+		}
+		return v
+	}
+	ones := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = 1 + float32(0.1*rng.NormFloat64())
+		}
+		return v
+	}
+	m := &Model{Config: cfg, Embed: gauss(s.Vocab*s.Hidden, 0.25), Norm: ones(s.Hidden), Backend: k}
+	if s.Tied {
+		m.LMHead = NewDense(s.Vocab, s.Hidden, m.Embed, nil)
+	} else {
+		m.LMHead = NewDense(s.Vocab, s.Hidden, gauss(s.Vocab*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil)
+	}
+	for range s.Layers {
+		b := &Block{AttnNorm: ones(s.Hidden), MLPNorm: ones(s.Hidden)}
+		for _, mod := range Modules {
+			out, in, _ := linearShape(cfg, mod)
+			*b.Linear(mod) = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
+		}
+		m.Blocks = append(m.Blocks, b)
+	}
+	return m, nil
+}
+
+// Sample draws n sequences of length seqLen from m at temperature 1, each
+// starting with bos: data on which m has a meaningful perplexity.
+func Sample(m *Model, n, seqLen int, bos int32, seed uint64) ([][]int32, error) {
+	rng := rand.New(rand.NewPCG(seed, 0xda7a))
+	seqs := make([][]int32, n)
+	for i := range seqs {
+		seqs[i] = []int32{bos}
+	}
+	v := m.Config.VocabSize
+	for len(seqs[0]) < seqLen {
+		logits, err := m.Forward(seqs)
+		if err != nil {
+			return nil, err
+		}
+		t := len(seqs[0])
+		for i := range seqs {
+			row := logits[(i*t+t-1)*v : (i*t+t)*v]
+			seqs[i] = append(seqs[i], int32(sampleSoftmax(row, rng)))
+		}
+	}
+	return seqs, nil
+}
+
+func sampleSoftmax(logits []float32, rng *rand.Rand) int {
+	mx := math.Inf(-1)
+	for _, x := range logits {
+		mx = math.Max(mx, float64(x))
+	}
+	var sum float64
+	for _, x := range logits {
+		sum += math.Exp(float64(x) - mx)
+	}
+	u := rng.Float64() * sum
+	for i, x := range logits {
+		u -= math.Exp(float64(x) - mx)
+		if u <= 0 {
+			return i
+		}
+	}
+	return len(logits) - 1
+}
