@@ -218,15 +218,25 @@ func (r *rope) apply(x []float32, heads, headDim int) {
 
 // attention computes causal grouped-query attention for each sequence and
 // head: out = softmax(q kᵀ/√d + mask) v, heads sharing KV heads in groups.
+// Long sequences go through the backend's Sgemm, one head at a time; short
+// ones run in plain Go across (sequence, head) pairs, because thousands of
+// tiny BLAS calls cost more in thread wake-ups than they compute.
 func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Config) {
 	d := c.HeadDim
 	qd, kvd := c.NumHeads*d, c.NumKVHeads*d
 	group := c.NumHeads / c.NumKVHeads
 	scale := float32(1 / math.Sqrt(float64(d)))
+	var small [][2]int // (sequence, head) pairs for the plain Go path
 	var scores []float32
 	for s := 0; s+1 < len(starts); s++ {
 		r0, n := starts[s], starts[s+1]-starts[s]
 		if n == 0 {
+			continue
+		}
+		if n*d <= smallAttention {
+			for h := range c.NumHeads {
+				small = append(small, [2]int{s, h})
+			}
 			continue
 		}
 		if cap(scores) < n*n {
@@ -240,7 +250,55 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 			k.Sgemm(false, false, n, d, n, 1, sc, n, v[r0*kvd+kvh*d:], kvd, 0, out[r0*qd+h*d:], qd)
 		}
 	}
+	parallelFor(len(small), 1, func(lo, hi int) {
+		var p []float32
+		for _, sh := range small[lo:hi] {
+			s, h := sh[0], sh[1]
+			r0, n := starts[s], starts[s+1]-starts[s]
+			kvh := h / group
+			if cap(p) < n {
+				p = make([]float32, n)
+			}
+			for i := range n {
+				first := 0
+				if c.SlidingWindow > 0 {
+					first = max(0, i-c.SlidingWindow+1)
+				}
+				qi := q[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
+				mx := float32(math.Inf(-1))
+				for j := first; j <= i; j++ {
+					kj := kk[(r0+j)*kvd+kvh*d : (r0+j)*kvd+(kvh+1)*d]
+					var dot float32
+					for t, x := range qi {
+						dot += x * kj[t]
+					}
+					p[j] = dot * scale
+					mx = max(mx, p[j])
+				}
+				var sum float64
+				for j := first; j <= i; j++ {
+					e := math.Exp(float64(p[j] - mx))
+					p[j] = float32(e)
+					sum += e
+				}
+				inv := float32(1 / sum)
+				o := out[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
+				clear(o)
+				for j := first; j <= i; j++ {
+					w := p[j] * inv
+					vj := v[(r0+j)*kvd+kvh*d : (r0+j)*kvd+(kvh+1)*d]
+					for t, x := range vj {
+						o[t] += w * x
+					}
+				}
+			}
+		}
+	})
 }
+
+// smallAttention is the largest sequence length × head_dim computed by the
+// plain Go attention path.
+const smallAttention = 8192
 
 // causalSoftmax turns each row i of the n×n scores into softmax over the
 // columns j ≤ i (and j > i-window when window > 0), zeroing the rest.

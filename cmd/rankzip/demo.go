@@ -35,6 +35,9 @@ func stateDir(flagValue string) string {
 var demoModel = model.SyntheticConfig{Hidden: 64, Intermediate: 172, Layers: 4, Heads: 8, KVHeads: 4,
 	Vocab: 512, MaxPositions: 256, Tied: true}
 
+// demoSeqLen keeps sampling (a full forward pass per new token) quick.
+const demoSeqLen = 64
+
 func runDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "demo [--state DIR]", stderr)
 	state := fs.String("state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
@@ -54,11 +57,11 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	if err := model.Save(gen, f32Dir, safetensors.F32); err != nil {
 		return err
 	}
-	calibSeqs, err := model.Sample(gen, 32, 128, 1, *seed)
+	calibSeqs, err := model.Sample(gen, 32, demoSeqLen, 1, *seed)
 	if err != nil {
 		return err
 	}
-	evalSeqs, err := model.Sample(gen, 16, 128, 1, *seed+1)
+	evalSeqs, err := model.Sample(gen, 16, demoSeqLen, 1, *seed+1)
 	if err != nil {
 		return err
 	}
@@ -69,7 +72,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	if err := calib.Write(evalPath, evalSeqs); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "1. generated a Llama model and sampled %d calibration and %d evaluation sequences of 128 tokens from it\n\n", len(calibSeqs), len(evalSeqs))
+	fmt.Fprintf(stdout, "1. generated a Llama model and sampled %d calibration and %d evaluation sequences of %d tokens from it\n\n", len(calibSeqs), len(evalSeqs), demoSeqLen)
 	if err := inspect(f32Dir, stdout); err != nil {
 		return err
 	}
