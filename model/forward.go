@@ -35,7 +35,9 @@ const (
 
 // Tap observes the rows×cols input x of a group of linear layers; the
 // calibration pass uses it to accumulate statistics. x must not be kept.
-type Tap func(site Site, x []float32, rows, cols int)
+// Returning false stops the block there (RunBlock then returns nil), so a
+// pass that only needs the inputs of the first linears skips the rest.
+type Tap func(site Site, x []float32, rows, cols int) bool
 
 // CheckTokens validates token sequences against the model: ids inside the
 // vocabulary and lengths within max_position_embeddings.
@@ -98,7 +100,8 @@ func (m *Model) Logits(h *States) []float32 {
 }
 
 // RunBlock runs block b on h and returns the block's output; h is unchanged.
-// tap, if not nil, sees the input of every group of linear layers.
+// tap, if not nil, sees the input of every group of linear layers, in order,
+// and may stop the block early (see Tap).
 func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 	c, k := m.Config, m.Backend
 	rows, dim := h.Rows(), h.Dim
@@ -106,8 +109,8 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 
 	x := make([]float32, rows*dim)
 	rmsNorm(x, h.X, b.AttnNorm, rows, dim, c.RMSNormEps)
-	if tap != nil {
-		tap(AttnInput, x, rows, dim)
+	if tap != nil && !tap(AttnInput, x, rows, dim) {
+		return nil
 	}
 	q := make([]float32, rows*qd)
 	kk := make([]float32, rows*kvd)
@@ -120,8 +123,8 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 	rope.apply(kk, kvd/c.HeadDim, c.HeadDim)
 	att := make([]float32, rows*qd)
 	attention(k, att, q, kk, v, h.Starts, c)
-	if tap != nil {
-		tap(OInput, att, rows, qd)
+	if tap != nil && !tap(OInput, att, rows, qd) {
+		return nil
 	}
 	out := &States{X: make([]float32, rows*dim), Dim: dim, Starts: h.Starts}
 	b.O.Apply(k, out.X, att, rows)
@@ -130,8 +133,8 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 	}
 
 	rmsNorm(x, out.X, b.MLPNorm, rows, dim, c.RMSNormEps)
-	if tap != nil {
-		tap(MLPInput, x, rows, dim)
+	if tap != nil && !tap(MLPInput, x, rows, dim) {
+		return nil
 	}
 	inter := b.Gate.Out()
 	gate := make([]float32, rows*inter)
@@ -144,8 +147,8 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 			gate[i] = g / (1 + float32(math.Exp(-float64(g)))) * up[i]
 		}
 	})
-	if tap != nil {
-		tap(DownInput, gate, rows, inter)
+	if tap != nil && !tap(DownInput, gate, rows, inter) {
+		return nil
 	}
 	b.Down.Apply(k, x, gate, rows)
 	for i := range out.X {
@@ -275,10 +278,10 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 					p[j] = dot * scale
 					mx = max(mx, p[j])
 				}
-				var sum float64
+				var sum float32
 				for j := first; j <= i; j++ {
-					e := math.Exp(float64(p[j] - mx))
-					p[j] = float32(e)
+					e := exp32(p[j] - mx)
+					p[j] = e
 					sum += e
 				}
 				inv := float32(1 / sum)
@@ -314,10 +317,10 @@ func causalSoftmax(sc []float32, n, window int) {
 			for _, x := range row[first : i+1] {
 				mx = max(mx, x)
 			}
-			var sum float64
+			var sum float32
 			for j := first; j <= i; j++ {
-				e := math.Exp(float64(row[j] - mx))
-				row[j] = float32(e)
+				e := exp32(row[j] - mx)
+				row[j] = e
 				sum += e
 			}
 			inv := float32(1 / sum)

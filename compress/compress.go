@@ -1,0 +1,196 @@
+// Package compress runs a low-rank compression stage over a whole model,
+// block by block: it collects calibration statistics (calib), factors the
+// targeted linear layers (methods/svd, methods/lord) at ranks chosen for a
+// parameter budget (methods/rank), and feeds each compressed block's outputs
+// to the next. The CLI calls it directly; the workflow's activities call the
+// same steps one block at a time.
+package compress
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"gonum.org/v1/gonum/mat"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/model"
+)
+
+// Methods lists the factorisations a stage can use.
+var Methods = []string{"whiten", "asvd", "plain", "lord"}
+
+// Searches lists the rank searches.
+var Searches = []string{"uniform", "global"}
+
+// Options describe one low-rank stage.
+type Options struct {
+	Method     string     // whiten, asvd, plain or lord
+	Targets    []string   // globs over module names in a block ("mlp.*"); empty: all seven
+	KeepParams float64    // fraction of the targeted parameters to keep, in (0, 1]
+	Rank       int        // if > 0, this rank (capped at min(out, in)) for every targeted matrix instead of a budget
+	RankSearch string     // uniform or global
+	Alpha      float64    // ASVD exponent (default 0.5)
+	Mode       calib.Mode // sequential (default) or original
+	Batch      int        // calibration sequences per batch (default 16)
+}
+
+// Layer reports what happened to one targeted matrix.
+type Layer struct {
+	Name           string  `json:"name"` // model.layers.i.<module>
+	Out            int     `json:"out"`
+	In             int     `json:"in"`
+	Rank           int     `json:"rank"` // 0 when kept dense
+	Dense          bool    `json:"dense"`
+	PredictedError float64 `json:"predicted_error"` // the method's own calibration error (see methods)
+}
+
+// Result is the compressed model and a per-layer report.
+type Result struct {
+	Model  *model.Model
+	Layers []Layer
+	Params int // parameters of the targeted matrices after compression
+	Total  int // parameters of the targeted matrices before
+}
+
+// modulesOf returns the block modules the globs select, in block order.
+func modulesOf(targets []string) ([]string, error) {
+	if len(targets) == 0 {
+		return slices.Clone(model.Modules), nil
+	}
+	var mods []string
+	var problems []string
+	for _, g := range targets {
+		if _, err := path.Match(g, ""); err != nil {
+			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
+			continue
+		}
+		hit := false
+		for _, m := range model.Modules {
+			if ok, _ := path.Match(g, m); ok {
+				hit = true
+				if !slices.Contains(mods, m) {
+					mods = append(mods, m)
+				}
+			}
+		}
+		if !hit {
+			problems = append(problems, fmt.Sprintf("target %q matches no module (modules: %s)", g, strings.Join(model.Modules, ", ")))
+		}
+	}
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "; "))
+	}
+	slices.SortFunc(mods, func(a, b string) int { return slices.Index(model.Modules, a) - slices.Index(model.Modules, b) })
+	return mods, nil
+}
+
+// Validate checks the options against the model and the calibration set and
+// fills in defaults. It reports every problem at once.
+func (o *Options) Validate(m *model.Model, calibTokens int) error {
+	var problems []string
+	if o.Method == "" {
+		o.Method = "whiten"
+	}
+	if !slices.Contains(Methods, o.Method) {
+		problems = append(problems, fmt.Sprintf("method %q unknown (want one of %s)", o.Method, strings.Join(Methods, ", ")))
+	}
+	if o.RankSearch == "" {
+		o.RankSearch = "global"
+	}
+	if !slices.Contains(Searches, o.RankSearch) {
+		problems = append(problems, fmt.Sprintf("rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(Searches, ", ")))
+	}
+	if o.Rank < 0 {
+		problems = append(problems, fmt.Sprintf("rank %d must be positive", o.Rank))
+	}
+	if o.Rank == 0 && !(o.KeepParams > 0 && o.KeepParams <= 1) {
+		problems = append(problems, fmt.Sprintf("keep_params %v must be in (0, 1]", o.KeepParams))
+	}
+	if o.Alpha == 0 {
+		o.Alpha = 0.5
+	}
+	if o.Mode == "" {
+		o.Mode = calib.Sequential
+	}
+	if o.Mode != calib.Sequential && o.Mode != calib.Original {
+		problems = append(problems, fmt.Sprintf("calibration mode %q unknown (want sequential or original)", o.Mode))
+	}
+	if o.Batch <= 0 {
+		o.Batch = 16
+	}
+	mods, err := modulesOf(o.Targets)
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	need := 0
+	for _, mod := range mods {
+		_, in := dims(m, mod)
+		need = max(need, in)
+	}
+	if calibTokens < need {
+		problems = append(problems, fmt.Sprintf("the calibration set has %d tokens; the targeted layers need at least %d (their largest input dimension) for full-rank statistics", calibTokens, need))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid low-rank stage: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func dims(m *model.Model, module string) (out, in int) {
+	l := *m.Blocks[0].Linear(module)
+	return l.Out(), l.In()
+}
+
+// weight returns a dense layer's weight and bias in float64.
+func weight(l model.Linear, name string) (*mat.Dense, []float64, error) {
+	d, ok := l.(*model.Dense)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s is already %T; a low-rank stage needs a dense layer", name, l)
+	}
+	w := make([]float64, len(d.Weight))
+	for i, v := range d.Weight {
+		w[i] = float64(v)
+	}
+	var b []float64
+	for _, v := range d.Bias {
+		b = append(b, float64(v))
+	}
+	return mat.NewDense(d.Out(), d.In(), w), b, nil
+}
+
+// factored converts B (out×r), A (r×in) and a bias to a float32 layer.
+func factored(b, a *mat.Dense, bias []float64) *model.Factored {
+	out, r := b.Dims()
+	_, in := a.Dims()
+	f32 := func(m *mat.Dense) []float32 {
+		rows, cols := m.Dims()
+		v := make([]float32, 0, rows*cols)
+		for i := range rows {
+			for j := range cols {
+				v = append(v, float32(m.At(i, j)))
+			}
+		}
+		return v
+	}
+	var bv []float32
+	for _, x := range bias {
+		bv = append(bv, float32(x))
+	}
+	return &model.Factored{A: model.NewDense(r, in, f32(a), nil), B: model.NewDense(out, r, f32(b), bv)}
+}
+
+// siteOf is the input site of a module.
+func siteOf(module string) model.Site {
+	switch module {
+	case "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj":
+		return model.AttnInput
+	case "self_attn.o_proj":
+		return model.OInput
+	case "mlp.gate_proj", "mlp.up_proj":
+		return model.MLPInput
+	}
+	return model.DownInput
+}
