@@ -2,6 +2,7 @@ package compress
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -110,8 +111,8 @@ func BenchmarkQualityTable(b *testing.B) {
 	m, cal, ev := fixture(b, 128, 32)
 	for b.Loop() {
 		base := measure(b, m, m, ev)
-		b.Logf("original: ppl %.3f on %d sequences (%d tokens)", base.PPL, base.Sequences, base.Tokens)
-		b.Logf("%-8s %-8s %5s %10s %10s %8s", "method", "search", "keep", "kl", "ppl", "params")
+		fmt.Printf("original: ppl %.3f on %d sequences (%d tokens); %d calibration sequences\n", base.PPL, base.Sequences, base.Tokens, len(cal))
+		fmt.Printf("%-8s %-8s %5s %10s %10s %8s\n", "method", "search", "keep", "kl", "ppl", "params")
 		for _, keep := range []float64{0.8, 0.6, 0.4} {
 			for _, search := range Searches {
 				for _, method := range Methods {
@@ -120,7 +121,7 @@ func BenchmarkQualityTable(b *testing.B) {
 						b.Fatal(err)
 					}
 					r := measure(b, m, res.Model, ev)
-					b.Logf("%-8s %-8s %5.2f %10.4f %10.2f %8.3f", method, search, keep, *r.KL, r.PPL, float64(res.Params)/float64(res.Total))
+					fmt.Printf("%-8s %-8s %5.2f %10.4f %10.2f %8.3f\n", method, search, keep, *r.KL, r.PPL, float64(res.Params)/float64(res.Total))
 				}
 			}
 		}

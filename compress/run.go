@@ -16,9 +16,17 @@ import (
 // Progress is told after each block.
 type Progress func(block, blocks int)
 
-// Run compresses m with one low-rank stage calibrated on seqs. m itself is
-// not modified: the result shares its unchanged tensors.
-func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progress Progress) (*Result, error) {
+// Plan is a validated stage with the rank of every targeted matrix chosen.
+// It is plain data, so a workflow can pass it between activities.
+type Plan struct {
+	Options Options
+	Modules []string               // targeted modules of each block, in block order
+	Ranks   map[string]rank.Choice // by model.layers.i.<module>
+}
+
+// NewPlan validates o against m and the calibration set and chooses ranks
+// (a global search runs one calibration pass for the spectra).
+func NewPlan(ctx context.Context, m *model.Model, seqs [][]int32, o Options) (*Plan, error) {
 	tokens := 0
 	for _, s := range seqs {
 		tokens += len(s)
@@ -31,58 +39,91 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 	if err != nil {
 		return nil, err
 	}
-	st, err := calib.Embed(m, seqs, o.Batch, o.Mode)
+	return &Plan{Options: o, Modules: mods, Ranks: ranks}, nil
+}
+
+// Run compresses m with one low-rank stage calibrated on seqs. m itself is
+// not modified: the result shares its unchanged tensors.
+func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progress Progress) (*Result, error) {
+	p, err := NewPlan(ctx, m, seqs, o)
+	if err != nil {
+		return nil, err
+	}
+	st, err := calib.Embed(m, seqs, p.Options.Batch, p.Options.Mode)
 	if err != nil {
 		return nil, err
 	}
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	res := &Result{Model: &out}
-	for i, orig := range m.Blocks {
+	for i := range m.Blocks {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		comp := *orig
-		var stats *calib.SiteStats
-		site := model.Site(-1)
-		for _, mod := range mods {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
-			if s := siteOf(mod); s != site {
-				// Statistics of this site see the linears compressed before it.
-				if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
-					return nil, fmt.Errorf("calibrate %s: %w", name, err)
-				}
-				site = s
-			}
-			ch := ranks[name]
-			w, bias, err := weight(*orig.Linear(mod), name)
-			if err != nil {
-				return nil, err
-			}
-			out, in := w.Dims()
-			res.Total += out * in
-			if ch.Dense {
-				res.Params += out * in
-				res.Layers = append(res.Layers, Layer{Name: name, Out: out, In: in, Dense: true})
-				continue
-			}
-			f, predicted, err := factor(m, w, bias, stats, o, ch.Rank)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			*comp.Linear(mod) = f
-			res.Params += ch.Rank * (out + in)
-			res.Layers = append(res.Layers, Layer{Name: name, Out: out, In: in, Rank: ch.Rank, PredictedError: predicted})
+		var layers []Layer
+		if out.Blocks[i], layers, st, err = p.Block(m, i, st); err != nil {
+			return nil, err
 		}
-		out.Blocks[i] = &comp
-		if i+1 < len(m.Blocks) {
-			st = calib.Advance(m, orig, &comp, st)
+		for _, l := range layers {
+			res.Layers = append(res.Layers, l)
+			res.Total += l.Out * l.In
+			if l.Dense {
+				res.Params += l.Out * l.In
+			} else {
+				res.Params += l.Rank * (l.Out + l.In)
+			}
 		}
 		if progress != nil {
 			progress(i+1, len(m.Blocks))
 		}
 	}
 	return res, nil
+}
+
+// Block compresses block i of m, calibrated on the streams entering it, and
+// returns the compressed block, its per-layer report and the streams
+// entering block i+1 (nil after the last block).
+func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []Layer, *calib.Streams, error) {
+	orig := m.Blocks[i]
+	comp := *orig
+	var layers []Layer
+	var stats *calib.SiteStats
+	var err error
+	site := model.Site(-1)
+	for _, mod := range p.Modules {
+		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		if s := siteOf(mod); s != site {
+			// Statistics of this site see the linears compressed before it.
+			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
+				return nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
+			}
+			site = s
+		}
+		ch, ok := p.Ranks[name]
+		if !ok {
+			return nil, nil, nil, fmt.Errorf("plan has no rank for %s", name)
+		}
+		w, bias, err := weight(*orig.Linear(mod), name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		out, in := w.Dims()
+		if ch.Dense {
+			layers = append(layers, Layer{Name: name, Out: out, In: in, Dense: true})
+			continue
+		}
+		f, predicted, err := factor(m, w, bias, stats, p.Options, ch.Rank)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		*comp.Linear(mod) = f
+		layers = append(layers, Layer{Name: name, Out: out, In: in, Rank: ch.Rank, PredictedError: predicted})
+	}
+	var next *calib.Streams
+	if i+1 < len(m.Blocks) {
+		next = calib.Advance(m, orig, &comp, st)
+	}
+	return &comp, layers, next, nil
 }
 
 // factor fits one matrix at rank r. In sequential mode the target is the

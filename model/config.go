@@ -33,6 +33,10 @@ type Config struct {
 	MLPBias           bool // biases on gate, up and down (llama mlp_bias)
 	SlidingWindow     int  // 0: full causal attention
 
+	// Factored maps module names (model.layers.i.<module>) stored as low-rank
+	// factors by a native export to their ranks (config.json's "rankzip").
+	Factored map[string]int
+
 	Raw map[string]json.RawMessage
 }
 
@@ -144,6 +148,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		}
 	}
 	c.RopeScaling = p.ropeScaling()
+	c.Factored = p.factored()
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -247,6 +252,35 @@ func (p *parser) ropeScaling() *RopeScaling {
 		p.fail("rope_scaling", fmt.Errorf("unsupported rope scaling type %q (supported: linear, llama3)", typ))
 		return nil
 	}
+}
+
+// NativeSection is the config.json key of rankzip's native format.
+const NativeSection = "rankzip"
+
+func (p *parser) factored() map[string]int {
+	var sec struct {
+		Format string         `json:"format"`
+		Ranks  map[string]int `json:"ranks"`
+	}
+	r, ok := p.raw[NativeSection]
+	if !ok {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(r))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&sec); err != nil {
+		p.fail(NativeSection, fmt.Errorf("expected {\"format\": \"native\", \"ranks\": {module: rank}}: %v", err))
+		return nil
+	}
+	if sec.Format != "native" {
+		p.fail(NativeSection, fmt.Errorf("format %q unknown (want \"native\")", sec.Format))
+	}
+	for name, r := range sec.Ranks {
+		if r <= 0 {
+			p.fail(NativeSection, fmt.Errorf("module %q: rank %d must be positive", name, r))
+		}
+	}
+	return sec.Ranks
 }
 
 // InvFreq returns the RoPE inverse frequencies of one head (HeadDim/2 values),

@@ -94,7 +94,11 @@ func expectedTensors(c *Config) []tensorSpec {
 			tensorSpec{p + "post_attention_layernorm.weight", []int{h}})
 		for _, m := range Modules {
 			out, in, bias := linearShape(c, m)
-			specs = append(specs, tensorSpec{p + m + ".weight", []int{out, in}})
+			if r, ok := c.Factored[p+m]; ok {
+				specs = append(specs, tensorSpec{p + m + ".A.weight", []int{r, in}}, tensorSpec{p + m + ".B.weight", []int{out, r}})
+			} else {
+				specs = append(specs, tensorSpec{p + m + ".weight", []int{out, in}})
+			}
 			if bias {
 				specs = append(specs, tensorSpec{p + m + ".bias", []int{out}})
 			}
@@ -127,6 +131,11 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	want := make(map[string]bool, len(specs))
 	for _, s := range specs {
 		want[s.name] = true
+	}
+	for name := range cfg.Factored {
+		if !want[name+".A.weight"] {
+			return nil, fmt.Errorf("%s/config.json: %q lists %q, which is not a linear layer of this model", dir, NativeSection, name)
+		}
 	}
 	for _, name := range ck.Names() {
 		if want[name] || ignoredTensor(name) {
@@ -166,6 +175,11 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		b := &Block{AttnNorm: tensors[p+"input_layernorm.weight"], MLPNorm: tensors[p+"post_attention_layernorm.weight"]}
 		for _, mod := range Modules {
 			out, in, _ := linearShape(cfg, mod)
+			if r, ok := cfg.Factored[p+mod]; ok {
+				*b.Linear(mod) = &Factored{A: NewDense(r, in, tensors[p+mod+".A.weight"], nil),
+					B: NewDense(out, r, tensors[p+mod+".B.weight"], tensors[p+mod+".bias"])}
+				continue
+			}
 			*b.Linear(mod) = NewDense(out, in, tensors[p+mod+".weight"], tensors[p+mod+".bias"])
 		}
 		m.Blocks = append(m.Blocks, b)

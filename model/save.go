@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,14 +11,18 @@ import (
 )
 
 // Save writes m as a Hugging Face checkpoint in dir (config.json and
-// model.safetensors) with every tensor in dtype (F32, F16 or BF16). Only
-// dense models can be saved this way. Each file is written atomically; the
-// config is written last, so a checkpoint without config.json is incomplete.
+// model.safetensors) with every tensor in dtype (F32, F16 or BF16). Factored
+// layers are stored in rankzip's native layout: <module>.A.weight [r, in],
+// <module>.B.weight [out, r] and config.json's "rankzip" section naming each
+// with its rank (Densify first for a checkpoint any runtime loads). Each file
+// is written atomically; the config is written last, so a checkpoint without
+// config.json is incomplete.
 func Save(m *Model, dir string, dtype safetensors.DType) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
 	c := m.Config
+	ranks := map[string]int{} // factored modules for the native section
 	var tensors []safetensors.WriteTensor
 	add := func(name string, shape []int, v []float32) error {
 		if v == nil {
@@ -55,14 +60,21 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 			return err
 		}
 		for _, mod := range Modules {
-			d, ok := (*b.Linear(mod)).(*Dense)
-			if !ok {
-				return fmt.Errorf("save model: layer %d %s is %T, not dense", l, mod, *b.Linear(mod))
+			var err error
+			switch d := (*b.Linear(mod)).(type) {
+			case *Dense:
+				err = errors.Join(add(p+mod+".weight", []int{d.out, d.in}, d.Weight), add(p+mod+".bias", []int{d.out}, d.Bias))
+			case *Factored:
+				if d.A.Bias != nil {
+					return fmt.Errorf("save model: %s%s: factor A has a bias", p, mod)
+				}
+				ranks[p+mod] = d.Rank()
+				err = errors.Join(add(p+mod+".A.weight", []int{d.A.out, d.A.in}, d.A.Weight),
+					add(p+mod+".B.weight", []int{d.B.out, d.B.in}, d.B.Weight), add(p+mod+".bias", []int{d.B.out}, d.B.Bias))
+			default:
+				return fmt.Errorf("save model: %s%s is %T, which has no checkpoint layout", p, mod, d)
 			}
-			if err := add(p+mod+".weight", []int{d.out, d.in}, d.Weight); err != nil {
-				return err
-			}
-			if err := add(p+mod+".bias", []int{d.out}, d.Bias); err != nil {
+			if err != nil {
 				return err
 			}
 		}
@@ -71,7 +83,11 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 		return err
 	}
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
-	return WriteConfig(dir, c, map[string]any{"torch_dtype": torch})
+	set := map[string]any{"torch_dtype": torch, NativeSection: nil}
+	if len(ranks) > 0 {
+		set[NativeSection] = map[string]any{"format": "native", "ranks": ranks}
+	}
+	return WriteConfig(dir, c, set)
 }
 
 // WriteConfig writes dir/config.json atomically: the keys of c.Raw with the
@@ -118,4 +134,23 @@ func WriteFileAtomic(path string, data []byte) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// Densify returns a copy of m whose factored layers are multiplied back into
+// dense ones (W = B A), the original architecture that every runtime loads.
+func Densify(m *Model) *Model {
+	out := *m
+	out.Blocks = make([]*Block, len(m.Blocks))
+	for i, b := range m.Blocks {
+		nb := *b
+		for _, mod := range Modules {
+			if f, ok := (*nb.Linear(mod)).(*Factored); ok {
+				w := make([]float32, f.B.out*f.A.in)
+				m.Backend.Sgemm(false, false, f.B.out, f.A.in, f.A.out, 1, f.B.Weight, f.B.in, f.A.Weight, f.A.in, 0, w, f.A.in)
+				*nb.Linear(mod) = NewDense(f.B.out, f.A.in, w, f.B.Bias)
+			}
+		}
+		out.Blocks[i] = &nb
+	}
+	return &out
 }

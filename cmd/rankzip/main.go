@@ -2,6 +2,7 @@
 //
 //	rankzip demo                 generate an example model and data, run the pipeline on it
 //	rankzip eval --model DIR --data FILE.parquet [--baseline DIR] [--sequences N] [--json] [--dump-logits FILE]
+//	rankzip compress --model DIR --calib FILE.parquet --method whiten --keep-params 0.8 --out DIR
 //	rankzip inspect DIR          architecture, parameter count, dtype and size
 //	rankzip calib import --from X.jsonl --out X.parquet
 package main
@@ -18,6 +19,7 @@ const usage = `usage: rankzip <command> [flags]
 
 commands:
   demo      generate a small example model and data, then run the pipeline on it
+  compress  one low-rank stage (whiten, asvd, plain, lord) at a parameter budget, exported and read back
   eval      measure a model on a Parquet evaluation set (perplexity, KL against a baseline)
   inspect   print a checkpoint's architecture, parameter count, dtype and size
   calib     calibration data: "calib import --from X.jsonl --out X.parquet"
@@ -51,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runDemo(rest, stdout, stderr)
 	case "eval":
 		return runEval(rest, stdout, stderr)
+	case "compress":
+		return runCompress(rest, stdout, stderr)
 	case "inspect":
 		return runInspect(rest, stdout, stderr)
 	case "calib":
