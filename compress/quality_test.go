@@ -104,3 +104,16 @@ func TestBadOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestSensitivitySearchMeetsBudget(t *testing.T) {
+	m, cal, _ := fixture(t, 8, 0)
+	res, err := Run(context.Background(), m, cal, Options{Method: "whiten", Targets: []string{"self_attn.o_proj", "mlp.down_proj"}, KeepParams: 0.6, RankSearch: "sensitivity"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := float64(res.Params) / float64(res.Total)
+	// Within one rank step of the cheapest factored matrix (64+64 of 5·(4096+11008) parameters).
+	if keep > 0.6 || keep < 0.6-128.0/float64(res.Total) {
+		t.Errorf("sensitivity search kept %.4f of the parameters, asked 0.6", keep)
+	}
+}

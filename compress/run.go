@@ -3,10 +3,12 @@ package compress
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/eval"
 	"github.com/rankzip/rankzip/methods/lord"
 	"github.com/rankzip/rankzip/methods/rank"
 	"github.com/rankzip/rankzip/methods/svd"
@@ -193,6 +195,17 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 			return nil, err
 		}
 		alloc, err = rank.Global(mats, o.KeepParams)
+	case "sensitivity":
+		loss, err := sensitivity(ctx, m, seqs, o, mods, mats)
+		if err != nil {
+			return nil, err
+		}
+		alloc, err = rank.Sensitivity(mats, o.KeepParams, func(i int, rho float64) float64 {
+			return loss[i][slices.Index(sensitivityRatios, rho)]
+		}, sensitivityRatios)
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err != nil {
 		return nil, err
@@ -203,9 +216,10 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 	return choices, nil
 }
 
-// spectra fills mats[i].Sigma with the whitened singular values of each
-// targeted matrix under the original model's statistics.
-func spectra(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) error {
+// originalPass calls fn for every targeted matrix, in block order, with its
+// weight and the original model's statistics of its input.
+func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string,
+	fn func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error) error {
 	st, err := calib.Embed(m, seqs, o.Batch, calib.Original)
 	if err != nil {
 		return err
@@ -218,18 +232,19 @@ func spectra(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mod
 		var stats *calib.SiteStats
 		site := model.Site(-1)
 		for _, mod := range mods {
+			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
 			if s := siteOf(mod); s != site {
 				if stats, err = calib.Collect(m, b, b, st, s); err != nil {
-					return fmt.Errorf("calibrate block %d: %w", i, err)
+					return fmt.Errorf("calibrate %s: %w", name, err)
 				}
 				site = s
 			}
-			w, _, err := weight(*b.Linear(mod), mats[j].Name)
+			w, bias, err := weight(*b.Linear(mod), name)
 			if err != nil {
 				return err
 			}
-			if mats[j].Sigma, err = svd.Spectrum(m.Backend, w, stats.C); err != nil {
-				return fmt.Errorf("%s: %w", mats[j].Name, err)
+			if err := fn(j, i, mod, w, bias, stats); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
 			}
 			j++
 		}
@@ -238,4 +253,58 @@ func spectra(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mod
 		}
 	}
 	return nil
+}
+
+// spectra fills mats[j].Sigma with the whitened singular values of each
+// targeted matrix under the original model's statistics.
+func spectra(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) error {
+	return originalPass(ctx, m, seqs, o, mods, func(j, _ int, _ string, w *mat.Dense, _ []float64, stats *calib.SiteStats) error {
+		var err error
+		mats[j].Sigma, err = svd.Spectrum(m.Backend, w, stats.C)
+		return err
+	})
+}
+
+// sensitivityRatios are the keep ratios at which each matrix's loss is
+// measured for the sensitivity search.
+var sensitivityRatios = []float64{0.1, 0.25, 0.5, 0.75, 1}
+
+// sensitivityProbe is how many calibration sequences measure a loss.
+const sensitivityProbe = 4
+
+// sensitivity measures, for every targeted matrix and ratio, the KL
+// divergence from the original model of the model with only that matrix
+// compressed (ASVD's sensitivity list), on a few calibration sequences.
+func sensitivity(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error) {
+	probe := seqs[:min(sensitivityProbe, len(seqs))]
+	base, err := m.Forward(probe)
+	if err != nil {
+		return nil, err
+	}
+	loss := make([][]float64, len(mats))
+	err = originalPass(ctx, m, seqs, o, mods, func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error {
+		for _, rho := range sensitivityRatios {
+			r := mats[j].RankFor(rho)
+			l := 0.0
+			if r <= mats[j].MaxRank() {
+				f, _, err := factor(m, w, bias, stats, o, max(1, r))
+				if err != nil {
+					return err
+				}
+				one := *m
+				one.Blocks = slices.Clone(m.Blocks)
+				blk := *m.Blocks[block]
+				*blk.Linear(mod) = f
+				one.Blocks[block] = &blk
+				logits, err := one.Forward(probe)
+				if err != nil {
+					return err
+				}
+				l = eval.MeanKL(base, logits, m.Config.VocabSize)
+			}
+			loss[j] = append(loss[j], l)
+		}
+		return nil
+	})
+	return loss, err
 }

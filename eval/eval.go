@@ -62,13 +62,7 @@ func (a *Accumulator) Add(ids []int32, logits, base []float32) error {
 		}
 		brow := base[t*v : (t+1)*v]
 		logSoftmax(bp, brow)
-		var kl float64
-		for i := range v {
-			if p := math.Exp(bp[i]); p > 0 {
-				kl += p * (bp[i] - lp[i])
-			}
-		}
-		a.kl += kl
+		a.kl += klRow(bp, lp)
 		a.compared++
 		if argmax(row) == argmax(brow) {
 			a.agree++
@@ -117,4 +111,30 @@ func argmax(x []float32) int {
 		}
 	}
 	return best
+}
+
+// MeanKL is the mean over rows of KL(softmax(base) ‖ softmax(logits)) for two
+// rows×vocab logit matrices of the same shape.
+func MeanKL(base, logits []float32, vocab int) float64 {
+	lp := make([]float64, vocab)
+	bp := make([]float64, vocab)
+	rows := len(base) / vocab
+	var sum float64
+	for r := range rows {
+		logSoftmax(bp, base[r*vocab:(r+1)*vocab])
+		logSoftmax(lp, logits[r*vocab:(r+1)*vocab])
+		sum += klRow(bp, lp)
+	}
+	return sum / float64(max(rows, 1))
+}
+
+// klRow is KL(p ‖ q) from log-probabilities.
+func klRow(logP, logQ []float64) float64 {
+	var kl float64
+	for i, lp := range logP {
+		if p := math.Exp(lp); p > 0 {
+			kl += p * (lp - logQ[i])
+		}
+	}
+	return kl
 }

@@ -1,6 +1,7 @@
 package svd
 
 import (
+	"flag"
 	"fmt"
 	"math"
 	"testing"
@@ -40,13 +41,21 @@ func benchProblem(k kernels.Backend, out, in int) (*mat.Dense, *mat.SymDense) {
 	return w, c
 }
 
+// largeBench adds the shapes of a 7B layer (minutes on two cores):
+// go test -run XXX -bench Whiten -benchtime 1x ./methods/svd/ -args -large
+var largeBench = flag.Bool("large", false, "also benchmark 4096×4096 and 11008×4096")
+
 // BenchmarkWhiten times one whitened decomposition (rank in/4) on the
 // default backend, and reports beside it the time of the bare backend calls
 // it is built on, Cholesky of C and SVD of the out × in W S, timed on the
 // same inputs in every iteration: overhead-% is what Whiten adds (the
 // products W L and U_rᵀ W, copies, glue).
 func BenchmarkWhiten(b *testing.B) {
-	for _, sh := range []struct{ out, in int }{{1024, 1024}, {2048, 2048}} {
+	shapes := []struct{ out, in int }{{1024, 1024}, {2048, 2048}}
+	if *largeBench {
+		shapes = append(shapes, struct{ out, in int }{4096, 4096}, struct{ out, in int }{11008, 4096})
+	}
+	for _, sh := range shapes {
 		b.Run(fmt.Sprintf("%dx%d", sh.out, sh.in), func(b *testing.B) {
 			k := kernels.Default()
 			w, c := benchProblem(k, sh.out, sh.in)
