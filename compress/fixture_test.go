@@ -2,10 +2,12 @@ package compress
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rankzip/rankzip/calib"
@@ -102,11 +104,16 @@ func TestFullRankReproducesLogits(t *testing.T) {
 	}
 }
 
+var (
+	tableSearches = flag.String("searches", "uniform,global,sensitivity", "rank searches of BenchmarkQualityTable")
+	tableMethods  = flag.String("methods", strings.Join(Methods, ","), "methods of BenchmarkQualityTable")
+)
+
 // BenchmarkQualityTable prints KL(original ‖ compressed) and perplexity on
 // eval.parquet for every method, budget and rank search, compressing all
 // seven linears of stories260K calibrated on calib.parquet. Run it with
 //
-//	go test -run XXX -bench QualityTable -benchtime 1x ./compress/
+//	go test -run XXX -bench QualityTable -benchtime 1x ./compress/ [-args -searches global -methods whiten,plain]
 func BenchmarkQualityTable(b *testing.B) {
 	m, cal, ev := fixture(b, 128, 32)
 	for b.Loop() {
@@ -114,8 +121,8 @@ func BenchmarkQualityTable(b *testing.B) {
 		fmt.Printf("original: ppl %.3f on %d sequences (%d tokens); %d calibration sequences\n", base.PPL, base.Sequences, base.Tokens, len(cal))
 		fmt.Printf("%-8s %-8s %5s %10s %10s %8s\n", "method", "search", "keep", "kl", "ppl", "params")
 		for _, keep := range []float64{0.8, 0.6, 0.4} {
-			for _, search := range Searches {
-				for _, method := range Methods {
+			for _, search := range strings.Split(*tableSearches, ",") {
+				for _, method := range strings.Split(*tableMethods, ",") {
 					res, err := Run(context.Background(), m, cal, Options{Method: method, KeepParams: keep, RankSearch: search}, nil)
 					if err != nil {
 						b.Fatal(err)

@@ -26,7 +26,7 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "mlp.*,self_attn.o_proj" (default: all seven linears)`)
 	keep := fs.Float64("keep-params", 0.8, "fraction of the targeted parameters to keep, in (0, 1]")
 	rankFlag := fs.Int("rank", 0, "fixed rank for every targeted matrix instead of a budget (capped at min(out, in))")
-	search := fs.String("rank-search", "global", "uniform | global")
+	search := fs.String("rank-search", "sensitivity", "uniform | global | sensitivity")
 	alpha := fs.Float64("alpha", 0.5, "ASVD scaling exponent")
 	mode := fs.String("mode", "sequential", "calibration statistics: sequential | original")
 	export := fs.String("export", "native", "native (factored A/B tensors) | dense (factors multiplied back)")
