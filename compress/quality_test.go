@@ -2,6 +2,7 @@ package compress
 
 import (
 	"context"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,5 +137,19 @@ func TestSensitivityBeatsUniform(t *testing.T) {
 	const margin = 0.8 // measured: 2.58 against 4.30 (32 calibration, 8 evaluation sequences)
 	if !(kl["sensitivity"] < margin*kl["uniform"]) {
 		t.Errorf("sensitivity kl %.4f should be below %.1f × uniform's %.4f", kl["sensitivity"], margin, kl["uniform"])
+	}
+}
+
+func TestNonFiniteActivationsAreAnError(t *testing.T) {
+	m, cal, _ := fixture(t, 2, 0)
+	bad := *m
+	bad.Blocks = append([]*model.Block(nil), m.Blocks...)
+	b := *m.Blocks[1]
+	b.MLPNorm = append([]float32(nil), b.MLPNorm...)
+	b.MLPNorm[3] = float32(math.Inf(1))
+	bad.Blocks[1] = &b
+	_, err := Run(context.Background(), &bad, cal, Options{Method: "whiten", Targets: []string{"mlp.*"}, Rank: 8}, nil)
+	if err == nil || !strings.Contains(err.Error(), "model.layers.1.mlp.gate_proj") || !strings.Contains(err.Error(), "non-finite activation") {
+		t.Fatalf("error %v, want a non-finite activation error naming model.layers.1.mlp.gate_proj", err)
 	}
 }
