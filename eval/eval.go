@@ -17,6 +17,7 @@ type Report struct {
 	Tokens    int      `json:"tokens"`
 	NLL       float64  `json:"nll"`
 	PPL       float64  `json:"ppl"`
+	KVBytes   int      `json:"kv_bytes_per_token"` // KV cache per token at 16-bit storage
 	KL        *float64 `json:"kl,omitempty"`
 	Top1Agree *float64 `json:"top1_agree,omitempty"`
 }

@@ -60,5 +60,7 @@ func Evaluate(m, base *model.Model, ds *calib.Dataset, n int, dump io.Writer) (R
 	if acc.sequences == 0 {
 		return Report{}, fmt.Errorf("%s: no sequences to evaluate", ds.Path())
 	}
-	return acc.Report(base != nil), nil
+	rep := acc.Report(base != nil)
+	rep.KVBytes = m.KVBytesPerToken()
+	return rep, nil
 }

@@ -103,6 +103,23 @@ func (m *Model) Logits(h *States) []float32 {
 // tap, if not nil, sees the input of every group of linear layers, in order,
 // and may stop the block early (see Tap).
 func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
+	pos := make([]int, 0, h.Rows())
+	for s := 0; s+1 < len(h.Starts); s++ {
+		for p := range h.Starts[s+1] - h.Starts[s] {
+			pos = append(pos, p)
+		}
+	}
+	return m.runBlock(b, h, pos, func(q, kk, v []float32) []float32 {
+		att := make([]float32, len(q))
+		attention(m.Backend, att, q, kk, v, h.Starts, m.Config)
+		return att
+	}, tap)
+}
+
+// runBlock is one decoder layer on the rows of h at the given positions;
+// attend turns the rotated queries and keys and the values of these rows
+// into the attention output (over the batch, or over a cache).
+func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(q, kk, v []float32) []float32, tap Tap) *States {
 	c, k := m.Config, m.Backend
 	rows, dim := h.Rows(), h.Dim
 	qd, kvd := b.Q.Out(), b.K.Out()
@@ -118,11 +135,10 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 	b.Q.Apply(k, q, x, rows)
 	b.K.Apply(k, kk, x, rows)
 	b.V.Apply(k, v, x, rows)
-	rope := newRope(c, h.Starts)
+	rope := newRope(c, pos)
 	rope.apply(q, qd/c.HeadDim, c.HeadDim)
 	rope.apply(kk, kvd/c.HeadDim, c.HeadDim)
-	att := make([]float32, rows*qd)
-	attention(k, att, q, kk, v, h.Starts, c)
+	att := attend(q, kk, v)
 	if tap != nil && !tap(OInput, att, rows, qd) {
 		return nil
 	}
@@ -182,18 +198,14 @@ type rope struct {
 	rows     int
 }
 
-func newRope(c *Config, starts []int) *rope {
+func newRope(c *Config, pos []int) *rope {
 	inv := c.InvFreq()
 	half := len(inv)
-	rows := starts[len(starts)-1]
-	r := &rope{cos: make([]float32, rows*half), sin: make([]float32, rows*half), half: half, rows: rows}
-	for s := 0; s+1 < len(starts); s++ {
-		for row := starts[s]; row < starts[s+1]; row++ {
-			pos := float64(row - starts[s])
-			for i, f := range inv {
-				sn, cs := math.Sincos(pos * f)
-				r.cos[row*half+i], r.sin[row*half+i] = float32(cs), float32(sn)
-			}
+	r := &rope{cos: make([]float32, len(pos)*half), sin: make([]float32, len(pos)*half), half: half, rows: len(pos)}
+	for row, p := range pos {
+		for i, f := range inv {
+			sn, cs := math.Sincos(float64(p) * f)
+			r.cos[row*half+i], r.sin[row*half+i] = float32(cs), float32(sn)
 		}
 	}
 	return r
@@ -258,7 +270,6 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 		for _, sh := range small[lo:hi] {
 			s, h := sh[0], sh[1]
 			r0, n := starts[s], starts[s+1]-starts[s]
-			kvh := h / group
 			if cap(p) < n {
 				p = make([]float32, n)
 			}
@@ -267,36 +278,43 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 				if c.SlidingWindow > 0 {
 					first = max(0, i-c.SlidingWindow+1)
 				}
-				qi := q[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
-				mx := float32(math.Inf(-1))
-				for j := first; j <= i; j++ {
-					kj := kk[(r0+j)*kvd+kvh*d : (r0+j)*kvd+(kvh+1)*d]
-					var dot float32
-					for t, x := range qi {
-						dot += x * kj[t]
-					}
-					p[j] = dot * scale
-					mx = max(mx, p[j])
-				}
-				var sum float32
-				for j := first; j <= i; j++ {
-					e := exp32(p[j] - mx)
-					p[j] = e
-					sum += e
-				}
-				inv := float32(1 / sum)
-				o := out[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
-				clear(o)
-				for j := first; j <= i; j++ {
-					w := p[j] * inv
-					vj := v[(r0+j)*kvd+kvh*d : (r0+j)*kvd+(kvh+1)*d]
-					for t, x := range vj {
-						o[t] += w * x
-					}
-				}
+				attendRow(out[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d], q[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d],
+					kk[r0*kvd:], v[r0*kvd:], kvd, (h/group)*d, first, i, scale, p)
 			}
 		}
 	})
+}
+
+// attendRow writes into o the attention of one query head qi over the key
+// and value rows first..last (row stride kvd, head columns from off), using
+// p as scratch of at least last+1 values.
+func attendRow(o, qi, kk, v []float32, kvd, off, first, last int, scale float32, p []float32) {
+	d := len(qi)
+	mx := float32(math.Inf(-1))
+	for j := first; j <= last; j++ {
+		kj := kk[j*kvd+off : j*kvd+off+d]
+		var dot float32
+		for t, x := range qi {
+			dot += x * kj[t]
+		}
+		p[j] = dot * scale
+		mx = max(mx, p[j])
+	}
+	var sum float32
+	for j := first; j <= last; j++ {
+		e := exp32(p[j] - mx)
+		p[j] = e
+		sum += e
+	}
+	inv := 1 / sum
+	clear(o)
+	for j := first; j <= last; j++ {
+		w := p[j] * inv
+		vj := v[j*kvd+off : j*kvd+off+d]
+		for t, x := range vj {
+			o[t] += w * x
+		}
+	}
 }
 
 // smallAttention is the largest sequence length × head_dim computed by the

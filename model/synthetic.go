@@ -75,18 +75,14 @@ func Sample(m *Model, n, seqLen int, bos int32, seed uint64) ([][]int32, error) 
 	rng := rand.New(rand.NewPCG(seed, 0xda7a))
 	seqs := make([][]int32, n)
 	for i := range seqs {
+		d := m.NewDecoder()
 		seqs[i] = []int32{bos}
-	}
-	v := m.Config.VocabSize
-	for len(seqs[0]) < seqLen {
-		logits, err := m.Forward(seqs)
-		if err != nil {
-			return nil, err
-		}
-		t := len(seqs[0])
-		for i := range seqs {
-			row := logits[(i*t+t-1)*v : (i*t+t)*v]
-			seqs[i] = append(seqs[i], int32(sampleSoftmax(row, rng)))
+		for len(seqs[i]) < seqLen {
+			logits, err := d.Step(seqs[i][len(seqs[i])-1])
+			if err != nil {
+				return nil, err
+			}
+			seqs[i] = append(seqs[i], int32(sampleSoftmax(logits, rng)))
 		}
 	}
 	return seqs, nil

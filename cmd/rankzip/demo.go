@@ -35,8 +35,8 @@ func stateDir(flagValue string) string {
 var demoModel = model.SyntheticConfig{Hidden: 64, Intermediate: 172, Layers: 4, Heads: 8, KVHeads: 4,
 	Vocab: 512, MaxPositions: 256, Tied: true}
 
-// demoSeqLen keeps sampling (a full forward pass per new token) quick.
-const demoSeqLen = 64
+// demoSeqLen is the length of the sampled calibration and evaluation sequences.
+const demoSeqLen = 128
 
 func runDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "demo [--state DIR]", stderr)

@@ -40,7 +40,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 		enc := json.NewEncoder(stdout)
 		return enc.Encode(rep)
 	}
-	fmt.Fprintf(stdout, "sequences  %d\ntokens     %d\nnll        %.6f\nppl        %.4f\n", rep.Sequences, rep.Tokens, rep.NLL, rep.PPL)
+	fmt.Fprintf(stdout, "sequences  %d\ntokens     %d\nnll        %.6f\nppl        %.4f\nkv cache   %d bytes per token (16-bit)\n", rep.Sequences, rep.Tokens, rep.NLL, rep.PPL, rep.KVBytes)
 	if rep.KL != nil {
 		fmt.Fprintf(stdout, "kl         %.6g\ntop1_agree %.4f\n", *rep.KL, *rep.Top1Agree)
 	}

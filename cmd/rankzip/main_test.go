@@ -7,10 +7,13 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
 )
 
 const fixtures = "../../../shared/fixtures"
@@ -243,5 +246,39 @@ func TestUsageErrors(t *testing.T) {
 		if _, _, err := rankzip(args...); err == nil {
 			t.Errorf("rankzip %q: want an error", args)
 		}
+	}
+}
+
+// Greedy generation through the KV cache picks, at every step, the argmax of
+// the full forward pass over the sequence so far.
+func TestGenerateMatchesForwardArgmax(t *testing.T) {
+	dir := needFixture(t, "stories260K")
+	out, _, err := rankzip("generate", "--model", dir, "--prompt-ids", "1,403,407", "--max-new", "6", "--stop", "600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(dir, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := []int32{1, 403, 407}
+	var want []string
+	for range 6 {
+		logits, err := m.Forward([][]int32{seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := logits[(len(seq)-1)*512:]
+		best := 0
+		for i, v := range last {
+			if v > last[best] {
+				best = i
+			}
+		}
+		seq = append(seq, int32(best))
+		want = append(want, strconv.Itoa(best))
+	}
+	if got := strings.TrimSpace(out); got != strings.Join(want, ",") {
+		t.Errorf("generate printed %q, the forward pass's argmax chain is %q", got, strings.Join(want, ","))
 	}
 }
