@@ -163,23 +163,30 @@ func weight(l model.Linear, name string) (*mat.Dense, []float64, error) {
 
 // factored converts B (out×r), A (r×in) and a bias to a float32 layer.
 func factored(b, a *mat.Dense, bias []float64) *model.Factored {
-	out, r := b.Dims()
-	_, in := a.Dims()
-	f32 := func(m *mat.Dense) []float32 {
-		rows, cols := m.Dims()
-		v := make([]float32, 0, rows*cols)
-		for i := range rows {
-			for j := range cols {
-				v = append(v, float32(m.At(i, j)))
-			}
+	return &model.Factored{A: denseF32(a, nil), B: denseF32(b, bias)}
+}
+
+// denseF32 converts a float64 matrix and bias to a float32 dense layer.
+func denseF32(w *mat.Dense, bias []float64) *model.Dense {
+	rows, cols := w.Dims()
+	v := make([]float32, 0, rows*cols)
+	for i := range rows {
+		for j := range cols {
+			v = append(v, float32(w.At(i, j)))
 		}
-		return v
 	}
-	var bv []float32
-	for _, x := range bias {
-		bv = append(bv, float32(x))
+	return model.NewDense(rows, cols, v, f32s(bias))
+}
+
+func f32s(x []float64) []float32 {
+	if x == nil {
+		return nil
 	}
-	return &model.Factored{A: model.NewDense(r, in, f32(a), nil), B: model.NewDense(out, r, f32(b), bv)}
+	v := make([]float32, len(x))
+	for i, f := range x {
+		v[i] = float32(f)
+	}
+	return v
 }
 
 // siteOf is the input site of a module.

@@ -66,12 +66,13 @@ func (d *Decoder) attend(q []float32, l int) []float32 {
 	return out
 }
 
-// KVBytesPerToken is the KV cache of one token at 16-bit storage: keys and
-// values of every layer.
+// KVBytesPerToken is the KV cache of one token at 16-bit storage: the keys
+// and values of every layer, or their latents where k_proj and v_proj are
+// Palu-factored (the cache a latent decoder keeps).
 func (m *Model) KVBytesPerToken() int {
 	n := 0
 	for _, b := range m.Blocks {
-		n += 2 * (b.K.Out() + b.V.Out())
+		n += 2 * (cachedWidth(b.K) + cachedWidth(b.V))
 	}
 	return n
 }

@@ -1,0 +1,240 @@
+package compress
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+
+	"gonum.org/v1/gonum/mat"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/methods/palu"
+	"github.com/rankzip/rankzip/methods/svd"
+	"github.com/rankzip/rankzip/model"
+)
+
+// PaluOptions describe a Palu stage: k_proj and v_proj factored in groups of
+// heads so that only a latent per token is cached.
+type PaluOptions struct {
+	KVKeep     float64    // fraction of the K+V cache kept per token, in (0, 1]
+	GroupHeads int        // KV heads per group: 1 M-LRD, all J-LRD; 0: 4 or the largest divisor
+	RankSearch string     // uniform or spectrum (default spectrum)
+	Mode       calib.Mode // sequential (default) or original
+	Batch      int        // calibration sequences per batch (default 16)
+}
+
+// PaluResult is the compressed model and its latent sizes.
+type PaluResult struct {
+	Model        *model.Model
+	Ranks        map[string][]int // per module (model.layers.i.self_attn.k_proj), per group
+	KVBytes      int              // per token at 16-bit, after
+	KVBytesOrig  int              // per token at 16-bit, before
+	GroupHeads   int
+	LatentPerTok int // latent values per token over all layers
+}
+
+var paluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
+
+func (o *PaluOptions) validate(m *model.Model, tokens int) error {
+	var problems []string
+	if !(o.KVKeep > 0 && o.KVKeep <= 1) {
+		problems = append(problems, fmt.Sprintf("kv_keep %v must be in (0, 1]", o.KVKeep))
+	}
+	g, err := palu.GroupHeads(m.Config.NumKVHeads, o.GroupHeads)
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	o.GroupHeads = g
+	if o.RankSearch == "" {
+		o.RankSearch = "spectrum"
+	}
+	if o.RankSearch != "uniform" && o.RankSearch != "spectrum" {
+		problems = append(problems, fmt.Sprintf("palu rank_search %q unknown (want uniform or spectrum; fisher is not implemented yet)", o.RankSearch))
+	}
+	if o.Mode == "" {
+		o.Mode = calib.Sequential
+	}
+	if o.Mode != calib.Sequential && o.Mode != calib.Original {
+		problems = append(problems, fmt.Sprintf("calibration mode %q unknown", o.Mode))
+	}
+	if o.Batch <= 0 {
+		o.Batch = 16
+	}
+	for _, mod := range paluModules {
+		if _, ok := (*m.Blocks[0].Linear(mod)).(*model.Dense); !ok {
+			problems = append(problems, fmt.Sprintf("%s is %T: palu needs separate dense k and v projections", mod, *m.Blocks[0].Linear(mod)))
+		}
+	}
+	if tokens < m.Config.HiddenSize {
+		problems = append(problems, fmt.Sprintf("the calibration set has %d tokens; palu needs at least hidden_size = %d", tokens, m.Config.HiddenSize))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid palu stage: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// RunPalu compresses the KV cache of m with Palu calibrated on seqs.
+func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions) (*PaluResult, error) {
+	tokens := 0
+	for _, s := range seqs {
+		tokens += len(s)
+	}
+	if err := o.validate(m, tokens); err != nil {
+		return nil, err
+	}
+	c := m.Config
+	groupRows := o.GroupHeads * c.HeadDim
+	groups := c.NumKVHeads / o.GroupHeads
+	ranks, err := paluRanks(ctx, m, seqs, o, groups, groupRows)
+	if err != nil {
+		return nil, err
+	}
+	st, err := calib.Embed(m, seqs, o.Batch, o.Mode)
+	if err != nil {
+		return nil, err
+	}
+	out := *m
+	out.Blocks = make([]*model.Block, len(m.Blocks))
+	for i, orig := range m.Blocks {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		comp := *orig
+		stats, err := calib.Collect(m, orig, &comp, st, model.AttnInput)
+		if err != nil {
+			return nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
+		}
+		for _, mod := range paluModules {
+			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+			w, bias, err := weight(*orig.Linear(mod), name)
+			if err != nil {
+				return nil, err
+			}
+			if stats.Cross != nil {
+				if w, err = svd.CorrectedTarget(m.Backend, w, stats.Cross, stats.C); err != nil {
+					return nil, fmt.Errorf("%s: %w", name, err)
+				}
+			}
+			res, err := palu.Decompose(m.Backend, w, bias, stats.C, c.HeadDim, o.GroupHeads, ranks[name])
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			g, err := grouped(res)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			*comp.Linear(mod) = g
+		}
+		out.Blocks[i] = &comp
+		if i+1 < len(m.Blocks) {
+			st = calib.Advance(m, orig, &comp, st)
+		}
+	}
+	r := &PaluResult{Model: &out, Ranks: ranks, KVBytes: out.KVBytesPerToken(), KVBytesOrig: m.KVBytesPerToken(), GroupHeads: o.GroupHeads}
+	r.LatentPerTok = r.KVBytes / 2
+	return r, nil
+}
+
+// paluRanks chooses each group's rank for the KV budget: the same share of
+// every group (uniform), or one latent value at a time to the group whose
+// next whitened singular value removes the most energy relative to its
+// group's total (spectrum), starting from rank 1 everywhere.
+func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions, groups, groupRows int) (map[string][]int, error) {
+	var names []string
+	for i := range m.Blocks {
+		for _, mod := range paluModules {
+			names = append(names, fmt.Sprintf("model.layers.%d.%s", i, mod))
+		}
+	}
+	ranks := make(map[string][]int, len(names))
+	per := max(1, min(groupRows, int(math.Round(o.KVKeep*float64(groupRows)))))
+	if o.RankSearch == "uniform" {
+		for _, n := range names {
+			ranks[n] = repeat(per, groups)
+		}
+		return ranks, nil
+	}
+	// Normalised spectra of every group, from the original model's statistics.
+	var spectra [][]float64 // flat: layer-module-major, then group
+	err := originalPass(ctx, m, seqs, Options{Batch: o.Batch}, paluModules, func(_, _ int, _ string, w *mat.Dense, _ []float64, stats *calib.SiteStats) error {
+		s, err := palu.Spectra(m.Backend, w, stats.C, m.Config.HeadDim, o.GroupHeads)
+		if err != nil {
+			return err
+		}
+		for _, g := range s {
+			var total float64
+			for _, v := range g {
+				total += v * v
+			}
+			e := make([]float64, len(g))
+			for i, v := range g {
+				if total > 0 {
+					e[i] = v * v / total
+				}
+			}
+			spectra = append(spectra, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	budget := int(math.Floor(o.KVKeep * float64(len(spectra)*groupRows)))
+	flat := make([]int, len(spectra))
+	used := 0
+	for i := range flat {
+		flat[i] = 1
+		used++
+	}
+	for used < budget {
+		best := -1
+		for i, e := range spectra {
+			if flat[i] < len(e) && (best < 0 || e[flat[i]] > spectra[best][flat[best]]) {
+				best = i
+			}
+		}
+		if best < 0 {
+			break
+		}
+		flat[best]++
+		used++
+	}
+	for i, n := range names {
+		ranks[n] = flat[i*groups : (i+1)*groups]
+	}
+	return ranks, nil
+}
+
+func repeat(v, n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = v
+	}
+	return s
+}
+
+// grouped converts a Palu factorisation to a float32 layer.
+func grouped(r palu.Result) (*model.Grouped, error) {
+	var downRows []*mat.Dense
+	var ups []*model.Dense
+	for _, g := range r.Groups {
+		downRows = append(downRows, g.Down)
+		ups = append(ups, denseF32(g.Up, nil))
+	}
+	rows := 0
+	_, in := downRows[0].Dims()
+	for _, d := range downRows {
+		r, _ := d.Dims()
+		rows += r
+	}
+	down := mat.NewDense(rows, in, nil)
+	off := 0
+	for _, d := range downRows {
+		r, _ := d.Dims()
+		down.Slice(off, off+r, 0, in).(*mat.Dense).Copy(d)
+		off += r
+	}
+	return model.NewGrouped(denseF32(down, nil), ups, f32s(r.Bias))
+}

@@ -1,0 +1,89 @@
+package compress
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestPaluFullRankReproduces(t *testing.T) {
+	m, cal, ev := fixture(t, 4, 2)
+	want, _ := m.Forward(ev)
+	for _, g := range []int{1, 2, 4} {
+		res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 1, GroupHeads: g, RankSearch: "uniform"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := res.Model.Forward(ev)
+		const tol = 1e-5
+		if e := relErr(got, want); !(e < tol) {
+			t.Errorf("groups of %d at full rank: logits differ by %.3g, want < %g", g, e, tol)
+		}
+		if res.KVBytes != res.KVBytesOrig {
+			t.Errorf("full rank: %d KV bytes per token, original %d", res.KVBytes, res.KVBytesOrig)
+		}
+	}
+}
+
+// At the same KV budget, J-LRD ≤ G-LRD ≤ M-LRD in KL on stories260K.
+func TestPaluCoarserGroupsNoWorse(t *testing.T) {
+	m, cal, ev := fixture(t, 16, 4)
+	var kl []float64
+	for _, g := range []int{1, 2, 4} {
+		res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: g, RankSearch: "uniform"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := measure(t, m, res.Model, ev)
+		t.Logf("groups of %d heads: kl %.4f ppl %.2f kv bytes %d of %d", g, *r.KL, r.PPL, res.KVBytes, res.KVBytesOrig)
+		if res.KVBytes != res.KVBytesOrig/2 {
+			t.Errorf("kv_keep 0.5 gave %d KV bytes per token of %d", res.KVBytes, res.KVBytesOrig)
+		}
+		kl = append(kl, *r.KL)
+	}
+	if !(kl[2] <= kl[1] && kl[1] <= kl[0]) {
+		t.Errorf("KL J-LRD %.4f, G-LRD %.4f, M-LRD %.4f: want J ≤ G ≤ M", kl[2], kl[1], kl[0])
+	}
+}
+
+func TestPaluBadOptions(t *testing.T) {
+	m, cal, _ := fixture(t, 2, 0)
+	for _, tc := range []struct {
+		o    PaluOptions
+		want string
+	}{
+		{PaluOptions{KVKeep: 0}, "kv_keep 0 must be in (0, 1]"},
+		{PaluOptions{KVKeep: 1.2}, "kv_keep 1.2 must be in (0, 1]"},
+		{PaluOptions{KVKeep: 0.5, GroupHeads: 3}, "group_size 3 does not divide the 4 KV heads"},
+		{PaluOptions{KVKeep: 0.5, RankSearch: "fisher"}, `palu rank_search "fisher" unknown`},
+	} {
+		_, err := RunPalu(context.Background(), m, cal, tc.o)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RunPalu(%+v): error %v, want it to contain %q", tc.o, err, tc.want)
+		}
+	}
+}
+
+// BenchmarkPaluTable prints KL, perplexity and KV bytes per token for M-, G-
+// and J-LRD at several KV budgets with uniform and spectrum ranks:
+//
+//	go test -run XXX -bench PaluTable -benchtime 1x ./compress/
+func BenchmarkPaluTable(b *testing.B) {
+	m, cal, ev := fixture(b, 128, 32)
+	for b.Loop() {
+		fmt.Printf("%-6s %-9s %7s %10s %10s %9s\n", "groups", "search", "kv_keep", "kl", "ppl", "kv bytes")
+		for _, keep := range []float64{0.75, 0.5, 0.3} {
+			for _, search := range []string{"uniform", "spectrum"} {
+				for _, g := range []int{1, 2, 4} {
+					res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: keep, GroupHeads: g, RankSearch: search})
+					if err != nil {
+						b.Fatal(err)
+					}
+					r := measure(b, m, res.Model, ev)
+					fmt.Printf("%-6d %-9s %7.2f %10.4f %10.2f %4d/%-4d\n", g, search, keep, *r.KL, r.PPL, res.KVBytes, res.KVBytesOrig)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,303 @@
+package quant
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"gonum.org/v1/gonum/mat"
+
+	"github.com/rankzip/rankzip/kernels"
+)
+
+// dampTries is how many damping levels GPTQ tries, each ten times the last,
+// before it gives up on a Cholesky factorisation: λ, 10λ, 100λ, 1000λ.
+const dampTries = 4
+
+// GPTQ quantizes w (out × in) with the GPTQ algorithm (Frantar et al. 2022,
+// arXiv 2210.17323) against the Hessian H = 2C/n of the layer-wise objective,
+// where c is the input Gram Σ x xᵀ over n calibration tokens. See the package
+// documentation for the steps.
+func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (Result, error) {
+	out, in := w.Dims()
+	if c.SymmetricDim() != in {
+		panic(fmt.Errorf("%w: W is %d×%d, C is %d×%d", ErrShape, out, in, c.SymmetricDim(), c.SymmetricDim()))
+	}
+	groups, size, err := cfg.Groups(in)
+	if err != nil {
+		return Result{}, err
+	}
+	if n <= 0 {
+		return Result{}, fmt.Errorf("%w: gptq: %d calibration tokens", ErrConfig, n)
+	}
+	if !finiteDense(w) {
+		return Result{}, fmt.Errorf("quant: gptq: weight: %w", ErrNonFinite)
+	}
+	if !finiteSym(c) {
+		return Result{}, fmt.Errorf("quant: gptq: gram: %w", ErrNonFinite)
+	}
+
+	// Diagonal of H, dead columns, order.
+	cr := c.RawSymmetric()
+	hScale := 2 / float64(n)
+	diag := make([]float64, in)
+	dead := make([]bool, in)
+	nDead := 0
+	for j := range in {
+		d := hScale * cr.Data[j*cr.Stride+j]
+		switch {
+		case d < 0:
+			return Result{}, fmt.Errorf("quant: gptq: C[%d][%d] = %g: %w", j, j, cr.Data[j*cr.Stride+j], ErrNotPSD)
+		case d == 0:
+			dead[j] = true
+			nDead++
+			d = 1
+		}
+		diag[j] = d
+	}
+	for i := range in {
+		for j := i + 1; j < in; j++ {
+			if (dead[i] || dead[j]) && cr.Data[i*cr.Stride+j] != 0 {
+				return Result{}, fmt.Errorf("quant: gptq: input %d has no energy but C[%d][%d] = %g: %w",
+					i, i, j, cr.Data[i*cr.Stride+j], ErrNotPSD)
+			}
+		}
+	}
+	perm := make([]int, in)
+	for j := range perm {
+		perm[j] = j
+	}
+	if cfg.ActOrder {
+		slices.SortStableFunc(perm, func(a, b int) int {
+			switch {
+			case diag[a] > diag[b]:
+				return -1
+			case diag[a] < diag[b]:
+				return 1
+			}
+			return 0
+		})
+	}
+	var mean float64
+	for _, d := range diag {
+		mean += d
+	}
+	mean /= float64(in)
+
+	// U, the upper Cholesky factor of the damped H⁻¹ in the permuted order,
+	// damping raised tenfold while the factorisation fails.
+	damp := cfg.damp()
+	var u *mat.Dense
+	for try := 0; ; try++ {
+		u, err = upperInverseCholesky(k, c, hScale, perm, dead, damp*mean)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kernels.ErrNotPSD) {
+			return Result{}, fmt.Errorf("quant: gptq: Cholesky of H: %w", err)
+		}
+		if try == dampTries-1 {
+			return Result{}, fmt.Errorf("quant: gptq: Cholesky of H fails up to damping %g·mean(diag H): %w (%w)", damp, ErrNotPSD, err)
+		}
+		damp *= 10
+	}
+
+	res := newResult(out, in, groups, size, cfg)
+	res.Damp, res.Dead = damp, nDead
+	if cfg.ActOrder {
+		res.Perm = perm
+	}
+	wr := w.RawMatrix()
+	lo, hi := make([]float64, out), make([]float64, out)
+	static := !cfg.DynamicGroups || groups == 1
+	if static {
+		// Static groups: parameters from the original weights of the
+		// original columns.
+		for g := range groups {
+			groupRange(lo, hi, func(i int) []float64 {
+				return wr.Data[i*wr.Stride+g*size : i*wr.Stride+(g+1)*size]
+			})
+			if err := res.setParams(g, lo, hi); err != nil {
+				return Result{}, fmt.Errorf("quant: gptq: group %d: %w", g, err)
+			}
+		}
+	}
+
+	// The working copy of W, columns in processing order.
+	work := mat.NewDense(out, in, nil)
+	kr := work.RawMatrix()
+	for i := range out {
+		src := wr.Data[i*wr.Stride : i*wr.Stride+in]
+		dst := kr.Data[i*kr.Stride : i*kr.Stride+in]
+		for p, j := range perm {
+			dst[p] = src[j]
+		}
+	}
+
+	ur := u.RawMatrix()
+	qr, dqr := res.Q, res.Dequant.RawMatrix()
+	maxq := float64(int(1)<<cfg.Bits - 1)
+	blk := make([]float64, BlockSize*out) // the block's columns, one per row
+	errs := make([]float64, BlockSize*out)
+	for i1 := 0; i1 < in; i1 += BlockSize {
+		i2 := min(i1+BlockSize, in)
+		cnt := i2 - i1
+		for i := range out {
+			row := kr.Data[i*kr.Stride+i1 : i*kr.Stride+i2]
+			for j, v := range row {
+				blk[j*out+i] = v
+			}
+		}
+		for j := range cnt {
+			col := i1 + j
+			orig := perm[col]
+			g := orig / size
+			if !static && col%size == 0 {
+				// Dynamic groups (no act-order, so col = orig): parameters
+				// from the group's weights as they stand at the start of
+				// the block (updated by the earlier blocks, not yet by this
+				// one), as in the reference.
+				groupRange(lo, hi, func(i int) []float64 {
+					return kr.Data[i*kr.Stride+col : i*kr.Stride+col+size]
+				})
+				if err := res.setParams(g, lo, hi); err != nil {
+					return Result{}, fmt.Errorf("quant: gptq: group %d: %w", g, err)
+				}
+			}
+			scales := res.Scales.RawRowView(g)
+			zeros := res.Zeros[g*out : (g+1)*out]
+			d := ur.Data[col*ur.Stride+col]
+			wcol := blk[j*out : (j+1)*out]
+			ecol := errs[j*out : (j+1)*out]
+			for i, v := range wcol {
+				q, dq := round(v, scales[i], float64(zeros[i]), maxq)
+				qr[i*in+orig] = uint8(q)
+				dqr.Data[i*dqr.Stride+orig] = dq
+				ecol[i] = (v - dq) / d
+			}
+			// Intra-block update of the columns still to come.
+			hrow := ur.Data[col*ur.Stride+col+1 : col*ur.Stride+i2]
+			for jj, h := range hrow {
+				if h == 0 {
+					continue
+				}
+				dst := blk[(j+1+jj)*out : (j+2+jj)*out]
+				for i, e := range ecol {
+					dst[i] -= e * h
+				}
+			}
+		}
+		if i2 < in {
+			// Lazy batch update: W[:, i2:] −= E · U[i1:i2, i2:].
+			e := mat.NewDense(cnt, out, errs[:cnt*out])
+			k.Dgemm(true, false, -1, e, u.Slice(i1, i2, i2, in).(*mat.Dense), 1, work.Slice(0, out, i2, in).(*mat.Dense))
+		}
+	}
+	if !finiteDense(res.Dequant) {
+		return Result{}, fmt.Errorf("quant: gptq: quantized weight: %w", ErrNonFinite)
+	}
+	res.CalibError = CalibError(k, w, res.Dequant, c)
+	return res, nil
+}
+
+// upperInverseCholesky returns the upper triangular U with Uᵀ U = H⁻¹, where
+// H is the Hessian in processing order,
+//
+//	H[a][b] = scale · C[perm[a]][perm[b]] + δ·[a = b],
+//
+// with dead inputs' rows and columns replaced by those of the identity. With
+// J the reversal permutation, J H J = L Lᵀ gives H = R Rᵀ, R = J L J upper,
+// so U = R⁻¹ = J L⁻¹ J: one Cholesky and one triangular inverse, no H⁻¹
+// formed.
+func upperInverseCholesky(k kernels.Backend, c *mat.SymDense, scale float64, perm []int, dead []bool, delta float64) (*mat.Dense, error) {
+	n := len(perm)
+	cr := c.RawSymmetric()
+	at := func(i, j int) float64 {
+		if i > j {
+			i, j = j, i
+		}
+		return cr.Data[i*cr.Stride+j]
+	}
+	hr := mat.NewSymDense(n, nil)
+	raw := hr.RawSymmetric()
+	for a := range n {
+		pa := perm[n-1-a]
+		for b := a; b < n; b++ {
+			pb := perm[n-1-b]
+			var v float64
+			switch {
+			case pa == pb && dead[pa]:
+				v = 1
+			case dead[pa] || dead[pb]:
+			default:
+				v = scale * at(pa, pb)
+			}
+			if a == b {
+				v += delta
+			}
+			raw.Data[a*raw.Stride+b] = v
+		}
+	}
+	l, err := k.Cholesky(hr)
+	if err != nil {
+		return nil, err
+	}
+	inv := mat.NewDense(n, n, nil)
+	lr := l.RawTriangular()
+	ir := inv.RawMatrix()
+	for i := range n {
+		copy(ir.Data[i*ir.Stride:i*ir.Stride+i+1], lr.Data[i*lr.Stride:i*lr.Stride+i+1])
+	}
+	if err := invertLower(k, inv); err != nil {
+		return nil, err
+	}
+	slices.Reverse(ir.Data[:n*n]) // J L⁻¹ J of a packed square matrix
+	return inv, nil
+}
+
+// invertLower overwrites the lower triangular l (strictly upper part zero)
+// with its inverse, recursively on halves so that most of the work is in
+// k.Dgemm:
+//
+//	[L₁₁ 0; L₂₁ L₂₂]⁻¹ = [L₁₁⁻¹ 0; −L₂₂⁻¹ L₂₁ L₁₁⁻¹  L₂₂⁻¹]
+func invertLower(k kernels.Backend, l *mat.Dense) error {
+	n, _ := l.Dims()
+	const leaf = 64
+	if n <= leaf {
+		raw := l.RawMatrix()
+		a := func(i, j int) *float64 { return &raw.Data[i*raw.Stride+j] }
+		for i := range n {
+			if *a(i, i) == 0 {
+				return kernels.ErrNotPSD
+			}
+		}
+		// Column by column: X = L⁻¹ from L X = I, in place (row i of X
+		// depends on rows < i of X and row i of L only).
+		for i := range n {
+			d := 1 / *a(i, i)
+			for j := range i {
+				var s float64
+				for m := j; m < i; m++ {
+					s += *a(i, m) * *a(m, j)
+				}
+				*a(i, j) = -s * d
+			}
+			*a(i, i) = d
+		}
+		return nil
+	}
+	h := (n/2 + leaf - 1) / leaf * leaf
+	l11 := l.Slice(0, h, 0, h).(*mat.Dense)
+	l21 := l.Slice(h, n, 0, h).(*mat.Dense)
+	l22 := l.Slice(h, n, h, n).(*mat.Dense)
+	if err := invertLower(k, l11); err != nil {
+		return err
+	}
+	if err := invertLower(k, l22); err != nil {
+		return err
+	}
+	t := mat.NewDense(n-h, h, nil)
+	k.Dgemm(false, false, 1, l21, l11, 0, t)
+	k.Dgemm(false, false, -1, l22, t, 0, l21)
+	return nil
+}
