@@ -87,3 +87,36 @@ func BenchmarkPaluTable(b *testing.B) {
 		}
 	}
 }
+
+// The latent-cache decoder, which caches only the latents, gives the logits
+// of the full forward pass of the same Palu-compressed model.
+func TestPaluLatentDecoderMatchesForward(t *testing.T) {
+	m, cal, ev := fixture(t, 8, 1)
+	for _, g := range []int{1, 2} {
+		res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: g, RankSearch: "spectrum"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq := ev[0][:48]
+		want, err := res.Model.Forward([][]int32{seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := res.Model.NewDecoder()
+		var got []float32
+		for _, id := range seq {
+			l, err := d.Step(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, l...)
+		}
+		const tol = 1e-5
+		if e := relErr(got, want); !(e < tol) {
+			t.Errorf("groups of %d: latent decoder differs from the full forward by %.3g, want < %g", g, e, tol)
+		}
+		if cached := d.CachedValues(); cached != len(seq)*res.KVBytes/2 {
+			t.Errorf("groups of %d: the cache holds %d values for %d tokens, want %d (the latents only)", g, cached, len(seq), len(seq)*res.KVBytes/2)
+		}
+	}
+}

@@ -5,13 +5,21 @@ import (
 	"math"
 )
 
-// Decoder runs a model one token at a time, caching each layer's rotated
-// keys and values so that a step costs one token's work plus attention over
-// the cache. Its logits equal those of Forward on the whole sequence.
+// Decoder runs a model one token at a time with a KV cache, so a step costs
+// one token's work plus attention over the cache. Its logits equal those of
+// Forward on the whole sequence.
+//
+// Where k_proj or v_proj is Palu-factored (Grouped), the cache holds only
+// the latent of each token. Keys are rebuilt from the latents and rotated at
+// their positions for each step (RoPE cannot be folded into the factors);
+// values are never rebuilt: each head attends over its group's value
+// latents, and the group's up-projection, applied to that weighted latent,
+// yields the head's output directly (the up-projection folded into the
+// attention output instead of into every cached token).
 type Decoder struct {
 	m    *Model
-	keys [][]float32 // per layer: n × kvd
-	vals [][]float32
+	keys [][]float32 // per layer: n × (kvd, or K's latent)
+	vals [][]float32 // per layer: n × (kvd, or V's latent)
 	n    int
 }
 
@@ -22,6 +30,15 @@ func (m *Model) NewDecoder() *Decoder {
 
 // Len is the number of tokens in the cache.
 func (d *Decoder) Len() int { return d.n }
+
+// CachedValues is the number of float values held in the cache now.
+func (d *Decoder) CachedValues() int {
+	n := 0
+	for l := range d.keys {
+		n += len(d.keys[l]) + len(d.vals[l])
+	}
+	return n
+}
 
 // Step feeds one token and returns the logits predicting the next one.
 func (d *Decoder) Step(id int32) ([]float32, error) {
@@ -35,22 +52,49 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 	}
 	pos := []int{d.n}
 	for l, b := range m.Blocks {
-		h = m.runBlock(b, h, pos, func(q, kk, v []float32) []float32 {
-			d.keys[l] = append(d.keys[l], kk...)
-			d.vals[l] = append(d.vals[l], v...)
-			return d.attend(q, l)
+		h = m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+			d.keys[l] = append(d.keys[l], cacheRow(m, b.K, x, rope)...)
+			d.vals[l] = append(d.vals[l], cacheRow(m, b.V, x, nil)...)
+			return d.attend(b, q, l)
 		}, nil)
 	}
 	d.n++
 	return m.Logits(h), nil
 }
 
+// cacheRow is what the cache keeps of one token for layer lin: its latent
+// when lin is Grouped, else its output (rotated when rope is given).
+func cacheRow(m *Model, lin Linear, x []float32, rope *rope) []float32 {
+	if g, ok := lin.(*Grouped); ok {
+		lat := make([]float32, g.Latent())
+		g.Down.Apply(m.Backend, lat, x, 1)
+		return lat
+	}
+	y := make([]float32, lin.Out())
+	lin.Apply(m.Backend, y, x, 1)
+	if rope != nil {
+		rope.apply(y, lin.Out()/m.Config.HeadDim, m.Config.HeadDim)
+	}
+	return y
+}
+
 // attend computes the attention of the newest token's queries over layer
 // l's cache.
-func (d *Decoder) attend(q []float32, l int) []float32 {
-	c := d.m.Config
+func (d *Decoder) attend(b *Block, q []float32, l int) []float32 {
+	m, c := d.m, d.m.Config
 	hd := c.HeadDim
-	kvd := len(d.keys[l]) / (d.n + 1)
+	n := d.n + 1
+	keys, kvd := d.keys[l], b.K.Out()
+	if g, ok := b.K.(*Grouped); ok {
+		// Rebuild every cached key from its latent, then rotate it at its position.
+		keys = make([]float32, n*kvd)
+		rebuildFromLatent(m, g, keys, d.keys[l], n)
+		pos := make([]int, n)
+		for i := range pos {
+			pos[i] = i
+		}
+		newRope(c, pos).apply(keys, kvd/hd, hd)
+	}
 	group := c.NumHeads / c.NumKVHeads
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	last := d.n
@@ -59,16 +103,92 @@ func (d *Decoder) attend(q []float32, l int) []float32 {
 		first = max(0, last-c.SlidingWindow+1)
 	}
 	out := make([]float32, len(q))
-	p := make([]float32, last+1)
+	p := make([]float32, n)
+	gv, latentValues := b.V.(*Grouped)
 	for h := range len(q) / hd {
-		attendRow(out[h*hd:(h+1)*hd], q[h*hd:(h+1)*hd], d.keys[l], d.vals[l], kvd, (h/group)*hd, first, last, scale, p)
+		kvh := h / group
+		o := out[h*hd : (h+1)*hd]
+		if !latentValues {
+			attendRow(o, q[h*hd:(h+1)*hd], keys, d.vals[l], kvd, kvh*hd, first, last, scale, p)
+			continue
+		}
+		// Attend over the value latents of kvh's group, then map the weighted
+		// latent through the rows of the group's up-projection that belong to kvh.
+		j, lo, r := latentGroup(gv, kvh, hd)
+		z := make([]float32, r)
+		weights(p, q[h*hd:(h+1)*hd], keys, kvd, kvh*hd, first, last, scale)
+		lat := gv.Latent()
+		for t := first; t <= last; t++ {
+			row := d.vals[l][t*lat+lo : t*lat+lo+r]
+			for i, v := range row {
+				z[i] += p[t] * v
+			}
+		}
+		up := gv.Ups[j]
+		rowOff := (kvh % (up.out / hd)) * hd
+		for i := range hd {
+			w := up.Weight[(rowOff+i)*r : (rowOff+i+1)*r]
+			var s float32
+			for t, v := range z {
+				s += w[t] * v
+			}
+			if gv.Bias != nil {
+				s += gv.Bias[kvh*hd+i]
+			}
+			o[i] = s
+		}
 	}
 	return out
 }
 
+// latentGroup returns the group j holding KV head kvh, the offset of its
+// latent and its rank.
+func latentGroup(g *Grouped, kvh, hd int) (j, off, rank int) {
+	j = kvh / (g.Ups[0].out / hd)
+	for i := range j {
+		off += g.Ups[i].in
+	}
+	return j, off, g.Ups[j].in
+}
+
+// rebuildFromLatent writes into keys (n × Out) the up-projections of n
+// cached latents, bias included.
+func rebuildFromLatent(m *Model, g *Grouped, keys, latents []float32, n int) {
+	out, lat, off := g.Out(), g.Latent(), 0
+	for j, u := range g.Ups {
+		m.Backend.Sgemm(false, true, n, u.out, u.in, 1, latents[off:], lat, u.Weight, u.in, 0, keys[j*u.out:], out)
+		off += u.in
+	}
+	addBias(keys, g.Bias, n)
+}
+
+// weights writes into p[first..last] the softmax attention weights of query
+// head qi over the key rows first..last.
+func weights(p, qi, kk []float32, kvd, off, first, last int, scale float32) {
+	d := len(qi)
+	mx := float32(math.Inf(-1))
+	for j := first; j <= last; j++ {
+		kj := kk[j*kvd+off : j*kvd+off+d]
+		var dot float32
+		for t, x := range qi {
+			dot += x * kj[t]
+		}
+		p[j] = dot * scale
+		mx = max(mx, p[j])
+	}
+	var sum float32
+	for j := first; j <= last; j++ {
+		p[j] = exp32(p[j] - mx)
+		sum += p[j]
+	}
+	for j := first; j <= last; j++ {
+		p[j] /= sum
+	}
+}
+
 // KVBytesPerToken is the KV cache of one token at 16-bit storage: the keys
 // and values of every layer, or their latents where k_proj and v_proj are
-// Palu-factored (the cache a latent decoder keeps).
+// Palu-factored (the cache the Decoder keeps).
 func (m *Model) KVBytesPerToken() int {
 	n := 0
 	for _, b := range m.Blocks {

@@ -109,7 +109,13 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 			pos = append(pos, p)
 		}
 	}
-	return m.runBlock(b, h, pos, func(q, kk, v []float32) []float32 {
+	return m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+		rows := h.Rows()
+		kk := make([]float32, rows*b.K.Out())
+		v := make([]float32, rows*b.V.Out())
+		b.K.Apply(m.Backend, kk, x, rows)
+		b.V.Apply(m.Backend, v, x, rows)
+		rope.apply(kk, b.K.Out()/m.Config.HeadDim, m.Config.HeadDim)
 		att := make([]float32, len(q))
 		attention(m.Backend, att, q, kk, v, h.Starts, m.Config)
 		return att
@@ -117,12 +123,13 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 }
 
 // runBlock is one decoder layer on the rows of h at the given positions;
-// attend turns the rotated queries and keys and the values of these rows
-// into the attention output (over the batch, or over a cache).
-func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(q, kk, v []float32) []float32, tap Tap) *States {
+// attend turns the normalised input x and the rotated queries of these rows
+// into the attention output: it computes keys and values itself, over the
+// batch or into a cache (rope rotates rows at pos).
+func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []float32, rope *rope) []float32, tap Tap) *States {
 	c, k := m.Config, m.Backend
 	rows, dim := h.Rows(), h.Dim
-	qd, kvd := b.Q.Out(), b.K.Out()
+	qd := b.Q.Out()
 
 	x := make([]float32, rows*dim)
 	rmsNorm(x, h.X, b.AttnNorm, rows, dim, c.RMSNormEps)
@@ -130,15 +137,10 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(q, kk, v []
 		return nil
 	}
 	q := make([]float32, rows*qd)
-	kk := make([]float32, rows*kvd)
-	v := make([]float32, rows*b.V.Out())
 	b.Q.Apply(k, q, x, rows)
-	b.K.Apply(k, kk, x, rows)
-	b.V.Apply(k, v, x, rows)
 	rope := newRope(c, pos)
 	rope.apply(q, qd/c.HeadDim, c.HeadDim)
-	rope.apply(kk, kvd/c.HeadDim, c.HeadDim)
-	att := attend(q, kk, v)
+	att := attend(x, q, rope)
 	if tap != nil && !tap(OInput, att, rows, qd) {
 		return nil
 	}
@@ -289,27 +291,11 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 // and value rows first..last (row stride kvd, head columns from off), using
 // p as scratch of at least last+1 values.
 func attendRow(o, qi, kk, v []float32, kvd, off, first, last int, scale float32, p []float32) {
+	weights(p, qi, kk, kvd, off, first, last, scale)
 	d := len(qi)
-	mx := float32(math.Inf(-1))
-	for j := first; j <= last; j++ {
-		kj := kk[j*kvd+off : j*kvd+off+d]
-		var dot float32
-		for t, x := range qi {
-			dot += x * kj[t]
-		}
-		p[j] = dot * scale
-		mx = max(mx, p[j])
-	}
-	var sum float32
-	for j := first; j <= last; j++ {
-		e := exp32(p[j] - mx)
-		p[j] = e
-		sum += e
-	}
-	inv := 1 / sum
 	clear(o)
 	for j := first; j <= last; j++ {
-		w := p[j] * inv
+		w := p[j]
 		vj := v[j*kvd+off : j*kvd+off+d]
 		for t, x := range vj {
 			o[t] += w * x
