@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
 )
 
 func TestPaluFullRankReproduces(t *testing.T) {
@@ -118,5 +121,29 @@ func TestPaluLatentDecoderMatchesForward(t *testing.T) {
 		if cached := d.CachedValues(); cached != len(seq)*res.KVBytes/2 {
 			t.Errorf("groups of %d: the cache holds %d values for %d tokens, want %d (the latents only)", g, cached, len(seq), len(seq)*res.KVBytes/2)
 		}
+	}
+}
+
+func TestPaluExportRoundTrip(t *testing.T) {
+	m, cal, ev := fixture(t, 4, 1)
+	res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: 2, RankSearch: "spectrum"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := model.Save(res.Model, dir, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	back, err := model.Load(dir, m.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := res.Model.Forward(ev)
+	b, _ := back.Forward(ev)
+	if e := relErr(b, a); e != 0 {
+		t.Errorf("palu checkpoint: logits differ by %.3g after save and load", e)
+	}
+	if back.KVBytesPerToken() != res.KVBytes {
+		t.Errorf("loaded model caches %d bytes per token, saved one %d", back.KVBytesPerToken(), res.KVBytes)
 	}
 }

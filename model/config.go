@@ -36,6 +36,8 @@ type Config struct {
 	// Factored maps module names (model.layers.i.<module>) stored as low-rank
 	// factors by a native export to their ranks (config.json's "rankzip").
 	Factored map[string]int
+	// Grouped maps Palu-factored modules to their per-group ranks.
+	Grouped map[string][]int
 
 	Raw map[string]json.RawMessage
 }
@@ -148,7 +150,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		}
 	}
 	c.RopeScaling = p.ropeScaling()
-	c.Factored = p.factored()
+	c.Factored, c.Grouped = p.native()
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -257,20 +259,21 @@ func (p *parser) ropeScaling() *RopeScaling {
 // NativeSection is the config.json key of rankzip's native format.
 const NativeSection = "rankzip"
 
-func (p *parser) factored() map[string]int {
+func (p *parser) native() (map[string]int, map[string][]int) {
 	var sec struct {
-		Format string         `json:"format"`
-		Ranks  map[string]int `json:"ranks"`
+		Format string           `json:"format"`
+		Ranks  map[string]int   `json:"ranks"`
+		Palu   map[string][]int `json:"palu"`
 	}
 	r, ok := p.raw[NativeSection]
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&sec); err != nil {
-		p.fail(NativeSection, fmt.Errorf("expected {\"format\": \"native\", \"ranks\": {module: rank}}: %v", err))
-		return nil
+		p.fail(NativeSection, fmt.Errorf("expected {\"format\": \"native\", \"ranks\": {module: rank}, \"palu\": {module: [rank per group]}}: %v", err))
+		return nil, nil
 	}
 	if sec.Format != "native" {
 		p.fail(NativeSection, fmt.Errorf("format %q unknown (want \"native\")", sec.Format))
@@ -280,7 +283,17 @@ func (p *parser) factored() map[string]int {
 			p.fail(NativeSection, fmt.Errorf("module %q: rank %d must be positive", name, r))
 		}
 	}
-	return sec.Ranks
+	for name, rs := range sec.Palu {
+		for _, r := range rs {
+			if r <= 0 {
+				p.fail(NativeSection, fmt.Errorf("module %q: group rank %d must be positive", name, r))
+			}
+		}
+		if _, both := sec.Ranks[name]; both || len(rs) == 0 {
+			p.fail(NativeSection, fmt.Errorf("module %q: needs one layout with at least one group", name))
+		}
+	}
+	return sec.Ranks, sec.Palu
 }
 
 // InvFreq returns the RoPE inverse frequencies of one head (HeadDim/2 values),

@@ -96,6 +96,13 @@ func expectedTensors(c *Config) []tensorSpec {
 			out, in, bias := linearShape(c, m)
 			if r, ok := c.Factored[p+m]; ok {
 				specs = append(specs, tensorSpec{p + m + ".A.weight", []int{r, in}}, tensorSpec{p + m + ".B.weight", []int{out, r}})
+			} else if rs, ok := c.Grouped[p+m]; ok {
+				latent := 0
+				for j, r := range rs {
+					latent += r
+					specs = append(specs, tensorSpec{fmt.Sprintf("%s%s.up.%d.weight", p, m, j), []int{out / len(rs), r}})
+				}
+				specs = append(specs, tensorSpec{p + m + ".down.weight", []int{latent, in}})
 			} else {
 				specs = append(specs, tensorSpec{p + m + ".weight", []int{out, in}})
 			}
@@ -134,6 +141,11 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	}
 	for name := range cfg.Factored {
 		if !want[name+".A.weight"] {
+			return nil, fmt.Errorf("%s/config.json: %q lists %q, which is not a linear layer of this model", dir, NativeSection, name)
+		}
+	}
+	for name := range cfg.Grouped {
+		if !want[name+".down.weight"] {
 			return nil, fmt.Errorf("%s/config.json: %q lists %q, which is not a linear layer of this model", dir, NativeSection, name)
 		}
 	}
@@ -178,6 +190,23 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 			if r, ok := cfg.Factored[p+mod]; ok {
 				*b.Linear(mod) = &Factored{A: NewDense(r, in, tensors[p+mod+".A.weight"], nil),
 					B: NewDense(out, r, tensors[p+mod+".B.weight"], tensors[p+mod+".bias"])}
+				continue
+			}
+			if rs, ok := cfg.Grouped[p+mod]; ok {
+				if out%len(rs) != 0 {
+					return nil, fmt.Errorf("checkpoint %s: config.json %q: %d groups do not divide the %d outputs of %s%s", dir, NativeSection, len(rs), out, p, mod)
+				}
+				var ups []*Dense
+				latent := 0
+				for j, r := range rs {
+					ups = append(ups, NewDense(out/len(rs), r, tensors[fmt.Sprintf("%s%s.up.%d.weight", p, mod, j)], nil))
+					latent += r
+				}
+				g, err := NewGrouped(NewDense(latent, in, tensors[p+mod+".down.weight"], nil), ups, tensors[p+mod+".bias"])
+				if err != nil {
+					return nil, fmt.Errorf("checkpoint %s: %s%s: %w", dir, p, mod, err)
+				}
+				*b.Linear(mod) = g
 				continue
 			}
 			*b.Linear(mod) = NewDense(out, in, tensors[p+mod+".weight"], tensors[p+mod+".bias"])

@@ -22,7 +22,8 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 		return fmt.Errorf("save model: %w", err)
 	}
 	c := m.Config
-	ranks := map[string]int{} // factored modules for the native section
+	ranks := map[string]int{}     // factored modules for the native section
+	grouped := map[string][]int{} // Palu modules for the native section
 	var tensors []safetensors.WriteTensor
 	add := func(name string, shape []int, v []float32) error {
 		if v == nil {
@@ -71,6 +72,14 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 				ranks[p+mod] = d.Rank()
 				err = errors.Join(add(p+mod+".A.weight", []int{d.A.out, d.A.in}, d.A.Weight),
 					add(p+mod+".B.weight", []int{d.B.out, d.B.in}, d.B.Weight), add(p+mod+".bias", []int{d.B.out}, d.B.Bias))
+			case *Grouped:
+				var rs []int
+				err = errors.Join(add(p+mod+".down.weight", []int{d.Down.out, d.Down.in}, d.Down.Weight), add(p+mod+".bias", []int{d.Out()}, d.Bias))
+				for j, u := range d.Ups {
+					rs = append(rs, u.in)
+					err = errors.Join(err, add(fmt.Sprintf("%s%s.up.%d.weight", p, mod, j), []int{u.out, u.in}, u.Weight))
+				}
+				grouped[p+mod] = rs
 			default:
 				return fmt.Errorf("save model: %s%s is %T, which has no checkpoint layout", p, mod, d)
 			}
@@ -84,8 +93,15 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 	}
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
 	set := map[string]any{"torch_dtype": torch, NativeSection: nil}
-	if len(ranks) > 0 {
-		set[NativeSection] = map[string]any{"format": "native", "ranks": ranks}
+	if len(ranks) > 0 || len(grouped) > 0 {
+		sec := map[string]any{"format": "native"}
+		if len(ranks) > 0 {
+			sec["ranks"] = ranks
+		}
+		if len(grouped) > 0 {
+			sec["palu"] = grouped
+		}
+		set[NativeSection] = sec
 	}
 	return WriteConfig(dir, c, set)
 }
