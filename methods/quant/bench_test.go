@@ -65,10 +65,10 @@ func benchProblem(k kernels.Backend, out, in int) (*mat.Dense, *mat.SymDense) {
 	return w, c
 }
 
-// BenchmarkGPTQ times one 4-bit, group-128 GPTQ of a layer (act-order on),
-// including the final calibration error, and reports the share of the time
-// spent in the backend: Cholesky (LAPACK) and Dgemm (BLAS: the triangular
-// inverse's products, the lazy batch updates and the calibration error).
+// BenchmarkGPTQ times one 4-bit, group-128, symmetric, act-order GPTQ of a
+// layer, and reports the time spent in the backend: Cholesky (LAPACK) and
+// Dgemm (BLAS: the triangular inverse's products and the lazy batch
+// updates), and their share of the whole.
 func BenchmarkGPTQ(b *testing.B) {
 	shapes := []struct{ out, in int }{{1024, 1024}}
 	if *largeBench {

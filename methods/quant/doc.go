@@ -61,8 +61,10 @@
 //     RTN value costs nothing on ℰ and is the safer guess off the
 //     calibration set.) A dead input with non-zero correlations, or a
 //     negative Cⱼⱼ, means C is not positive semi-definite: ErrNotPSD.
+//
 //  2. Act-order (desc_act): columns are processed in order of decreasing
 //     Hⱼⱼ (a stable sort; Result.Perm).
+//
 //  3. Groups are static by default: the scale and zero point of every group
 //     come from the original weights of its original columns, before any
 //     update (the reference's static_groups), so they are RTN's, GIdx stays
@@ -71,20 +73,31 @@
 //     group's weights as they stand when the block holding the group's first
 //     column starts, updated by the earlier blocks (the reference's default).
 //     Static groups are the better choice measured (below).
+//
 //  4. Damping: H + δI, δ = λ · mean(diag H), λ = Config.Damp (default 0.01).
 //     When the Cholesky factorisation fails λ is raised tenfold, up to three
 //     times (λ, 10λ, 100λ, 1000λ); Result.Damp reports the λ used. A
 //     failure at 1000λ is ErrNotPSD.
+//
 //  5. U, the upper Cholesky factor of (H + δI)⁻¹ (Uᵀ U = H⁻¹), in processing
 //     order. With J the reversal permutation, J H J = L Lᵀ gives H = R Rᵀ,
 //     R = J L J upper, so U = R⁻¹ = J L⁻¹ J: one Cholesky (kernels.Backend)
 //     and one triangular inverse (recursive, its products on the backend).
+//
 //  6. For blocks of BlockSize = 128 columns, for each column j of the block:
 //     quantize it, eⱼ = (wⱼ − ŵⱼ) / Uⱼⱼ, and subtract eⱼ Uⱼ,ₖ from the
 //     block's later columns k; after the block, subtract E U[block, rest]
 //     from all later columns at once (one Dgemm, the lazy batch update).
-//     Because W − Ŵ = E U column by column, ℰ_H(Ŵ) = ‖E‖²_F for the damped H.
-//  7. Result.CalibError is ℰ under the undamped C, measured (O(out·in²)).
+//
+//  7. Result.CalibError, ℰ under the undamped C, comes out of the loop: each
+//     column's final value is its original one minus the updates
+//     Σ_{k<j} eₖ Uₖⱼ, so W − Ŵ = E U, and U H Uᵀ = I for the damped
+//     H = (2/N) C + D (D diagonal: δ, plus 1 on dead inputs), hence
+//
+//     tr((W − Ŵ) H (W − Ŵ)ᵀ) = ‖E‖²_F,   ℰ = (N/2) (‖E‖²_F − Σⱼ Dⱼⱼ ‖wⱼ − ŵⱼ‖²)
+//
+//     in O(out·in) instead of a product with C (twice the flops of GPTQ
+//     itself). The tests check it against CalibError to 10⁻⁹.
 //
 // On random 32 × 256 layers with correlated inputs (TestGPTQNotWorseThanRTN,
 // go test -v) the GPTQ/RTN calibration error ratio, geometric mean and worst

@@ -3,12 +3,18 @@ package quant
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 
+	"gonum.org/v1/gonum/blas/gonum"
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
 )
+
+// axpy is gonum's BLAS (assembly kernels): the intra-block updates are
+// level-1 operations on out-long columns, too small to hand to the backend.
+var axpy gonum.Implementation
 
 // dampTries is how many damping levels GPTQ tries, each ten times the last,
 // before it gives up on a Cholesky factorisation: λ, 10λ, 100λ, 1000λ.
@@ -134,20 +140,23 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 		}
 	}
 
+	// Per block: its columns, transposed (one column a row), are quantized
+	// and updated in blk; codes and dequantized values go to qblk and dblk
+	// and then, transposed back, to qwork and to the block's columns of work
+	// (no longer needed), so every write is contiguous; the columns return
+	// to their original order at the end.
 	ur := u.RawMatrix()
-	qr, dqr := res.Q, res.Dequant.RawMatrix()
 	maxq := float64(int(1)<<cfg.Bits - 1)
-	blk := make([]float64, BlockSize*out) // the block's columns, one per row
+	var errH float64 // ‖E‖²_F
+	qwork := make([]uint8, out*in)
+	blk := make([]float64, BlockSize*out)
 	errs := make([]float64, BlockSize*out)
+	dblk := make([]float64, BlockSize*out)
+	qblk := make([]uint8, BlockSize*out)
 	for i1 := 0; i1 < in; i1 += BlockSize {
 		i2 := min(i1+BlockSize, in)
 		cnt := i2 - i1
-		for i := range out {
-			row := kr.Data[i*kr.Stride+i1 : i*kr.Stride+i2]
-			for j, v := range row {
-				blk[j*out+i] = v
-			}
-		}
+		transpose(blk, out, kr.Data[i1:], kr.Stride, out, cnt)
 		for j := range cnt {
 			col := i1 + j
 			orig := perm[col]
@@ -169,21 +178,20 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			d := ur.Data[col*ur.Stride+col]
 			wcol := blk[j*out : (j+1)*out]
 			ecol := errs[j*out : (j+1)*out]
+			qcol := qblk[j*out : (j+1)*out]
+			dcol := dblk[j*out : (j+1)*out]
 			for i, v := range wcol {
 				q, dq := round(v, scales[i], float64(zeros[i]), maxq)
-				qr[i*in+orig] = uint8(q)
-				dqr.Data[i*dqr.Stride+orig] = dq
-				ecol[i] = (v - dq) / d
+				qcol[i], dcol[i] = uint8(q), dq
+				e := (v - dq) / d
+				ecol[i] = e
+				errH += e * e
 			}
 			// Intra-block update of the columns still to come.
 			hrow := ur.Data[col*ur.Stride+col+1 : col*ur.Stride+i2]
 			for jj, h := range hrow {
-				if h == 0 {
-					continue
-				}
-				dst := blk[(j+1+jj)*out : (j+2+jj)*out]
-				for i, e := range ecol {
-					dst[i] -= e * h
+				if h != 0 {
+					axpy.Daxpy(out, -h, ecol, 1, blk[(j+1+jj)*out:(j+2+jj)*out], 1)
 				}
 			}
 		}
@@ -192,11 +200,36 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			e := mat.NewDense(cnt, out, errs[:cnt*out])
 			k.Dgemm(true, false, -1, e, u.Slice(i1, i2, i2, in).(*mat.Dense), 1, work.Slice(0, out, i2, in).(*mat.Dense))
 		}
+		transpose(kr.Data[i1:], kr.Stride, dblk, out, cnt, out)
+		transpose(qwork[i1:], in, qblk, out, cnt, out)
+	}
+	dqr := res.Dequant.RawMatrix()
+	for i := range out {
+		src, codes := kr.Data[i*kr.Stride:i*kr.Stride+in], qwork[i*in:(i+1)*in]
+		dst, qdst := dqr.Data[i*dqr.Stride:i*dqr.Stride+in], res.Q[i*in:(i+1)*in]
+		for p, j := range perm {
+			dst[j], qdst[j] = src[p], codes[p]
+		}
 	}
 	if !finiteDense(res.Dequant) {
 		return Result{}, fmt.Errorf("quant: gptq: quantized weight: %w", ErrNonFinite)
 	}
-	res.CalibError = CalibError(k, w, res.Dequant, c)
+	// tr(ΔW H ΔWᵀ) = ‖E‖²_F for the damped H = (2/N) C + D, D diagonal
+	// (δ, plus 1 on dead inputs), so tr(ΔW C ΔWᵀ) follows in O(out·in)
+	// instead of a product with C.
+	delta := damp * mean
+	errD := 0.0
+	for i := range out {
+		for j, v := range wr.Data[i*wr.Stride : i*wr.Stride+in] {
+			e := v - dqr.Data[i*dqr.Stride+j]
+			dj := delta
+			if dead[j] {
+				dj++
+			}
+			errD += dj * e * e
+		}
+	}
+	res.CalibError = math.Max(0, (errH-errD)/hScale)
 	return res, nil
 }
 
@@ -300,4 +333,22 @@ func invertLower(k kernels.Backend, l *mat.Dense) error {
 	k.Dgemm(false, false, 1, l21, l11, 0, t)
 	k.Dgemm(false, false, -1, l22, t, 0, l21)
 	return nil
+}
+
+// transpose sets dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols, in
+// cache-sized tiles.
+func transpose[T float64 | uint8](dst []T, ldd int, src []T, lds, rows, cols int) {
+	const tile = 32
+	for r0 := 0; r0 < rows; r0 += tile {
+		r1 := min(r0+tile, rows)
+		for c0 := 0; c0 < cols; c0 += tile {
+			c1 := min(c0+tile, cols)
+			for r := r0; r < r1; r++ {
+				row := src[r*lds : r*lds+c1]
+				for c := c0; c < c1; c++ {
+					dst[c*ldd+r] = row[c]
+				}
+			}
+		}
+	}
 }

@@ -101,8 +101,8 @@ func TestGPTQNotWorseThanRTN(t *testing.T) {
 							if r.CalibError > re*(1+tolNotWorse) && (mode != "dynamic" || bits > 2) {
 								t.Errorf("%s: GPTQ error %.6g > RTN %.6g", name, r.CalibError, re)
 							}
-							if d := directCalibError(w, r.Dequant, c); seed == 1 && relErr(r.CalibError, d) > tolCalib {
-								t.Errorf("%s: CalibError %.12g, direct %.12g", name, r.CalibError, d)
+							if seed == 1 {
+								checkCalib(t, name, r, w, c)
 							}
 							if r.Damp != DefaultDamp || r.Dead != 0 {
 								t.Errorf("%s: damp %v dead %d", name, r.Damp, r.Dead)
@@ -248,6 +248,7 @@ func TestGPTQDeadColumns(t *testing.T) {
 			}
 			name := fmt.Sprintf("%s %+v", k.Name(), cfg)
 			checkResult(t, name, r, nil)
+			checkCalib(t, name, r, w, c)
 			if r.Dead != len(deadCols) {
 				t.Errorf("%s: %d dead columns, want %d", name, r.Dead, len(deadCols))
 			}
@@ -290,6 +291,7 @@ func TestGPTQSingularAndIndefinite(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkResult(t, k.Name()+" singular", r, nil)
+		checkCalib(t, k.Name()+" singular", r, w, c)
 		if r.Damp != DefaultDamp {
 			t.Errorf("%s singular: damp %v", k.Name(), r.Damp)
 		}
@@ -324,6 +326,7 @@ func TestGPTQSingularAndIndefinite(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkResult(t, k.Name()+" indefinite", r, nil)
+		checkCalib(t, k.Name()+" indefinite", r, w, ind)
 		if math.Abs(r.Damp-10*DefaultDamp) > 1e-15 {
 			t.Errorf("%s indefinite: damp %v, want %v", k.Name(), r.Damp, 10*DefaultDamp)
 		}
@@ -403,6 +406,7 @@ func TestGPTQOddWidth(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkResult(t, fmt.Sprintf("%+v", cfg), r, nil)
+			checkCalib(t, fmt.Sprintf("%+v", cfg), r, w, c)
 			rtn, _ := RTN(w, cfg)
 			if re := CalibError(k, w, rtn.Dequant, c); r.CalibError > re {
 				t.Errorf("%+v: GPTQ %.6g > RTN %.6g", cfg, r.CalibError, re)
@@ -411,5 +415,14 @@ func TestGPTQOddWidth(t *testing.T) {
 	}
 	if _, err := GPTQ(k, w, c, tokens, Config{Bits: 4, GroupSize: 32}); !errors.Is(err, ErrConfig) {
 		t.Errorf("group 32 of 172 inputs: err %v", err)
+	}
+}
+
+// checkCalib compares GPTQ's CalibError, obtained from ‖E‖²_F, with the
+// trace evaluated directly.
+func checkCalib(t *testing.T, name string, r Result, w *mat.Dense, c *mat.SymDense) {
+	t.Helper()
+	if d := directCalibError(w, r.Dequant, c); relErr(r.CalibError, d) > tolCalib {
+		t.Errorf("%s: CalibError %.12g, direct %.12g (rel %.2g)", name, r.CalibError, d, relErr(r.CalibError, d))
 	}
 }
