@@ -22,6 +22,10 @@ type PaluOptions struct {
 	RankSearch string     // uniform or spectrum (default spectrum)
 	Mode       calib.Mode // sequential (default) or original
 	Batch      int        // calibration sequences per batch (default 16)
+
+	LatentBits      int  // 0 (16-bit latents), 2, 3, 4 or 8: per-token quantization of the cached latents
+	LatentGroupSize int  // latent values per scale and zero (default 32)
+	Hadamard        bool // rotate each group's latent by a Walsh–Hadamard transform folded into the factors
 }
 
 // PaluResult is the compressed model and its latent sizes.
@@ -60,6 +64,17 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	}
 	if o.Batch <= 0 {
 		o.Batch = 16
+	}
+	switch o.LatentBits {
+	case 0, 2, 3, 4, 8:
+	default:
+		problems = append(problems, fmt.Sprintf("latent_bits %d: want 2, 3, 4 or 8 (or none)", o.LatentBits))
+	}
+	if o.LatentGroupSize == 0 {
+		o.LatentGroupSize = 32
+	}
+	if o.LatentGroupSize < 1 {
+		problems = append(problems, fmt.Sprintf("latent_group_size %d must be positive", o.LatentGroupSize))
 	}
 	for _, mod := range paluModules {
 		if _, ok := (*m.Blocks[0].Linear(mod)).(*model.Dense); !ok {
@@ -121,10 +136,14 @@ func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
+			if o.Hadamard {
+				res = res.Rotate()
+			}
 			g, err := grouped(res)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
+			g.LatentBits, g.LatentGroup = o.LatentBits, o.LatentGroupSize
 			*comp.Linear(mod) = g
 		}
 		out.Blocks[i] = &comp
@@ -133,7 +152,11 @@ func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions)
 		}
 	}
 	r := &PaluResult{Model: &out, Ranks: ranks, KVBytes: out.KVBytesPerToken(), KVBytesOrig: m.KVBytesPerToken(), GroupHeads: o.GroupHeads}
-	r.LatentPerTok = r.KVBytes / 2
+	for _, ranks := range r.Ranks {
+		for _, x := range ranks {
+			r.LatentPerTok += x
+		}
+	}
 	return r, nil
 }
 

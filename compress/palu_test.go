@@ -126,7 +126,7 @@ func TestPaluLatentDecoderMatchesForward(t *testing.T) {
 
 func TestPaluExportRoundTrip(t *testing.T) {
 	m, cal, ev := fixture(t, 4, 1)
-	res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: 2, RankSearch: "spectrum"})
+	res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: 2, RankSearch: "spectrum", LatentBits: 3, LatentGroupSize: 8, Hadamard: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,5 +145,59 @@ func TestPaluExportRoundTrip(t *testing.T) {
 	}
 	if back.KVBytesPerToken() != res.KVBytes {
 		t.Errorf("loaded model caches %d bytes per token, saved one %d", back.KVBytesPerToken(), res.KVBytes)
+	}
+}
+
+// The Hadamard rotation alone changes nothing; with quantized latents the KV
+// bytes count the codes plus a float16 scale and zero per group.
+func TestPaluHadamardAndLatentBits(t *testing.T) {
+	m, cal, ev := fixture(t, 8, 2)
+	run := func(o PaluOptions) (*PaluResult, float64) {
+		o.KVKeep, o.GroupHeads, o.RankSearch = 0.5, 4, "uniform"
+		res, err := RunPalu(context.Background(), m, cal, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := measure(t, m, res.Model, ev)
+		t.Logf("bits %d hadamard %v: kl %.4f ppl %.2f kv bytes %d", o.LatentBits, o.Hadamard, *r.KL, r.PPL, res.KVBytes)
+		return res, *r.KL
+	}
+	plain, _ := run(PaluOptions{})
+	rotated, _ := run(PaluOptions{Hadamard: true})
+	a, _ := plain.Model.Forward(ev)
+	b, _ := rotated.Model.Forward(ev)
+	if e := relErr(b, a); e > 1e-5 {
+		t.Errorf("the Hadamard rotation changed the logits by %.3g", e)
+	}
+	q4, _ := run(PaluOptions{LatentBits: 4, Hadamard: true})
+	// 5 layers × 2 matrices × latent 16: 16 values at 4 bits = 8 bytes + one group's scale and zero = 4 bytes.
+	if want := 5 * 2 * (8 + 4); q4.KVBytes != want {
+		t.Errorf("4-bit latents: %d KV bytes per token, want %d", q4.KVBytes, want)
+	}
+}
+
+// BenchmarkPaluLatentTable prints the effect of 4- and 3-bit latents with and
+// without the Hadamard rotation (J-LRD, spectrum ranks):
+//
+//	go test -run XXX -bench PaluLatentTable -benchtime 1x ./compress/
+func BenchmarkPaluLatentTable(b *testing.B) {
+	m, cal, ev := fixture(b, 128, 32)
+	for b.Loop() {
+		fmt.Printf("%7s %4s %8s %10s %10s %9s\n", "kv_keep", "bits", "hadamard", "kl", "ppl", "kv bytes")
+		for _, keep := range []float64{0.75, 0.5} {
+			for _, bits := range []int{0, 4, 3} {
+				for _, h := range []bool{false, true} {
+					if bits == 0 && h {
+						continue
+					}
+					res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: keep, GroupHeads: 4, RankSearch: "spectrum", LatentBits: bits, Hadamard: h})
+					if err != nil {
+						b.Fatal(err)
+					}
+					r := measure(b, m, res.Model, ev)
+					fmt.Printf("%7.2f %4d %8v %10.4f %10.2f %4d/%-4d\n", keep, bits, h, *r.KL, r.PPL, res.KVBytes, res.KVBytesOrig)
+				}
+			}
+		}
 	}
 }

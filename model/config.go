@@ -38,6 +38,8 @@ type Config struct {
 	Factored map[string]int
 	// Grouped maps Palu-factored modules to their per-group ranks.
 	Grouped map[string][]int
+	// LatentBits and LatentGroup quantize the cached Palu latents (0: 16-bit).
+	LatentBits, LatentGroup int
 
 	Raw map[string]json.RawMessage
 }
@@ -150,7 +152,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		}
 	}
 	c.RopeScaling = p.ropeScaling()
-	c.Factored, c.Grouped = p.native()
+	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup = p.native()
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -259,21 +261,31 @@ func (p *parser) ropeScaling() *RopeScaling {
 // NativeSection is the config.json key of rankzip's native format.
 const NativeSection = "rankzip"
 
-func (p *parser) native() (map[string]int, map[string][]int) {
+func (p *parser) native() (map[string]int, map[string][]int, int, int) {
 	var sec struct {
-		Format string           `json:"format"`
-		Ranks  map[string]int   `json:"ranks"`
-		Palu   map[string][]int `json:"palu"`
+		Format      string           `json:"format"`
+		Ranks       map[string]int   `json:"ranks"`
+		Palu        map[string][]int `json:"palu"`
+		LatentBits  int              `json:"palu_latent_bits"`
+		LatentGroup int              `json:"palu_latent_group_size"`
 	}
 	r, ok := p.raw[NativeSection]
 	if !ok {
-		return nil, nil
+		return nil, nil, 0, 0
 	}
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&sec); err != nil {
-		p.fail(NativeSection, fmt.Errorf("expected {\"format\": \"native\", \"ranks\": {module: rank}, \"palu\": {module: [rank per group]}}: %v", err))
-		return nil, nil
+		p.fail(NativeSection, fmt.Errorf("expected {\"format\": \"native\", \"ranks\": {module: rank}, \"palu\": {module: [rank per group]}, ...}: %v", err))
+		return nil, nil, 0, 0
+	}
+	switch sec.LatentBits {
+	case 0, 2, 3, 4, 8:
+	default:
+		p.fail(NativeSection, fmt.Errorf("palu_latent_bits %d: want 2, 3, 4 or 8", sec.LatentBits))
+	}
+	if sec.LatentBits > 0 && sec.LatentGroup <= 0 {
+		p.fail(NativeSection, fmt.Errorf("palu_latent_group_size %d must be positive", sec.LatentGroup))
 	}
 	if sec.Format != "native" {
 		p.fail(NativeSection, fmt.Errorf("format %q unknown (want \"native\")", sec.Format))
@@ -293,7 +305,7 @@ func (p *parser) native() (map[string]int, map[string][]int) {
 			p.fail(NativeSection, fmt.Errorf("module %q: needs one layout with at least one group", name))
 		}
 	}
-	return sec.Ranks, sec.Palu
+	return sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup
 }
 
 // InvFreq returns the RoPE inverse frequencies of one head (HeadDim/2 values),

@@ -68,6 +68,7 @@ func cacheRow(m *Model, lin Linear, x []float32, rope *rope) []float32 {
 	if g, ok := lin.(*Grouped); ok {
 		lat := make([]float32, g.Latent())
 		g.Down.Apply(m.Backend, lat, x, 1)
+		g.quantizeLatents(lat, 1)
 		return lat
 	}
 	y := make([]float32, lin.Out())
@@ -186,13 +187,13 @@ func weights(p, qi, kk []float32, kvd, off, first, last int, scale float32) {
 	}
 }
 
-// KVBytesPerToken is the KV cache of one token at 16-bit storage: the keys
-// and values of every layer, or their latents where k_proj and v_proj are
-// Palu-factored (the cache the Decoder keeps).
+// KVBytesPerToken is the KV cache of one token: the keys and values of every
+// layer at 16 bits, or their latents where k_proj and v_proj are
+// Palu-factored (at 16 bits, or quantized with their scales and zeros).
 func (m *Model) KVBytesPerToken() int {
 	n := 0
 	for _, b := range m.Blocks {
-		n += 2 * (cachedWidth(b.K) + cachedWidth(b.V))
+		n += cachedBytes(b.K) + cachedBytes(b.V)
 	}
 	return n
 }

@@ -206,6 +206,7 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 				if err != nil {
 					return nil, fmt.Errorf("checkpoint %s: %s%s: %w", dir, p, mod, err)
 				}
+				g.LatentBits, g.LatentGroup = cfg.LatentBits, cfg.LatentGroup
 				*b.Linear(mod) = g
 				continue
 			}

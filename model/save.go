@@ -24,6 +24,7 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 	c := m.Config
 	ranks := map[string]int{}     // factored modules for the native section
 	grouped := map[string][]int{} // Palu modules for the native section
+	latentBits, latentGroup := -1, 0
 	var tensors []safetensors.WriteTensor
 	add := func(name string, shape []int, v []float32) error {
 		if v == nil {
@@ -80,6 +81,10 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 					err = errors.Join(err, add(fmt.Sprintf("%s%s.up.%d.weight", p, mod, j), []int{u.out, u.in}, u.Weight))
 				}
 				grouped[p+mod] = rs
+				if latentBits >= 0 && (latentBits != d.LatentBits || latentGroup != d.LatentGroup) && len(grouped) > 1 {
+					return fmt.Errorf("save model: %s%s quantizes its latent differently from the other Palu layers", p, mod)
+				}
+				latentBits, latentGroup = d.LatentBits, d.LatentGroup
 			default:
 				return fmt.Errorf("save model: %s%s is %T, which has no checkpoint layout", p, mod, d)
 			}
@@ -100,6 +105,9 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 		}
 		if len(grouped) > 0 {
 			sec["palu"] = grouped
+			if latentBits > 0 {
+				sec["palu_latent_bits"], sec["palu_latent_group_size"] = latentBits, latentGroup
+			}
 		}
 		set[NativeSection] = sec
 	}

@@ -18,6 +18,8 @@ package palu
 import (
 	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 
 	"gonum.org/v1/gonum/mat"
 
@@ -141,4 +143,46 @@ func (r Result) Rebuild() *mat.Dense {
 		off += gr
 	}
 	return w
+}
+
+// Hadamard returns an orthonormal r×r matrix that spreads each latent value
+// over many: block-diagonal, with one normalised Sylvester–Walsh–Hadamard
+// block per power of two in the binary expansion of r (largest first).
+// Applied as R′ = H R and L′ = L Hᵀ it leaves L R unchanged and evens out the
+// latent's channels before quantization.
+func Hadamard(r int) *mat.Dense {
+	h := mat.NewDense(r, r, nil)
+	off := 0
+	for size := 1 << 30; size >= 1; size >>= 1 {
+		if r-off < size {
+			continue
+		}
+		scale := 1 / math.Sqrt(float64(size))
+		for i := range size {
+			for j := range size {
+				v := scale
+				if bits.OnesCount(uint(i&j))%2 == 1 {
+					v = -scale
+				}
+				h.Set(off+i, off+j, v)
+			}
+		}
+		off += size
+	}
+	return h
+}
+
+// Rotate applies Hadamard(rⱼ) to every group: the factorisation computes the
+// same map, with rotated latents.
+func (r Result) Rotate() Result {
+	out := Result{Bias: r.Bias, PredictedError: r.PredictedError}
+	for _, g := range r.Groups {
+		rank, _ := g.Down.Dims()
+		h := Hadamard(rank)
+		var down, up mat.Dense
+		down.Mul(h, g.Down)
+		up.Mul(g.Up, h.T())
+		out.Groups = append(out.Groups, Group{Down: &down, Up: &up})
+	}
+	return out
 }

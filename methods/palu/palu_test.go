@@ -101,3 +101,44 @@ func TestCoarserGroupsAreNoWorse(t *testing.T) {
 		}
 	}
 }
+
+func TestHadamardIsOrthonormal(t *testing.T) {
+	for _, r := range []int{1, 2, 7, 8, 12, 33} {
+		h := Hadamard(r)
+		var p mat.Dense
+		p.Mul(h, h.T())
+		for i := range r {
+			for j := range r {
+				want := 0.0
+				if i == j {
+					want = 1
+				}
+				if math.Abs(p.At(i, j)-want) > 1e-12 {
+					t.Fatalf("Hadamard(%d): H Hᵀ[%d,%d] = %v", r, i, j, p.At(i, j))
+				}
+			}
+		}
+	}
+	// A power-of-two block mixes every channel: no zero entries.
+	h := Hadamard(8)
+	for i := range 8 {
+		for j := range 8 {
+			if h.At(i, j) == 0 {
+				t.Fatalf("Hadamard(8) has a zero at %d,%d", i, j)
+			}
+		}
+	}
+}
+
+func TestRotateKeepsTheMap(t *testing.T) {
+	w, c := problem(4, 8, 32, 3)
+	res, err := Decompose(kernels.Default(), w, nil, c, 8, 2, []int{5, 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d mat.Dense
+	d.Sub(res.Rotate().Rebuild(), res.Rebuild())
+	if e := mat.Norm(&d, 2) / mat.Norm(res.Rebuild(), 2); e > 1e-12 {
+		t.Errorf("rotated factors differ by %.3g", e)
+	}
+}
