@@ -97,14 +97,24 @@ type Streams struct {
 	Mode Mode
 	Orig []*model.States
 	Comp []*model.States // nil in Original mode
+	// Spill, when set, is a directory where the batches live as memory-mapped
+	// files, so that memory holds one block and the batch being worked on
+	// rather than every calibration hidden state. Call Release when done.
+	Spill string
 }
 
 // Embed embeds the calibration sequences in batches of batch sequences.
 func Embed(m *model.Model, seqs [][]int32, batch int, mode Mode) (*Streams, error) {
+	return EmbedSpill(m, seqs, batch, mode, "")
+}
+
+// EmbedSpill is Embed with the batches spilled to memory-mapped files in
+// dir (see Streams.Spill); dir "" keeps them in memory.
+func EmbedSpill(m *model.Model, seqs [][]int32, batch int, mode Mode, dir string) (*Streams, error) {
 	if mode != Original && mode != Sequential {
 		return nil, fmt.Errorf("calibration mode %q: want %q or %q", mode, Sequential, Original)
 	}
-	st := &Streams{Mode: mode}
+	st := &Streams{Mode: mode, Spill: dir}
 	for i := 0; i < len(seqs); i += batch {
 		h, err := m.EmbedTokens(seqs[i:min(len(seqs), i+batch)])
 		if err != nil {
@@ -114,6 +124,9 @@ func Embed(m *model.Model, seqs [][]int32, batch int, mode Mode) (*Streams, erro
 		if mode == Sequential {
 			st.Comp = append(st.Comp, h)
 		}
+	}
+	if err := st.spill(); err != nil {
+		return nil, err
 	}
 	return st, nil
 }
@@ -165,14 +178,28 @@ func Collect(m *model.Model, orig, comp *model.Block, st *Streams, site model.Si
 }
 
 // Advance runs the blocks on the streams and returns the streams entering
-// the next block.
-func Advance(m *model.Model, orig, comp *model.Block, st *Streams) *Streams {
-	next := &Streams{Mode: st.Mode}
+// the next block (spilled like st). st itself is left as it was.
+func Advance(m *model.Model, orig, comp *model.Block, st *Streams) (*Streams, error) {
+	next := &Streams{Mode: st.Mode, Spill: st.Spill}
+	keep := func(h *model.States) (*model.States, error) {
+		if st.Spill == "" {
+			return h, nil
+		}
+		return spillStates(st.Spill, h)
+	}
 	for i, h := range st.Orig {
-		next.Orig = append(next.Orig, m.RunBlock(orig, h, nil))
+		o, err := keep(m.RunBlock(orig, h, nil))
+		if err != nil {
+			return nil, err
+		}
+		next.Orig = append(next.Orig, o)
 		if st.Mode == Sequential {
-			next.Comp = append(next.Comp, m.RunBlock(comp, st.Comp[i], nil))
+			c, err := keep(m.RunBlock(comp, st.Comp[i], nil))
+			if err != nil {
+				return nil, err
+			}
+			next.Comp = append(next.Comp, c)
 		}
 	}
-	return next
+	return next, nil
 }

@@ -35,6 +35,9 @@ type Options struct {
 	Alpha      float64    // ASVD exponent (default 0.5)
 	Mode       calib.Mode // sequential (default) or original
 	Batch      int        // calibration sequences per batch (default 16)
+	// Spill, when set, keeps the calibration hidden states in memory-mapped
+	// files in this directory (see calib.Streams.Spill).
+	Spill string
 }
 
 // Layer reports what happened to one targeted matrix.

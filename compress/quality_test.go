@@ -153,3 +153,23 @@ func TestNonFiniteActivationsAreAnError(t *testing.T) {
 		t.Fatalf("error %v, want a non-finite activation error naming model.layers.1.mlp.gate_proj", err)
 	}
 }
+
+// Spilling the calibration hidden states to disk changes nothing.
+func TestSpillGivesTheSameModel(t *testing.T) {
+	m, cal, ev := fixture(t, 4, 1)
+	o := Options{Method: "whiten", Targets: []string{"mlp.*"}, Rank: 30}
+	a, err := Run(context.Background(), m, cal, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Spill = t.TempDir()
+	b, err := Run(context.Background(), m, cal, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, _ := a.Model.Forward(ev)
+	y, _ := b.Model.Forward(ev)
+	if e := relErr(y, x); e != 0 {
+		t.Errorf("spilled run differs by %.3g", e)
+	}
+}

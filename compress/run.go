@@ -51,10 +51,11 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 	if err != nil {
 		return nil, err
 	}
-	st, err := calib.Embed(m, seqs, p.Options.Batch, p.Options.Mode)
+	st, err := calib.EmbedSpill(m, seqs, p.Options.Batch, p.Options.Mode, p.Options.Spill)
 	if err != nil {
 		return nil, err
 	}
+	defer func() { st.Release() }()
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	res := &Result{Model: &out}
@@ -63,8 +64,13 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 			return nil, err
 		}
 		var layers []Layer
-		if out.Blocks[i], layers, st, err = p.Block(m, i, st); err != nil {
+		var next *calib.Streams
+		if out.Blocks[i], layers, next, err = p.Block(m, i, st); err != nil {
 			return nil, err
+		}
+		if next != nil {
+			st.Release()
+			st = next
 		}
 		for _, l := range layers {
 			res.Layers = append(res.Layers, l)
@@ -123,7 +129,9 @@ func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []
 	}
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
-		next = calib.Advance(m, orig, &comp, st)
+		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	return &comp, layers, next, nil
 }
@@ -220,10 +228,11 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 // weight and the original model's statistics of its input.
 func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string,
 	fn func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error) error {
-	st, err := calib.Embed(m, seqs, o.Batch, calib.Original)
+	st, err := calib.EmbedSpill(m, seqs, o.Batch, calib.Original, o.Spill)
 	if err != nil {
 		return err
 	}
+	defer func() { st.Release() }()
 	j := 0
 	for i, b := range m.Blocks {
 		if err := ctx.Err(); err != nil {
@@ -249,7 +258,12 @@ func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options
 			j++
 		}
 		if i+1 < len(m.Blocks) {
-			st = calib.Advance(m, b, b, st)
+			next, err := calib.Advance(m, b, b, st)
+			if err != nil {
+				return err
+			}
+			st.Release()
+			st = next
 		}
 	}
 	return nil

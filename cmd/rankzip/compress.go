@@ -31,6 +31,7 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 	mode := fs.String("mode", "sequential", "calibration statistics: sequential | original")
 	export := fs.String("export", "native", "native (factored A/B tensors) | dense (factors multiplied back)")
 	dtype := fs.String("dtype", "F32", "stored dtype: F32 | BF16 | F16")
+	spill := fs.String("spill-dir", "", "keep calibration hidden states in memory-mapped files in DIR instead of memory")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 	if *export != "native" && *export != "dense" {
 		return fmt.Errorf("--export %q: want native or dense", *export)
 	}
-	o := compress.Options{Method: *method, KeepParams: *keep, Rank: *rankFlag, RankSearch: *search, Alpha: *alpha, Mode: calib.Mode(*mode)}
+	o := compress.Options{Method: *method, KeepParams: *keep, Rank: *rankFlag, RankSearch: *search, Alpha: *alpha, Mode: calib.Mode(*mode), Spill: *spill}
 	if *targets != "" {
 		o.Targets = strings.Split(*targets, ",")
 	}
