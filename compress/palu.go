@@ -174,7 +174,7 @@ func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOption
 		}
 	}
 	ranks := make(map[string][]int, len(names))
-	per := max(1, min(groupRows, int(math.Round(o.KVKeep*float64(groupRows)))))
+	per := max(1, min(groupRows, int(math.Floor(o.KVKeep*float64(groupRows)+1e-9)))) // never above the budget
 	if o.RankSearch == "uniform" {
 		for _, n := range names {
 			ranks[n] = repeat(per, groups)
