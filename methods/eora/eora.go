@@ -3,6 +3,7 @@ package eora
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
@@ -70,13 +71,13 @@ func Compensate(k kernels.Backend, w, wc *mat.Dense, c *mat.SymDense, rank int) 
 	if rank < 1 || rank > min(out, in) {
 		panic(fmt.Errorf("%w: rank %d for a %d×%d weight (want 1…%d)", ErrShape, rank, out, in, min(out, in)))
 	}
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return Result{}, fmt.Errorf("eora: weight: %w", ErrNonFinite)
 	}
-	if !finiteDense(wc) {
+	if !matx.FiniteDense(wc) {
 		return Result{}, fmt.Errorf("eora: compressed weight: %w", ErrNonFinite)
 	}
-	if !finiteSym(c) {
+	if !matx.FiniteSym(c) {
 		return Result{}, fmt.Errorf("eora: gram: %w", ErrNonFinite)
 	}
 	dw := mat.NewDense(out, in, nil)
@@ -139,11 +140,11 @@ func Compensate(k kernels.Backend, w, wc *mat.Dense, c *mat.SymDense, rank int) 
 	k.Dgemm(false, true, 1, t, qk, 0, a.Slice(0, eff, 0, in).(*mat.Dense))
 
 	res := Result{B: b, A: a, Sigma: s, Kept: m, Cutoff: tau}
-	cd := symToDense(c)
+	cd := matx.SymToDense(c)
 	res.ErrorBefore = calibError(k, dw, cd)
 	k.Dgemm(false, false, -1, b, a, 1, dw) // ΔW − B A
 	res.ErrorAfter = calibError(k, dw, cd)
-	if !finiteDense(b) || !finiteDense(a) || math.IsNaN(res.ErrorAfter) {
+	if !matx.FiniteDense(b) || !matx.FiniteDense(a) || math.IsNaN(res.ErrorAfter) {
 		return Result{}, fmt.Errorf("eora: factors: %w", ErrNonFinite)
 	}
 	return res, nil
@@ -169,44 +170,4 @@ func calibError(k kernels.Backend, e, c *mat.Dense) float64 {
 		}
 	}
 	return sum
-}
-
-// symToDense returns the full symmetric matrix c as a Dense.
-func symToDense(c *mat.SymDense) *mat.Dense {
-	n := c.SymmetricDim()
-	d := mat.NewDense(n, n, nil)
-	raw := c.RawSymmetric()
-	dr := d.RawMatrix()
-	for i := range n {
-		for j := i; j < n; j++ {
-			v := raw.Data[i*raw.Stride+j]
-			dr.Data[i*dr.Stride+j] = v
-			dr.Data[j*dr.Stride+i] = v
-		}
-	}
-	return d
-}
-
-func finiteDense(m *mat.Dense) bool {
-	raw := m.RawMatrix()
-	for i := range raw.Rows {
-		for _, v := range raw.Data[i*raw.Stride : i*raw.Stride+raw.Cols] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func finiteSym(c *mat.SymDense) bool {
-	raw := c.RawSymmetric()
-	for i := range raw.N {
-		for _, v := range raw.Data[i*raw.Stride+i : i*raw.Stride+raw.N] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -3,6 +3,7 @@ package eora
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -312,7 +313,7 @@ func TestSingularGram(t *testing.T) {
 			if r.Kept != tokens || len(r.Sigma) != min(out, tokens) {
 				t.Errorf("%s: kept %d, %d singular values; want %d", name, r.Kept, len(r.Sigma), tokens)
 			}
-			if !finiteDense(r.A) || !finiteDense(r.B) {
+			if !matx.FiniteDense(r.A) || !matx.FiniteDense(r.B) {
 				t.Fatalf("%s: non-finite factors", name)
 			}
 			if r.ErrorAfter > r.ErrorBefore*(1+tolMonotone) {

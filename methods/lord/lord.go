@@ -3,6 +3,7 @@ package lord
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
@@ -64,10 +65,10 @@ func Decompose(k kernels.Backend, w *mat.Dense, bias []float64, c *mat.SymDense,
 	if err := validate(w, bias, c, mean, n); err != nil {
 		return Result{}, fmt.Errorf("lord: %w", err)
 	}
-	w = contiguous(w)
+	w = matx.Contiguous(w)
 
 	// Output covariance M = W C′ Wᵀ, C′ = C or C − N μ μᵀ.
-	cd := symToDense(c)
+	cd := matx.SymToDense(c)
 	if bias != nil {
 		raw := cd.RawMatrix()
 		for i := range in {
@@ -220,21 +221,6 @@ func finite(v []float64) bool {
 	return true
 }
 
-// symToDense returns the full n×n matrix of c.
-func symToDense(c *mat.SymDense) *mat.Dense {
-	n := c.SymmetricDim()
-	d := mat.NewDense(n, n, nil)
-	sr, dr := c.RawSymmetric(), d.RawMatrix()
-	for i := range n {
-		for j := i; j < n; j++ {
-			v := sr.Data[i*sr.Stride+j]
-			dr.Data[i*dr.Stride+j] = v
-			dr.Data[j*dr.Stride+i] = v
-		}
-	}
-	return d
-}
-
 // symmetrise returns (m + mᵀ)/2.
 func symmetrise(m *mat.Dense) *mat.SymDense {
 	n, _ := m.Dims()
@@ -246,12 +232,4 @@ func symmetrise(m *mat.Dense) *mat.SymDense {
 		}
 	}
 	return s
-}
-
-// contiguous returns m, or a packed copy when its rows are not packed.
-func contiguous(m *mat.Dense) *mat.Dense {
-	if raw := m.RawMatrix(); raw.Stride != raw.Cols {
-		return mat.DenseCopyOf(m)
-	}
-	return m
 }

@@ -3,6 +3,7 @@ package quant
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 	"slices"
 
@@ -36,10 +37,10 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 	if n <= 0 {
 		return Result{}, fmt.Errorf("%w: gptq: %d calibration tokens", ErrConfig, n)
 	}
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return Result{}, fmt.Errorf("quant: gptq: weight: %w", ErrNonFinite)
 	}
-	if !finiteSym(c) {
+	if !matx.FiniteSym(c) {
 		return Result{}, fmt.Errorf("quant: gptq: gram: %w", ErrNonFinite)
 	}
 
@@ -211,7 +212,7 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			dst[j], qdst[j] = src[p], codes[p]
 		}
 	}
-	if !finiteDense(res.Dequant) {
+	if !matx.FiniteDense(res.Dequant) {
 		return Result{}, fmt.Errorf("quant: gptq: quantized weight: %w", ErrNonFinite)
 	}
 	// tr(ΔW H ΔWᵀ) = ‖E‖²_F for the damped H = (2/N) C + D, D diagonal

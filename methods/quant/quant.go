@@ -3,6 +3,7 @@ package quant
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
@@ -163,7 +164,7 @@ func RTN(w *mat.Dense, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return Result{}, fmt.Errorf("quant: rtn: weight: %w", ErrNonFinite)
 	}
 	res := newResult(out, in, groups, size, cfg)
@@ -322,7 +323,7 @@ func CalibError(k kernels.Backend, w, wq *mat.Dense, c *mat.SymDense) float64 {
 	if ro != out || ri != in || c.SymmetricDim() != in {
 		panic(fmt.Errorf("%w: W is %d×%d, W′ is %d×%d, C is %d×%d", ErrShape, out, in, ro, ri, c.SymmetricDim(), c.SymmetricDim()))
 	}
-	cd := symToDense(c)
+	cd := matx.SymToDense(c)
 	const rows = 256
 	e := mat.NewDense(min(rows, out), in, nil)
 	ec := mat.NewDense(min(rows, out), in, nil)
@@ -341,44 +342,4 @@ func CalibError(k kernels.Backend, w, wq *mat.Dense, c *mat.SymDense) float64 {
 		}
 	}
 	return sum
-}
-
-// symToDense returns the full symmetric matrix c as a Dense.
-func symToDense(c *mat.SymDense) *mat.Dense {
-	n := c.SymmetricDim()
-	d := mat.NewDense(n, n, nil)
-	raw := c.RawSymmetric()
-	dr := d.RawMatrix()
-	for i := range n {
-		for j := i; j < n; j++ {
-			v := raw.Data[i*raw.Stride+j]
-			dr.Data[i*dr.Stride+j] = v
-			dr.Data[j*dr.Stride+i] = v
-		}
-	}
-	return d
-}
-
-func finiteDense(m *mat.Dense) bool {
-	raw := m.RawMatrix()
-	for i := range raw.Rows {
-		for _, v := range raw.Data[i*raw.Stride : i*raw.Stride+raw.Cols] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func finiteSym(c *mat.SymDense) bool {
-	raw := c.RawSymmetric()
-	for i := range raw.N {
-		for _, v := range raw.Data[i*raw.Stride+i : i*raw.Stride+raw.N] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -2,6 +2,7 @@ package svd
 
 import (
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
@@ -53,13 +54,13 @@ func CorrectedTarget(k kernels.Backend, w, cross *mat.Dense, c *mat.SymDense) (*
 	if n := c.SymmetricDim(); n != in || kr != in || kc != in {
 		panic(fmt.Errorf("%w: W is %d×%d, cross is %d×%d, C is %d×%d", ErrShape, out, in, kr, kc, n, n))
 	}
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return nil, fmt.Errorf("svd: corrected target: weight: %w", ErrNonFinite)
 	}
-	if !finiteDense(cross) {
+	if !matx.FiniteDense(cross) {
 		return nil, fmt.Errorf("svd: corrected target: cross Gram: %w", ErrNonFinite)
 	}
-	if !finiteSym(c) {
+	if !matx.FiniteSym(c) {
 		return nil, fmt.Errorf("svd: corrected target: gram: %w", ErrNonFinite)
 	}
 	mean := meanDiag(c)
@@ -71,9 +72,9 @@ func CorrectedTarget(k kernels.Backend, w, cross *mat.Dense, c *mat.SymDense) (*
 	if err != nil {
 		return nil, fmt.Errorf("svd: corrected target: %w", err)
 	}
-	w = contiguous(w)
+	w = matx.Contiguous(w)
 	t := mat.DenseCopyOf(w) // δW + W K
-	k.Dgemm(false, false, 1, w, contiguous(cross), delta, t)
+	k.Dgemm(false, false, 1, w, matx.Contiguous(cross), delta, t)
 	tq := mat.NewDense(out, in, nil)
 	k.Dgemm(false, false, 1, t, q, 0, tq)
 	raw := tq.RawMatrix()

@@ -2,6 +2,7 @@ package svd
 
 import (
 	"errors"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -81,7 +82,7 @@ func relErr(got, want float64) float64 {
 
 func allFinite(t *testing.T, r Result) {
 	t.Helper()
-	if !finiteDense(r.B) || !finiteDense(r.A) {
+	if !matx.FiniteDense(r.B) || !matx.FiniteDense(r.A) {
 		t.Fatalf("non-finite factors")
 	}
 	if math.IsNaN(r.PredictedError) || math.IsInf(r.PredictedError, 0) {

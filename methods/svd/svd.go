@@ -3,6 +3,7 @@ package svd
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
@@ -87,7 +88,7 @@ func (r Result) Rank() int {
 func Plain(k kernels.Backend, w *mat.Dense, rank int) (Result, error) {
 	out, in := w.Dims()
 	checkRank(out, in, rank)
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return Result{}, fmt.Errorf("svd: plain: weight: %w", ErrNonFinite)
 	}
 	u, s, vt, err := k.SVD(w)
@@ -109,7 +110,7 @@ func ASVD(k kernels.Backend, w *mat.Dense, meanAbs []float64, alpha float64, ran
 		panic(fmt.Errorf("%w: W is %d×%d, meanAbs has %d values", ErrShape, out, in, len(meanAbs)))
 	}
 	checkRank(out, in, rank)
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return Result{}, fmt.Errorf("svd: asvd: weight: %w", ErrNonFinite)
 	}
 	if math.IsNaN(alpha) || math.IsInf(alpha, 0) {
@@ -218,38 +219,4 @@ func checkRank(out, in, rank int) {
 	if rank < 1 || rank > min(out, in) {
 		panic(fmt.Errorf("%w: rank %d for a %d×%d weight (want 1…%d)", ErrShape, rank, out, in, min(out, in)))
 	}
-}
-
-func finiteDense(m *mat.Dense) bool {
-	raw := m.RawMatrix()
-	for i := range raw.Rows {
-		for _, v := range raw.Data[i*raw.Stride : i*raw.Stride+raw.Cols] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func finiteSym(c *mat.SymDense) bool {
-	raw := c.RawSymmetric()
-	for i := range raw.N {
-		for _, v := range raw.Data[i*raw.Stride+i : i*raw.Stride+raw.N] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// contiguous returns m itself when its rows are packed, or a packed copy, so
-// backends always see stride == cols.
-func contiguous(m *mat.Dense) *mat.Dense {
-	raw := m.RawMatrix()
-	if raw.Stride == raw.Cols {
-		return m
-	}
-	return mat.DenseCopyOf(m)
 }

@@ -3,6 +3,7 @@ package svd
 import (
 	"errors"
 	"fmt"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/blas"
@@ -75,10 +76,10 @@ type sqrtInfo struct {
 // whitened validates w and c and returns W S for a square root S of C
 // (possibly damped), and how S was obtained.
 func whitened(k kernels.Backend, w *mat.Dense, c *mat.SymDense) (*mat.Dense, sqrtInfo, error) {
-	if !finiteDense(w) {
+	if !matx.FiniteDense(w) {
 		return nil, sqrtInfo{}, fmt.Errorf("weight: %w", ErrNonFinite)
 	}
-	if !finiteSym(c) {
+	if !matx.FiniteSym(c) {
 		return nil, sqrtInfo{}, fmt.Errorf("gram: %w", ErrNonFinite)
 	}
 	s, info, err := gramSqrt(k, c)
@@ -87,7 +88,7 @@ func whitened(k kernels.Backend, w *mat.Dense, c *mat.SymDense) (*mat.Dense, sqr
 	}
 	out, in := w.Dims()
 	ws := mat.NewDense(out, in, nil)
-	k.Dgemm(false, false, 1, contiguous(w), s, 0, ws)
+	k.Dgemm(false, false, 1, matx.Contiguous(w), s, 0, ws)
 	return ws, info, nil
 }
 
@@ -180,7 +181,7 @@ func minPivot(l *mat.TriDense) float64 {
 // (damping δ undone).
 func factorWhitened(k kernels.Backend, w, u *mat.Dense, s []float64, rank int, damping float64) (Result, error) {
 	out, in := w.Dims()
-	w = contiguous(w)
+	w = matx.Contiguous(w)
 	data := dataRank(s, out, in)
 	kk := min(rank, data)
 	b := mat.NewDense(out, rank, nil)
@@ -259,7 +260,7 @@ func fill(k kernels.Backend, w, uk, g *mat.Dense, m int, b, a *mat.Dense, off in
 func leadingCols(m *mat.Dense, n int) *mat.Dense {
 	r, c := m.Dims()
 	if n == c {
-		return contiguous(m)
+		return matx.Contiguous(m)
 	}
 	return mat.DenseCopyOf(m.Slice(0, r, 0, n))
 }
