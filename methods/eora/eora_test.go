@@ -3,7 +3,6 @@ package eora
 import (
 	"errors"
 	"fmt"
-	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 	"github.com/rankzip/rankzip/methods/quant"
 	"github.com/rankzip/rankzip/methods/svd"
 )

@@ -3,12 +3,12 @@ package lord
 import (
 	"errors"
 	"fmt"
-	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 )
 
 var (

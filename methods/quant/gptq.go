@@ -3,7 +3,6 @@ package quant
 import (
 	"errors"
 	"fmt"
-	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 	"slices"
 
@@ -11,6 +10,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 )
 
 // axpy is gonum's BLAS (assembly kernels): the intra-block updates are

@@ -2,12 +2,12 @@ package svd
 
 import (
 	"fmt"
-	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 )
 
 // CalibError returns tr((W − W′) C (W − W′)ᵀ) = ‖(W − W′) Xᵀ‖²_F, the

@@ -2,7 +2,6 @@ package svd
 
 import (
 	"errors"
-	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 )
 
 // backends lists the backends every test runs on.

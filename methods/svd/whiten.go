@@ -3,13 +3,13 @@ package svd
 import (
 	"errors"
 	"fmt"
-	"github.com/rankzip/rankzip/methods/internal/matx"
 	"math"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/matx"
 )
 
 // Damping ladder for a Gram matrix whose Cholesky factorisation fails or is
