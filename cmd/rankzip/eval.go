@@ -11,6 +11,7 @@ import (
 	"github.com/rankzip/rankzip/eval"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
 )
 
 func runEval(args []string, stdout, stderr io.Writer) error {
@@ -20,6 +21,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	baseline := fs.String("baseline", "", "baseline checkpoint: adds KL(baseline || model) and top-1 agreement")
 	sequences := fs.Int("sequences", 0, "evaluate the first N sequences (0: all)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	adapter := fs.String("adapter", "", "PEFT LoRA adapter directory (as rankzip quantize --eora-rank writes) applied to the model")
 	dump := fs.String("dump-logits", "", "write the model's logits as float32 LE [sequences x positions x vocab] to FILE")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -32,7 +34,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if *sequences < 0 {
 		return fmt.Errorf("--sequences must be >= 0, got %d", *sequences)
 	}
-	rep, err := evaluate(*modelDir, *baseline, *data, *sequences, *dump)
+	rep, err := evaluate(*modelDir, *adapter, *baseline, *data, *sequences, *dump)
 	if err != nil {
 		return err
 	}
@@ -49,11 +51,20 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 
 // evaluate loads the models and the data and runs eval.Evaluate. A logits
 // dump is written to a temporary file and renamed only on success.
-func evaluate(modelDir, baseDir, data string, n int, dumpPath string) (eval.Report, error) {
+func evaluate(modelDir, adapterDir, baseDir, data string, n int, dumpPath string) (eval.Report, error) {
 	k := kernels.Default()
-	m, err := model.Load(modelDir, k)
+	m, err := loadModel(modelDir, k)
 	if err != nil {
 		return eval.Report{}, err
+	}
+	if adapterDir != "" {
+		ad, _, err := gptq.ReadAdapter(adapterDir)
+		if err != nil {
+			return eval.Report{}, err
+		}
+		if m, err = gptq.ApplyAdapters(m, ad); err != nil {
+			return eval.Report{}, fmt.Errorf("%s: %w", adapterDir, err)
+		}
 	}
 	var base *model.Model
 	if baseDir != "" {

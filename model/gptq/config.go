@@ -18,6 +18,10 @@ type QuantizeConfig struct {
 	QuantMethod      string `json:"quant_method"`      // "gptq"
 	CheckpointFormat string `json:"checkpoint_format"` // "gptq": v1, zero − 1 stored
 	PackDType        string `json:"pack_dtype"`        // "int32"
+	// ModulesInBlockToQuantize lists the quantized linears of a block
+	// (transformers' GPTQConfig field) when only some are; omitted when all
+	// are. Export fills it in.
+	ModulesInBlockToQuantize [][]string `json:"modules_in_block_to_quantize,omitempty"`
 }
 
 // NewQuantizeConfig returns the config of a GPTQ v1 checkpoint packed by this

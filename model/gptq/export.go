@@ -1,0 +1,298 @@
+package gptq
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// QuantizationConfigKey is config.json's key for the quantization config.
+const QuantizationConfigKey = "quantization_config"
+
+// Export writes m as a GPTQ v1 checkpoint in dir: every model.Quantized
+// linear as qweight, qzeros, scales (fp16) and g_idx (plus its bias), every
+// other tensor as model.Save writes it in dtype, config.json with
+// quantization_config and quantize_config.json. Every quantized layer must
+// have qc's bits and group size (−1: one group per output channel) and out
+// and in multiples of 32 (the v1 format's packing); a layer that does not
+// fit is an error naming it. Factored and Palu layers have no GPTQ layout:
+// Densify first.
+func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConfig) error {
+	if err := qc.Validate(); err != nil {
+		return fmt.Errorf("export gptq: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("export gptq: %w", err)
+	}
+	c := m.Config
+	var tensors []safetensors.WriteTensor
+	add := func(name string, shape []int, v []float32) error {
+		if v == nil {
+			return nil
+		}
+		data, err := safetensors.EncodeFloat32(v, dtype)
+		if err != nil {
+			return fmt.Errorf("export gptq: tensor %q: %w", name, err)
+		}
+		tensors = append(tensors, safetensors.WriteTensor{Name: name, DType: dtype, Shape: shape, Data: data})
+		return nil
+	}
+	h := c.HiddenSize
+	if err := errors.Join(add("model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed), add("model.norm.weight", []int{h}, m.Norm)); err != nil {
+		return err
+	}
+	if !c.TieWordEmbeddings {
+		head, ok := m.LMHead.(*model.Dense)
+		if !ok {
+			return fmt.Errorf("export gptq: lm_head is %T, not dense", m.LMHead)
+		}
+		if err := add("lm_head.weight", []int{c.VocabSize, h}, head.Weight); err != nil {
+			return err
+		}
+	}
+	nq := 0
+	var quantized [][]string // per block
+	for l, b := range m.Blocks {
+		quantized = append(quantized, nil)
+		p := fmt.Sprintf("model.layers.%d.", l)
+		if err := errors.Join(add(p+"input_layernorm.weight", []int{h}, b.AttnNorm), add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)); err != nil {
+			return err
+		}
+		for _, mod := range model.Modules {
+			name := p + mod
+			switch d := (*b.Linear(mod)).(type) {
+			case *model.Dense:
+				if err := errors.Join(add(name+".weight", []int{d.Out(), d.In()}, d.Weight), add(name+".bias", []int{d.Out()}, d.Bias)); err != nil {
+					return err
+				}
+			case *model.Quantized:
+				if d.Bits != qc.Bits {
+					return fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
+				}
+				if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
+					return fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
+				}
+				pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
+				if err != nil {
+					return fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
+				}
+				tensors = append(tensors, pk.Tensors(name)...)
+				if d.Bias != nil {
+					data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
+					tensors = append(tensors, safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
+				}
+				nq++
+				quantized[l] = append(quantized[l], mod)
+			default:
+				return fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, d)
+			}
+		}
+	}
+	if nq == 0 {
+		return fmt.Errorf("export gptq: the model has no quantized layer")
+	}
+	for l, mods := range quantized {
+		if !slices.Equal(mods, quantized[0]) {
+			return fmt.Errorf("export gptq: block 0 has quantized %v, block %d %v: a GPTQ checkpoint quantizes the same linears in every block", quantized[0], l, mods)
+		}
+	}
+	if len(quantized[0]) < len(model.Modules) {
+		qc.ModulesInBlockToQuantize = [][]string{quantized[0]}
+	}
+	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	qj, err := json.MarshalIndent(qc, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := model.WriteFileAtomic(filepath.Join(dir, "quantize_config.json"), append(qj, '\n')); err != nil {
+		return err
+	}
+	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
+	return model.WriteConfig(dir, c, map[string]any{"torch_dtype": torch, QuantizationConfigKey: qc, model.NativeSection: nil})
+}
+
+// IsCheckpoint reports whether dir's config.json has a GPTQ
+// quantization_config (and so needs Load rather than model.Load).
+func IsCheckpoint(dir string) bool {
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		return false
+	}
+	raw, ok := cfg.Raw[QuantizationConfigKey]
+	if !ok {
+		return false
+	}
+	var qc QuantizeConfig
+	return json.Unmarshal(raw, &qc) == nil && qc.QuantMethod == "gptq"
+}
+
+// Load reads a GPTQ v1 checkpoint (as Export writes it, or as GPTQModel and
+// AutoGPTQ write it for a Llama-family model) into a model whose quantized
+// linears are model.Quantized. A linear with a qweight tensor is quantized;
+// one with a weight tensor is dense. Tensors that are neither expected nor
+// buffers are an error.
+func Load(dir string, k kernels.Backend) (*model.Model, error) {
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	raw, ok := cfg.Raw[QuantizationConfigKey]
+	if !ok {
+		return nil, fmt.Errorf("load gptq: %s/config.json has no %s", dir, QuantizationConfigKey)
+	}
+	var qc QuantizeConfig
+	if err := json.Unmarshal(raw, &qc); err != nil {
+		return nil, fmt.Errorf("load gptq: %s/config.json %s: %w", dir, QuantizationConfigKey, err)
+	}
+	if err := qc.Validate(); err != nil {
+		return nil, fmt.Errorf("load gptq: %s: %w", dir, err)
+	}
+	ck, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer ck.Close()
+	used := map[string]bool{}
+	get := func(name string, shape ...int) ([]float32, error) {
+		info, ok := ck.Info(name)
+		if !ok {
+			return nil, fmt.Errorf("load gptq: %s: missing tensor %q", dir, name)
+		}
+		if len(shape) > 0 && !equalShape(info.Shape, shape) {
+			return nil, fmt.Errorf("load gptq: %s: tensor %q has shape %v, want %v", dir, name, info.Shape, shape)
+		}
+		v, err := ck.Float32(name)
+		if err != nil {
+			return nil, err
+		}
+		for i, x := range v {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				return nil, fmt.Errorf("load gptq: %s: tensor %q holds %v at flat index %d", dir, name, x, i)
+			}
+		}
+		used[name] = true
+		return v, nil
+	}
+	optional := func(name string, n int) ([]float32, error) {
+		if _, ok := ck.Info(name); !ok {
+			return nil, nil
+		}
+		return get(name, n)
+	}
+	h, vocab := cfg.HiddenSize, cfg.VocabSize
+	m := &model.Model{Config: cfg, Backend: k}
+	if m.Embed, err = get("model.embed_tokens.weight", vocab, h); err != nil {
+		return nil, err
+	}
+	if m.Norm, err = get("model.norm.weight", h); err != nil {
+		return nil, err
+	}
+	if cfg.TieWordEmbeddings {
+		m.LMHead = model.NewDense(vocab, h, m.Embed, nil)
+		used["lm_head.weight"] = true
+	} else {
+		head, err := get("lm_head.weight", vocab, h)
+		if err != nil {
+			return nil, err
+		}
+		m.LMHead = model.NewDense(vocab, h, head, nil)
+	}
+	for l := range cfg.NumLayers {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		b := &model.Block{}
+		if b.AttnNorm, err = get(p+"input_layernorm.weight", h); err != nil {
+			return nil, err
+		}
+		if b.MLPNorm, err = get(p+"post_attention_layernorm.weight", h); err != nil {
+			return nil, err
+		}
+		for _, mod := range model.Modules {
+			name := p + mod
+			var lin model.Linear
+			if _, ok := ck.Info(name + QWeightSuffix); ok {
+				pk, err := Read(ck, name, qc.Bits)
+				if err != nil {
+					return nil, err
+				}
+				ly, err := Unpack(pk)
+				if err != nil {
+					return nil, fmt.Errorf("load gptq: %s: %w", name, err)
+				}
+				for _, s := range []string{QWeightSuffix, QZerosSuffix, ScalesSuffix, GIdxSuffix} {
+					used[name+s] = true
+				}
+				bias, err := optional(name+".bias", ly.Out)
+				if err != nil {
+					return nil, err
+				}
+				if lin, err = model.NewQuantized(ly.Out, ly.In, ly.Bits, ly.Q, ly.Scales, ly.Zeros, ly.GIdx, bias); err != nil {
+					return nil, fmt.Errorf("load gptq: %s: %w", name, err)
+				}
+			} else {
+				info, ok := ck.Info(name + ".weight")
+				if !ok || len(info.Shape) != 2 {
+					return nil, fmt.Errorf("load gptq: %s: %s has neither qweight nor a weight matrix", dir, name)
+				}
+				w, err := get(name+".weight", info.Shape...)
+				if err != nil {
+					return nil, err
+				}
+				bias, err := optional(name+".bias", info.Shape[0])
+				if err != nil {
+					return nil, err
+				}
+				lin = model.NewDense(info.Shape[0], info.Shape[1], w, bias)
+			}
+			if out, in := shapeOf(cfg, mod); lin.Out() != out || lin.In() != in {
+				return nil, fmt.Errorf("load gptq: %s: %s is %d×%d, config.json implies %d×%d", dir, name, lin.Out(), lin.In(), out, in)
+			}
+			*b.Linear(mod) = lin
+		}
+		m.Blocks = append(m.Blocks, b)
+	}
+	for _, name := range ck.Names() {
+		if !used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
+			return nil, fmt.Errorf("load gptq: %s: unexpected tensor %q", dir, name)
+		}
+	}
+	return m, nil
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// shapeOf is a module's (out, in) under config c.
+func shapeOf(c *model.Config, module string) (out, in int) {
+	h, q, kv := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
+	switch module {
+	case "self_attn.q_proj":
+		return q, h
+	case "self_attn.k_proj", "self_attn.v_proj":
+		return kv, h
+	case "self_attn.o_proj":
+		return h, q
+	case "mlp.gate_proj", "mlp.up_proj":
+		return c.IntermediateSize, h
+	}
+	return h, c.IntermediateSize
+}
