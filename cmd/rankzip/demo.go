@@ -108,5 +108,36 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "%-10s %10.4f %12s %12s\n", "float32", base.PPL, "-", "-")
 	fmt.Fprintf(stdout, "%-10s %10.4f %12.3g %12.4f\n", "bfloat16", cmp.PPL, *cmp.KL, *cmp.Top1Agree)
 	fmt.Fprintf(stdout, "\nTry: rankzip eval --model %s --data %s --baseline %s\n", bf16Dir, evalPath, f32Dir)
+
+	// 4. A full recipe as a durable job on the embedded Temporal server.
+	recipePath, outDir := filepath.Join(dir, "recipe.yaml"), filepath.Join(dir, "compressed")
+	if err := os.WriteFile(recipePath, []byte(demoRecipe), 0o644); err != nil {
+		return err
+	}
+	// The demo owns its output; blocks computed by an earlier demo are
+	// found in the artifact store.
+	if err := os.RemoveAll(outDir); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\n4. compressing with the recipe %s as a durable job (embedded Temporal server, state in %s)\n\n%s\n", recipePath, stateDir(*state), demoRecipe)
+	res, err := runJob(&serviceFlags{state: *state}, recipePath, fullWorker, 0, stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	if err := printResult(stdout, res, false); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nThe same command again resumes after a crash; see the job with: rankzip status %s --state %s\n", res.ID, stateDir(*state))
 	return nil
 }
+
+// demoRecipe compresses the generated model's MLPs with whitened SVD.
+const demoRecipe = `model: model
+calibration: {data: calib.parquet, sequences: 32}
+evaluation: {data: eval.parquet, sequences: 16}
+output: compressed
+stages:
+  - {method: svd, variant: whiten, targets: ["mlp.*"], keep_params: 0.9, rank_search: global}
+export: {format: native}
+`

@@ -19,8 +19,16 @@ const usage = `usage: rankzip <command> [flags]
 
 commands:
   demo      generate a small example model and data, then run the pipeline on it
+  run       run a recipe (YAML) as a durable job: "run RECIPE [--temporal HOST:PORT] [--state DIR]"; again after a crash to resume
+  submit    submit a recipe to a Temporal cluster and print the job id: "submit RECIPE --temporal HOST:PORT"
+  status    a job's state, progress, running step and error: "status ID [--json]"
+  watch     follow a running job's progress to its result: "watch ID"
+  cancel    cancel a job: "cancel ID"
+  result    a finished job's result: "result ID [--json]"
   compress  one low-rank stage (whiten, asvd, plain, lord) at a parameter budget, exported and read back
+  quantize  RTN or GPTQ weight quantization exported as a GPTQ v1 checkpoint, optionally with an EoRA adapter (--eora-rank R)
   eval      measure a model on a Parquet evaluation set (perplexity, KL against a baseline)
+  generate  greedy decoding with a KV cache: "generate --model DIR --prompt-ids 1,2,3 --max-new N"
   inspect   print a checkpoint's architecture, parameter count, dtype and size
   calib     calibration data: "calib import --from X.jsonl --out X.parquet"
 
@@ -55,10 +63,26 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runEval(rest, stdout, stderr)
 	case "compress":
 		return runCompress(rest, stdout, stderr)
+	case "quantize":
+		return runQuantize(rest, stdout, stderr)
 	case "inspect":
 		return runInspect(rest, stdout, stderr)
+	case "generate":
+		return runGenerate(rest, stdout, stderr)
 	case "calib":
 		return runCalib(rest, stdout, stderr)
+	case "run":
+		return runRun(rest, stdout, stderr)
+	case "submit":
+		return runSubmit(rest, stdout, stderr)
+	case "status":
+		return runStatus(rest, stdout, stderr)
+	case "watch":
+		return runWatch(rest, stdout, stderr)
+	case "cancel":
+		return runCancel(rest, stdout, stderr)
+	case "result":
+		return runResult(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,267 @@
+// Package activities holds the Temporal activities of a compression job: thin
+// adapters that load their inputs from the artifact store (refs in), call
+// compress, model and eval, store what they produce (refs out), heartbeat
+// with progress details, skip work whose artifact already exists, and map
+// errors to Temporal's retry semantics:
+//
+//   - bad input (a malformed file, a recipe the model rejects, a missing input,
+//     a numerical failure that would repeat on every try) is a non-retryable
+//     application error of type BadInput carrying the message the user needs;
+//   - a store that cannot be written (full disk, read-only) is non-retryable
+//     of type StoreUnwritable: retrying will not free space;
+//   - anything else (I/O hiccups) is returned as is and retried with backoff.
+//
+// Each unit of work (plan, block, export, evaluation) is idempotent: its
+// output is recorded in the store under a key derived from everything that
+// determines it, and a retried or resumed activity returns the recorded
+// output instead of computing it again.
+package activities
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
+)
+
+// Error types of the non-retryable application errors the activities return.
+const (
+	BadInput        = "BadInput"
+	StoreUnwritable = "StoreUnwritable"
+)
+
+// Version takes part in every artifact key: bump it when a change in the
+// compression code changes what an artifact holds, so that stores written by
+// an older rankzip are not reused.
+const Version = "1"
+
+// Activities are the activities of a compression job. Register a pointer
+// with a worker; the fields are its dependencies.
+type Activities struct {
+	Store   *store.Store
+	Backend kernels.Backend
+	Log     *slog.Logger
+	// HeartbeatEvery is how often a running activity heartbeats (the SDK
+	// throttles sending to 0.8 × HeartbeatTimeout). Default 2 s.
+	HeartbeatEvery time.Duration
+
+	mu     sync.Mutex
+	cached *cachedModel
+}
+
+type cachedModel struct {
+	dir, digest string
+	m           *model.Model
+}
+
+// Progress is the heartbeat detail of a running activity.
+type Progress struct {
+	Stage string `json:"stage"`           // inspect, block, export, evaluate
+	Block int    `json:"block"`           // block index (stage block)
+	Phase string `json:"phase,omitempty"` // what the activity is doing
+	// Factored, once stored, lets a retry of the same block skip the
+	// factorisation and only produce the next streams.
+	Factored *Factored `json:"factored,omitempty"`
+}
+
+// Factored is a block's stored factors and its per-layer report.
+type Factored struct {
+	Factors store.Ref        `json:"factors"`
+	Layers  []compress.Layer `json:"layers"`
+}
+
+func (a *Activities) log() *slog.Logger {
+	if a.Log == nil {
+		return slog.Default()
+	}
+	return a.Log
+}
+
+// heartbeat records p now and then every HeartbeatEvery until the returned
+// stop is called. set replaces the details of later beats.
+func (a *Activities) heartbeat(ctx context.Context, p Progress) (set func(Progress), stop func()) {
+	every := a.HeartbeatEvery
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	var mu sync.Mutex
+	cur := p
+	activity.RecordHeartbeat(ctx, cur)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				mu.Lock()
+				d := cur
+				mu.Unlock()
+				activity.RecordHeartbeat(ctx, d)
+			}
+		}
+	}()
+	set = func(p Progress) {
+		mu.Lock()
+		cur = p
+		mu.Unlock()
+		activity.RecordHeartbeat(ctx, p)
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
+	return set, stop
+}
+
+// ModelDigest combines the digests of a job's model files.
+func ModelDigest(job recipe.Job) string {
+	h := sha256.New()
+	for _, f := range job.Model {
+		fmt.Fprintf(h, "%s %d\n", f.SHA256, f.Bytes)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// model returns the job's original model, loading it once per worker.
+func (a *Activities) model(job recipe.Job) (*model.Model, error) {
+	dir, digest := job.Recipe.Model, ModelDigest(job)
+	// The files are checked on every use, also when the model is cached: a
+	// job whose inputs disappeared or changed fails at its next step.
+	if err := checkInputs(job.Model); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c := a.cached; c != nil && c.dir == dir && c.digest == digest {
+		return c.m, nil
+	}
+	a.cached = nil
+	m, err := model.Load(dir, a.backend())
+	if err != nil {
+		return nil, inputError(fmt.Errorf("load model: %w", err))
+	}
+	a.cached = &cachedModel{dir: dir, digest: digest, m: m}
+	return m, nil
+}
+
+func (a *Activities) backend() kernels.Backend {
+	if a.Backend == nil {
+		return kernels.Default()
+	}
+	return a.Backend
+}
+
+// checkInputs fails when an input file is gone or changed size since the
+// job was submitted (a cheap check; the digests were taken at submission).
+func checkInputs(files []recipe.File) error {
+	for _, f := range files {
+		st, err := statFile(f.Path)
+		if err != nil {
+			return badInput(fmt.Errorf("input %s: %w", f.Path, err))
+		}
+		if st != f.Bytes {
+			return badInput(fmt.Errorf("input %s changed since the job was submitted (%d bytes, was %d); submit the recipe again", f.Path, st, f.Bytes))
+		}
+	}
+	return nil
+}
+
+// calibration reads the job's calibration sequences, cut to seq_len.
+func calibration(job recipe.Job) ([][]int32, error) {
+	c := job.Recipe.Calibration
+	if err := checkInputs([]recipe.File{job.Calibration}); err != nil {
+		return nil, err
+	}
+	ds, err := calib.Open(c.Data)
+	if err != nil {
+		return nil, inputError(err)
+	}
+	defer ds.Close()
+	seqs, err := ds.Read(c.Sequences)
+	if err != nil {
+		return nil, inputError(err)
+	}
+	return recipe.Truncate(seqs, c.SeqLen), nil
+}
+
+// badInput marks err non-retryable: the same input would fail again.
+func badInput(err error) error {
+	var ae *temporal.ApplicationError
+	if err == nil || errors.As(err, &ae) {
+		return err
+	}
+	return temporal.NewNonRetryableApplicationError(err.Error(), BadInput, err)
+}
+
+// inputError classifies an error of reading the job's inputs: a missing or
+// malformed file is bad input; other I/O errors are retried.
+func inputError(err error) error {
+	var (
+		ce *model.ConfigError
+		fe *calib.FormatError
+		se *safetensors.FormatError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission),
+		errors.As(err, &ce), errors.As(err, &fe), errors.As(err, &se):
+		return badInput(err)
+	}
+	return err
+}
+
+// storeError classifies an error of writing to the store.
+func storeError(err error) error {
+	var ae *temporal.ApplicationError
+	switch {
+	case err == nil || errors.As(err, &ae):
+		return err
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EROFS),
+		errors.Is(err, fs.ErrPermission):
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("the artifact store cannot be written: %v", err), StoreUnwritable, err)
+	case errors.Is(err, store.ErrCorrupt):
+		return badInput(fmt.Errorf("%w (delete the file to have it made again)", err))
+	}
+	return err
+}
+
+// guard turns a panic in the code it runs into a non-retryable error: a
+// panic in the compression code is a bug that a retry repeats.
+func guard(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("internal error: %v\n%s", r, debug.Stack()), BadInput, nil)
+		}
+	}()
+	return fn()
+}
+
+// canceled returns ctx's error, if any, for the loops between phases.
+func canceled(ctx context.Context) error {
+	return ctx.Err()
+}

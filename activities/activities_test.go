@@ -1,0 +1,341 @@
+package activities
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
+)
+
+// fixture writes a small synthetic model, a calibration set and a recipe
+// (svd whiten on the MLP, 60% of the parameters) and opens a store.
+func fixture(t *testing.T) (recipe.Job, *Activities) {
+	return fixtureMode(t, "sequential")
+}
+
+func fixtureMode(t *testing.T, mode string) (recipe.Job, *Activities) {
+	t.Helper()
+	dir := t.TempDir()
+	k := kernels.Default()
+	m, err := model.Synthetic(model.SyntheticConfig{Hidden: 16, Intermediate: 40, Layers: 3, Heads: 4, KVHeads: 2, Vocab: 64, MaxPositions: 64, Tied: true}, 1, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := model.Save(m, filepath.Join(dir, "model"), safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := model.Sample(m, 10, 16, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := calib.Write(filepath.Join(dir, "data.parquet"), seqs); err != nil {
+		t.Fatal(err)
+	}
+	r := `
+model: model
+calibration: {data: data.parquet, sequences: 8, batch: 3, mode: ` + mode + `}
+evaluation: {data: data.parquet, sequences: 2}
+output: out
+stages: [{method: svd, targets: ["mlp.*"], keep_params: 0.6, rank_search: global}]
+`
+	if err := os.WriteFile(filepath.Join(dir, "recipe.yaml"), []byte(r), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	job, err := recipe.Load(filepath.Join(dir, "recipe.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *job, &Activities{Store: s, Backend: k, HeartbeatEvery: 5 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+}
+
+// exec runs one activity in a test environment and returns its beats.
+func exec[T any](t *testing.T, acts *Activities, details any, fn any, in any) (T, []Progress, error) {
+	t.Helper()
+	var suite testsuite.WorkflowTestSuite
+	suite.SetLogger(quiet)
+	env := suite.NewTestActivityEnvironment()
+	env.RegisterActivity(acts)
+	if details != nil {
+		env.SetHeartbeatDetails(details)
+	}
+	var mu sync.Mutex
+	var beats []Progress
+	env.SetOnActivityHeartbeatListener(func(_ *activity.Info, d converter.EncodedValues) {
+		var p Progress
+		if d.HasValues() && d.Get(&p) == nil {
+			mu.Lock()
+			beats = append(beats, p)
+			mu.Unlock()
+		}
+	})
+	var out T
+	v, err := env.ExecuteActivity(fn, in)
+	if err == nil {
+		err = v.Get(&out)
+	}
+	return out, beats, err
+}
+
+// runBlocks runs Inspect and every block.
+func runBlocks(t *testing.T, job recipe.Job, acts *Activities) (InspectOutput, []BlockOutput) {
+	t.Helper()
+	ins, _, err := exec[InspectOutput](t, acts, nil, acts.Inspect, InspectInput{Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outs []BlockOutput
+	st := ins.Streams
+	for i := range ins.Blocks {
+		b, _, err := exec[BlockOutput](t, acts, nil, acts.Block, BlockInput{Job: job, Plan: ins.Plan, Streams: st, Index: i, Blocks: ins.Blocks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, b)
+		st = b.Next
+	}
+	return ins, outs
+}
+
+// The activities reproduce the direct path (compress.Run, model.Save) byte
+// for byte, skip work already done, and evaluate the read-back checkpoint.
+func TestPipelineMatchesDirectPath(t *testing.T) {
+	job, acts := fixture(t)
+	ins, blocks := runBlocks(t, job, acts)
+	if ins.Blocks != 3 || blocks[2].Next != (store.Ref{}) {
+		t.Fatalf("inspect %+v, last block %+v", ins, blocks[2])
+	}
+	refs := make([]store.Ref, len(blocks))
+	for i, b := range blocks {
+		refs[i] = b.Factors
+		if b.Skipped || len(b.Layers) != 3 {
+			t.Errorf("block %d: %+v", i, b)
+		}
+	}
+	exp, _, err := exec[ExportOutput](t, acts, nil, acts.Export, ExportInput{Job: job, Plan: ins.Plan, Blocks: refs})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The direct path on the same inputs.
+	m, err := model.Load(job.Recipe.Model, acts.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := calibration(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := CompressOptions(job.Recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := compress.Run(context.Background(), m, seqs, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := filepath.Join(t.TempDir(), "direct")
+	if err := model.Save(res.Model, direct, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"model.safetensors", "config.json"} {
+		want, _ := os.ReadFile(filepath.Join(direct, f))
+		got, err := os.ReadFile(filepath.Join(job.Recipe.Output, f))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s differs from the direct path (%d vs %d bytes, %v)", f, len(got), len(want), err)
+		}
+	}
+	var layers []compress.Layer
+	for _, b := range blocks {
+		layers = append(layers, b.Layers...)
+	}
+	if !slices.Equal(layers, res.Layers) {
+		t.Errorf("layers %v, direct %v", layers, res.Layers)
+	}
+	if id, _ := recipe.ReadMarker(exp.Dir); id != job.ID || len(exp.Files) != 3 {
+		t.Errorf("export %+v, marker %q", exp, id)
+	}
+
+	q, beats, err := exec[Quality](t, acts, nil, acts.Evaluate, EvaluateInput{Job: job, Export: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Compressed == nil || q.Original == nil || q.Compressed.KL == nil || q.Compressed.Sequences != 2 || !(q.KeptParams < 1) || q.Skipped {
+		t.Errorf("quality %+v", q)
+	}
+	if len(beats) == 0 || beats[0].Stage != "evaluate" {
+		t.Errorf("evaluate heartbeats %+v", beats)
+	}
+
+	// Everything again: every step is found in the store.
+	ins2, _, err := exec[InspectOutput](t, acts, nil, acts.Inspect, InspectInput{Job: job})
+	if err != nil || !ins2.Skipped || ins2.Plan != ins.Plan {
+		t.Errorf("second inspect %+v %v", ins2, err)
+	}
+	b1, _, err := exec[BlockOutput](t, acts, nil, acts.Block, BlockInput{Job: job, Plan: ins.Plan, Streams: blocks[0].Next, Index: 1, Blocks: 3})
+	if err != nil || !b1.Skipped || b1.Factors != blocks[1].Factors || b1.Next != blocks[1].Next {
+		t.Errorf("second block 1 %+v %v", b1, err)
+	}
+	exp2, _, err := exec[ExportOutput](t, acts, nil, acts.Export, ExportInput{Job: job, Plan: ins.Plan, Blocks: refs})
+	if err != nil || !exp2.Skipped {
+		t.Errorf("second export %+v %v", exp2, err)
+	}
+	q2, _, err := exec[Quality](t, acts, nil, acts.Evaluate, EvaluateInput{Job: job, Export: exp})
+	if err != nil || !q2.Skipped || q2.Compressed.NLL != q.Compressed.NLL {
+		t.Errorf("second evaluate %+v %v", q2, err)
+	}
+}
+
+// In original mode Inspect stores the streams entering every block, and the
+// blocks, compressed in any order from those, give the direct path's bytes.
+func TestOriginalModeBlocksIndependent(t *testing.T) {
+	job, acts := fixtureMode(t, "original")
+	ins, _, err := exec[InspectOutput](t, acts, nil, acts.Inspect, InspectInput{Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ins.BlockStreams) != ins.Blocks || ins.BlockStreams[0] != ins.Streams {
+		t.Fatalf("inspect %+v", ins)
+	}
+	refs := make([]store.Ref, ins.Blocks)
+	for i := ins.Blocks - 1; i >= 0; i-- {
+		b, _, err := exec[BlockOutput](t, acts, nil, acts.Block, BlockInput{Job: job, Plan: ins.Plan, Streams: ins.BlockStreams[i], Index: i, Blocks: ins.Blocks, NoNext: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !b.Next.IsZero() {
+			t.Errorf("block %d stored next streams", i)
+		}
+		refs[i] = b.Factors
+	}
+	if _, _, err := exec[ExportOutput](t, acts, nil, acts.Export, ExportInput{Job: job, Plan: ins.Plan, Blocks: refs}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(job.Recipe.Model, acts.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := calibration(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := CompressOptions(job.Recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := compress.Run(context.Background(), m, seqs, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := filepath.Join(t.TempDir(), "direct")
+	if err := model.Save(res.Model, direct, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(filepath.Join(direct, "model.safetensors"))
+	got, err := os.ReadFile(filepath.Join(job.Recipe.Output, "model.safetensors"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("original mode: the blocks compressed apart differ from the direct path (%v)", err)
+	}
+}
+
+// A retry whose heartbeat details carry the block's stored factors does not
+// factor the block again; it only produces the next streams.
+func TestBlockResumesFromHeartbeat(t *testing.T) {
+	job, acts := fixture(t)
+	ins, _, err := exec[InspectOutput](t, acts, nil, acts.Inspect, InspectInput{Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := BlockInput{Job: job, Plan: ins.Plan, Streams: ins.Streams, Index: 0, Blocks: ins.Blocks}
+	first, beats, err := exec[BlockOutput](t, acts, nil, acts.Block, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(beats) == 0 || beats[0].Stage != "block" || beats[0].Block != 0 {
+		t.Errorf("block heartbeats %+v", beats)
+	}
+	// Forget the block's records, as if the worker died after storing the
+	// factors and before recording the block.
+	if err := os.RemoveAll(filepath.Join(acts.Store.Root(), "keys", "block")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(acts.Store.Root(), "keys", "factored")); err != nil {
+		t.Fatal(err)
+	}
+	// The details the activity heartbeats once its factors are stored, with
+	// the report marked so that the test sees they were used.
+	layers := slices.Clone(first.Layers)
+	layers[0].PredictedError = 42
+	details := Progress{Stage: "block", Block: 0, Phase: "factored", Factored: &Factored{Factors: first.Factors, Layers: layers}}
+	again, beats, err := exec[BlockOutput](t, acts, details, acts.Block, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Skipped || again.Layers[0].PredictedError != 42 || again.Next != first.Next || again.Factors != first.Factors {
+		t.Errorf("resumed block %+v, first %+v", again, first)
+	}
+	for _, b := range beats {
+		if b.Phase == "factor" {
+			t.Error("the resumed block was factored again")
+		}
+	}
+}
+
+// Inputs that are gone are bad input: non-retryable, with the path.
+func TestMissingModelIsBadInput(t *testing.T) {
+	job, acts := fixture(t)
+	if err := os.Rename(job.Recipe.Model, job.Recipe.Model+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := exec[InspectOutput](t, acts, nil, acts.Inspect, InspectInput{Job: job})
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.Type() != BadInput || !ae.NonRetryable() {
+		t.Fatalf("error %v, want non-retryable BadInput", err)
+	}
+	if !bytes.Contains([]byte(err.Error()), []byte(job.Recipe.Model)) {
+		t.Errorf("error does not name the model: %v", err)
+	}
+}
+
+func TestStoreErrorClassification(t *testing.T) {
+	var ae *temporal.ApplicationError
+	full := storeError(&os.PathError{Op: "write", Path: "/s/x", Err: syscall.ENOSPC})
+	if !errors.As(full, &ae) || ae.Type() != StoreUnwritable || !ae.NonRetryable() {
+		t.Errorf("full disk: %v", full)
+	}
+	io := storeError(&os.PathError{Op: "read", Path: "/s/x", Err: syscall.EIO})
+	if errors.As(io, &ae) {
+		t.Errorf("an I/O error is not retried: %v", io)
+	}
+	corrupt := storeError(store.ErrCorrupt)
+	if !errors.As(corrupt, &ae) || ae.Type() != BadInput {
+		t.Errorf("corrupt artifact: %v", corrupt)
+	}
+}
+
+// quiet drops the logs of the test environment (activity errors are expected).
+var quiet = log.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 1})))

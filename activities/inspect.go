@@ -1,0 +1,135 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
+)
+
+// InspectInput is the input of Inspect.
+type InspectInput struct {
+	Job recipe.Job `json:"job"`
+}
+
+// InspectOutput is the plan of a job and the calibration streams entering
+// block 0.
+type InspectOutput struct {
+	Blocks  int       `json:"blocks"`
+	Plan    store.Ref `json:"plan"`    // JSON of compress.Plan
+	Streams store.Ref `json:"streams"` // calibration streams entering block 0
+	// BlockStreams, in original calibration mode, holds the streams entering
+	// every block (they do not depend on the compression of earlier blocks),
+	// so that the blocks can be compressed in parallel; nil otherwise.
+	BlockStreams []store.Ref `json:"block_streams,omitempty"`
+	Skipped      bool        `json:"skipped"` // found in the store
+}
+
+// calibSpec is what of the calibration settings determines the artifacts
+// (the data file takes part through its digest, not its path).
+type calibSpec struct {
+	Digest    string `json:"digest"`
+	Sequences int    `json:"sequences"`
+	SeqLen    int    `json:"seq_len"`
+	Mode      string `json:"mode"`
+	Batch     int    `json:"batch"`
+}
+
+func jobKey(kind string, job recipe.Job, parts ...any) string {
+	c := job.Recipe.Calibration
+	base := []any{Version, ModelDigest(job), calibSpec{job.Calibration.SHA256, c.Sequences, c.SeqLen, c.Mode, c.Batch}, job.Recipe.Stages}
+	return store.Key(kind, append(base, parts...)...)
+}
+
+// Inspect validates the recipe against the model, chooses every rank (a
+// global rank search runs a calibration pass over all blocks), and embeds
+// the calibration sequences: the streams entering block 0.
+func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutput, error) {
+	job := in.Job
+	key := jobKey("inspect", job)
+	var out InspectOutput
+	if ref, ok, err := a.Store.Lookup(key); err != nil {
+		return out, err
+	} else if ok {
+		if err := a.Store.GetJSON(ref, &out); err == nil {
+			a.log().Info("inspect already done", "job", job.ID, "plan", out.Plan.SHA256[:12])
+			out.Skipped = true
+			return out, nil
+		}
+	}
+	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"})
+	defer stop()
+	err := guard(func() error {
+		opts, err := CompressOptions(job.Recipe)
+		if err != nil {
+			return badInput(err)
+		}
+		m, err := a.model(job)
+		if err != nil {
+			return err
+		}
+		seqs, err := calibration(job)
+		if err != nil {
+			return err
+		}
+		if err := m.CheckTokens(seqs); err != nil {
+			return badInput(err)
+		}
+		t0 := time.Now()
+		set(Progress{Stage: "inspect", Phase: "plan ranks"})
+		plan, err := compress.NewPlan(ctx, m, seqs, opts)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return badInput(err)
+		}
+		a.log().Info("planned", "job", job.ID, "search", plan.Options.RankSearch, "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()))
+		set(Progress{Stage: "inspect", Phase: "embed calibration"})
+		st, err := calib.Embed(m, seqs, plan.Options.Batch, plan.Options.Mode)
+		if err != nil {
+			return badInput(err)
+		}
+		if out.Plan, err = a.Store.PutJSON(jobKey("plan", job), plan); err != nil {
+			return storeError(err)
+		}
+		if out.Streams, err = a.Store.PutStreams(jobKey("streams", job, 0), st); err != nil {
+			return storeError(err)
+		}
+		out.Blocks = len(m.Blocks)
+		if st.Mode == calib.Original {
+			// One forward pass of the original model gives the input of
+			// every block.
+			out.BlockStreams = []store.Ref{out.Streams}
+			for i := 1; i < len(m.Blocks); i++ {
+				if err := canceled(ctx); err != nil {
+					return err
+				}
+				set(Progress{Stage: "inspect", Block: i, Phase: "original streams"})
+				next, err := calib.Advance(m, m.Blocks[i-1], m.Blocks[i-1], st)
+				if err != nil {
+					return err
+				}
+				st = next
+				ref, err := a.Store.PutStreams(jobKey("streams", job, i), st)
+				if err != nil {
+					return storeError(err)
+				}
+				out.BlockStreams = append(out.BlockStreams, ref)
+			}
+		}
+		if _, err := a.Store.PutJSON(key, out); err != nil {
+			return storeError(err)
+		}
+		return nil
+	})
+	if err != nil {
+		return InspectOutput{}, err
+	}
+	a.log().Info("inspected", "job", job.ID, "blocks", out.Blocks, "plan", out.Plan.SHA256[:12])
+	return out, nil
+}

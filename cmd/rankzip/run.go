@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/workflows"
+)
+
+func runRun(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("run", "run RECIPE [--temporal HOST:PORT] [--state DIR] [flags]", stderr)
+	sf := addServiceFlags(fs)
+	asJSON := fs.Bool("json", false, "print the result as one JSON object")
+	serverOnly := fs.Bool("no-worker", false, "embedded server only: leave the work to cmd/worker processes (--temporal 127.0.0.1:PORT)")
+	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s): how soon the work of a dead worker is retried")
+	pos, err := parseArgs(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	mode := fullWorker
+	if *serverOnly {
+		mode = noWorker
+	}
+	res, err := runJob(sf, pos[0], mode, *hb, stderr)
+	if err != nil {
+		return err
+	}
+	return printResult(stdout, res, *asJSON)
+}
+
+// runJob loads a recipe, submits its job (or attaches to it) and follows it
+// to its result, drawing progress on progressOut.
+func runJob(sf *serviceFlags, recipePath string, mode workerMode, hb time.Duration, progressOut io.Writer) (workflows.Result, error) {
+	var res workflows.Result
+	job, err := recipe.Load(recipePath)
+	if err != nil {
+		return res, err
+	}
+	s, err := sf.connect(mode, true)
+	if err != nil {
+		return res, err
+	}
+	defer s.Close()
+	ctx, stop := signalContext()
+	defer stop()
+	resumed, err := submit(ctx, s, job, hb)
+	if err != nil {
+		return res, err
+	}
+	verb := "started"
+	if resumed {
+		verb = "resumed"
+	}
+	fmt.Fprintf(progressOut, "job %s %s on %s\n", job.ID, verb, s.where())
+	s.log.Info("job submitted", "job", job.ID, "resumed", resumed, "recipe", recipePath)
+	res, err = follow(ctx, s, job.ID, progressOut)
+	if ctx.Err() != nil {
+		if s.external {
+			fmt.Fprintf(progressOut, "\ninterrupted: the job goes on on the cluster; follow it with: rankzip watch %s\n", job.ID)
+		} else {
+			fmt.Fprintf(progressOut, "\ninterrupted: run the same command again to resume the job\n")
+		}
+		return res, errUsage
+	}
+	if err != nil {
+		return res, fmt.Errorf("job %s failed: %w", job.ID, jobError(err))
+	}
+	s.log.Info("job done", "job", job.ID, "skipped_blocks", res.Skipped)
+	return res, nil
+}
+
+func runSubmit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("submit", "submit RECIPE --temporal HOST:PORT [flags]", stderr)
+	sf := addServiceFlags(fs)
+	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s)")
+	pos, err := parseArgs(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	if sf.hostPort() == "" {
+		return fmt.Errorf("submit needs a Temporal cluster with workers (--temporal HOST:PORT or TEMPORAL_ADDRESS); without one, use: rankzip run %s", pos[0])
+	}
+	job, err := recipe.Load(pos[0])
+	if err != nil {
+		return err
+	}
+	s, err := sf.connect(noWorker, false)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if _, err := submit(context.Background(), s, job, *hb); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, job.ID)
+	return nil
+}
+
+// submit starts the job's workflow, or attaches to it when it is running
+// (after a crash, or from another terminal), and says which.
+func submit(ctx context.Context, s *session, job *recipe.Job, hb time.Duration) (resumed bool, err error) {
+	if d, err := s.c.DescribeWorkflowExecution(ctx, job.ID, ""); err == nil &&
+		d.WorkflowExecutionInfo.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		resumed = true
+	}
+	_, err = s.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                       job.ID,
+		TaskQueue:                workflows.TaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+	}, workflows.CompressModel, workflows.Input{Job: *job, HeartbeatTimeout: hb})
+	if err != nil {
+		return false, fmt.Errorf("submit job %s: %w", job.ID, err)
+	}
+	return resumed, nil
+}
+
+// follow draws the job's progress until it ends and returns its result.
+func follow(ctx context.Context, s *session, id string, w io.Writer) (workflows.Result, error) {
+	var res workflows.Result
+	done := make(chan error, 1)
+	go func() { done <- s.c.GetWorkflow(ctx, id, "").Get(ctx, &res) }()
+	bar := newProgressBar(w)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if p, qerr := queryProgress(ctx, s.c, id); qerr == nil {
+				bar.draw(p)
+			}
+			bar.end()
+			return res, err
+		case <-ctx.Done():
+			bar.end()
+			return res, ctx.Err()
+		case <-tick.C:
+			if p, err := queryProgress(ctx, s.c, id); err == nil {
+				bar.draw(p)
+			}
+		}
+	}
+}
+
+func queryProgress(ctx context.Context, c client.Client, id string) (workflows.Progress, error) {
+	var p workflows.Progress
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, err := c.QueryWorkflow(qctx, id, "", workflows.ProgressQuery)
+	if err != nil {
+		return p, err
+	}
+	return p, v.Get(&p)
+}
+
+// progressBar draws progress on one line of a terminal, or prints a line
+// per change elsewhere.
+type progressBar struct {
+	w    io.Writer
+	tty  bool
+	last string
+}
+
+func newProgressBar(w io.Writer) *progressBar {
+	b := &progressBar{w: w}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			b.tty = true
+		}
+	}
+	return b
+}
+
+func (b *progressBar) draw(p workflows.Progress) {
+	line, key := progressLine(p, time.Now())
+	if b.tty {
+		fmt.Fprintf(b.w, "\r\033[K%s", line)
+		b.last = key
+		return
+	}
+	if key != b.last {
+		fmt.Fprintln(b.w, line)
+		b.last = key
+	}
+}
+
+func (b *progressBar) end() {
+	if b.tty && b.last != "" {
+		fmt.Fprintln(b.w)
+	}
+}
+
+// progressLine renders p; key changes only with the stage or block.
+func progressLine(p workflows.Progress, now time.Time) (line, key string) {
+	key = fmt.Sprintf("%s %d/%d", p.Stage, p.Block, p.Blocks)
+	elapsed := p.Elapsed
+	if !p.Started.IsZero() && p.Stage != workflows.StageDone && p.Stage != workflows.StageFailed && p.Stage != workflows.StageCanceled {
+		elapsed = now.Sub(p.Started)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-8s", p.Stage)
+	if p.Blocks > 0 {
+		const width = 24
+		fill := width * p.Block / p.Blocks
+		fmt.Fprintf(&b, " [%s%s] block %d/%d", strings.Repeat("#", fill), strings.Repeat("-", width-fill), p.Block, p.Blocks)
+	}
+	fmt.Fprintf(&b, "  elapsed %s", elapsed.Round(time.Second))
+	if p.ETA > 0 {
+		eta := max(0, p.ETA-now.Sub(p.Updated))
+		fmt.Fprintf(&b, "  eta %s", eta.Round(time.Second))
+	}
+	if p.Skipped > 0 {
+		fmt.Fprintf(&b, "  (%d block(s) found done)", p.Skipped)
+	}
+	return b.String(), key
+}
+
+// jobError shortens a workflow failure to the message of its cause.
+func jobError(err error) error {
+	var we *temporal.WorkflowExecutionError
+	if errors.As(err, &we) {
+		if u := errors.Unwrap(we); u != nil {
+			return u
+		}
+	}
+	return err
+}
+
+func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	q := r.Quality
+	fmt.Fprintf(w, "job        %s\n", r.ID)
+	fmt.Fprintf(w, "output     %s (%s in %d files)\n", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
+	fmt.Fprintf(w, "parameters %s of %s (%.1f%%); targeted matrices %s of %s (%.1f%%)\n", commas(q.Params), commas(q.OriginalParams),
+		100*q.KeptParams, commas(int64(r.Params)), commas(int64(r.Total)), 100*float64(r.Params)/float64(max(r.Total, 1)))
+	fmt.Fprintf(w, "size       %s (original %s)\n", humanBytes(q.FileBytes), humanBytes(q.OriginalBytes))
+	fmt.Fprintf(w, "kv cache   %d bytes per token at 16 bits\n", q.KVBytesPerToken)
+	if c, o := q.Compressed, q.Original; c != nil && o != nil {
+		fmt.Fprintf(w, "quality    %d sequences: ppl %.4f (original %.4f), KL %.4g, top-1 agreement %.4f\n", c.Sequences, c.PPL, o.PPL, *c.KL, *c.Top1Agree)
+	}
+	fmt.Fprintf(w, "time       %s", r.Elapsed.Round(time.Millisecond))
+	if r.Skipped > 0 {
+		fmt.Fprintf(w, " (%d block(s) found done in the store)", r.Skipped)
+	}
+	fmt.Fprintln(w)
+	// Ranks per module across layers: "mlp.up_proj  40 41 39 ..."
+	var mods []string
+	ranks := map[string][]string{}
+	for _, l := range r.Layers {
+		mod := l.Name[strings.Index(l.Name, ".layers.")+len(".layers."):]
+		mod = mod[strings.Index(mod, ".")+1:]
+		if !slices.Contains(mods, mod) {
+			mods = append(mods, mod)
+		}
+		v := fmt.Sprint(l.Rank)
+		if l.Dense {
+			v = "dense"
+		}
+		ranks[mod] = append(ranks[mod], v)
+	}
+	fmt.Fprintln(w, "ranks by layer:")
+	for _, m := range mods {
+		fmt.Fprintf(w, "  %-18s %s\n", m, strings.Join(ranks[m], " "))
+	}
+	return nil
+}

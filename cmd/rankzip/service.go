@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/store"
+	"github.com/rankzip/rankzip/workflows"
+)
+
+// serviceFlags say where the Temporal service is: --temporal (or
+// TEMPORAL_ADDRESS) for a cluster, else the embedded server of --state.
+type serviceFlags struct {
+	address   string
+	namespace string
+	state     string
+	port      int
+}
+
+func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
+	f := &serviceFlags{}
+	fs.StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS; none: the embedded server)")
+	fs.StringVar(&f.namespace, "namespace", "", "Temporal namespace (default $TEMPORAL_NAMESPACE or \"default\")")
+	fs.StringVar(&f.state, "state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
+	fs.IntVar(&f.port, "port", 0, "first of the 9 fixed ports of the embedded server (default $RANKZIP_PORT or 17233)")
+	return f
+}
+
+func (f *serviceFlags) hostPort() string {
+	if f.address != "" {
+		return f.address
+	}
+	return os.Getenv("TEMPORAL_ADDRESS")
+}
+
+func (f *serviceFlags) ns() string {
+	if f.namespace != "" {
+		return f.namespace
+	}
+	if ns := os.Getenv("TEMPORAL_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return embeddedNamespace
+}
+
+// session is a connection to the service and, in embedded mode, the server
+// and worker this process runs.
+type session struct {
+	c        client.Client
+	embedded *embedded // nil when connected to another process's server or a cluster
+	w        worker.Worker
+	log      *slog.Logger
+	logFile  *os.File
+	external bool // a cluster named by --temporal or TEMPORAL_ADDRESS
+}
+
+// workerMode says what worker an embedded session runs.
+type workerMode int
+
+const (
+	noWorker    workerMode = iota // server only (an external cmd/worker works)
+	queryWorker                   // workflows only: answers queries, runs no activity
+	fullWorker                    // workflows and activities
+)
+
+// connect opens a session. In embedded mode it starts the server (and a
+// worker of the given mode) unless another rankzip process runs it; then,
+// when exclusive, it fails, else it connects to that process's server.
+func (f *serviceFlags) connect(mode workerMode, exclusive bool) (*session, error) {
+	s := &session{log: slog.New(slog.DiscardHandler)}
+	opts := client.Options{Namespace: f.ns(), Logger: tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))}
+	if hp := f.hostPort(); hp != "" {
+		s.external = true
+		opts.HostPort = hp
+		c, err := client.Dial(opts)
+		if err != nil {
+			return nil, fmt.Errorf("connect to Temporal at %s: %w", hp, err)
+		}
+		s.c = c
+		return s, nil
+	}
+	port, err := embeddedPort(f.port)
+	if err != nil {
+		return nil, err
+	}
+	dir := stateDir(f.state)
+	tdir := filepath.Join(dir, "temporal")
+	e, err := startEmbedded(tdir, port)
+	var busy *errBusy
+	switch {
+	case errors.As(err, &busy) && !exclusive:
+		opts.HostPort = busy.hostPort
+	case err != nil:
+		if errors.As(err, &busy) {
+			return nil, fmt.Errorf("%w; wait for it, or use another --state", err)
+		}
+		return nil, err
+	default:
+		s.embedded = e
+		opts.HostPort = e.hostPort
+	}
+	if s.logFile, err = os.OpenFile(filepath.Join(dir, "rankzip.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+		s.log = slog.New(slog.NewJSONHandler(s.logFile, nil)).With("pid", os.Getpid())
+		opts.Logger = tlog.NewStructuredLogger(slog.New(slog.NewJSONHandler(s.logFile, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	}
+	if s.c, err = client.Dial(opts); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("connect to the embedded Temporal server at %s: %w", opts.HostPort, err)
+	}
+	if s.embedded == nil || mode == noWorker {
+		return s, nil
+	}
+	wo := worker.Options{MaxConcurrentActivityExecutionSize: 1}
+	if mode == queryWorker {
+		wo.LocalActivityWorkerOnly = true
+	}
+	st, err := store.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.w = worker.New(s.c, workflows.TaskQueue, wo)
+	workflows.Register(s.w, &activities.Activities{Store: st, Backend: kernels.Default(), Log: s.log})
+	if err := s.w.Start(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("start worker: %w", err)
+	}
+	return s, nil
+}
+
+// Close stops the worker, the client and the embedded server.
+func (s *session) Close() {
+	if s.w != nil {
+		s.w.Stop()
+	}
+	if s.c != nil {
+		s.c.Close()
+	}
+	if s.embedded != nil {
+		s.embedded.Stop()
+	}
+	if s.logFile != nil {
+		s.logFile.Close()
+	}
+}
+
+// where describes the service for messages.
+func (s *session) where() string {
+	switch {
+	case s.external:
+		return "the Temporal cluster"
+	case s.embedded == nil:
+		return "the embedded server of another rankzip process"
+	}
+	return "the embedded server"
+}
+
+// parseArgs parses flags placed before or after the positional arguments
+// (`run recipe.yaml --state DIR`) and wants exactly want of them.
+func parseArgs(fs *flag.FlagSet, args []string, want int) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, errUsage
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) != want {
+		fmt.Fprintf(fs.Output(), "rankzip %s: expected %d positional argument(s), got %d: %q\n", fs.Name(), want, len(pos), pos)
+		fs.Usage()
+		return nil, errUsage
+	}
+	return pos, nil
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}

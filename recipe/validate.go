@@ -1,0 +1,544 @@
+package recipe
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// Defaults of the keys a recipe may leave out.
+const (
+	DefaultCalibSequences = 128
+	DefaultSeqLen         = 2048
+	DefaultBatch          = 16
+	DefaultEvalSequences  = 32
+	DefaultAlpha          = 0.5
+)
+
+// Marker is the file an export leaves in the output directory, naming the
+// job that wrote it; a rerun of that job may replace the directory, any other
+// job must not.
+const Marker = ".rankzip-job.json"
+
+// MarkerContent is the JSON in Marker.
+type MarkerContent struct {
+	ID string `json:"id"`
+}
+
+// Load reads the recipe at path, validates it against the files it names,
+// canonicalises it and digests its inputs. Every problem found is reported
+// in one *Error.
+func Load(file string) (*Job, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read recipe: %w", err)
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil, fmt.Errorf("read recipe: %w", err)
+	}
+	return LoadBytes(data, abs)
+}
+
+// LoadBytes is Load on the recipe's bytes; relative paths in it are
+// resolved against the directory of file.
+func LoadBytes(data []byte, file string) (*Job, error) {
+	r, problems := parse(data)
+	if r == nil {
+		return nil, &Error{Path: file, Problems: problems}
+	}
+	v := &validator{r: r, dir: filepath.Dir(file), problems: problems}
+	v.run()
+	if len(v.problems) > 0 {
+		return nil, &Error{Path: file, Problems: v.problems}
+	}
+	job, err := v.digest()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkOutput(r.Output, job.ID); err != nil {
+		return nil, &Error{Path: file, Problems: []string{err.Error()}}
+	}
+	return job, nil
+}
+
+type validator struct {
+	r        *Recipe
+	dir      string
+	problems []string
+
+	cfg         *model.Config
+	modelFiles  []string
+	calibTokens int
+}
+
+func (v *validator) add(format string, args ...any) {
+	v.problems = append(v.problems, fmt.Sprintf(format, args...))
+}
+
+func (v *validator) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return filepath.Clean(p)
+	}
+	return filepath.Join(v.dir, p)
+}
+
+func (v *validator) run() {
+	r := v.r
+	if r.Model == "" {
+		v.add("missing key \"model\": the checkpoint directory to compress")
+	} else {
+		r.Model = v.resolve(r.Model)
+		v.model()
+	}
+	if r.Output == "" {
+		v.add("missing key \"output\": the directory of the compressed checkpoint")
+	} else {
+		r.Output = v.resolve(r.Output)
+		v.output()
+	}
+	v.calibration()
+	v.evaluation()
+	if len(r.Stages) == 0 {
+		v.add("missing key \"stages\": at least one stage (implemented: %s)", strings.Join(Implemented, ", "))
+	}
+	v.order()
+	for i := range r.Stages {
+		v.stage(i, &r.Stages[i])
+	}
+	v.export()
+}
+
+func (v *validator) model() {
+	cfg, err := model.ReadConfig(v.r.Model)
+	if err != nil {
+		v.add("model: %v", err)
+		return
+	}
+	ck, err := safetensors.OpenDir(v.r.Model)
+	if err != nil {
+		v.add("model: %v", err)
+		return
+	}
+	defer ck.Close()
+	if len(cfg.Factored) > 0 {
+		v.add("model: %s is already a compressed (native) checkpoint; compress the original", v.r.Model)
+	}
+	v.cfg = cfg
+	v.modelFiles = append([]string{filepath.Join(v.r.Model, "config.json")}, ck.Files()...)
+	if idx := filepath.Join(v.r.Model, "model.safetensors.index.json"); fileExists(idx) {
+		v.modelFiles = append(v.modelFiles, idx)
+	}
+}
+
+func (v *validator) output() {
+	out, mdl := v.r.Output, v.r.Model
+	if out == mdl || strings.HasPrefix(mdl+string(filepath.Separator), out+string(filepath.Separator)) {
+		v.add("output %s would overwrite the model %s", out, mdl)
+		return
+	}
+	if st, err := os.Stat(out); err == nil && !st.IsDir() {
+		v.add("output %s exists and is not a directory", out)
+	}
+}
+
+func (v *validator) calibration() {
+	c := &v.r.Calibration
+	if c.Data == "" {
+		v.add("calibration: missing key \"data\": a Parquet file with an input_ids column")
+	}
+	if c.Sequences == 0 {
+		c.Sequences = DefaultCalibSequences
+	}
+	if c.Sequences < 0 {
+		v.add("calibration.sequences %d must be positive", c.Sequences)
+	}
+	if c.Mode == "" {
+		c.Mode = string(calib.Sequential)
+	}
+	if c.Mode != string(calib.Sequential) && c.Mode != string(calib.Original) {
+		v.add("calibration.mode %q unknown (want sequential or original)", c.Mode)
+	}
+	if c.Batch == 0 {
+		c.Batch = DefaultBatch
+	}
+	if c.Batch < 0 {
+		v.add("calibration.batch %d must be positive", c.Batch)
+	}
+	if c.SeqLen < 0 {
+		v.add("calibration.seq_len %d must be positive", c.SeqLen)
+	}
+	if v.cfg != nil {
+		if c.SeqLen == 0 {
+			c.SeqLen = min(DefaultSeqLen, v.cfg.MaxPositions)
+		}
+		if c.SeqLen > v.cfg.MaxPositions {
+			v.add("calibration.seq_len %d exceeds the model's max_position_embeddings %d", c.SeqLen, v.cfg.MaxPositions)
+		}
+	}
+	if c.Data == "" {
+		return
+	}
+	c.Data = v.resolve(c.Data)
+	if c.Sequences <= 0 || c.SeqLen < 0 {
+		return
+	}
+	seqs, err := readSequences(c.Data, c.Sequences, "calibration")
+	if err != nil {
+		v.add("%v", err)
+		return
+	}
+	for _, s := range Truncate(seqs, c.SeqLen) {
+		v.calibTokens += len(s)
+	}
+	v.tokens("calibration", c.Data, Truncate(seqs, c.SeqLen))
+}
+
+func (v *validator) evaluation() {
+	e := v.r.Evaluation
+	if e == nil {
+		return
+	}
+	if e.Data == "" {
+		v.add("evaluation: missing key \"data\": a Parquet file with an input_ids column")
+		return
+	}
+	e.Data = v.resolve(e.Data)
+	if e.Sequences == 0 {
+		e.Sequences = DefaultEvalSequences
+	}
+	if e.Sequences < 0 {
+		v.add("evaluation.sequences %d must be positive", e.Sequences)
+		return
+	}
+	seqs, err := readSequences(e.Data, e.Sequences, "evaluation")
+	if err != nil {
+		v.add("%v", err)
+		return
+	}
+	v.tokens("evaluation", e.Data, seqs)
+}
+
+// tokens checks token ids and lengths against the model.
+func (v *validator) tokens(what, file string, seqs [][]int32) {
+	if v.cfg == nil {
+		return
+	}
+	if err := (&model.Model{Config: v.cfg}).CheckTokens(seqs); err != nil {
+		v.add("%s data %s: %v", what, file, err)
+	}
+}
+
+// readSequences reads the first n rows of a dataset and says when it has
+// fewer.
+func readSequences(file string, n int, what string) ([][]int32, error) {
+	ds, err := calib.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s data: %w", what, err)
+	}
+	defer ds.Close()
+	if have := ds.NumSequences(); have < int64(n) {
+		return nil, fmt.Errorf("%s data %s has %d sequences; the recipe asks for %d", what, file, have, n)
+	}
+	seqs, err := ds.Read(n)
+	if err != nil {
+		return nil, fmt.Errorf("%s data: %w", what, err)
+	}
+	return seqs, nil
+}
+
+// Truncate cuts every sequence to at most n tokens (the slices are shared).
+func Truncate(seqs [][]int32, n int) [][]int32 {
+	out := make([][]int32, len(seqs))
+	for i, s := range seqs {
+		out[i] = s[:min(len(s), n)]
+	}
+	return out
+}
+
+// stage classes, in the order they must come.
+func class(method string) int {
+	switch method {
+	case "svd", "lord":
+		return 0
+	case "palu", "mla":
+		return 1
+	case "rtn", "gptq":
+		return 2
+	}
+	return 3 // eora
+}
+
+var className = []string{"low-rank factoring (svd, lord)", "KV-cache projection (palu, mla)", "quantization (rtn, gptq)", "error compensation (eora)"}
+
+// order checks that stages can follow each other: at most one of each class,
+// in class order, eora only after a quantization stage.
+func (v *validator) order() {
+	seen := map[int]int{} // class -> stage index
+	prev := -1
+	quant := false
+	for i, s := range v.r.Stages {
+		if _, ok := methodKeys[s.Method]; !ok {
+			continue
+		}
+		c := class(s.Method)
+		if j, dup := seen[c]; dup {
+			v.add("stages[%d] (%s) cannot follow stages[%d] (%s): a recipe has at most one %s stage", i, s.Method, j, v.r.Stages[j].Method, className[c])
+		} else if c < prev {
+			v.add("stages[%d] (%s) cannot follow a %s stage: stages run in the order %s", i, s.Method, className[prev], strings.Join(className, ", then "))
+		}
+		seen[c] = i
+		prev = max(prev, c)
+		if c == 2 {
+			quant = true
+		}
+		if s.Method == "eora" && !quant {
+			v.add("stages[%d] (eora) compensates quantization error: it needs an rtn or gptq stage before it", i)
+		}
+		if !slices.Contains(Implemented, s.Method) {
+			v.add("stages[%d]: method %s is not implemented yet (implemented: %s)", i, s.Method, strings.Join(Implemented, ", "))
+		}
+	}
+}
+
+func (v *validator) stage(i int, s *Stage) {
+	if s.Method != "svd" && s.Method != "lord" {
+		return
+	}
+	where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
+	if s.Method == "svd" {
+		if s.Variant == "" {
+			s.Variant = "whiten"
+		}
+		if !slices.Contains([]string{"whiten", "asvd", "plain"}, s.Variant) {
+			v.add("%s: variant %q unknown (want whiten, asvd or plain)", where, s.Variant)
+		}
+		switch {
+		case s.Variant != "asvd" && s.Alpha != 0:
+			v.add("%s: alpha applies to variant asvd only", where)
+		case s.Variant == "asvd" && s.Alpha == 0:
+			s.Alpha = DefaultAlpha
+		case s.Variant == "asvd" && !(s.Alpha > 0 && s.Alpha <= 1):
+			v.add("%s: alpha %v must be in (0, 1]", where, s.Alpha)
+		}
+	}
+	mods, errs := Modules(s.Targets)
+	for _, e := range errs {
+		v.add("%s: %s", where, e)
+	}
+	if len(errs) == 0 {
+		s.Targets = mods
+	}
+	switch {
+	case s.Rank != 0 && s.KeepParams != 0:
+		v.add("%s: give keep_params (a parameter budget) or rank (one rank for every target), not both", where)
+	case s.Rank < 0:
+		v.add("%s: rank %d must be positive", where, s.Rank)
+	case s.Rank > 0:
+		if s.RankSearch != "" {
+			v.add("%s: rank_search applies to a keep_params budget, not to a fixed rank", where)
+		}
+	case s.KeepParams == 0:
+		v.add("%s: missing key \"keep_params\": the fraction of the targeted parameters to keep, in (0, 1] (or rank)", where)
+	case !(s.KeepParams > 0 && s.KeepParams <= 1):
+		v.add("%s: keep_params %v must be in (0, 1]", where, s.KeepParams)
+	}
+	if s.Rank == 0 {
+		if s.RankSearch == "" {
+			s.RankSearch = "global"
+		}
+		if !slices.Contains(compress.Searches, s.RankSearch) {
+			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.Searches, ", "))
+		}
+	}
+	if v.cfg == nil || len(errs) > 0 {
+		return
+	}
+	need, full := 0, 0
+	for _, m := range mods {
+		out, in := Dims(v.cfg, m)
+		need = max(need, in)
+		full = max(full, min(out, in))
+	}
+	if s.Rank >= full {
+		v.add("%s: rank %d is not below min(out, in) of any targeted matrix (at most %d): nothing would be compressed", where, s.Rank, full)
+	}
+	if v.calibTokens > 0 && v.calibTokens < need {
+		v.add("%s: the calibration set gives %d tokens (sequences × seq_len); the targeted layers need at least %d (their largest input dimension) for full-rank statistics", where, v.calibTokens, need)
+	}
+}
+
+func (v *validator) export() {
+	e := &v.r.Export
+	if e.Format == "" {
+		e.Format = "native"
+	}
+	switch e.Format {
+	case "native", "dense":
+	case "gptq", "deepseek-mla", "palu":
+		v.add("export.format %s is not implemented yet (implemented: native, dense)", e.Format)
+	default:
+		v.add("export.format %q unknown (want native or dense)", e.Format)
+	}
+	if e.DType == "" {
+		e.DType = "float32"
+		if v.cfg != nil {
+			var td string
+			if raw, ok := v.cfg.Raw["torch_dtype"]; ok && json.Unmarshal(raw, &td) == nil && slices.Contains(DTypes, td) {
+				e.DType = td
+			}
+		}
+	}
+	if !slices.Contains(DTypes, e.DType) {
+		v.add("export.dtype %q unknown (want one of %s)", e.DType, strings.Join(DTypes, ", "))
+	}
+}
+
+// DTypes are the export dtypes.
+var DTypes = []string{"float32", "bfloat16", "float16"}
+
+// SafetensorsDType maps an export dtype to its safetensors dtype.
+func SafetensorsDType(dtype string) safetensors.DType {
+	switch dtype {
+	case "bfloat16":
+		return safetensors.BF16
+	case "float16":
+		return safetensors.F16
+	}
+	return safetensors.F32
+}
+
+// Modules expands target globs to the block modules they select, in block
+// order; no targets select all seven. It returns a problem per glob that is
+// malformed or matches nothing.
+func Modules(targets []string) ([]string, []string) {
+	if len(targets) == 0 {
+		return slices.Clone(model.Modules), nil
+	}
+	var mods, problems []string
+	for _, g := range targets {
+		if _, err := path.Match(g, ""); err != nil {
+			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
+			continue
+		}
+		hit := false
+		for _, m := range model.Modules {
+			if ok, _ := path.Match(g, m); ok {
+				hit = true
+				if !slices.Contains(mods, m) {
+					mods = append(mods, m)
+				}
+			}
+		}
+		if !hit {
+			problems = append(problems, fmt.Sprintf("target %q matches no module (modules: %s)", g, strings.Join(model.Modules, ", ")))
+		}
+	}
+	slices.SortFunc(mods, func(a, b string) int { return slices.Index(model.Modules, a) - slices.Index(model.Modules, b) })
+	return mods, problems
+}
+
+// Dims returns (out, in) of a block module under config c.
+func Dims(c *model.Config, module string) (out, in int) {
+	h, q, kv, i := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim, c.IntermediateSize
+	switch module {
+	case "self_attn.q_proj":
+		return q, h
+	case "self_attn.k_proj", "self_attn.v_proj":
+		return kv, h
+	case "self_attn.o_proj":
+		return h, q
+	case "mlp.gate_proj", "mlp.up_proj":
+		return i, h
+	}
+	return h, i // mlp.down_proj
+}
+
+// digest hashes the inputs and derives the workflow id.
+func (v *validator) digest() (*Job, error) {
+	job := &Job{Recipe: *v.r}
+	for _, f := range v.modelFiles {
+		d, err := Digest(f)
+		if err != nil {
+			return nil, err
+		}
+		job.Model = append(job.Model, d)
+	}
+	var err error
+	if job.Calibration, err = Digest(v.r.Calibration.Data); err != nil {
+		return nil, err
+	}
+	if v.r.Evaluation != nil {
+		d, err := Digest(v.r.Evaluation.Data)
+		if err != nil {
+			return nil, err
+		}
+		job.Evaluation = &d
+	}
+	job.ID = deriveID(job.Recipe, job.Model, job.Calibration, job.Evaluation)
+	return job, nil
+}
+
+// Digest returns a file's sha256 and size.
+func Digest(file string) (File, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return File{}, fmt.Errorf("digest: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return File{}, fmt.Errorf("digest %s: %w", file, err)
+	}
+	return File{Path: file, SHA256: hex.EncodeToString(h.Sum(nil)), Bytes: n}, nil
+}
+
+// checkOutput refuses an existing, non-empty output directory unless job id
+// wrote it.
+func checkOutput(dir, id string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	owner, _ := ReadMarker(dir)
+	if owner == id {
+		return nil
+	}
+	return fmt.Errorf("output %s already exists and was not written by this job; remove it or choose another output", dir)
+}
+
+// ReadMarker returns the id of the job that exported into dir, or "".
+func ReadMarker(dir string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, Marker))
+	if err != nil {
+		return "", err
+	}
+	var m MarkerContent
+	if err := json.Unmarshal(data, &m); err != nil {
+		return "", fmt.Errorf("%s: %w", filepath.Join(dir, Marker), err)
+	}
+	return m.ID, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

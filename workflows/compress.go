@@ -1,0 +1,289 @@
+// Package workflows holds rankzip's deterministic orchestration. CompressModel
+// runs a compression job: inspect and plan, the block-by-block loop (one
+// activity per block), export and evaluation, and answers the "progress"
+// query. Workflow code does no math and no I/O: it passes artifact refs
+// between activities (package activities) and keeps the job's state.
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
+)
+
+// TaskQueue is the task queue of rankzip workflows and activities.
+const TaskQueue = "rankzip"
+
+// ProgressQuery is the name of the query that returns a Progress.
+const ProgressQuery = "progress"
+
+// Input is the input of CompressModel: a validated job (see recipe.Load) and
+// the activity timing, which tests shorten.
+type Input struct {
+	Job recipe.Job `json:"job"`
+	// HeartbeatTimeout of every activity (default 10 s): how long a worker
+	// may be silent before its activity is retried elsewhere.
+	HeartbeatTimeout time.Duration `json:"heartbeat_timeout,omitempty"`
+	// RetryInterval is the first retry delay (default 1 s), doubling up to
+	// a minute, MaxAttempts tries in all (default 8).
+	RetryInterval time.Duration `json:"retry_interval,omitempty"`
+	MaxAttempts   int32         `json:"max_attempts,omitempty"`
+	// Parallel bounds the blocks compressed at once when they are
+	// independent (original calibration mode); default 4. In sequential
+	// mode each block needs the one before it.
+	Parallel int `json:"parallel,omitempty"`
+}
+
+// Stages of a job, in order, as the progress query reports them.
+const (
+	StageInspect  = "inspect"
+	StageBlocks   = "blocks"
+	StageExport   = "export"
+	StageEvaluate = "evaluate"
+	StageDone     = "done"
+	StageFailed   = "failed"
+	StageCanceled = "canceled"
+)
+
+// Progress is the answer of the progress query.
+type Progress struct {
+	Stage  string `json:"stage"`
+	Block  int    `json:"block"`  // blocks finished
+	Blocks int    `json:"blocks"` // blocks in the model (0 until inspected)
+	// Skipped counts blocks found finished in the store (a resumed job).
+	Skipped int `json:"skipped"`
+	// Started is when the workflow started and Updated when this state was
+	// reached (workflow time); Elapsed is Updated - Started.
+	Started time.Time     `json:"started"`
+	Updated time.Time     `json:"updated"`
+	Elapsed time.Duration `json:"elapsed"`
+	// ETA of the block loop from the mean time of the blocks computed so far
+	// (0 when unknown).
+	ETA   time.Duration `json:"eta"`
+	Error string        `json:"error,omitempty"`
+}
+
+// Artifacts are the refs of everything a job stored.
+type Artifacts struct {
+	Plan    store.Ref   `json:"plan"`
+	Streams []store.Ref `json:"streams"` // entering each block
+	Blocks  []store.Ref `json:"blocks"`  // factors of each block
+}
+
+// Result is the result of CompressModel.
+type Result struct {
+	ID        string                  `json:"id"`
+	Output    string                  `json:"output"`
+	Files     []recipe.File           `json:"files"`
+	Artifacts Artifacts               `json:"artifacts"`
+	Layers    []compress.Layer        `json:"layers"` // per-layer ranks, in model order
+	Quality   activities.Quality      `json:"quality"`
+	Params    int                     `json:"params"` // targeted parameters after compression
+	Total     int                     `json:"total"`  // and before
+	Skipped   int                     `json:"skipped"`
+	Elapsed   time.Duration           `json:"elapsed"`
+	Export    activities.ExportOutput `json:"export"`
+}
+
+func (in Input) validate() error {
+	var problems []string
+	if in.Job.ID == "" {
+		problems = append(problems, "job has no id")
+	}
+	r := in.Job.Recipe
+	if r.Model == "" || r.Output == "" || r.Calibration.Data == "" || len(in.Job.Model) == 0 {
+		problems = append(problems, "recipe lacks model, output, calibration data or model digests: submit a recipe loaded with recipe.Load")
+	}
+	if len(r.Stages) == 0 {
+		problems = append(problems, "recipe has no stages")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid workflow input: %v", problems)
+	}
+	return nil
+}
+
+// activityOptions are shared by every activity of a job.
+func activityOptions(in Input) workflow.ActivityOptions {
+	hb, retry, attempts := in.HeartbeatTimeout, in.RetryInterval, in.MaxAttempts
+	if hb <= 0 {
+		hb = 10 * time.Second
+	}
+	if retry <= 0 {
+		retry = time.Second
+	}
+	if attempts <= 0 {
+		attempts = 8
+	}
+	return workflow.ActivityOptions{
+		StartToCloseTimeout: 24 * time.Hour,
+		HeartbeatTimeout:    hb,
+		WaitForCancellation: true,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        retry,
+			BackoffCoefficient:     2,
+			MaximumInterval:        time.Minute,
+			MaximumAttempts:        attempts,
+			NonRetryableErrorTypes: []string{activities.BadInput, activities.StoreUnwritable},
+		},
+	}
+}
+
+// CompressModel runs a compression job to an exported, evaluated checkpoint.
+func CompressModel(ctx workflow.Context, in Input) (Result, error) {
+	started := workflow.GetInfo(ctx).WorkflowStartTime
+	prog := Progress{Stage: StageInspect, Started: started, Updated: workflow.Now(ctx)}
+	var computed time.Duration // workflow time spent on blocks that were computed
+	nComputed := 0
+	update := func(stage string) {
+		prog.Stage = stage
+		prog.Updated = workflow.Now(ctx)
+		prog.Elapsed = prog.Updated.Sub(started)
+		prog.ETA = 0
+		if stage == StageBlocks && nComputed > 0 {
+			prog.ETA = computed / time.Duration(nComputed) * time.Duration(prog.Blocks-prog.Block)
+		}
+	}
+	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) { return prog, nil }); err != nil {
+		return Result{}, err
+	}
+	res, err := run(ctx, in, &prog, update, func(d time.Duration) { computed += d; nComputed++ })
+	switch {
+	case err == nil:
+		update(StageDone)
+		res.Elapsed = prog.Elapsed
+	case temporal.IsCanceledError(err) || errors.Is(ctx.Err(), workflow.ErrCanceled):
+		update(StageCanceled)
+	default:
+		prog.Error = err.Error()
+		update(StageFailed)
+	}
+	return res, err
+}
+
+func run(ctx workflow.Context, in Input, prog *Progress, update func(string), blockDone func(time.Duration)) (Result, error) {
+	if err := in.validate(); err != nil {
+		return Result{}, temporal.NewNonRetryableApplicationError(err.Error(), activities.BadInput, err)
+	}
+	ctx = workflow.WithActivityOptions(ctx, activityOptions(in))
+	var a *activities.Activities
+	job := in.Job
+	res := Result{ID: job.ID, Output: job.Recipe.Output}
+
+	var ins activities.InspectOutput
+	if err := workflow.ExecuteActivity(ctx, a.Inspect, activities.InspectInput{Job: job}).Get(ctx, &ins); err != nil {
+		return res, stepError("inspect", err)
+	}
+	prog.Blocks = ins.Blocks
+	res.Artifacts.Plan = ins.Plan
+	update(StageBlocks)
+
+	// record takes the output of block i, in block order.
+	record := func(i int, b activities.BlockOutput, took time.Duration) {
+		if b.Skipped {
+			prog.Skipped++
+			res.Skipped++
+		} else {
+			blockDone(took)
+		}
+		res.Artifacts.Blocks = append(res.Artifacts.Blocks, b.Factors)
+		for _, l := range b.Layers {
+			res.Layers = append(res.Layers, l)
+			res.Total += l.Out * l.In
+			if l.Dense {
+				res.Params += l.Out * l.In
+			} else {
+				res.Params += l.Rank * (l.Out + l.In)
+			}
+		}
+		prog.Block = i + 1
+		update(StageBlocks)
+	}
+	if len(ins.BlockStreams) == ins.Blocks {
+		// Independent blocks: a window of Parallel activities at a time,
+		// which any number of workers share.
+		par := in.Parallel
+		if par <= 0 {
+			par = 4
+		}
+		res.Artifacts.Streams = ins.BlockStreams
+		type running struct {
+			f     workflow.Future
+			start time.Time
+		}
+		var window []running
+		next := 0
+		for i := range ins.Blocks {
+			for next < ins.Blocks && len(window) < par {
+				window = append(window, running{workflow.ExecuteActivity(ctx, a.Block, activities.BlockInput{
+					Job: job, Plan: ins.Plan, Streams: ins.BlockStreams[next], Index: next, Blocks: ins.Blocks, NoNext: true,
+				}), workflow.Now(ctx)})
+				next++
+			}
+			var b activities.BlockOutput
+			if err := window[0].f.Get(ctx, &b); err != nil {
+				return res, stepError(fmt.Sprintf("block %d", i), err)
+			}
+			// Blocks overlap: count the time since the later of this
+			// block's start and the previous block's end.
+			took := workflow.Now(ctx).Sub(window[0].start)
+			if last := prog.Updated; last.After(window[0].start) {
+				took = workflow.Now(ctx).Sub(last)
+			}
+			window = window[1:]
+			record(i, b, took)
+		}
+	} else {
+		streams := ins.Streams
+		for i := range ins.Blocks {
+			res.Artifacts.Streams = append(res.Artifacts.Streams, streams)
+			t0 := workflow.Now(ctx)
+			var b activities.BlockOutput
+			err := workflow.ExecuteActivity(ctx, a.Block, activities.BlockInput{
+				Job: job, Plan: ins.Plan, Streams: streams, Index: i, Blocks: ins.Blocks,
+			}).Get(ctx, &b)
+			if err != nil {
+				return res, stepError(fmt.Sprintf("block %d", i), err)
+			}
+			streams = b.Next
+			record(i, b, workflow.Now(ctx).Sub(t0))
+		}
+	}
+
+	update(StageExport)
+	if err := workflow.ExecuteActivity(ctx, a.Export, activities.ExportInput{
+		Job: job, Plan: ins.Plan, Blocks: res.Artifacts.Blocks,
+	}).Get(ctx, &res.Export); err != nil {
+		return res, stepError("export", err)
+	}
+	res.Files = res.Export.Files
+
+	update(StageEvaluate)
+	if err := workflow.ExecuteActivity(ctx, a.Evaluate, activities.EvaluateInput{Job: job, Export: res.Export}).Get(ctx, &res.Quality); err != nil {
+		return res, stepError("evaluate", err)
+	}
+	return res, nil
+}
+
+// stepError names the step that failed and keeps the activity's error type
+// (BadInput, StoreUnwritable) at the top of the workflow's failure, where
+// status and result show it. A cancellation is returned as is.
+func stepError(step string, err error) error {
+	var ae *temporal.ApplicationError
+	switch {
+	case temporal.IsCanceledError(err):
+		return err
+	case errors.As(err, &ae):
+		return temporal.NewNonRetryableApplicationError(step+": "+ae.Message(), ae.Type(), err)
+	}
+	// Retries exhausted on a timeout or a transient error.
+	return temporal.NewNonRetryableApplicationError(step+": "+err.Error(), "StepFailed", err)
+}
