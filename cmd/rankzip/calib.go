@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/model"
 )
 
 func runCalib(args []string, stdout, stderr io.Writer) error {
@@ -39,4 +40,22 @@ func runCalib(args []string, stdout, stderr io.Writer) error {
 	defer ds.Close()
 	fmt.Fprintf(stdout, "wrote %s: %d sequences\n", *out, ds.NumSequences())
 	return nil
+}
+
+// calibSequences reads the first n sequences (all when n ≤ 0) of a
+// calibration file and checks them against the model.
+func calibSequences(m *model.Model, path string, n int) ([][]int32, error) {
+	ds, err := calib.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	seqs, err := ds.Read(n)
+	ds.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.CheckTokens(seqs); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return seqs, nil
 }

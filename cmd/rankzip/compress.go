@@ -57,17 +57,9 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ds, err := calib.Open(*calibPath)
+	seqs, err := calibSequences(m, *calibPath, *sequences)
 	if err != nil {
 		return err
-	}
-	seqs, err := ds.Read(*sequences)
-	ds.Close()
-	if err != nil {
-		return err
-	}
-	if err := m.CheckTokens(seqs); err != nil {
-		return fmt.Errorf("%s: %w", *calibPath, err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -84,7 +76,11 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%-34s %5dx%-5d %6s %14.6g\n", l.Name, l.Out, l.In, r, l.PredictedError)
 	}
-	fmt.Fprintf(stdout, "targeted parameters kept: %d of %d (%.4f, asked %.4f)\n", res.Params, res.Total, float64(res.Params)/float64(res.Total), o.KeepParams)
+	asked := fmt.Sprintf("asked %.4f", o.KeepParams)
+	if o.Rank > 0 {
+		asked = fmt.Sprintf("rank %d asked", o.Rank)
+	}
+	fmt.Fprintf(stdout, "targeted parameters kept: %d of %d (%.4f, %s)\n", res.Params, res.Total, float64(res.Params)/float64(res.Total), asked)
 
 	final := res.Model
 	if *export == "dense" {

@@ -91,17 +91,9 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 	if len(unfit) > 0 {
 		return fmt.Errorf("the GPTQ v1 format packs only layers whose out and in are multiples of 32; leave these out of --targets: %s", strings.Join(unfit, ", "))
 	}
-	ds, err := calib.Open(*calibPath)
+	seqs, err := calibSequences(m, *calibPath, *sequences)
 	if err != nil {
 		return err
-	}
-	seqs, err := ds.Read(*sequences)
-	ds.Close()
-	if err != nil {
-		return err
-	}
-	if err := m.CheckTokens(seqs); err != nil {
-		return fmt.Errorf("%s: %w", *calibPath, err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
