@@ -235,15 +235,27 @@ func inputError(err error) error {
 	return err
 }
 
-// storeError classifies an error of writing to the store.
-func storeError(err error) error {
-	var ae *temporal.ApplicationError
+// storeError classifies an error of writing to the store (or to the
+// output directory): a full or read-only disk is not retried.
+func (a *Activities) storeError(err error) error {
+	var (
+		ae    *temporal.ApplicationError
+		errno syscall.Errno
+	)
 	switch {
 	case err == nil || errors.As(err, &ae):
 		return err
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EROFS),
 		errors.Is(err, fs.ErrPermission):
-		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("the artifact store cannot be written: %v", err), StoreUnwritable, err)
+		where := "the artifact store"
+		if a != nil && a.Store != nil {
+			where += " " + a.Store.Root()
+		}
+		reason := err.Error()
+		if errors.As(err, &errno) {
+			reason = errno.Error()
+		}
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s or the output directory cannot be written (%s); free space or fix permissions, then run the job again: %v", where, reason, err), StoreUnwritable, err)
 	case errors.Is(err, store.ErrCorrupt):
 		return badInput(fmt.Errorf("%w (delete the file to have it made again)", err))
 	}

@@ -323,15 +323,15 @@ func TestMissingModelIsBadInput(t *testing.T) {
 
 func TestStoreErrorClassification(t *testing.T) {
 	var ae *temporal.ApplicationError
-	full := storeError(&os.PathError{Op: "write", Path: "/s/x", Err: syscall.ENOSPC})
+	full := (&Activities{}).storeError(&os.PathError{Op: "write", Path: "/s/x", Err: syscall.ENOSPC})
 	if !errors.As(full, &ae) || ae.Type() != StoreUnwritable || !ae.NonRetryable() {
 		t.Errorf("full disk: %v", full)
 	}
-	io := storeError(&os.PathError{Op: "read", Path: "/s/x", Err: syscall.EIO})
+	io := (&Activities{}).storeError(&os.PathError{Op: "read", Path: "/s/x", Err: syscall.EIO})
 	if errors.As(io, &ae) {
 		t.Errorf("an I/O error is not retried: %v", io)
 	}
-	corrupt := storeError(store.ErrCorrupt)
+	corrupt := (&Activities{}).storeError(store.ErrCorrupt)
 	if !errors.As(corrupt, &ae) || ae.Type() != BadInput {
 		t.Errorf("corrupt artifact: %v", corrupt)
 	}

@@ -75,11 +75,11 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		}
 		var plan compress.Plan
 		if err := a.Store.GetJSON(in.Plan, &plan); err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		st, err := a.Store.GetStreams(in.Streams)
 		if err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		if err := canceled(ctx); err != nil {
 			return err
@@ -105,11 +105,11 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 				return badInput(fmt.Errorf("block %d: %w", in.Index, err))
 			}
 			if out.Factors, err = a.Store.PutBlock(store.Key("factors", key), orig, comp); err != nil {
-				return storeError(err)
+				return a.storeError(err)
 			}
 			done := &Factored{Factors: out.Factors, Layers: out.Layers}
 			if _, err := a.Store.PutJSON(factoredKey, done); err != nil {
-				return storeError(err)
+				return a.storeError(err)
 			}
 			p.Phase, p.Factored = "factored", done
 			set(p)
@@ -126,12 +126,12 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 			p.Phase = "store streams"
 			set(p)
 			if out.Next, err = a.Store.PutStreams(jobKey("streams", job, in.Index+1, out.Factors.SHA256), next); err != nil {
-				return storeError(err)
+				return a.storeError(err)
 			}
 		}
 		out.Index = in.Index
 		if _, err := a.Store.PutJSON(key, out); err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		return nil
 	})

@@ -100,7 +100,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 		return Quality{}, err
 	}
 	if _, err := a.Store.PutJSON(key, q); err != nil {
-		return Quality{}, storeError(err)
+		return Quality{}, a.storeError(err)
 	}
 	return q, nil
 }
@@ -117,7 +117,7 @@ func (a *Activities) baseline(orig *model.Model, ds *calib.Dataset, job recipe.J
 		return rep, inputError(err)
 	}
 	if _, err := a.Store.PutJSON(key, rep); err != nil {
-		return rep, storeError(err)
+		return rep, a.storeError(err)
 	}
 	return rep, nil
 }

@@ -65,7 +65,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 		comp.Blocks = make([]*model.Block, len(m.Blocks))
 		for i, ref := range in.Blocks {
 			if comp.Blocks[i], err = a.Store.GetBlock(ref, m.Blocks[i]); err != nil {
-				return storeError(err)
+				return a.storeError(err)
 			}
 		}
 		exp := &comp
@@ -79,7 +79,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 			return err
 		}
 		if _, err := a.Store.PutJSON(key, out); err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		return nil
 	})
@@ -116,11 +116,11 @@ func (a *Activities) publish(job recipe.Job, m *model.Model) (ExportOutput, erro
 	dst := job.Recipe.Output
 	parent := filepath.Dir(dst)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return ExportOutput{}, storeError(fmt.Errorf("export: %w", err))
+		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dst)+".tmp*")
 	if err != nil {
-		return ExportOutput{}, storeError(fmt.Errorf("export: %w", err))
+		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	defer os.RemoveAll(tmp)
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -128,11 +128,11 @@ func (a *Activities) publish(job recipe.Job, m *model.Model) (ExportOutput, erro
 	}
 	dtype := recipe.SafetensorsDType(job.Recipe.Export.DType)
 	if err := model.Save(m, tmp, dtype); err != nil {
-		return ExportOutput{}, storeError(fmt.Errorf("export: %w", err))
+		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	marker, _ := json.Marshal(recipe.MarkerContent{ID: job.ID})
 	if err := model.WriteFileAtomic(filepath.Join(tmp, recipe.Marker), append(marker, '\n')); err != nil {
-		return ExportOutput{}, storeError(fmt.Errorf("export: %w", err))
+		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	// Checkpoints are for everyone to read (model.WriteFileAtomic leaves 0600).
 	if entries, err := os.ReadDir(tmp); err == nil {

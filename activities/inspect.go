@@ -95,10 +95,10 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 			return badInput(err)
 		}
 		if out.Plan, err = a.Store.PutJSON(jobKey("plan", job), plan); err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		if out.Streams, err = a.Store.PutStreams(jobKey("streams", job, 0), st); err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		out.Blocks = len(m.Blocks)
 		if st.Mode == calib.Original {
@@ -117,13 +117,13 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 				st = next
 				ref, err := a.Store.PutStreams(jobKey("streams", job, i), st)
 				if err != nil {
-					return storeError(err)
+					return a.storeError(err)
 				}
 				out.BlockStreams = append(out.BlockStreams, ref)
 			}
 		}
 		if _, err := a.Store.PutJSON(key, out); err != nil {
-			return storeError(err)
+			return a.storeError(err)
 		}
 		return nil
 	})

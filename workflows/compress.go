@@ -164,6 +164,10 @@ func CompressModel(ctx workflow.Context, in Input) (Result, error) {
 		update(StageCanceled)
 	default:
 		prog.Error = err.Error()
+		var ae *temporal.ApplicationError
+		if errors.As(err, &ae) {
+			prog.Error = ae.Message()
+		}
 		update(StageFailed)
 	}
 	return res, err

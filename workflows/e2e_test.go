@@ -96,7 +96,16 @@ func service(t *testing.T, storeDir string, override map[string]any) (client.Cli
 	if err != nil {
 		t.Fatal(err)
 	}
-	acts := &activities.Activities{Store: st, Backend: kernels.Default(), Log: slog.New(slog.DiscardHandler), HeartbeatEvery: 100 * time.Millisecond}
+	log := slog.New(slog.DiscardHandler)
+	if p := os.Getenv("RANKZIP_E2E_LOG"); p != "" {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		log = slog.New(slog.NewJSONHandler(f, nil))
+	}
+	acts := &activities.Activities{Store: st, Backend: kernels.Default(), Log: log, HeartbeatEvery: 100 * time.Millisecond}
 	ts := temporaltest.NewServer(temporaltest.WithT(t))
 	ts.NewWorker(workflows.TaskQueue, func(r worker.Registry) {
 		workflows.Register(r, acts)

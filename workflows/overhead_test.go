@@ -128,10 +128,16 @@ func directRun(t *testing.T, j *recipe.Job, k kernels.Backend, ddir string) (tim
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := compress.Run(context.Background(), m, recipe.Truncate(cs, j.Recipe.Calibration.SeqLen), opts, nil)
+	tRun := time.Now()
+	last := tRun
+	res, err := compress.Run(context.Background(), m, recipe.Truncate(cs, j.Recipe.Calibration.SeqLen), opts, func(b, n int) {
+		t.Logf("direct: block %d/%d at %.2fs (+%.2fs)", b, n, time.Since(tRun).Seconds(), time.Since(last).Seconds())
+		last = time.Now()
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	tSave := time.Now()
 	if err := model.Save(res.Model, ddir, safetensors.F32); err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +157,7 @@ func directRun(t *testing.T, j *recipe.Job, k kernels.Backend, ddir string) (tim
 	if _, err := eval.Evaluate(back, m, es, n, nil); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("direct: load %.2fs, compress.Run %.2fs, save+read back+evaluate %.2fs", tRun.Sub(t0).Seconds(), tSave.Sub(tRun).Seconds(), time.Since(tSave).Seconds())
 	return time.Since(t0), ddir
 }
 

@@ -70,7 +70,7 @@ stages: [{method: svd, variant: whiten, keep_params: 0.7, rank_search: uniform}]
 		}
 		store := filepath.Join(dir, fmt.Sprintf("store%d", workers))
 		for range workers {
-			w := exec.Command(bin, "--temporal", ts.GetFrontendHostPort(), "--store", store, "--log-level", "warn")
+			w := exec.Command(bin, "--temporal", ts.GetFrontendHostPort(), "--namespace", ts.GetDefaultNamespace(), "--store", store, "--log-level", "warn")
 			w.Env = env
 			w.Stderr = os.Stderr
 			if err := w.Start(); err != nil {
@@ -84,7 +84,9 @@ stages: [{method: svd, variant: whiten, keep_params: 0.7, rank_search: uniform}]
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := run.Get(context.Background(), nil); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		if err := run.Get(ctx, nil); err != nil {
 			t.Fatal(err)
 		}
 		took := time.Since(t0)

@@ -227,8 +227,18 @@ func progressLine(p workflows.Progress, now time.Time) (line, key string) {
 	return b.String(), key
 }
 
-// jobError shortens a workflow failure to the message of its cause.
+// jobError shortens a workflow failure to the message the user needs: the
+// failed step's message and its type (BadInput, StoreUnwritable, ...)
+// rather than the whole chain of wrapped causes.
 func jobError(err error) error {
+	var ae *temporal.ApplicationError
+	var ce *temporal.CanceledError
+	switch {
+	case errors.As(err, &ce):
+		return errors.New("canceled")
+	case errors.As(err, &ae):
+		return fmt.Errorf("%s [%s]", ae.Message(), ae.Type())
+	}
 	var we *temporal.WorkflowExecutionError
 	if errors.As(err, &we) {
 		if u := errors.Unwrap(we); u != nil {
