@@ -17,6 +17,8 @@ type Block struct {
 	MLPNorm    []float32 // post_attention_layernorm
 	Gate, Up   Linear
 	Down       Linear
+	// MLA, when set, replaces K and V (both nil) by latent attention.
+	MLA *MLA
 }
 
 // Model is a Llama-family causal language model held in float32.
