@@ -10,6 +10,7 @@ import (
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/methods/eora"
+	"github.com/rankzip/rankzip/methods/svd"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/gptq"
 )
@@ -143,6 +144,15 @@ func RunEoRA(ctx context.Context, comp, orig *model.Model, seqs [][]int32, o EoR
 			w, _, err := weight(*ob.Linear(mod), name)
 			if err != nil {
 				return nil, err
+			}
+			if stats.Cross != nil {
+				// The layer sees the compensated stream x_c but must give the
+				// original outputs W x_o: its target is the least-squares map
+				// W̃ = W Σx_o x_cᵀ (Σx_c x_cᵀ)⁻¹, which a sequentially
+				// compressed layer was itself fitted to.
+				if w, err = svd.CorrectedTarget(k, w, stats.Cross, stats.C); err != nil {
+					return nil, fmt.Errorf("eora: %s: %w", name, err)
+				}
 			}
 			wc, err := EffectiveWeight(k, cl)
 			if err != nil {

@@ -40,8 +40,27 @@ type Config struct {
 	Grouped map[string][]int
 	// LatentBits and LatentGroup quantize the cached Palu latents (0: 16-bit).
 	LatentBits, LatentGroup int
+	// MLA is set for DeepSeek-V2/V3 checkpoints: every layer uses latent
+	// attention (HeadDim is then qk_rope_head_dim, NumKVHeads = NumHeads).
+	MLA *MLAConfig
 
 	Raw map[string]json.RawMessage
+}
+
+// MLAConfig is the latent attention of a DeepSeek-layout checkpoint.
+type MLAConfig struct {
+	LoraRank, RopeDim, NopeDim, VDim int
+	LatentNorm                       bool // kv_a_layernorm present
+	// The rope frequencies are InvFreq() for head_dim = RopeSourceHeadDim
+	// (with rope_theta and rope_scaling) at RopeFreqIndex: a model converted
+	// from GQA keeps its original frequencies, possibly repeated. Stock
+	// DeepSeek is RopeSourceHeadDim = RopeDim and indices 0..RopeDim/2-1.
+	RopeSourceHeadDim int
+	RopeFreqIndex     []int
+	// LayerRopeFreqIndex, when set, gives each layer its own indices (a
+	// conversion may keep different frequencies per layer); RopeFreqIndex
+	// is then layer 0's.
+	LayerRopeFreqIndex [][]int
 }
 
 // RopeScaling is a supported rope_scaling entry.
@@ -70,7 +89,7 @@ func (e *ConfigError) Error() string {
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SupportedModelTypes lists the model_type values rankzip runs.
-var SupportedModelTypes = []string{"llama", "mistral", "qwen2"}
+var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3"}
 
 // ReadConfig reads and validates dir/config.json.
 func ReadConfig(dir string) (*Config, error) {
@@ -92,7 +111,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	c := &Config{Raw: raw}
 	c.ModelType = p.str("model_type", "")
 	switch c.ModelType {
-	case "llama", "mistral", "qwen2":
+	case "llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3":
 	case "":
 		return nil, &ConfigError{Path: path, Field: "model_type", Err: errors.New("missing")}
 	default:
@@ -104,7 +123,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	c.NumLayers = p.positive("num_hidden_layers")
 	c.NumHeads = p.positive("num_attention_heads")
 	c.NumKVHeads = c.NumHeads
-	if p.has("num_key_value_heads") {
+	if p.has("num_key_value_heads") && !p.isNull("num_key_value_heads") {
 		c.NumKVHeads = p.positive("num_key_value_heads")
 	}
 	c.VocabSize = p.positive("vocab_size")
@@ -115,7 +134,10 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if act := p.str("hidden_act", "silu"); act != "silu" {
 		p.fail("hidden_act", fmt.Errorf("unsupported activation %q (only silu)", act))
 	}
-	if c.NumHeads > 0 && c.HiddenSize > 0 {
+	deepseek := strings.HasPrefix(c.ModelType, "deepseek_")
+	if deepseek {
+		c.MLA = p.mla(c)
+	} else if c.NumHeads > 0 && c.HiddenSize > 0 {
 		c.HeadDim = c.HiddenSize / c.NumHeads
 		if p.has("head_dim") && string(raw["head_dim"]) != "null" {
 			c.HeadDim = p.positive("head_dim")
@@ -123,7 +145,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 			p.fail("head_dim", fmt.Errorf("absent and hidden_size %d is not divisible by num_attention_heads %d", c.HiddenSize, c.NumHeads))
 		}
 	}
-	if c.HeadDim%2 != 0 {
+	if !deepseek && c.HeadDim%2 != 0 {
 		p.fail("head_dim", fmt.Errorf("must be even for RoPE, got %d", c.HeadDim))
 	}
 	if c.NumKVHeads > 0 && c.NumHeads%c.NumKVHeads != 0 {
@@ -150,9 +172,25 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 				c.SlidingWindow = w
 			}
 		}
+		if deepseek && (p.optInt("sliding_window") > 0 || p.boolean("use_sliding_window", false)) {
+			p.fail("sliding_window", errors.New("sliding-window attention with latent attention (MLA) is not supported"))
+		}
 	}
 	c.RopeScaling = p.ropeScaling()
-	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup = p.native()
+	sec := p.native()
+	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup
+	switch {
+	case sec.Format == "deepseek-mla" && c.MLA == nil:
+		p.fail(NativeSection, fmt.Errorf("format \"deepseek-mla\" needs model_type deepseek_v2 or deepseek_v3, not %q", c.ModelType))
+	case sec.Format != "deepseek-mla" && (sec.RopeSourceHeadDim != 0 || sec.RopeFreqIndex != nil || sec.LayerRopeFreqIndex != nil):
+		p.fail(NativeSection, fmt.Errorf("mla_rope_* fields need format \"deepseek-mla\", not %q", sec.Format))
+	case sec.Format == "deepseek-mla" && len(sec.Palu) > 0:
+		p.fail(NativeSection, errors.New("Palu layers (\"palu\") have no place in a deepseek-mla checkpoint"))
+	}
+	if c.MLA != nil {
+		p.mlaRope(c.MLA, sec.RopeSourceHeadDim, sec.RopeFreqIndex)
+		p.mlaLayerRope(c, sec.LayerRopeFreqIndex)
+	}
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -191,11 +229,31 @@ func (p *parser) positive(key string) int {
 	if !p.decode(key, &v) {
 		if !p.has(key) {
 			p.fail(key, errors.New("missing"))
+		} else if p.isNull(key) {
+			p.fail(key, errors.New("must be a number, got null"))
 		}
 		return 0
 	}
 	if v <= 0 {
 		p.fail(key, fmt.Errorf("must be positive, got %d", v))
+	}
+	return v
+}
+
+func (p *parser) isNull(key string) bool { return bytes.Equal(p.raw[key], []byte("null")) }
+
+func (p *parser) nonNegative(key string) int {
+	var v int
+	if !p.decode(key, &v) {
+		if !p.has(key) {
+			p.fail(key, errors.New("missing"))
+		} else if p.isNull(key) {
+			p.fail(key, errors.New("must be a number, got null"))
+		}
+		return 0
+	}
+	if v < 0 {
+		p.fail(key, fmt.Errorf("must not be negative, got %d", v))
 	}
 	return v
 }
@@ -261,23 +319,30 @@ func (p *parser) ropeScaling() *RopeScaling {
 // NativeSection is the config.json key of rankzip's native format.
 const NativeSection = "rankzip"
 
-func (p *parser) native() (map[string]int, map[string][]int, int, int) {
-	var sec struct {
-		Format      string           `json:"format"`
-		Ranks       map[string]int   `json:"ranks"`
-		Palu        map[string][]int `json:"palu"`
-		LatentBits  int              `json:"palu_latent_bits"`
-		LatentGroup int              `json:"palu_latent_group_size"`
-	}
+// nativeSection is config.json's "rankzip" section.
+type nativeSection struct {
+	Format      string           `json:"format"`
+	Ranks       map[string]int   `json:"ranks"`
+	Palu        map[string][]int `json:"palu"`
+	LatentBits  int              `json:"palu_latent_bits"`
+	LatentGroup int              `json:"palu_latent_group_size"`
+	// Format "deepseek-mla": where the rope frequencies come from (MLAConfig).
+	RopeSourceHeadDim  int     `json:"mla_rope_source_head_dim"`
+	RopeFreqIndex      []int   `json:"mla_rope_freq_index"`
+	LayerRopeFreqIndex [][]int `json:"mla_layer_rope_freq_index"`
+}
+
+func (p *parser) native() nativeSection {
+	var sec nativeSection
 	r, ok := p.raw[NativeSection]
-	if !ok {
-		return nil, nil, 0, 0
+	if !ok || bytes.Equal(r, []byte("null")) {
+		return nativeSection{}
 	}
 	dec := json.NewDecoder(bytes.NewReader(r))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&sec); err != nil {
 		p.fail(NativeSection, fmt.Errorf("expected {\"format\": \"native\", \"ranks\": {module: rank}, \"palu\": {module: [rank per group]}, ...}: %v", err))
-		return nil, nil, 0, 0
+		return nativeSection{}
 	}
 	switch sec.LatentBits {
 	case 0, 2, 3, 4, 8:
@@ -287,8 +352,8 @@ func (p *parser) native() (map[string]int, map[string][]int, int, int) {
 	if sec.LatentBits > 0 && sec.LatentGroup <= 0 {
 		p.fail(NativeSection, fmt.Errorf("palu_latent_group_size %d must be positive", sec.LatentGroup))
 	}
-	if sec.Format != "native" {
-		p.fail(NativeSection, fmt.Errorf("format %q unknown (want \"native\")", sec.Format))
+	if sec.Format != "native" && sec.Format != "deepseek-mla" {
+		p.fail(NativeSection, fmt.Errorf("format %q unknown (want \"native\" or \"deepseek-mla\")", sec.Format))
 	}
 	for name, r := range sec.Ranks {
 		if r <= 0 {
@@ -305,7 +370,93 @@ func (p *parser) native() (map[string]int, map[string][]int, int, int) {
 			p.fail(NativeSection, fmt.Errorf("module %q: needs one layout with at least one group", name))
 		}
 	}
-	return sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup
+	return sec
+}
+
+// mla reads the latent attention fields of a DeepSeek config and refuses
+// what the forward pass does not implement.
+func (p *parser) mla(c *Config) *MLAConfig {
+	m := &MLAConfig{
+		LoraRank: p.positive("kv_lora_rank"),
+		RopeDim:  p.positive("qk_rope_head_dim"),
+		NopeDim:  p.nonNegative("qk_nope_head_dim"),
+		VDim:     p.positive("v_head_dim"),
+		// TransMLA writes qk_latent_layernorm false when it adds no norm;
+		// stock DeepSeek always has kv_a_layernorm.
+		LatentNorm: p.boolean("qk_latent_layernorm", true),
+	}
+	if m.RopeDim%2 != 0 {
+		p.fail("qk_rope_head_dim", fmt.Errorf("must be even for RoPE, got %d", m.RopeDim))
+	}
+	c.HeadDim = m.RopeDim // as Hugging Face's DeepseekV3Config
+	if c.NumKVHeads != c.NumHeads {
+		p.fail("num_key_value_heads", fmt.Errorf("%d must equal num_attention_heads %d in the MLA layout", c.NumKVHeads, c.NumHeads))
+	}
+	if p.has("q_lora_rank") && !p.isNull("q_lora_rank") {
+		p.fail("q_lora_rank", errors.New("must be null: a low-rank query (q_a_proj, q_b_proj) is not supported"))
+	}
+	if n := p.optInt("n_routed_experts"); n > 0 {
+		if k := p.optInt("first_k_dense_replace"); k < c.NumLayers {
+			p.fail("n_routed_experts", fmt.Errorf("%d routed experts from layer first_k_dense_replace = %d: mixture-of-experts layers are not supported", n, k))
+		}
+	}
+	if !p.boolean("rope_interleave", true) {
+		p.fail("rope_interleave", errors.New("false (rotate-half rope on MLA) is not supported; DeepSeek interleaves"))
+	}
+	return m
+}
+
+// mlaRope sets the rope frequency source of m from the rankzip section, or
+// to the stock DeepSeek frequencies of a RopeDim-dim rope.
+func (p *parser) mlaRope(m *MLAConfig, src int, index []int) {
+	if src == 0 && index == nil {
+		m.RopeSourceHeadDim = m.RopeDim
+		for i := range m.RopeDim / 2 {
+			m.RopeFreqIndex = append(m.RopeFreqIndex, i)
+		}
+		return
+	}
+	m.RopeSourceHeadDim, m.RopeFreqIndex = src, index
+	if src <= 0 || src%2 != 0 {
+		p.fail(NativeSection+".mla_rope_source_head_dim", fmt.Errorf("must be a positive even head_dim, got %d", src))
+		return
+	}
+	if len(index) != m.RopeDim/2 {
+		p.fail(NativeSection+".mla_rope_freq_index", fmt.Errorf("has %d entries, want qk_rope_head_dim/2 = %d", len(index), m.RopeDim/2))
+		return
+	}
+	for i, j := range index {
+		if j < 0 || j >= src/2 {
+			p.fail(NativeSection+".mla_rope_freq_index", fmt.Errorf("entry %d is %d, outside [0, %d) for mla_rope_source_head_dim %d", i, j, src/2, src))
+			return
+		}
+	}
+}
+
+// mlaLayerRope checks and sets the per-layer rope frequency indices.
+func (p *parser) mlaLayerRope(c *Config, layers [][]int) {
+	if layers == nil || p.err != nil {
+		return
+	}
+	field := NativeSection + ".mla_layer_rope_freq_index"
+	m := c.MLA
+	if len(layers) != c.NumLayers {
+		p.fail(field, fmt.Errorf("has %d lists, want one per layer (%d)", len(layers), c.NumLayers))
+		return
+	}
+	for l, index := range layers {
+		if len(index) != m.RopeDim/2 {
+			p.fail(field, fmt.Errorf("layer %d has %d entries, want qk_rope_head_dim/2 = %d", l, len(index), m.RopeDim/2))
+			return
+		}
+		for i, j := range index {
+			if j < 0 || j >= m.RopeSourceHeadDim/2 {
+				p.fail(field, fmt.Errorf("layer %d entry %d is %d, outside [0, %d)", l, i, j, m.RopeSourceHeadDim/2))
+				return
+			}
+		}
+	}
+	m.LayerRopeFreqIndex = layers
 }
 
 // InvFreq returns the RoPE inverse frequencies of one head (HeadDim/2 values),
@@ -351,6 +502,17 @@ func (c *Config) NumParams() int64 {
 	if c.QKVBias {
 		block += q + 2*kv
 	}
+	if a := c.MLA; a != nil {
+		nh, lr, kva := int64(c.NumHeads), int64(a.LoraRank), int64(a.LoraRank+a.RopeDim)
+		q, o := nh*int64(a.NopeDim+a.RopeDim), nh*int64(a.VDim)
+		block = 2*h + q*h + kva*h + nh*int64(a.NopeDim+a.VDim)*lr + h*o + 3*h*i
+		if a.LatentNorm {
+			block += lr
+		}
+		if c.QKVBias { // upper bound: the biases are optional in this layout
+			block += q + kva
+		}
+	}
 	if c.OBias {
 		block += h
 	}
@@ -362,4 +524,36 @@ func (c *Config) NumParams() int64 {
 		n += int64(c.VocabSize) * h
 	}
 	return n
+}
+
+// MLARopeFreq returns the RopeDim/2 inverse frequencies of an MLA config's
+// rope (see MLAConfig), nil without MLA; layer 0's when layers differ.
+func (c *Config) MLARopeFreq() []float64 { return c.MLALayerRopeFreq(0) }
+
+// MLALayerRopeFreq returns layer l's rope inverse frequencies.
+func (c *Config) MLALayerRopeFreq(l int) []float64 {
+	if c.MLA == nil {
+		return nil
+	}
+	src := *c
+	src.HeadDim = c.MLA.RopeSourceHeadDim
+	inv := src.InvFreq()
+	index := c.MLA.RopeFreqIndex
+	if c.MLA.LayerRopeFreqIndex != nil {
+		index = c.MLA.LayerRopeFreqIndex[l]
+	}
+	out := make([]float64, len(index))
+	for i, j := range index {
+		out[i] = inv[j]
+	}
+	return out
+}
+
+// KVBytesPerToken is the KV cache per token of the model this config
+// describes at 16 bits: keys and values, or an MLA latent and rope key.
+func (c *Config) KVBytesPerToken() int {
+	if c.MLA != nil {
+		return 2 * c.NumLayers * (c.MLA.LoraRank + c.MLA.RopeDim)
+	}
+	return 2 * 2 * c.NumLayers * c.NumKVHeads * c.HeadDim
 }

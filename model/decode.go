@@ -9,6 +9,9 @@ import (
 // one token's work plus attention over the cache. Its logits equal those of
 // Forward on the whole sequence.
 //
+// MLA layers cache each token's latent and rotated rope key and attend in
+// the absorbed form (see MLA).
+//
 // Where k_proj or v_proj is Palu-factored (Grouped), the cache holds only
 // the latent of each token. Keys are rebuilt from the latents and rotated at
 // their positions for each step (RoPE cannot be folded into the factors);
@@ -46,6 +49,9 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 	if d.n >= c.MaxPositions {
 		return nil, fmt.Errorf("decoder: position %d reaches max_position_embeddings %d", d.n, c.MaxPositions)
 	}
+	if err := m.checkMLA(); err != nil {
+		return nil, err
+	}
 	h, err := m.EmbedTokens([][]int32{{id}})
 	if err != nil {
 		return nil, err
@@ -53,6 +59,10 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 	pos := []int{d.n}
 	for l, b := range m.Blocks {
 		h = m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+			if b.MLA != nil {
+				d.keys[l] = append(d.keys[l], b.MLA.latents(m.Backend, x, 1, rope, c.RMSNormEps)...)
+				return d.attendMLA(b.MLA, q, l)
+			}
 			d.keys[l] = append(d.keys[l], cacheRow(m, b.K, x, rope)...)
 			d.vals[l] = append(d.vals[l], cacheRow(m, b.V, x, nil)...)
 			return d.attend(b, q, l)
@@ -110,7 +120,7 @@ func (d *Decoder) attend(b *Block, q []float32, l int) []float32 {
 		kvh := h / group
 		o := out[h*hd : (h+1)*hd]
 		if !latentValues {
-			attendRow(o, q[h*hd:(h+1)*hd], keys, d.vals[l], kvd, kvh*hd, first, last, scale, p)
+			attendRow(o, q[h*hd:(h+1)*hd], keys, d.vals[l], kvd, kvh*hd, kvd, kvh*hd, first, last, scale, p)
 			continue
 		}
 		// Attend over the value latents of kvh's group, then map the weighted
@@ -140,6 +150,42 @@ func (d *Decoder) attend(b *Block, q []float32, l int) []float32 {
 		}
 	}
 	return out
+}
+
+// attendMLA is attend for an MLA layer, whose cache holds per token the
+// latent and the rotated rope key: all heads attend at once in the latent
+// space (absorbed form), two matrix products over the cache, and each maps
+// its weighted latent to its output.
+func (d *Decoder) attendMLA(a *MLA, q []float32, l int) []float32 {
+	k, heads := d.m.Backend, d.m.Config.NumHeads
+	w, r, n := a.CacheWidth(), a.LoraRank, d.n+1
+	scale := float32(1 / math.Sqrt(float64(a.QKDim())))
+	qa := a.absorbQueries(k, q, 1, heads)
+	p := make([]float32, heads*n)
+	k.Sgemm(false, true, heads, n, w, scale, qa, w, d.keys[l], w, 0, p, n)
+	for h := range heads {
+		softmax(p[h*n : (h+1)*n])
+	}
+	z := make([]float32, heads*r)
+	k.Sgemm(false, false, heads, r, n, 1, p, n, d.keys[l], w, 0, z, r)
+	return a.expand(k, z, 1, heads)
+}
+
+// softmax turns x into softmax(x) in place.
+func softmax(x []float32) {
+	mx := float32(math.Inf(-1))
+	for _, v := range x {
+		mx = max(mx, v)
+	}
+	var sum float32
+	for i, v := range x {
+		x[i] = exp32(v - mx)
+		sum += x[i]
+	}
+	inv := 1 / sum
+	for i := range x {
+		x[i] *= inv
+	}
 }
 
 // latentGroup returns the group j holding KV head kvh, the offset of its
@@ -189,10 +235,15 @@ func weights(p, qi, kk []float32, kvd, off, first, last int, scale float32) {
 
 // KVBytesPerToken is the KV cache of one token: the keys and values of every
 // layer at 16 bits, or their latents where k_proj and v_proj are
-// Palu-factored (at 16 bits, or quantized with their scales and zeros).
+// Palu-factored (at 16 bits, or quantized with their scales and zeros), or
+// the latent and rope key of MLA layers at 16 bits.
 func (m *Model) KVBytesPerToken() int {
 	n := 0
 	for _, b := range m.Blocks {
+		if b.MLA != nil {
+			n += 2 * b.MLA.CacheWidth()
+			continue
+		}
 		n += cachedBytes(b.K) + cachedBytes(b.V)
 	}
 	return n

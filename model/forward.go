@@ -79,6 +79,9 @@ func (m *Model) EmbedTokens(seqs [][]int32) (*States, error) {
 
 // Forward returns the logits (rows×vocab, rows in sequence order) of a batch.
 func (m *Model) Forward(seqs [][]int32) ([]float32, error) {
+	if err := m.checkMLA(); err != nil {
+		return nil, err
+	}
 	h, err := m.EmbedTokens(seqs)
 	if err != nil {
 		return nil, err
@@ -109,6 +112,11 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 			pos = append(pos, p)
 		}
 	}
+	if b.MLA != nil {
+		return m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+			return m.mlaAttention(b, x, q, rope, h.Starts)
+		}, tap)
+	}
 	return m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
 		rows := h.Rows()
 		kk := make([]float32, rows*b.K.Out())
@@ -138,10 +146,17 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []floa
 	}
 	q := make([]float32, rows*qd)
 	b.Q.Apply(k, q, x, rows)
-	rope := newRope(c, pos)
-	rope.apply(q, qd/c.HeadDim, c.HeadDim)
+	var rope *rope
+	if a := b.MLA; a != nil {
+		// Only the rope part of each MLA query head rotates, interleaved.
+		rope = newRopeFreq(a.RopeFreq, pos)
+		rope.interleaved(q, qd/(a.NopeDim+a.RopeDim), a.NopeDim+a.RopeDim, a.NopeDim)
+	} else {
+		rope = newRope(c, pos)
+		rope.apply(q, qd/c.HeadDim, c.HeadDim)
+	}
 	att := attend(x, q, rope)
-	if tap != nil && !tap(OInput, att, rows, qd) {
+	if tap != nil && !tap(OInput, att, rows, b.O.In()) {
 		return nil
 	}
 	out := &States{X: make([]float32, rows*dim), Dim: dim, Starts: h.Starts}
@@ -200,8 +215,10 @@ type rope struct {
 	rows     int
 }
 
-func newRope(c *Config, pos []int) *rope {
-	inv := c.InvFreq()
+func newRope(c *Config, pos []int) *rope { return newRopeFreq(c.InvFreq(), pos) }
+
+// newRopeFreq is the rope of the inverse frequencies inv at positions pos.
+func newRopeFreq(inv []float64, pos []int) *rope {
 	half := len(inv)
 	r := &rope{cos: make([]float32, len(pos)*half), sin: make([]float32, len(pos)*half), half: half, rows: len(pos)}
 	for row, p := range pos {
@@ -233,6 +250,38 @@ func (r *rope) apply(x []float32, heads, headDim int) {
 	})
 }
 
+// interleaved rotates, in DeepSeek's interleaved convention (pairs (2i, 2i+1)),
+// the 2·half values at offset off of each of the heads of width stride in
+// every row of x (rows×heads·stride).
+func (r *rope) interleaved(x []float32, heads, stride, off int) {
+	half := r.half
+	parallelFor(r.rows, 64, func(lo, hi int) {
+		for row := lo; row < hi; row++ {
+			cs, sn := r.cos[row*half:(row+1)*half], r.sin[row*half:(row+1)*half]
+			for h := range heads {
+				v := x[(row*heads+h)*stride+off : (row*heads+h)*stride+off+2*half]
+				for i := range half {
+					a, b := v[2*i], v[2*i+1]
+					v[2*i] = a*cs[i] - b*sn[i]
+					v[2*i+1] = b*cs[i] + a*sn[i]
+				}
+			}
+		}
+	})
+}
+
+// attnShape describes causal multi-head attention over row-major q, k and v:
+// query head h (dk values, q rows of heads·dk) reads KV head h/(heads/kvHeads),
+// whose key holds dk values at column kvh·dk of rows of kStride and whose
+// value dv values at column kvh·dv of rows of vStride; the output has rows
+// of heads·dv.
+type attnShape struct {
+	heads, kvHeads, dk, dv int
+	kStride, vStride       int
+	window                 int // 0: full causal
+	scale                  float32
+}
+
 // attention computes causal grouped-query attention for each sequence and
 // head: out = softmax(q kᵀ/√d + mask) v, heads sharing KV heads in groups.
 // Long sequences go through the backend's Sgemm, one head at a time; short
@@ -240,19 +289,26 @@ func (r *rope) apply(x []float32, heads, headDim int) {
 // tiny BLAS calls cost more in thread wake-ups than they compute.
 func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Config) {
 	d := c.HeadDim
-	qd, kvd := c.NumHeads*d, c.NumKVHeads*d
-	group := c.NumHeads / c.NumKVHeads
-	scale := float32(1 / math.Sqrt(float64(d)))
+	kvd := c.NumKVHeads * d
+	mhAttention(k, out, q, kk, v, starts, attnShape{heads: c.NumHeads, kvHeads: c.NumKVHeads, dk: d, dv: d,
+		kStride: kvd, vStride: kvd, window: c.SlidingWindow, scale: float32(1 / math.Sqrt(float64(d)))})
+}
+
+// mhAttention is attention for the shape s (see attention).
+func mhAttention(k kernels.Backend, out, q, kk, v []float32, starts []int, s attnShape) {
+	dk, dv := s.dk, s.dv
+	qs, ost := s.heads*dk, s.heads*dv
+	group := s.heads / s.kvHeads
 	var small [][2]int // (sequence, head) pairs for the plain Go path
 	var scores []float32
-	for s := 0; s+1 < len(starts); s++ {
-		r0, n := starts[s], starts[s+1]-starts[s]
+	for seq := 0; seq+1 < len(starts); seq++ {
+		r0, n := starts[seq], starts[seq+1]-starts[seq]
 		if n == 0 {
 			continue
 		}
-		if n*d <= smallAttention {
-			for h := range c.NumHeads {
-				small = append(small, [2]int{s, h})
+		if n*dk <= smallAttention {
+			for h := range s.heads {
+				small = append(small, [2]int{seq, h})
 			}
 			continue
 		}
@@ -260,43 +316,45 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 			scores = make([]float32, n*n)
 		}
 		sc := scores[:n*n]
-		for h := range c.NumHeads {
+		for h := range s.heads {
 			kvh := h / group
-			k.Sgemm(false, true, n, n, d, scale, q[r0*qd+h*d:], qd, kk[r0*kvd+kvh*d:], kvd, 0, sc, n)
-			causalSoftmax(sc, n, c.SlidingWindow)
-			k.Sgemm(false, false, n, d, n, 1, sc, n, v[r0*kvd+kvh*d:], kvd, 0, out[r0*qd+h*d:], qd)
+			k.Sgemm(false, true, n, n, dk, s.scale, q[r0*qs+h*dk:], qs, kk[r0*s.kStride+kvh*dk:], s.kStride, 0, sc, n)
+			causalSoftmax(sc, n, s.window)
+			k.Sgemm(false, false, n, dv, n, 1, sc, n, v[r0*s.vStride+kvh*dv:], s.vStride, 0, out[r0*ost+h*dv:], ost)
 		}
 	}
 	parallelFor(len(small), 1, func(lo, hi int) {
 		var p []float32
 		for _, sh := range small[lo:hi] {
-			s, h := sh[0], sh[1]
-			r0, n := starts[s], starts[s+1]-starts[s]
+			seq, h := sh[0], sh[1]
+			r0, n := starts[seq], starts[seq+1]-starts[seq]
 			if cap(p) < n {
 				p = make([]float32, n)
 			}
+			kvh := h / group
 			for i := range n {
 				first := 0
-				if c.SlidingWindow > 0 {
-					first = max(0, i-c.SlidingWindow+1)
+				if s.window > 0 {
+					first = max(0, i-s.window+1)
 				}
-				attendRow(out[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d], q[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d],
-					kk[r0*kvd:], v[r0*kvd:], kvd, (h/group)*d, first, i, scale, p)
+				attendRow(out[(r0+i)*ost+h*dv:(r0+i)*ost+(h+1)*dv], q[(r0+i)*qs+h*dk:(r0+i)*qs+(h+1)*dk],
+					kk[r0*s.kStride:], v[r0*s.vStride:], s.kStride, kvh*dk, s.vStride, kvh*dv, first, i, s.scale, p)
 			}
 		}
 	})
 }
 
 // attendRow writes into o the attention of one query head qi over the key
-// and value rows first..last (row stride kvd, head columns from off), using
-// p as scratch of at least last+1 values.
-func attendRow(o, qi, kk, v []float32, kvd, off, first, last int, scale float32, p []float32) {
-	weights(p, qi, kk, kvd, off, first, last, scale)
-	d := len(qi)
+// rows first..last (row stride ks, head columns from ko) and the value rows
+// (stride vs, len(o) columns from vo), using p as scratch of at least
+// last+1 values.
+func attendRow(o, qi, kk, v []float32, ks, ko, vs, vo, first, last int, scale float32, p []float32) {
+	weights(p, qi, kk, ks, ko, first, last, scale)
+	d := len(o)
 	clear(o)
 	for j := first; j <= last; j++ {
 		w := p[j]
-		vj := v[j*kvd+off : j*kvd+off+d]
+		vj := v[j*vs+vo : j*vs+vo+d]
 		for t, x := range vj {
 			o[t] += w * x
 		}

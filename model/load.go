@@ -30,12 +30,55 @@ type Model struct {
 	LMHead Linear // shares Embed when the embeddings are tied
 	// Backend runs the large matrix products.
 	Backend kernels.Backend
+	// AbsorbMLA runs MLA blocks in the absorbed form (attention over the
+	// cached latents, as the decoder does) instead of rebuilding every
+	// head's keys and values; both give the same logits.
+	AbsorbMLA bool
 }
 
 // Modules are the seven linear layers of a block, by their name inside it.
 var Modules = []string{
 	"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
 	"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+}
+
+// mlaModules are the linear layers of an MLA block that Modules names; its
+// kv_a_proj_with_mqa and kv_b_proj are in Block.MLA.
+var mlaModules = []string{"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+
+// Modules returns the names of the block's linear layers: Modules, without
+// k_proj and v_proj (nil) when the block uses latent attention.
+func (b *Block) Modules() []string {
+	if b.MLA != nil {
+		return mlaModules
+	}
+	return Modules
+}
+
+// NumParams counts the block's parameters: norms, linears and MLA weights.
+func (b *Block) NumParams() int64 {
+	n := int64(len(b.AttnNorm) + len(b.MLPNorm))
+	for _, mod := range b.Modules() {
+		if l := *b.Linear(mod); l != nil {
+			n += l.NumParams()
+		}
+	}
+	if b.MLA != nil {
+		n += b.MLA.NumParams()
+	}
+	return n
+}
+
+// NumParams counts the model's parameters; a tied LM head counts once.
+func (m *Model) NumParams() int64 {
+	n := int64(len(m.Embed) + len(m.Norm))
+	if !m.Config.TieWordEmbeddings {
+		n += m.LMHead.NumParams()
+	}
+	for _, b := range m.Blocks {
+		n += b.NumParams()
+	}
+	return n
 }
 
 // Linear returns the block's linear layer by module name (see Modules).
@@ -62,6 +105,14 @@ func (b *Block) Linear(module string) *Linear {
 // linearShape gives (out, in, hasBias) for a module under config c.
 func linearShape(c *Config, module string) (out, in int, bias bool) {
 	h, q, kv, i := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim, c.IntermediateSize
+	if a := c.MLA; a != nil {
+		switch module {
+		case "self_attn.q_proj":
+			return c.NumHeads * (a.NopeDim + a.RopeDim), h, c.QKVBias
+		case "self_attn.o_proj":
+			return h, c.NumHeads * a.VDim, c.OBias
+		}
+	}
 	switch module {
 	case "self_attn.q_proj":
 		return q, h, c.QKVBias
@@ -77,39 +128,54 @@ func linearShape(c *Config, module string) (out, in int, bias bool) {
 	panic("model: unknown module " + module)
 }
 
-// tensorSpec is one tensor a checkpoint must hold.
+// tensorSpec is one tensor a checkpoint must hold (or may: optional).
 type tensorSpec struct {
-	name  string
-	shape []int
+	name     string
+	shape    []int
+	optional bool
 }
 
 // expectedTensors lists every tensor of a checkpoint for config c.
 func expectedTensors(c *Config) []tensorSpec {
 	h := c.HiddenSize
-	specs := []tensorSpec{{"model.embed_tokens.weight", []int{c.VocabSize, h}}, {"model.norm.weight", []int{h}}}
+	specs := []tensorSpec{{name: "model.embed_tokens.weight", shape: []int{c.VocabSize, h}}, {name: "model.norm.weight", shape: []int{h}}}
 	if !c.TieWordEmbeddings {
-		specs = append(specs, tensorSpec{"lm_head.weight", []int{c.VocabSize, h}})
+		specs = append(specs, tensorSpec{name: "lm_head.weight", shape: []int{c.VocabSize, h}})
 	}
 	for l := range c.NumLayers {
 		p := fmt.Sprintf("model.layers.%d.", l)
-		specs = append(specs, tensorSpec{p + "input_layernorm.weight", []int{h}},
-			tensorSpec{p + "post_attention_layernorm.weight", []int{h}})
-		for _, m := range Modules {
+		specs = append(specs, tensorSpec{name: p + "input_layernorm.weight", shape: []int{h}},
+			tensorSpec{name: p + "post_attention_layernorm.weight", shape: []int{h}})
+		mods := Modules
+		if a := c.MLA; a != nil {
+			mods = mlaModules
+			// attention_bias: TransMLA's Qwen conversions bias q_proj and
+			// kv_a, Hugging Face's DeepSeek kv_a and o_proj, so each is optional.
+			specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_proj_with_mqa.weight", shape: []int{a.LoraRank + a.RopeDim, h}},
+				tensorSpec{name: p + "self_attn.kv_b_proj.weight", shape: []int{c.NumHeads * (a.NopeDim + a.VDim), a.LoraRank}})
+			if c.QKVBias {
+				specs = append(specs, tensorSpec{p + "self_attn.kv_a_proj_with_mqa.bias", []int{a.LoraRank + a.RopeDim}, true})
+			}
+			if a.LatentNorm {
+				specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_layernorm.weight", shape: []int{a.LoraRank}})
+			}
+		}
+		for _, m := range mods {
 			out, in, bias := linearShape(c, m)
 			if r, ok := c.Factored[p+m]; ok {
-				specs = append(specs, tensorSpec{p + m + ".A.weight", []int{r, in}}, tensorSpec{p + m + ".B.weight", []int{out, r}})
+				specs = append(specs, tensorSpec{name: p + m + ".A.weight", shape: []int{r, in}}, tensorSpec{name: p + m + ".B.weight", shape: []int{out, r}})
 			} else if rs, ok := c.Grouped[p+m]; ok {
 				latent := 0
 				for j, r := range rs {
 					latent += r
-					specs = append(specs, tensorSpec{fmt.Sprintf("%s%s.up.%d.weight", p, m, j), []int{out / len(rs), r}})
+					specs = append(specs, tensorSpec{name: fmt.Sprintf("%s%s.up.%d.weight", p, m, j), shape: []int{out / len(rs), r}})
 				}
-				specs = append(specs, tensorSpec{p + m + ".down.weight", []int{latent, in}})
+				specs = append(specs, tensorSpec{name: p + m + ".down.weight", shape: []int{latent, in}})
 			} else {
-				specs = append(specs, tensorSpec{p + m + ".weight", []int{out, in}})
+				specs = append(specs, tensorSpec{name: p + m + ".weight", shape: []int{out, in}})
 			}
 			if bias {
-				specs = append(specs, tensorSpec{p + m + ".bias", []int{out}})
+				specs = append(specs, tensorSpec{p + m + ".bias", []int{out}, c.MLA != nil && strings.HasPrefix(m, "self_attn.")})
 			}
 		}
 	}
@@ -163,6 +229,9 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	}
 	tensors := make(map[string][]float32, len(specs))
 	for _, s := range specs {
+		if _, ok := ck.Info(s.name); !ok && s.optional {
+			continue
+		}
 		v, err := readTensor(ck, dir, s)
 		if err != nil {
 			return nil, err
@@ -172,7 +241,7 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	m := &Model{Config: cfg, Embed: tensors["model.embed_tokens.weight"], Norm: tensors["model.norm.weight"], Backend: k}
 	if cfg.TieWordEmbeddings {
 		if _, ok := ck.Info("lm_head.weight"); ok {
-			head, err := readTensor(ck, dir, tensorSpec{"lm_head.weight", []int{cfg.VocabSize, cfg.HiddenSize}})
+			head, err := readTensor(ck, dir, tensorSpec{name: "lm_head.weight", shape: []int{cfg.VocabSize, cfg.HiddenSize}})
 			if err != nil {
 				return nil, err
 			}
@@ -187,7 +256,17 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	for l := range cfg.NumLayers {
 		p := fmt.Sprintf("model.layers.%d.", l)
 		b := &Block{AttnNorm: tensors[p+"input_layernorm.weight"], MLPNorm: tensors[p+"post_attention_layernorm.weight"]}
-		for _, mod := range Modules {
+		if a := cfg.MLA; a != nil {
+			p := p + "self_attn."
+			b.MLA = &MLA{
+				KVA:      NewDense(a.LoraRank+a.RopeDim, cfg.HiddenSize, tensors[p+"kv_a_proj_with_mqa.weight"], tensors[p+"kv_a_proj_with_mqa.bias"]),
+				KVANorm:  tensors[p+"kv_a_layernorm.weight"],
+				KVB:      NewDense(cfg.NumHeads*(a.NopeDim+a.VDim), a.LoraRank, tensors[p+"kv_b_proj.weight"], nil),
+				LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim,
+				RopeFreq: cfg.MLALayerRopeFreq(l),
+			}
+		}
+		for _, mod := range b.Modules() {
 			out, in, _ := linearShape(cfg, mod)
 			if r, ok := cfg.Factored[p+mod]; ok {
 				*b.Linear(mod) = &Factored{A: NewDense(r, in, tensors[p+mod+".A.weight"], nil),

@@ -22,6 +22,10 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 		return fmt.Errorf("save model: %w", err)
 	}
 	c := m.Config
+	mla, err := mlaLayout(m)
+	if err != nil {
+		return err
+	}
 	ranks := map[string]int{}     // factored modules for the native section
 	grouped := map[string][]int{} // Palu modules for the native section
 	latentBits, latentGroup := -1, 0
@@ -61,7 +65,19 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 		if err := add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm); err != nil {
 			return err
 		}
-		for _, mod := range Modules {
+		if a := b.MLA; a != nil {
+			ap := p + "self_attn."
+			if a.KVB.Bias != nil {
+				return fmt.Errorf("save model: %skv_b_proj has a bias, which the DeepSeek layout does not hold", ap)
+			}
+			if err := errors.Join(add(ap+"kv_a_proj_with_mqa.weight", []int{a.KVA.out, a.KVA.in}, a.KVA.Weight),
+				add(ap+"kv_a_proj_with_mqa.bias", []int{a.KVA.out}, a.KVA.Bias),
+				add(ap+"kv_a_layernorm.weight", []int{len(a.KVANorm)}, a.KVANorm),
+				add(ap+"kv_b_proj.weight", []int{a.KVB.out, a.KVB.in}, a.KVB.Weight)); err != nil {
+				return err
+			}
+		}
+		for _, mod := range b.Modules() {
 			var err error
 			switch d := (*b.Linear(mod)).(type) {
 			case *Dense:
@@ -98,7 +114,17 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 	}
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
 	set := map[string]any{"torch_dtype": torch, NativeSection: nil}
-	if len(ranks) > 0 || len(grouped) > 0 {
+	if mla != nil {
+		mla.settings(m, set, ranks)
+		// Refuse now, not at load time, a config our own loader would refuse.
+		data, err := configJSON(c, set)
+		if err != nil {
+			return err
+		}
+		if _, err := ParseConfig(filepath.Join(dir, "config.json"), data); err != nil {
+			return fmt.Errorf("save model: the DeepSeek config written for this model does not load back: %w", err)
+		}
+	} else if len(ranks) > 0 || len(grouped) > 0 {
 		sec := map[string]any{"format": "native"}
 		if len(ranks) > 0 {
 			sec["ranks"] = ranks
@@ -117,6 +143,15 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 // WriteConfig writes dir/config.json atomically: the keys of c.Raw with the
 // given keys replaced (a nil value deletes the key).
 func WriteConfig(dir string, c *Config, set map[string]any) error {
+	data, err := configJSON(c, set)
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(dir, "config.json"), data)
+}
+
+// configJSON is the config.json of WriteConfig.
+func configJSON(c *Config, set map[string]any) ([]byte, error) {
 	out := make(map[string]any, len(c.Raw)+len(set))
 	for k, v := range c.Raw {
 		out[k] = v
@@ -130,9 +165,9 @@ func WriteConfig(dir string, c *Config, set map[string]any) error {
 	}
 	data, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
-		return fmt.Errorf("write config: %w", err)
+		return nil, fmt.Errorf("write config: %w", err)
 	}
-	return WriteFileAtomic(filepath.Join(dir, "config.json"), append(data, '\n'))
+	return append(data, '\n'), nil
 }
 
 // WriteFileAtomic writes data to a temporary file next to path, syncs it and
@@ -167,7 +202,7 @@ func Densify(m *Model) *Model {
 	out.Blocks = make([]*Block, len(m.Blocks))
 	for i, b := range m.Blocks {
 		nb := *b
-		for _, mod := range Modules {
+		for _, mod := range nb.Modules() {
 			if f, ok := (*nb.Linear(mod)).(*Factored); ok {
 				w := make([]float32, f.B.out*f.A.in)
 				m.Backend.Sgemm(false, false, f.B.out, f.A.in, f.A.out, 1, f.B.Weight, f.B.in, f.A.Weight, f.A.in, 0, w, f.A.in)

@@ -14,6 +14,9 @@ import (
 type SyntheticConfig struct {
 	Hidden, Intermediate, Layers, Heads, KVHeads, Vocab, MaxPositions int
 	Tied                                                              bool
+	// MLA, when set, makes every block DeepSeek latent attention (a
+	// deepseek_v3 config; KVHeads must equal Heads).
+	MLA *MLAConfig
 }
 
 // Synthetic returns a Llama model with the given shapes and random weights
@@ -28,6 +31,16 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 		"max_position_embeddings": s.MaxPositions, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
 		"hidden_act": "silu", "tie_word_embeddings": s.Tied, "attention_bias": false, "mlp_bias": false,
 		"bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+	}
+	if a := s.MLA; a != nil {
+		for k, v := range map[string]any{"model_type": "deepseek_v3", "architectures": []string{"DeepseekV3ForCausalLM"},
+			"kv_lora_rank": a.LoraRank, "qk_rope_head_dim": a.RopeDim, "qk_nope_head_dim": a.NopeDim, "v_head_dim": a.VDim,
+			"qk_latent_layernorm": a.LatentNorm} {
+			raw[k] = v
+		}
+		if a.RopeSourceHeadDim != 0 {
+			raw[NativeSection] = map[string]any{"format": "deepseek-mla", "mla_rope_source_head_dim": a.RopeSourceHeadDim, "mla_rope_freq_index": a.RopeFreqIndex}
+		}
 	}
 	data, err := json.Marshal(raw)
 	if err != nil {
@@ -60,7 +73,15 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 	}
 	for range s.Layers {
 		b := &Block{AttnNorm: ones(s.Hidden), MLPNorm: ones(s.Hidden)}
-		for _, mod := range Modules {
+		if a := cfg.MLA; a != nil {
+			b.MLA = &MLA{LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim, RopeFreq: cfg.MLARopeFreq(),
+				KVA: NewDense(a.LoraRank+a.RopeDim, s.Hidden, gauss((a.LoraRank+a.RopeDim)*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil),
+				KVB: NewDense(s.Heads*(a.NopeDim+a.VDim), a.LoraRank, gauss(s.Heads*(a.NopeDim+a.VDim)*a.LoraRank, 1/math.Sqrt(float64(a.LoraRank))), nil)}
+			if a.LatentNorm {
+				b.MLA.KVANorm = ones(a.LoraRank)
+			}
+		}
+		for _, mod := range b.Modules() {
 			out, in, _ := linearShape(cfg, mod)
 			*b.Linear(mod) = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
 		}

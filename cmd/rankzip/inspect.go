@@ -50,7 +50,10 @@ func inspect(dir string, w io.Writer) error {
 		bytes += st.Size()
 	}
 	attn := "MHA"
-	if c.NumKVHeads < c.NumHeads {
+	switch {
+	case c.MLA != nil:
+		attn = fmt.Sprintf("MLA (latent %d, rope %d, nope %d, v %d)", c.MLA.LoraRank, c.MLA.RopeDim, c.MLA.NopeDim, c.MLA.VDim)
+	case c.NumKVHeads < c.NumHeads:
 		attn = "GQA"
 	}
 	tied := "separate lm_head"
@@ -70,7 +73,7 @@ func inspect(dir string, w io.Writer) error {
 	fmt.Fprintf(w, "parameters  %s\n", commas(params))
 	fmt.Fprintf(w, "dtype       %s\n", strings.Join(dts, ", "))
 	fmt.Fprintf(w, "size        %s in %d file(s)\n", humanBytes(bytes), len(ck.Files()))
-	fmt.Fprintf(w, "kv cache    %d bytes per token at 16 bits\n", 2*2*c.NumLayers*c.NumKVHeads*c.HeadDim)
+	fmt.Fprintf(w, "kv cache    %d bytes per token at 16 bits\n", c.KVBytesPerToken())
 	return nil
 }
 

@@ -27,6 +27,7 @@ commands:
   result    a finished job's result: "result ID [--json]"
   compress  one low-rank stage (whiten, asvd, plain, lord) at a parameter budget, exported and read back
   quantize  RTN or GPTQ weight quantization exported as a GPTQ v1 checkpoint, optionally with an EoRA adapter (--eora-rank R)
+  mla       convert grouped-query attention to DeepSeek multi-head latent attention (TransMLA), exported in the DeepSeek-V3 layout
   eval      measure a model on a Parquet evaluation set (perplexity, KL against a baseline)
   generate  greedy decoding with a KV cache: "generate --model DIR --prompt-ids 1,2,3 --max-new N"
   inspect   print a checkpoint's architecture, parameter count, dtype and size
@@ -67,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runQuantize(rest, stdout, stderr)
 	case "inspect":
 		return runInspect(rest, stdout, stderr)
+	case "mla":
+		return runMLA(rest, stdout, stderr)
 	case "generate":
 		return runGenerate(rest, stdout, stderr)
 	case "calib":

@@ -77,7 +77,7 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 	// The GPTQ v1 packing needs out and in multiples of 32: say so before
 	// the long run rather than at export.
 	var unfit []string
-	for _, mod := range model.Modules {
+	for _, mod := range m.Blocks[0].Modules() {
 		hit := len(o.Targets) == 0
 		for _, g := range o.Targets {
 			if ok, _ := path.Match(g, mod); ok {

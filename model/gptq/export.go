@@ -62,6 +62,9 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 	nq := 0
 	var quantized [][]string // per block
 	for l, b := range m.Blocks {
+		if b.MLA != nil {
+			return fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
+		}
 		quantized = append(quantized, nil)
 		p := fmt.Sprintf("model.layers.%d.", l)
 		if err := errors.Join(add(p+"input_layernorm.weight", []int{h}, b.AttnNorm), add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)); err != nil {
