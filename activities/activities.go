@@ -74,7 +74,7 @@ type cachedModel struct {
 
 // Progress is the heartbeat detail of a running activity.
 type Progress struct {
-	Stage string `json:"stage"`           // inspect, block, export, evaluate
+	Stage string `json:"stage"`           // inspect, block, plan, stage block, export, evaluate
 	Block int    `json:"block"`           // block index (stage block)
 	Phase string `json:"phase,omitempty"` // what the activity is doing
 	// Factored, once stored, lets a retry of the same block skip the

@@ -57,7 +57,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 		if err != nil {
 			return err
 		}
-		comp, err := model.Load(in.Export.Dir, orig.Backend)
+		comp, err := LoadExport(in.Export.Dir, orig.Backend)
 		if err != nil {
 			return inputError(err)
 		}

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
+	"github.com/rankzip/rankzip/model/safetensors"
 	"github.com/rankzip/rankzip/recipe"
 	"github.com/rankzip/rankzip/store"
 )
@@ -21,7 +23,10 @@ import (
 type ExportInput struct {
 	Job    recipe.Job  `json:"job"`
 	Plan   store.Ref   `json:"plan"`
-	Blocks []store.Ref `json:"blocks"` // factors of each block, in order
+	Blocks []store.Ref `json:"blocks"` // each block after the first stage, in order
+	// Later holds, for every later stage, each block's artifact
+	// (Later[j][i]: block i after stage j+1).
+	Later [][]store.Ref `json:"later,omitempty"`
 }
 
 // ExportOutput describes the exported checkpoint.
@@ -33,6 +38,9 @@ type ExportOutput struct {
 	Skipped bool          `json:"skipped"`
 }
 
+// AdapterDir is the directory of the EoRA adapter inside a gptq export.
+const AdapterDir = "eora"
+
 // Export assembles the compressed model from the original and the stored
 // blocks, writes it to a temporary directory next to the output, reads it
 // back and checks it, and only then moves it into place: the output
@@ -40,11 +48,15 @@ type ExportOutput struct {
 func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, error) {
 	job := in.Job
 	r := job.Recipe
-	shas := make([]string, len(in.Blocks))
-	for i, b := range in.Blocks {
-		shas[i] = b.SHA256
+	parts := []any{Version, in.Plan.SHA256, shas(in.Blocks), r.Export}
+	if len(in.Later) > 0 {
+		var later [][]string
+		for _, l := range in.Later {
+			later = append(later, shas(l))
+		}
+		parts = append(parts, later)
 	}
-	key := store.Key("export", Version, in.Plan.SHA256, shas, r.Export)
+	key := store.Key("export", parts...)
 	if out, ok := a.exported(key, job); ok {
 		a.log().Info("export already done", "job", job.ID, "dir", out.Dir)
 		out.Skipped = true
@@ -61,21 +73,28 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 		if len(in.Blocks) != len(m.Blocks) {
 			return badInput(fmt.Errorf("export: %d compressed blocks for a model with %d", len(in.Blocks), len(m.Blocks)))
 		}
-		comp := *m
-		comp.Blocks = make([]*model.Block, len(m.Blocks))
-		for i, ref := range in.Blocks {
-			if comp.Blocks[i], err = a.Store.GetBlock(ref, m.Blocks[i]); err != nil {
-				return a.storeError(err)
-			}
-		}
-		exp := &comp
-		if r.Export.Format == "dense" {
-			exp = model.Densify(exp)
+		comp, err := a.assemble(job, m, append([][]store.Ref{in.Blocks}, in.Later...))
+		if err != nil {
+			return err
 		}
 		if err := canceled(ctx); err != nil {
 			return err
 		}
-		if out, err = a.publish(job, exp); err != nil {
+		dtype := recipe.SafetensorsDType(r.Export.DType)
+		exact := r.Export.DType == "float32"
+		switch r.Export.Format {
+		case "gptq":
+			out, err = a.publishGPTQ(job, comp, dtype)
+		case "dense":
+			var exp *model.Model
+			if exp, err = Densify(comp); err != nil {
+				return badInput(fmt.Errorf("export: %w", err))
+			}
+			out, err = a.publish(job, exp, func(dir string) error { return model.Save(exp, dir, dtype) }, exact)
+		default:
+			out, err = a.publish(job, comp, func(dir string) error { return model.Save(comp, dir, dtype) }, exact)
+		}
+		if err != nil {
 			return err
 		}
 		if _, err := a.Store.PutJSON(key, out); err != nil {
@@ -88,6 +107,125 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	}
 	a.log().Info("exported", "job", job.ID, "dir", out.Dir, "bytes", out.Bytes, "params", out.Params)
 	return out, nil
+}
+
+// publishGPTQ exports a quantized model as a GPTQ v1 checkpoint and its EoRA
+// corrections, if any, as a PEFT adapter in AdapterDir.
+func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safetensors.DType) (ExportOutput, error) {
+	r := job.Recipe
+	qi := QuantStage(r)
+	if qi < 0 {
+		return ExportOutput{}, badInput(fmt.Errorf("export: format gptq needs an rtn or gptq stage"))
+	}
+	o, _ := QuantOptions(r, qi)
+	qc, err := gptq.NewQuantizeConfig(o.Bits, o.GroupSize, false, o.Sym)
+	if err != nil {
+		return ExportOutput{}, badInput(fmt.Errorf("export: %w", err))
+	}
+	// The adapters go to their own directory; the checkpoint holds the
+	// quantized layers they wrap.
+	base := *comp
+	base.Blocks = make([]*model.Block, len(comp.Blocks))
+	var adapters []gptq.Adapter
+	for i, b := range comp.Blocks {
+		nb := *b
+		for _, mod := range model.Modules {
+			if ad, ok := (*nb.Linear(mod)).(*gptq.Adapted); ok {
+				adapters = append(adapters, gptq.Adapter{Module: fmt.Sprintf("model.layers.%d.%s", i, mod), A: ad.A, B: ad.B})
+				*nb.Linear(mod) = ad.Base
+			}
+		}
+		base.Blocks[i] = &nb
+	}
+	write := func(dir string) error {
+		if err := gptq.Export(&base, dir, dtype, qc); err != nil {
+			return err
+		}
+		if len(adapters) == 0 {
+			return nil
+		}
+		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), r.Output, adapters, dtype)
+	}
+	// Scales are float16 in the format and methods/quant makes them so: in
+	// float32 the checkpoint reproduces the model up to summation order.
+	return a.publish(job, comp, write, dtype == safetensors.F32)
+}
+
+// LoadExport reads an exported checkpoint: a GPTQ one through gptq.Load
+// with its EoRA adapter applied when present, any other through model.Load.
+func LoadExport(dir string, k kernels.Backend) (*model.Model, error) {
+	if !gptq.IsCheckpoint(dir) {
+		return model.Load(dir, k)
+	}
+	m, err := gptq.Load(dir, k)
+	if err != nil {
+		return nil, err
+	}
+	adir := filepath.Join(dir, AdapterDir)
+	if _, err := os.Stat(filepath.Join(adir, "adapter_config.json")); err != nil {
+		return m, nil
+	}
+	adapters, _, err := gptq.ReadAdapter(adir)
+	if err != nil {
+		return nil, err
+	}
+	return gptq.ApplyAdapters(m, adapters)
+}
+
+// Densify returns a copy of m with every linear a dense one: factored
+// layers multiplied back (model.Densify), quantized ones dequantized, Palu's
+// grouped ones and EoRA's adapted ones folded into one weight.
+func Densify(m *model.Model) (*model.Model, error) {
+	out := model.Densify(m)
+	k := m.Backend
+	for i, b := range out.Blocks {
+		for _, mod := range model.Modules {
+			l := b.Linear(mod)
+			d, err := denseOf(k, *l)
+			if err != nil {
+				return nil, fmt.Errorf("model.layers.%d.%s: %w", i, mod, err)
+			}
+			*l = d
+		}
+	}
+	return out, nil
+}
+
+func denseOf(k kernels.Backend, l model.Linear) (model.Linear, error) {
+	switch l := l.(type) {
+	case *model.Dense:
+		return l, nil
+	case *model.Quantized:
+		return model.NewDense(l.Out(), l.In(), l.Dequantize(), l.Bias), nil
+	case *model.Grouped:
+		if l.LatentBits != 0 {
+			return nil, fmt.Errorf("a Palu layer with a %d-bit latent cache has no dense form", l.LatentBits)
+		}
+		out, in := l.Out(), l.In()
+		w := make([]float32, out*in)
+		off := 0
+		for j, u := range l.Ups {
+			// Rows of group j: Up_j (rows × r_j) times the r_j rows of Down.
+			k.Sgemm(false, false, u.Out(), in, u.In(), 1, u.Weight, u.In(), l.Down.Weight[off*in:], in, 0, w[j*u.Out()*in:], in)
+			off += u.In()
+		}
+		return model.NewDense(out, in, w, l.Bias), nil
+	case *gptq.Adapted:
+		base, err := denseOf(k, l.Base)
+		if err != nil {
+			return nil, err
+		}
+		d := base.(*model.Dense)
+		r := l.A.Out()
+		w := slices.Clone(d.Weight)
+		k.Sgemm(false, false, l.Out(), l.In(), r, 1, l.B.Weight, r, l.A.Weight, l.In(), 1, w, l.In())
+		return model.NewDense(l.Out(), l.In(), w, d.Bias), nil
+	case *model.Factored:
+		w := make([]float32, l.Out()*l.In())
+		k.Sgemm(false, false, l.Out(), l.In(), l.Rank(), 1, l.B.Weight, l.Rank(), l.A.Weight, l.In(), 0, w, l.In())
+		return model.NewDense(l.Out(), l.In(), w, l.B.Bias), nil
+	}
+	return nil, fmt.Errorf("a %T layer has no dense form", l)
 }
 
 // exported returns the recorded export of key when the output directory still
@@ -112,7 +250,7 @@ func (a *Activities) exported(key string, job recipe.Job) (ExportOutput, bool) {
 
 // publish saves m to a temporary directory next to the output, reads it back,
 // and renames it into place, replacing an earlier export of the same job.
-func (a *Activities) publish(job recipe.Job, m *model.Model) (ExportOutput, error) {
+func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir string) error, exact bool) (ExportOutput, error) {
 	dst := job.Recipe.Output
 	parent := filepath.Dir(dst)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -126,8 +264,7 @@ func (a *Activities) publish(job recipe.Job, m *model.Model) (ExportOutput, erro
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return ExportOutput{}, fmt.Errorf("export: %w", err)
 	}
-	dtype := recipe.SafetensorsDType(job.Recipe.Export.DType)
-	if err := model.Save(m, tmp, dtype); err != nil {
+	if err := write(tmp); err != nil {
 		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	marker, _ := json.Marshal(recipe.MarkerContent{ID: job.ID})
@@ -135,16 +272,21 @@ func (a *Activities) publish(job recipe.Job, m *model.Model) (ExportOutput, erro
 		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	// Checkpoints are for everyone to read (model.WriteFileAtomic leaves 0600).
-	if entries, err := os.ReadDir(tmp); err == nil {
-		for _, e := range entries {
-			os.Chmod(filepath.Join(tmp, e.Name()), 0o644)
+	filepath.WalkDir(tmp, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && p != tmp {
+			mode := os.FileMode(0o644)
+			if d.IsDir() {
+				mode = 0o755
+			}
+			os.Chmod(p, mode)
 		}
-	}
-	back, err := model.Load(tmp, m.Backend)
+		return nil
+	})
+	back, err := LoadExport(tmp, m.Backend)
 	if err != nil {
 		return ExportOutput{}, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
 	}
-	if err := sameModel(m, back, job.Recipe.Export.DType == "float32"); err != nil {
+	if err := sameModel(m, back, exact); err != nil {
 		return ExportOutput{}, badInput(fmt.Errorf("export: the written checkpoint differs from the compressed model: %w", err))
 	}
 	// Move the checkpoint into place. An existing output must be an earlier
@@ -174,22 +316,21 @@ func (a *Activities) publish(job recipe.Job, m *model.Model) (ExportOutput, erro
 		d.Close()
 	}
 	out := ExportOutput{Dir: dst, Params: NumParams(m)}
-	entries, err := os.ReadDir(dst)
+	// Every file, in lexical order (an adapter directory's too).
+	err = filepath.WalkDir(dst, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		f, err := recipe.Digest(p)
+		if err != nil {
+			return err
+		}
+		out.Files = append(out.Files, f)
+		out.Bytes += f.Bytes
+		return nil
+	})
 	if err != nil {
 		return ExportOutput{}, fmt.Errorf("export: %w", err)
-	}
-	names := make([]string, 0, len(entries))
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		d, err := recipe.Digest(filepath.Join(dst, n))
-		if err != nil {
-			return ExportOutput{}, fmt.Errorf("export: %w", err)
-		}
-		out.Files = append(out.Files, d)
-		out.Bytes += d.Bytes
 	}
 	return out, nil
 }

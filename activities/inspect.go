@@ -56,7 +56,7 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 		return out, err
 	} else if ok {
 		if err := a.Store.GetJSON(ref, &out); err == nil {
-			a.log().Info("inspect already done", "job", job.ID, "plan", out.Plan.SHA256[:12])
+			a.log().Info("inspect already done", "job", job.ID, "plan", short(out.Plan.SHA256))
 			out.Skipped = true
 			return out, nil
 		}
@@ -64,6 +64,14 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"})
 	defer stop()
 	err := guard(func() error {
+		if len(job.Recipe.Stages) == 0 {
+			return badInput(fmt.Errorf("the recipe has no stages"))
+		}
+		if !LowRank(job.Recipe, 0) {
+			// The later stages are planned once the stages before them ran
+			// (PlanStage); only the streams entering block 0 are needed.
+			return a.inspectStreams(ctx, job, key, &out)
+		}
 		opts, err := CompressOptions(job.Recipe)
 		if err != nil {
 			return badInput(err)
@@ -130,6 +138,43 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 	if err != nil {
 		return InspectOutput{}, err
 	}
-	a.log().Info("inspected", "job", job.ID, "blocks", out.Blocks, "plan", out.Plan.SHA256[:12])
+	a.log().Info("inspected", "job", job.ID, "blocks", out.Blocks, "plan", short(out.Plan.SHA256))
 	return out, nil
+}
+
+// inspectStreams embeds the calibration sequences for a job whose first
+// stage is not low-rank.
+func (a *Activities) inspectStreams(ctx context.Context, job recipe.Job, key string, out *InspectOutput) error {
+	m, err := a.model(job)
+	if err != nil {
+		return err
+	}
+	seqs, err := calibration(job)
+	if err != nil {
+		return err
+	}
+	if err := m.CheckTokens(seqs); err != nil {
+		return badInput(err)
+	}
+	c := job.Recipe.Calibration
+	st, err := calib.Embed(m, seqs, c.Batch, calib.Mode(c.Mode))
+	if err != nil {
+		return badInput(err)
+	}
+	if err := canceled(ctx); err != nil {
+		return err
+	}
+	if out.Streams, err = a.Store.PutStreams(jobKey("streams", job, 0), st); err != nil {
+		return a.storeError(err)
+	}
+	out.Blocks = len(m.Blocks)
+	if _, err := a.Store.PutJSON(key, *out); err != nil {
+		return a.storeError(err)
+	}
+	return nil
+}
+
+// short abbreviates a digest for the log ("" stays "": no plan yet).
+func short(sha string) string {
+	return sha[:min(12, len(sha))]
 }

@@ -20,6 +20,9 @@ type MLAOptions struct {
 	BKV      bool
 	Mode     calib.Mode // sequential (default) or original
 	Batch    int        // calibration sequences per batch [16]
+	// SeqLen is the longest calibration sequence (the query–key distances
+	// the scores rotation weighs); Check sets it.
+	SeqLen int
 }
 
 // MLALayer reports the conversion of one layer.
@@ -28,6 +31,9 @@ type MLALayer struct {
 	RopeShare   float64 // share of the key energy held by the rope dims
 	LatentShare float64 // share of [K_nope/α; V] energy held by the latent
 	Alpha       float64 // BKV scale
+	// RopeFreqIndex gives each rope pair's frequency (an index into the
+	// model's RoPE frequencies).
+	RopeFreqIndex []int
 }
 
 // MLAResult is the converted model.
@@ -41,8 +47,15 @@ type MLAResult struct {
 // DefaultRotation is the rotation a recipe gets unless it says otherwise.
 const DefaultRotation = mla.RotateScores
 
-func (o *MLAOptions) validate(m *model.Model, tokens int) error {
+// Check validates o against m and the calibration sequences and fills in
+// its defaults.
+func (o *MLAOptions) Check(m *model.Model, seqs [][]int32) error {
 	c := m.Config
+	tokens := 0
+	for _, s := range seqs {
+		tokens += len(s)
+		o.SeqLen = max(o.SeqLen, len(s))
+	}
 	var problems []string
 	if o.Rotation == "" {
 		o.Rotation = DefaultRotation
@@ -63,7 +76,7 @@ func (o *MLAOptions) validate(m *model.Model, tokens int) error {
 		problems = append(problems, "the model already has latent attention")
 	} else {
 		a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
-		if err := o.options(0).Check(a); err != nil {
+		if err := o.options().Check(a); err != nil {
 			problems = append(problems, err.Error())
 		}
 	}
@@ -71,6 +84,10 @@ func (o *MLAOptions) validate(m *model.Model, tokens int) error {
 		problems = append(problems, fmt.Sprintf("sliding_window %d: latent attention here is full causal", c.SlidingWindow))
 	}
 	for i, b := range m.Blocks {
+		if b.MLA != nil {
+			problems = append(problems, fmt.Sprintf("model.layers.%d already has latent attention", i))
+			continue
+		}
 		for _, mod := range []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"} {
 			l := b.Linear(mod)
 			if _, ok := (*l).(*model.Dense); !ok {
@@ -87,20 +104,15 @@ func (o *MLAOptions) validate(m *model.Model, tokens int) error {
 	return nil
 }
 
-func (o *MLAOptions) options(seqLen int) mla.Options {
-	return mla.Options{RopeDim: o.RopeDim, LoraRank: o.LoraRank, Rotation: o.Rotation, FreqFold: o.FreqFold, BKV: o.BKV, SeqLen: max(seqLen, 1)}
+func (o *MLAOptions) options() mla.Options {
+	return mla.Options{RopeDim: o.RopeDim, LoraRank: o.LoraRank, Rotation: o.Rotation, FreqFold: o.FreqFold, BKV: o.BKV, SeqLen: max(o.SeqLen, 1)}
 }
 
 // RunMLA converts every attention layer of m to MLA, block by block on the
 // calibration stream (each block sees the inputs the converted blocks
 // before it produce, in sequential mode).
 func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (*MLAResult, error) {
-	tokens, seqLen := 0, 0
-	for _, s := range seqs {
-		tokens += len(s)
-		seqLen = max(seqLen, len(s))
-	}
-	if err := o.validate(m, tokens); err != nil {
+	if err := o.Check(m, seqs); err != nil {
 		return nil, err
 	}
 	c := m.Config
@@ -112,26 +124,18 @@ func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	var idx [][]int // per layer: the rope pairs' frequencies
-	for i, orig := range m.Blocks {
+	for i := range m.Blocks {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		stats, err := calib.Collect(m, orig, orig, st, model.AttnInput)
-		if err != nil {
-			return nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
-		}
-		comp, layer, freq, err := convertBlock(m, i, orig, stats, o.options(seqLen))
+		comp, layer, next, err := o.Block(m, i, st)
 		if err != nil {
 			return nil, err
 		}
-		idx = append(idx, freq)
+		idx = append(idx, layer.RopeFreqIndex)
 		out.Blocks[i] = comp
 		res.Layers = append(res.Layers, layer)
-		if i+1 < len(m.Blocks) {
-			if st, err = calib.Advance(m, orig, comp, st); err != nil {
-				return nil, err
-			}
-		}
+		st = next
 	}
 	cfg := *c
 	cfg.MLA = &model.MLAConfig{LoraRank: o.LoraRank, RopeDim: o.RopeDim, NopeDim: c.HeadDim, VDim: c.HeadDim,
@@ -148,24 +152,46 @@ func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (
 	return res, nil
 }
 
+// Block converts the attention of block i of m, calibrated on the streams
+// entering it, and returns the block, its report and the streams entering
+// block i+1 (nil after the last block). o must have passed Check.
+func (o *MLAOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, MLALayer, *calib.Streams, error) {
+	orig := m.Blocks[i]
+	stats, err := calib.Collect(m, orig, orig, st, model.AttnInput)
+	if err != nil {
+		return nil, MLALayer{}, nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
+	}
+	comp, layer, err := convertBlock(m, i, orig, stats, o.options())
+	if err != nil {
+		return nil, MLALayer{}, nil, err
+	}
+	var next *calib.Streams
+	if i+1 < len(m.Blocks) {
+		if next, err = calib.Advance(m, orig, comp, st); err != nil {
+			return nil, MLALayer{}, nil, err
+		}
+	}
+	return comp, layer, next, nil
+}
+
 // convertBlock converts the attention of one block calibrated on stats.
-func convertBlock(m *model.Model, i int, orig *model.Block, stats *calib.SiteStats, o mla.Options) (*model.Block, MLALayer, []int, error) {
+func convertBlock(m *model.Model, i int, orig *model.Block, stats *calib.SiteStats, o mla.Options) (*model.Block, MLALayer, error) {
 	c := m.Config
 	a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
 	var err error
 	name := fmt.Sprintf("model.layers.%d.self_attn.", i)
 	if a.Q, a.QBias, err = weight(orig.Q, name+"q_proj"); err != nil {
-		return nil, MLALayer{}, nil, err
+		return nil, MLALayer{}, err
 	}
 	if a.K, a.KBias, err = weight(orig.K, name+"k_proj"); err != nil {
-		return nil, MLALayer{}, nil, err
+		return nil, MLALayer{}, err
 	}
 	if a.V, a.VBias, err = weight(orig.V, name+"v_proj"); err != nil {
-		return nil, MLALayer{}, nil, err
+		return nil, MLALayer{}, err
 	}
 	r, err := mla.Convert(m.Backend, a, mla.Stats{C: stats.C, Sum: stats.Sum, N: stats.N}, o)
 	if err != nil {
-		return nil, MLALayer{}, nil, fmt.Errorf("model.layers.%d: %w", i, err)
+		return nil, MLALayer{}, fmt.Errorf("model.layers.%d: %w", i, err)
 	}
 	inv := c.InvFreq()
 	freq := make([]float64, len(r.RopeFreqIndex))
@@ -179,7 +205,7 @@ func convertBlock(m *model.Model, i int, orig *model.Block, stats *calib.SiteSta
 		KVA: denseF32(r.KVA, r.KVABias), KVB: denseF32(r.KVB, nil),
 		LoraRank: o.LoraRank, RopeDim: o.RopeDim, NopeDim: c.HeadDim, VDim: c.HeadDim, RopeFreq: freq,
 	}
-	return &comp, MLALayer{Layer: i, RopeShare: r.RopeShare, LatentShare: r.LatentShare, Alpha: r.Alpha}, r.RopeFreqIndex, nil
+	return &comp, MLALayer{Layer: i, RopeShare: r.RopeShare, LatentShare: r.LatentShare, Alpha: r.Alpha, RopeFreqIndex: r.RopeFreqIndex}, nil
 }
 
 func equalInts(a, b []int) bool {

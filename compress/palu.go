@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/gonum/mat"
@@ -19,7 +20,7 @@ import (
 type PaluOptions struct {
 	KVKeep     float64    // fraction of the K+V cache kept per token, in (0, 1]
 	GroupHeads int        // KV heads per group: 1 M-LRD, all J-LRD; 0: 4 or the largest divisor
-	RankSearch string     // uniform (default) or spectrum
+	RankSearch string     // uniform (default), spectrum or fisher
 	Mode       calib.Mode // sequential (default) or original
 	Batch      int        // calibration sequences per batch (default 16)
 
@@ -40,6 +41,9 @@ type PaluResult struct {
 
 var paluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
 
+// PaluSearches lists Palu's rank searches.
+var PaluSearches = []string{"uniform", "spectrum", "fisher"}
+
 func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	var problems []string
 	if !(o.KVKeep > 0 && o.KVKeep <= 1) {
@@ -51,10 +55,12 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	}
 	o.GroupHeads = g
 	if o.RankSearch == "" {
-		o.RankSearch = "uniform" // measured best of the two on stories260K (BenchmarkPaluTable)
+		// fisher measured best on stories260K (BenchmarkPaluTable), but it
+		// needs a backward pass and a model of dense or factored layers.
+		o.RankSearch = "uniform"
 	}
-	if o.RankSearch != "uniform" && o.RankSearch != "spectrum" {
-		problems = append(problems, fmt.Sprintf("palu rank_search %q unknown (want uniform or spectrum; fisher is not implemented yet)", o.RankSearch))
+	if !slices.Contains(PaluSearches, o.RankSearch) {
+		problems = append(problems, fmt.Sprintf("palu rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(PaluSearches, ", ")))
 	}
 	if o.Mode == "" {
 		o.Mode = calib.Sequential
@@ -165,7 +171,9 @@ func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions)
 // paluRanks chooses each group's rank for the KV budget: the same share of
 // every group (uniform), or one latent value at a time to the group whose
 // next whitened singular value removes the most energy relative to its
-// group's total (spectrum), starting from rank 1 everywhere.
+// group's total (spectrum), starting from rank 1 everywhere, or in
+// proportion to the groups' Fisher importance (fisher, see fisherRanks),
+// which spends uniform's total rank.
 func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions, groups, groupRows int) (map[string][]int, error) {
 	var names []string
 	for i := range m.Blocks {
@@ -180,6 +188,9 @@ func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOption
 			ranks[n] = repeat(per, groups)
 		}
 		return ranks, nil
+	}
+	if o.RankSearch == "fisher" {
+		return fisherRanks(ctx, m, seqs, o, names, groups, per)
 	}
 	// Normalised spectra of every group, from the original model's statistics.
 	var spectra [][]float64 // flat: layer-module-major, then group

@@ -16,7 +16,7 @@ import (
 var Methods = []string{"svd", "lord", "palu", "mla", "rtn", "gptq", "eora"}
 
 // Implemented lists the stage methods that run today.
-var Implemented = []string{"svd", "lord"}
+var Implemented = []string{"svd", "lord", "palu", "rtn", "gptq", "eora"}
 
 // methodKeys are the keys each method accepts besides "method".
 var methodKeys = map[string][]string{
@@ -24,8 +24,8 @@ var methodKeys = map[string][]string{
 	"lord": {"targets", "keep_params", "rank", "rank_search"},
 	"palu": {"kv_keep", "group_size", "rank_search", "latent_bits", "latent_group_size", "hadamard"},
 	"mla":  {"kv_lora_rank", "qk_rope_head_dim", "rorope", "freqfold", "bkv"},
-	"rtn":  {"bits", "group_size", "sym", "act_order", "damp"},
-	"gptq": {"bits", "group_size", "sym", "act_order", "damp"},
+	"rtn":  {"bits", "group_size", "sym", "act_order", "damp", "targets"},
+	"gptq": {"bits", "group_size", "sym", "act_order", "damp", "targets"},
 	"eora": {"rank", "targets", "rank_overrides"},
 }
 

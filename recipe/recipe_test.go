@@ -169,8 +169,8 @@ flavour: vanilla
 		`missing.parquet`,
 		`evaluation data`, `has 32 sequences; the recipe asks for 400`,
 		`stages[1] (svd) cannot follow a quantization`,
-		`method gptq is not implemented yet`,
-		`method palu is not implemented yet`,
+		`stages[2] (palu) cannot follow a quantization`,
+		`stages[0] (gptq): group_size 128 does not divide the 64 input features of self_attn.q_proj`,
 		`key "kv_keep" does not apply to method svd`,
 		`target "attn.*" matches no module`,
 		`keep_params 1.5 must be in (0, 1]`,
@@ -216,7 +216,7 @@ export: {format: gptq, dtype: int3}
 `)
 	_, err := Load(p)
 	for _, w := range []string{"model: read model config", "calibration data", "output " + filepath.Join(dir, "nowhere") + " would overwrite the model",
-		`missing key "keep_params"`, "export.format gptq is not implemented yet", `export.dtype "int3" unknown`} {
+		`missing key "keep_params"`, "export.format gptq needs an rtn or gptq stage", `export.dtype "int3" unknown`} {
 		if err == nil || !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q: %v", w, err)
 		}

@@ -120,6 +120,7 @@ func (v *validator) run() {
 	for i := range r.Stages {
 		v.stage(i, &r.Stages[i])
 	}
+	v.combine()
 	v.export()
 }
 
@@ -316,10 +317,20 @@ func (v *validator) order() {
 }
 
 func (v *validator) stage(i int, s *Stage) {
-	if s.Method != "svd" && s.Method != "lord" {
-		return
-	}
 	where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
+	switch s.Method {
+	case "svd", "lord":
+		v.lowRank(where, s)
+	case "palu":
+		v.palu(where, s)
+	case "rtn", "gptq":
+		v.quant(i, where, s)
+	case "eora":
+		v.eora(where, s)
+	}
+}
+
+func (v *validator) lowRank(where string, s *Stage) {
 	if s.Method == "svd" {
 		if s.Variant == "" {
 			s.Variant = "whiten"
@@ -388,11 +399,12 @@ func (v *validator) export() {
 		e.Format = "native"
 	}
 	switch e.Format {
-	case "native", "dense":
-	case "gptq", "deepseek-mla", "palu":
-		v.add("export.format %s is not implemented yet (implemented: native, dense)", e.Format)
+	case "native", "dense", "gptq":
+		v.exportFits()
+	case "deepseek-mla", "palu":
+		v.add("export.format %s is not implemented yet (implemented: native, dense, gptq)", e.Format)
 	default:
-		v.add("export.format %q unknown (want native or dense)", e.Format)
+		v.add("export.format %q unknown (want native, dense or gptq)", e.Format)
 	}
 	if e.DType == "" {
 		e.DType = "float32"

@@ -56,8 +56,13 @@ const (
 // Progress is the answer of the progress query.
 type Progress struct {
 	Stage  string `json:"stage"`
-	Block  int    `json:"block"`  // blocks finished
+	Block  int    `json:"block"`  // blocks finished (of the current recipe stage)
 	Blocks int    `json:"blocks"` // blocks in the model (0 until inspected)
+	// Step is the recipe stage running (index into the recipe's stages),
+	// Method its method; Steps counts the recipe's stages.
+	Step   int    `json:"step"`
+	Steps  int    `json:"steps"`
+	Method string `json:"method,omitempty"`
 	// Skipped counts blocks found finished in the store (a resumed job).
 	Skipped int `json:"skipped"`
 	// Started is when the workflow started and Updated when this state was
@@ -74,23 +79,35 @@ type Progress struct {
 // Artifacts are the refs of everything a job stored.
 type Artifacts struct {
 	Plan    store.Ref   `json:"plan"`
-	Streams []store.Ref `json:"streams"` // entering each block
-	Blocks  []store.Ref `json:"blocks"`  // factors of each block
+	Streams []store.Ref `json:"streams"` // entering each block (first stage)
+	Blocks  []store.Ref `json:"blocks"`  // each block after the first stage
+	// Later holds the plan and block artifacts of every later stage.
+	Later []StageArtifacts `json:"later,omitempty"`
+}
+
+// StageArtifacts are the refs a stage after the first stored.
+type StageArtifacts struct {
+	Plan    store.Ref   `json:"plan"`
+	Streams []store.Ref `json:"streams"`
+	Blocks  []store.Ref `json:"blocks"`
 }
 
 // Result is the result of CompressModel.
 type Result struct {
-	ID        string                  `json:"id"`
-	Output    string                  `json:"output"`
-	Files     []recipe.File           `json:"files"`
-	Artifacts Artifacts               `json:"artifacts"`
-	Layers    []compress.Layer        `json:"layers"` // per-layer ranks, in model order
-	Quality   activities.Quality      `json:"quality"`
-	Params    int                     `json:"params"` // targeted parameters after compression
-	Total     int                     `json:"total"`  // and before
-	Skipped   int                     `json:"skipped"`
-	Elapsed   time.Duration           `json:"elapsed"`
-	Export    activities.ExportOutput `json:"export"`
+	ID        string           `json:"id"`
+	Output    string           `json:"output"`
+	Files     []recipe.File    `json:"files"`
+	Artifacts Artifacts        `json:"artifacts"`
+	Layers    []compress.Layer `json:"layers"` // per-layer ranks of a low-rank stage, in model order
+	// Stages reports every palu, rtn, gptq and eora stage: per block, in
+	// the order of the recipe's stages (nil for a low-rank stage).
+	Stages  [][]activities.StageReport `json:"stages,omitempty"`
+	Quality activities.Quality         `json:"quality"`
+	Params  int                        `json:"params"` // targeted parameters after compression
+	Total   int                        `json:"total"`  // and before
+	Skipped int                        `json:"skipped"`
+	Elapsed time.Duration              `json:"elapsed"`
+	Export  activities.ExportOutput    `json:"export"`
 }
 
 func (in Input) validate() error {
@@ -149,7 +166,8 @@ func CompressModel(ctx workflow.Context, in Input) (Result, error) {
 		prog.Elapsed = prog.Updated.Sub(started)
 		prog.ETA = 0
 		if stage == StageBlocks && nComputed > 0 {
-			prog.ETA = computed / time.Duration(nComputed) * time.Duration(prog.Blocks-prog.Block)
+			left := prog.Blocks - prog.Block + (prog.Steps-1-prog.Step)*prog.Blocks
+			prog.ETA = computed / time.Duration(nComputed) * time.Duration(left)
 		}
 	}
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) { return prog, nil }); err != nil {
@@ -186,9 +204,17 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 	if err := workflow.ExecuteActivity(ctx, a.Inspect, activities.InspectInput{Job: job}).Get(ctx, &ins); err != nil {
 		return res, stepError("inspect", err)
 	}
+	stages := job.Recipe.Stages
 	prog.Blocks = ins.Blocks
+	prog.Steps, prog.Method = len(stages), stages[0].Method
 	res.Artifacts.Plan = ins.Plan
 	update(StageBlocks)
+	if !activities.LowRank(job.Recipe, 0) {
+		if err := laterStages(ctx, in, ins, 0, prog, &res, update, blockDone); err != nil {
+			return res, err
+		}
+		return exportAndEvaluate(ctx, job, &res, update)
+	}
 
 	// record takes the output of block i, in block order.
 	record := func(i int, b activities.BlockOutput, took time.Duration) {
@@ -262,19 +288,91 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 		}
 	}
 
+	if len(stages) > 1 {
+		if err := laterStages(ctx, in, ins, 1, prog, &res, update, blockDone); err != nil {
+			return res, err
+		}
+	}
+	return exportAndEvaluate(ctx, job, &res, update)
+}
+
+// laterStages runs the palu, rtn, gptq and eora stages from stage first on:
+// each plans itself on the model the stages before it made, then runs block
+// by block, each block from the streams its predecessor produced.
+func laterStages(ctx workflow.Context, in Input, ins activities.InspectOutput, first int, prog *Progress, res *Result,
+	update func(string), blockDone func(time.Duration)) error {
+	var a *activities.Activities
+	job := in.Job
+	stages := job.Recipe.Stages
+	res.Stages = make([][]activities.StageReport, len(stages))
+	var prior [][]store.Ref // prior[j][i]: block i after stage j
+	if first > 0 {
+		prior = append(prior, res.Artifacts.Blocks)
+	}
+	for s := first; s < len(stages); s++ {
+		method := stages[s].Method
+		prog.Step, prog.Method, prog.Block = s, method, 0
+		update(StageBlocks)
+		var plan activities.PlanStageOutput
+		if err := workflow.ExecuteActivity(ctx, a.PlanStage, activities.PlanStageInput{Job: job, Stage: s, Prior: prior}).Get(ctx, &plan); err != nil {
+			return stepError(fmt.Sprintf("stages[%d] (%s) plan", s, method), err)
+		}
+		sa := StageArtifacts{Plan: plan.Plan}
+		streams := ins.Streams
+		for i := range ins.Blocks {
+			sa.Streams = append(sa.Streams, streams)
+			bp := make([]store.Ref, len(prior))
+			for j := range prior {
+				bp[j] = prior[j][i]
+			}
+			t0 := workflow.Now(ctx)
+			var b activities.StageBlockOutput
+			err := workflow.ExecuteActivity(ctx, a.StageBlock, activities.StageBlockInput{
+				Job: job, Stage: s, Plan: plan.Plan, Streams: streams, Prior: bp, Index: i, Blocks: ins.Blocks,
+			}).Get(ctx, &b)
+			if err != nil {
+				return stepError(fmt.Sprintf("stages[%d] (%s) block %d", s, method, i), err)
+			}
+			streams = b.Next
+			sa.Blocks = append(sa.Blocks, b.Layers)
+			res.Stages[s] = append(res.Stages[s], b.Report)
+			if b.Skipped {
+				prog.Skipped++
+				res.Skipped++
+			} else {
+				blockDone(workflow.Now(ctx).Sub(t0))
+			}
+			prog.Block = i + 1
+			update(StageBlocks)
+		}
+		prior = append(prior, sa.Blocks)
+		if s == 0 {
+			res.Artifacts.Plan, res.Artifacts.Streams, res.Artifacts.Blocks = sa.Plan, sa.Streams, sa.Blocks
+		} else {
+			res.Artifacts.Later = append(res.Artifacts.Later, sa)
+		}
+	}
+	return nil
+}
+
+// exportAndEvaluate writes the checkpoint, reads it back and evaluates it.
+func exportAndEvaluate(ctx workflow.Context, job recipe.Job, res *Result, update func(string)) (Result, error) {
+	var a *activities.Activities
 	update(StageExport)
-	if err := workflow.ExecuteActivity(ctx, a.Export, activities.ExportInput{
-		Job: job, Plan: ins.Plan, Blocks: res.Artifacts.Blocks,
-	}).Get(ctx, &res.Export); err != nil {
-		return res, stepError("export", err)
+	ex := activities.ExportInput{Job: job, Plan: res.Artifacts.Plan, Blocks: res.Artifacts.Blocks}
+	for _, l := range res.Artifacts.Later {
+		ex.Later = append(ex.Later, l.Blocks)
+	}
+	if err := workflow.ExecuteActivity(ctx, a.Export, ex).Get(ctx, &res.Export); err != nil {
+		return *res, stepError("export", err)
 	}
 	res.Files = res.Export.Files
 
 	update(StageEvaluate)
 	if err := workflow.ExecuteActivity(ctx, a.Evaluate, activities.EvaluateInput{Job: job, Export: res.Export}).Get(ctx, &res.Quality); err != nil {
-		return res, stepError("evaluate", err)
+		return *res, stepError("evaluate", err)
 	}
-	return res, nil
+	return *res, nil
 }
 
 // stepError names the step that failed and keeps the activity's error type

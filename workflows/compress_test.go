@@ -3,6 +3,7 @@ package workflows
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -333,5 +334,135 @@ func TestParallelBlocks(t *testing.T) {
 	// Inspect 1 min; blocks 0 and 1 together, then block 2: 21 min.
 	if res.Elapsed != 21*time.Minute {
 		t.Errorf("elapsed %v, want 21m (two blocks at a time)", res.Elapsed)
+	}
+}
+
+// stageEnv mocks every activity of a job whose stages after the first run
+// block by block through PlanStage and StageBlock, and records their inputs.
+type stageEnv struct {
+	mu     sync.Mutex
+	plans  []activities.PlanStageInput
+	blocks []activities.StageBlockInput
+	export activities.ExportInput
+}
+
+func (s *stageEnv) setup(t *testing.T, e *testsuite.TestWorkflowEnvironment) {
+	e.RegisterActivity(a)
+	e.OnActivity(a.Inspect, mock.Anything, mock.Anything).
+		Return(activities.InspectOutput{Blocks: blocks, Plan: ref("plan"), Streams: ref("s0")}, nil)
+	e.OnActivity(a.Block, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.BlockInput) (activities.BlockOutput, error) {
+		return done(in), nil
+	}).After(time.Minute).Maybe()
+	e.OnActivity(a.PlanStage, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanStageInput) (activities.PlanStageOutput, error) {
+		s.mu.Lock()
+		s.plans = append(s.plans, in)
+		s.mu.Unlock()
+		return activities.PlanStageOutput{Plan: ref(fmt.Sprintf("p%d", in.Stage))}, nil
+	})
+	e.OnActivity(a.StageBlock, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.StageBlockInput) (activities.StageBlockOutput, error) {
+		s.mu.Lock()
+		s.blocks = append(s.blocks, in)
+		s.mu.Unlock()
+		out := activities.StageBlockOutput{Index: in.Index, Layers: ref(fmt.Sprintf("L%d_%d", in.Stage, in.Index)),
+			Report: activities.StageReport{Quant: []compress.QuantLayer{{Name: "q"}}}}
+		if in.Index+1 < in.Blocks {
+			out.Next = ref(fmt.Sprintf("n%d_%d", in.Stage, in.Index+1))
+		}
+		return out, nil
+	}).After(time.Minute)
+	e.OnActivity(a.Export, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ExportInput) (activities.ExportOutput, error) {
+		s.export = in
+		return activities.ExportOutput{Dir: "/out"}, nil
+	})
+	e.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.Quality{}, nil)
+	t.Cleanup(func() { e.AssertExpectations(t) })
+}
+
+func refs(format string, stage int) []store.Ref {
+	var r []store.Ref
+	for i := range blocks {
+		r = append(r, ref(fmt.Sprintf(format, stage, i)))
+	}
+	return r
+}
+
+// svd, then gptq and eora: each later stage is planned on the blocks the
+// stages before it made, runs its blocks in order from the streams of the
+// one before, and the export gets every stage's blocks.
+func TestLaterStages(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	suite.SetLogger(quiet)
+	e := suite.NewTestWorkflowEnvironment()
+	var s stageEnv
+	s.setup(t, e)
+	in := testInput()
+	in.Job.Recipe.Stages = []recipe.Stage{{Method: "svd"}, {Method: "gptq"}, {Method: "eora"}}
+	var mid Progress
+	e.RegisterDelayedCallback(func() {
+		if v, err := e.QueryWorkflow(ProgressQuery); err == nil {
+			v.Get(&mid)
+		}
+	}, 7*time.Minute+30*time.Second) // a minute a block: svd and gptq done, eora block 0 done
+	e.ExecuteWorkflow(CompressModel, in)
+	var res Result
+	if err := e.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	svd := []store.Ref{ref("f0"), ref("f1"), ref("f2")}
+	if len(s.plans) != 2 || s.plans[0].Stage != 1 || len(s.plans[0].Prior) != 1 || !slices.Equal(s.plans[0].Prior[0], svd) ||
+		s.plans[1].Stage != 2 || len(s.plans[1].Prior) != 2 || !slices.Equal(s.plans[1].Prior[1], refs("L%d_%d", 1)) {
+		t.Errorf("plans %+v", s.plans)
+	}
+	if len(s.blocks) != 2*blocks {
+		t.Fatalf("%d stage blocks, want %d", len(s.blocks), 2*blocks)
+	}
+	for _, b := range s.blocks {
+		want := ref("s0")
+		if b.Index > 0 {
+			want = ref(fmt.Sprintf("n%d_%d", b.Stage, b.Index))
+		}
+		prior := []store.Ref{svd[b.Index]}
+		if b.Stage == 2 {
+			prior = append(prior, ref(fmt.Sprintf("L1_%d", b.Index)))
+		}
+		if b.Streams != want || !slices.Equal(b.Prior, prior) || b.Plan != ref(fmt.Sprintf("p%d", b.Stage)) {
+			t.Errorf("stage %d block %d started from streams %v, prior %v, plan %v", b.Stage, b.Index, b.Streams, b.Prior, b.Plan)
+		}
+	}
+	if !slices.Equal(s.export.Blocks, svd) || len(s.export.Later) != 2 || !slices.Equal(s.export.Later[0], refs("L%d_%d", 1)) ||
+		!slices.Equal(s.export.Later[1], refs("L%d_%d", 2)) {
+		t.Errorf("export input %+v", s.export)
+	}
+	if len(res.Stages) != 3 || res.Stages[0] != nil || len(res.Stages[1]) != blocks || len(res.Stages[2]) != blocks || len(res.Artifacts.Later) != 2 {
+		t.Errorf("result stages %+v, later artifacts %+v", res.Stages, res.Artifacts.Later)
+	}
+	if mid.Step != 2 || mid.Steps != 3 || mid.Method != "eora" || mid.Block != 1 || mid.ETA != 2*time.Minute {
+		t.Errorf("progress at 7.5 min %+v", mid)
+	}
+}
+
+// A recipe that starts with a per-block stage (palu) runs it from the
+// streams Inspect embedded; its blocks are the export's blocks.
+func TestFirstStagePerBlock(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	suite.SetLogger(quiet)
+	e := suite.NewTestWorkflowEnvironment()
+	var s stageEnv
+	s.setup(t, e)
+	in := testInput()
+	in.Job.Recipe.Stages = []recipe.Stage{{Method: "palu"}}
+	e.ExecuteWorkflow(CompressModel, in)
+	var res Result
+	if err := e.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.plans) != 1 || s.plans[0].Stage != 0 || len(s.plans[0].Prior) != 0 || len(s.blocks) != blocks {
+		t.Errorf("plans %+v, %d blocks", s.plans, len(s.blocks))
+	}
+	if !slices.Equal(s.export.Blocks, refs("L%d_%d", 0)) || len(s.export.Later) != 0 || s.export.Plan != ref("p0") {
+		t.Errorf("export input %+v", s.export)
+	}
+	if len(res.Layers) != 0 || len(res.Stages) != 1 || len(res.Stages[0]) != blocks {
+		t.Errorf("result %+v", res)
 	}
 }

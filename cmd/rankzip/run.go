@@ -205,12 +205,18 @@ func (b *progressBar) end() {
 // progressLine renders p; key changes only with the stage or block.
 func progressLine(p workflows.Progress, now time.Time) (line, key string) {
 	key = fmt.Sprintf("%s %d/%d", p.Stage, p.Block, p.Blocks)
+	if p.Steps > 1 {
+		key = fmt.Sprintf("%s %d %d/%d", p.Stage, p.Step, p.Block, p.Blocks)
+	}
 	elapsed := p.Elapsed
 	if !p.Started.IsZero() && p.Stage != workflows.StageDone && p.Stage != workflows.StageFailed && p.Stage != workflows.StageCanceled {
 		elapsed = now.Sub(p.Started)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-8s", p.Stage)
+	if p.Steps > 1 && p.Stage == workflows.StageBlocks {
+		fmt.Fprintf(&b, " stage %d/%d %-5s", p.Step+1, p.Steps, p.Method)
+	}
 	if p.Blocks > 0 {
 		const width = 24
 		fill := width * p.Block / p.Blocks
@@ -257,8 +263,12 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 	q := r.Quality
 	fmt.Fprintf(w, "job        %s\n", r.ID)
 	fmt.Fprintf(w, "output     %s (%s in %d files)\n", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
-	fmt.Fprintf(w, "parameters %s of %s (%.1f%%); targeted matrices %s of %s (%.1f%%)\n", commas(q.Params), commas(q.OriginalParams),
-		100*q.KeptParams, commas(int64(r.Params)), commas(int64(r.Total)), 100*float64(r.Params)/float64(max(r.Total, 1)))
+	if r.Total > 0 {
+		fmt.Fprintf(w, "parameters %s of %s (%.1f%%); targeted matrices %s of %s (%.1f%%)\n", commas(q.Params), commas(q.OriginalParams),
+			100*q.KeptParams, commas(int64(r.Params)), commas(int64(r.Total)), 100*float64(r.Params)/float64(max(r.Total, 1)))
+	} else {
+		fmt.Fprintf(w, "parameters %s of %s (%.1f%%)\n", commas(q.Params), commas(q.OriginalParams), 100*q.KeptParams)
+	}
 	fmt.Fprintf(w, "size       %s (original %s)\n", humanBytes(q.FileBytes), humanBytes(q.OriginalBytes))
 	fmt.Fprintf(w, "kv cache   %d bytes per token at 16 bits\n", q.KVBytesPerToken)
 	if c, o := q.Compressed, q.Original; c != nil && o != nil {
@@ -269,6 +279,10 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 		fmt.Fprintf(w, " (%d block(s) found done in the store)", r.Skipped)
 	}
 	fmt.Fprintln(w)
+	printStages(w, r)
+	if len(r.Layers) == 0 {
+		return nil
+	}
 	// Ranks per module across layers: "mlp.up_proj  40 41 39 ..."
 	var mods []string
 	ranks := map[string][]string{}
@@ -289,4 +303,40 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 		fmt.Fprintf(w, "  %-18s %s\n", m, strings.Join(ranks[m], " "))
 	}
 	return nil
+}
+
+// printStages summarises the palu, rtn, gptq and eora stages of a result.
+func printStages(w io.Writer, r workflows.Result) {
+	for i, blocks := range r.Stages {
+		if len(blocks) == 0 {
+			continue
+		}
+		var n int
+		var rel, before, after float64
+		latent := 0
+		for _, b := range blocks {
+			for _, l := range b.Quant {
+				rel += l.RelError
+				n++
+			}
+			for _, l := range b.EoRA {
+				before += l.ErrorBefore
+				after += l.ErrorAfter
+				n++
+			}
+			for _, ranks := range b.Palu {
+				for _, x := range ranks {
+					latent += x
+				}
+			}
+		}
+		switch {
+		case latent > 0:
+			fmt.Fprintf(w, "stage %d    palu: %d latent values per token over all layers (k and v)\n", i, latent)
+		case n > 0 && before > 0:
+			fmt.Fprintf(w, "stage %d    eora: %d corrections, calibration error %.4g -> %.4g (summed)\n", i, n, before, after)
+		case n > 0:
+			fmt.Fprintf(w, "stage %d    quantization: %d layers, mean relative calibration error %.4g\n", i, n, rel/float64(n))
+		}
+	}
 }

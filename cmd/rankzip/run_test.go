@@ -22,7 +22,7 @@ calibration: {data: none.parquet, sequences: -3}
 output: out
 stages:
   - {method: svd, targets: [attn.*], keep_params: 2}
-  - {method: gptq, bits: 4}
+  - {method: mla, kv_lora_rank: 4}
 colour: blue
 `), 0o644)
 	if err != nil {
@@ -34,7 +34,7 @@ colour: blue
 		t.Fatal("a bad recipe ran")
 	}
 	for _, want := range []string{`unknown key "colour"`, "read model config", "calibration.sequences -3", `target "attn.*" matches no module`,
-		"keep_params 2 must be in (0, 1]", "method gptq is not implemented yet"} {
+		"keep_params 2 must be in (0, 1]", "method mla is not implemented yet"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
@@ -61,6 +61,13 @@ func TestProgressLine(t *testing.T) {
 	line, key := progressLine(p, start.Add(40*time.Second))
 	want := "blocks   [######------------------] block 3/12  elapsed 40s  eta 1m20s  (2 block(s) found done)"
 	if line != want || key != "blocks 3/12" {
+		t.Errorf("progress line\n%q\nwant\n%q (key %q)", line, want, key)
+	}
+	// A recipe of several stages names the one running.
+	p.Step, p.Steps, p.Method = 1, 2, "gptq"
+	line, key = progressLine(p, start.Add(40*time.Second))
+	want = "blocks   stage 2/2 gptq  [######------------------] block 3/12  elapsed 40s  eta 1m20s  (2 block(s) found done)"
+	if line != want || key != "blocks 1 3/12" {
 		t.Errorf("progress line\n%q\nwant\n%q (key %q)", line, want, key)
 	}
 }

@@ -1,0 +1,241 @@
+package compress
+
+import (
+	"context"
+	"fmt"
+	"path"
+
+	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/methods/eora"
+	"github.com/rankzip/rankzip/methods/palu"
+	"github.com/rankzip/rankzip/methods/svd"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
+)
+
+// Per-block steps of RunPalu, RunQuant and RunEoRA, for callers (the
+// workflow's activities) that store each block's result before going on.
+// Each step is the body of the whole-model function's block loop: running
+// them over every block in order, each on the streams the previous one
+// returned, gives the whole-model function's result.
+
+// PaluPlan is a validated Palu stage with every group's rank chosen. It is
+// plain data, so a workflow can pass it between activities.
+type PaluPlan struct {
+	Options PaluOptions
+	Ranks   map[string][]int // per module (model.layers.i.self_attn.k_proj), per group
+}
+
+// NewPaluPlan validates o against m and chooses the ranks as RunPalu does
+// (a spectrum search runs one calibration pass over m).
+func NewPaluPlan(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions) (*PaluPlan, error) {
+	tokens := 0
+	for _, s := range seqs {
+		tokens += len(s)
+	}
+	if err := o.validate(m, tokens); err != nil {
+		return nil, err
+	}
+	c := m.Config
+	ranks, err := paluRanks(ctx, m, seqs, o, c.NumKVHeads/o.GroupHeads, o.GroupHeads*c.HeadDim)
+	if err != nil {
+		return nil, err
+	}
+	return &PaluPlan{Options: o, Ranks: ranks}, nil
+}
+
+// Block factors k_proj and v_proj of block i of m, calibrated on the
+// streams entering it, and returns the block and the streams entering block
+// i+1 (nil after the last block).
+func (p *PaluPlan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, *calib.Streams, error) {
+	o := p.Options
+	orig := m.Blocks[i]
+	comp := *orig
+	stats, err := calib.Collect(m, orig, &comp, st, model.AttnInput)
+	if err != nil {
+		return nil, nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
+	}
+	for _, mod := range paluModules {
+		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		ranks, ok := p.Ranks[name]
+		if !ok {
+			return nil, nil, fmt.Errorf("palu plan has no ranks for %s", name)
+		}
+		w, bias, err := weight(*orig.Linear(mod), name)
+		if err != nil {
+			return nil, nil, err
+		}
+		if stats.Cross != nil {
+			if w, err = svd.CorrectedTarget(m.Backend, w, stats.Cross, stats.C); err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		res, err := palu.Decompose(m.Backend, w, bias, stats.C, m.Config.HeadDim, o.GroupHeads, ranks)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if o.Hadamard {
+			res = res.Rotate()
+		}
+		g, err := grouped(res)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		g.LatentBits, g.LatentGroup = o.LatentBits, o.LatentGroupSize
+		*comp.Linear(mod) = g
+	}
+	var next *calib.Streams
+	if i+1 < len(m.Blocks) {
+		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
+			return nil, nil, err
+		}
+	}
+	return &comp, next, nil
+}
+
+// Block quantizes the targeted linears of block i of m as RunQuant does,
+// calibrated on the streams entering it, and returns the block, its
+// per-layer report and the streams entering block i+1 (nil after the last
+// block). o must have passed Validate.
+func (o *QuantOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []QuantLayer, *calib.Streams, error) {
+	mods, err := modulesOf(o.Targets)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	orig := m.Blocks[i]
+	comp := *orig
+	var layers []QuantLayer
+	var stats *calib.SiteStats
+	site := model.Site(-1)
+	for _, mod := range mods {
+		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		if s := siteOf(mod); s != site {
+			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
+				return nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
+			}
+			site = s
+		}
+		w, bias, err := weight(*orig.Linear(mod), name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		q, layer, err := quantizeLayer(m.Backend, w, bias, stats, *o)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		layer.Name = name
+		*comp.Linear(mod) = q
+		layers = append(layers, layer)
+	}
+	var next *calib.Streams
+	if i+1 < len(m.Blocks) {
+		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return &comp, layers, next, nil
+}
+
+// Check validates o as RunEoRA does and fills in its defaults; it also
+// fails when no targeted layer of comp is compressed.
+func (o *EoRAOptions) Check(comp, orig *model.Model) error {
+	if o.Rank <= 0 {
+		return fmt.Errorf("eora: rank %d must be positive", o.Rank)
+	}
+	if len(comp.Blocks) != len(orig.Blocks) || comp.Config.HiddenSize != orig.Config.HiddenSize {
+		return fmt.Errorf("eora: the compressed model (%d layers) and the original (%d layers) differ in shape", len(comp.Blocks), len(orig.Blocks))
+	}
+	mods, err := modulesOf(o.Targets)
+	if err != nil {
+		return fmt.Errorf("eora: %w", err)
+	}
+	for g := range o.Ranks {
+		if _, err := path.Match(g, ""); err != nil {
+			return fmt.Errorf("eora: rank pattern %q: %w", g, err)
+		}
+	}
+	if o.Mode == "" {
+		o.Mode = calib.Sequential
+	}
+	if o.Batch <= 0 {
+		o.Batch = 16
+	}
+	for _, b := range comp.Blocks {
+		for _, mod := range mods {
+			if _, dense := (*b.Linear(mod)).(*model.Dense); !dense {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("eora: no compressed layer among the targets")
+}
+
+// Block fits the EoRA corrections of block i as RunEoRA does: comp is block
+// i of the compressed model, orig the original model, st the streams
+// entering block i (embedded by orig). It returns the compensated block, its
+// adapters and per-layer report, and the streams entering block i+1 (nil
+// after the last block). o must have passed Check.
+func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *calib.Streams) (*model.Block, []gptq.Adapter, []EoRALayer, *calib.Streams, error) {
+	mods, err := modulesOf(o.Targets)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("eora: %w", err)
+	}
+	k := orig.Backend
+	ob := orig.Blocks[i]
+	nb := *comp
+	var adapters []gptq.Adapter
+	var layers []EoRALayer
+	var stats *calib.SiteStats
+	site := model.Site(-1)
+	for _, mod := range mods {
+		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		cl := *nb.Linear(mod)
+		if _, dense := cl.(*model.Dense); dense {
+			continue // nothing to compensate
+		}
+		if s := siteOf(mod); s != site {
+			if stats, err = calib.Collect(orig, ob, &nb, st, s); err != nil {
+				return nil, nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
+			}
+			site = s
+		}
+		w, _, err := weight(*ob.Linear(mod), name)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if stats.Cross != nil {
+			// The target of a layer that sees the compensated stream (see
+			// RunEoRA).
+			if w, err = svd.CorrectedTarget(k, w, stats.Cross, stats.C); err != nil {
+				return nil, nil, nil, nil, fmt.Errorf("eora: %s: %w", name, err)
+			}
+		}
+		wc, err := EffectiveWeight(k, cl)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("eora: %s: %w", name, err)
+		}
+		r := o.Rank
+		for g, v := range o.Ranks {
+			if ok, _ := path.Match(g, mod); ok {
+				r = v
+			}
+		}
+		r = min(r, cl.Out(), cl.In())
+		e, err := eora.Compensate(k, w, wc, stats.C, r)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("eora: %s: %w", name, err)
+		}
+		a := gptq.Adapter{Module: name, A: denseF32(e.A, nil), B: denseF32(e.B, nil)}
+		*nb.Linear(mod) = &gptq.Adapted{Base: cl, A: a.A, B: a.B}
+		adapters = append(adapters, a)
+		n := float64(max(stats.N, 1))
+		layers = append(layers, EoRALayer{Name: name, Rank: r, ErrorBefore: e.ErrorBefore / n, ErrorAfter: e.ErrorAfter / n})
+	}
+	var next *calib.Streams
+	if i+1 < len(orig.Blocks) {
+		if next, err = calib.Advance(orig, ob, &nb, st); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	return &nb, adapters, layers, next, nil
+}

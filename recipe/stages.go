@@ -1,0 +1,292 @@
+package recipe
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/methods/palu"
+)
+
+// Defaults of the palu, rtn/gptq and eora keys (DESIGN.md section 3).
+const (
+	DefaultQuantGroupSize  = 128
+	DefaultDamp            = 0.01
+	DefaultLatentGroupSize = 32
+)
+
+// PaluModules are the linears a palu stage factors.
+var PaluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
+
+// Changed returns the modules that stage i changes in every block (its
+// canonical targets; palu's k and v projections).
+func (r *Recipe) Changed(i int) []string {
+	s := r.Stages[i]
+	if s.Method == "palu" {
+		return PaluModules
+	}
+	return s.Targets
+}
+
+func (v *validator) palu(where string, s *Stage) {
+	switch {
+	case s.KVKeep == 0:
+		v.add("%s: missing key \"kv_keep\": the fraction of the K+V cache to keep, in (0, 1]", where)
+	case !(s.KVKeep > 0 && s.KVKeep <= 1):
+		v.add("%s: kv_keep %v must be in (0, 1]", where, s.KVKeep)
+	}
+	if s.RankSearch == "" {
+		s.RankSearch = "uniform" // measured best on stories260K (compress.BenchmarkPaluTable)
+	}
+	if !slices.Contains(compress.PaluSearches, s.RankSearch) {
+		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.PaluSearches, ", "))
+	}
+	switch s.LatentBits {
+	case 0:
+		if s.LatentGroupSize != 0 {
+			v.add("%s: latent_group_size applies only with latent_bits", where)
+		}
+		if s.Hadamard != nil && *s.Hadamard {
+			v.add("%s: hadamard applies only with latent_bits", where)
+		}
+		if s.Hadamard == nil {
+			s.Hadamard = ptr(false)
+		}
+	case 2, 3, 4, 8:
+		if s.LatentGroupSize == 0 {
+			s.LatentGroupSize = DefaultLatentGroupSize
+		}
+		if s.LatentGroupSize < 0 {
+			v.add("%s: latent_group_size %d must be positive", where, s.LatentGroupSize)
+		}
+		if s.Hadamard == nil {
+			s.Hadamard = ptr(true)
+		}
+	default:
+		v.add("%s: latent_bits %d: want 2, 3, 4 or 8 (or leave it out for 16-bit latents)", where, s.LatentBits)
+	}
+	if v.cfg == nil {
+		return
+	}
+	want := 0
+	if s.GroupSize != nil {
+		want = *s.GroupSize
+	}
+	g, err := palu.GroupHeads(v.cfg.NumKVHeads, want)
+	if err != nil {
+		v.add("%s: group_size %d must divide the model's %d KV heads", where, want, v.cfg.NumKVHeads)
+	} else {
+		s.GroupSize = ptr(g)
+	}
+	if v.calibTokens > 0 && v.calibTokens < v.cfg.HiddenSize {
+		v.add("%s: the calibration set gives %d tokens (sequences × seq_len); palu needs at least hidden_size = %d", where, v.calibTokens, v.cfg.HiddenSize)
+	}
+}
+
+func (v *validator) quant(i int, where string, s *Stage) {
+	switch s.Bits {
+	case 0:
+		v.add("%s: missing key \"bits\": 2, 3, 4 or 8", where)
+	case 2, 3, 4, 8:
+	default:
+		v.add("%s: bits %d: want 2, 3, 4 or 8", where, s.Bits)
+	}
+	if s.GroupSize == nil {
+		s.GroupSize = ptr(DefaultQuantGroupSize)
+	}
+	if *s.GroupSize == -1 {
+		s.GroupSize = ptr(0) // one group per output channel, canonically 0
+	}
+	gs := *s.GroupSize
+	if !slices.Contains([]int{0, 32, 64, 128}, gs) {
+		v.add("%s: group_size %d: want 32, 64, 128, or 0 for one group per output channel", where, gs)
+	}
+	if s.Sym == nil {
+		s.Sym = ptr(true)
+	}
+	if s.ActOrder == nil {
+		s.ActOrder = ptr(false)
+	}
+	if s.Damp == 0 {
+		s.Damp = DefaultDamp
+	}
+	if !(s.Damp > 0 && s.Damp <= 1) {
+		v.add("%s: damp %v must be in (0, 1]", where, s.Damp)
+	}
+	mods, ok := v.targets(where, s)
+	if !ok {
+		return
+	}
+	if len(s.Targets) == 0 {
+		// Default: every linear the earlier stages left dense (quantizing
+		// low-rank factors or Palu's projections is not implemented).
+		for _, m := range mods {
+			if v.changedBefore(i, m) < 0 {
+				s.Targets = append(s.Targets, m)
+			}
+		}
+		if len(s.Targets) == 0 {
+			v.add("%s: the earlier stages leave no dense linear to quantize", where)
+			return
+		}
+	} else {
+		s.Targets = mods
+		for _, m := range mods {
+			if j := v.changedBefore(i, m); j >= 0 {
+				v.add("%s cannot quantize %s: stages[%d] (%s) already replaced it, and quantizing low-rank factors is not implemented; give the stages disjoint targets", where, m, j, v.r.Stages[j].Method)
+			}
+		}
+	}
+	if v.cfg == nil || gs <= 0 {
+		return
+	}
+	for _, m := range s.Targets {
+		if _, in := Dims(v.cfg, m); in%gs != 0 {
+			v.add("%s: group_size %d does not divide the %d input features of %s (use 0 for one group per output channel, or leave it out of targets)", where, gs, in, m)
+		}
+	}
+}
+
+func (v *validator) eora(where string, s *Stage) {
+	switch {
+	case s.Rank == 0:
+		v.add("%s: missing key \"rank\": the rank of every correction", where)
+	case s.Rank < 0:
+		v.add("%s: rank %d must be positive", where, s.Rank)
+	}
+	if mods, ok := v.targets(where, s); ok {
+		s.Targets = mods
+	}
+	for g, r := range s.RankOverrides {
+		if _, err := path.Match(g, ""); err != nil {
+			v.add("%s: rank_overrides pattern %q is not a valid glob: %v", where, g, err)
+			continue
+		}
+		if r <= 0 {
+			v.add("%s: rank_overrides %q: rank %d must be positive", where, g, r)
+		}
+		hit := false
+		for _, m := range s.Targets {
+			if ok, _ := path.Match(g, m); ok {
+				hit = true
+			}
+		}
+		if !hit {
+			v.add("%s: rank_overrides pattern %q matches none of the targets (%s)", where, g, strings.Join(s.Targets, ", "))
+		}
+	}
+	// Several overrides matching one module would make the rank depend on
+	// map order.
+	for _, m := range s.Targets {
+		var hits []string
+		for g := range s.RankOverrides {
+			if ok, _ := path.Match(g, m); ok {
+				hits = append(hits, g)
+			}
+		}
+		if len(hits) > 1 {
+			slices.Sort(hits)
+			v.add("%s: rank_overrides patterns %s all match %s; give one", where, strings.Join(hits, ", "), m)
+		}
+	}
+}
+
+// targets expands a stage's target globs; ok is false when one is bad.
+func (v *validator) targets(where string, s *Stage) ([]string, bool) {
+	mods, errs := Modules(s.Targets)
+	for _, e := range errs {
+		v.add("%s: %s", where, e)
+	}
+	return mods, len(errs) == 0
+}
+
+// changedBefore returns the index of a stage before i that changes module,
+// or -1.
+func (v *validator) changedBefore(i int, module string) int {
+	for j := range i {
+		if _, ok := methodKeys[v.r.Stages[j].Method]; ok && slices.Contains(v.r.Changed(j), module) {
+			return j
+		}
+	}
+	return -1
+}
+
+// combine refuses sequences of stages the pipeline cannot run, once every
+// stage is canonical.
+func (v *validator) combine() {
+	st := v.r.Stages
+	for i, s := range st {
+		where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
+		switch s.Method {
+		case "palu":
+			for _, m := range PaluModules {
+				if j := v.changedBefore(i, m); j >= 0 {
+					v.add("%s needs dense k_proj and v_proj, but stages[%d] (%s) targets %s: leave the KV projections out of its targets", where, j, st[j].Method, m)
+					break
+				}
+			}
+		case "eora":
+			if !slices.ContainsFunc(s.Targets, func(m string) bool { return v.changedBefore(i, m) >= 0 }) {
+				v.add("%s: none of its targets (%s) is compressed by an earlier stage: there is no error to compensate", where, strings.Join(s.Targets, ", "))
+			}
+		case "rtn", "gptq":
+			for j := range i {
+				if st[j].Method == "palu" {
+					v.add("%s cannot follow stages[%d] (palu): not implemented, as no export format holds both Palu's grouped KV projections and quantized layers (native has no quantized layout, gptq no grouped one); palu's latent_bits quantizes the KV cache instead", where, j)
+				}
+			}
+		}
+	}
+}
+
+// exportFits checks the export format against the stages.
+func (v *validator) exportFits() {
+	e := v.r.Export
+	quant, lowRank, paluAt := -1, -1, -1
+	for i, s := range v.r.Stages {
+		switch s.Method {
+		case "rtn", "gptq", "eora":
+			if quant < 0 {
+				quant = i
+			}
+		case "svd", "lord":
+			lowRank = i
+		case "palu":
+			paluAt = i
+		}
+	}
+	switch e.Format {
+	case "native":
+		if quant >= 0 {
+			v.add("export.format native cannot hold the quantized layers of stages[%d] (%s): use gptq, or dense to measure quality only", quant, v.r.Stages[quant].Method)
+		}
+	case "dense":
+		if paluAt >= 0 && v.r.Stages[paluAt].LatentBits != 0 {
+			v.add("export.format dense cannot express the quantized latent cache of stages[%d] (palu, latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)
+		}
+	case "gptq":
+		if quant < 0 || (v.r.Stages[quant].Method == "eora") {
+			v.add("export.format gptq needs an rtn or gptq stage (the GPTQ layout holds quantized layers)")
+			return
+		}
+		if lowRank >= 0 {
+			v.add("export.format gptq cannot hold the low-rank factors of stages[%d] (%s): the GPTQ layout has none; use dense to measure quality", lowRank, v.r.Stages[lowRank].Method)
+		}
+		if v.cfg == nil {
+			return
+		}
+		var unfit []string
+		for _, m := range v.r.Stages[quant].Targets {
+			if out, in := Dims(v.cfg, m); out%32 != 0 || in%32 != 0 {
+				unfit = append(unfit, fmt.Sprintf("%s (%d×%d)", m, out, in))
+			}
+		}
+		if len(unfit) > 0 {
+			v.add("export.format gptq packs only layers whose out and in are multiples of 32 (GPTQ v1): leave %s out of the targets of stages[%d] (%s)", strings.Join(unfit, ", "), quant, v.r.Stages[quant].Method)
+		}
+	}
+}
+
+func ptr[T any](x T) *T { return &x }

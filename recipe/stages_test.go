@@ -1,0 +1,149 @@
+package recipe
+
+import (
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// stagesRecipe writes a recipe on the stories260K fixture with the given
+// stages and export lines.
+func stagesRecipe(t *testing.T, stages, export string) string {
+	t.Helper()
+	fx := needFixtures(t)
+	return write(t, t.TempDir(), `
+model: `+filepath.Join(fx, "stories260K")+`
+calibration: {data: `+filepath.Join(fx, "samples/calib.parquet")+`, sequences: 16}
+output: out
+stages:
+`+stages+`
+export: `+export+"\n")
+}
+
+// Sequences of the new stages that run load with every default filled in.
+func TestStagesCanonical(t *testing.T) {
+	job, err := Load(stagesRecipe(t, `  - {method: palu, kv_keep: 0.5}`, `{format: native}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := job.Recipe.Stages[0]
+	if p.GroupSize == nil || *p.GroupSize != 4 || p.RankSearch != "uniform" || p.Hadamard == nil || *p.Hadamard || p.LatentGroupSize != 0 {
+		t.Errorf("palu defaults: %+v", p)
+	}
+	job, err = Load(stagesRecipe(t, `  - {method: palu, kv_keep: 0.5, group_size: 2, latent_bits: 4}`, `{format: native}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := job.Recipe.Stages[0]; *p.GroupSize != 2 || p.LatentGroupSize != 32 || !*p.Hadamard {
+		t.Errorf("palu latent defaults: %+v", p)
+	}
+
+	job, err = Load(stagesRecipe(t, `
+  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*"]}
+  - {method: eora, rank: 4}`, `{format: gptq}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, e := job.Recipe.Stages[0], job.Recipe.Stages[1]
+	if !*g.Sym || *g.ActOrder || g.Damp != 0.01 || *g.GroupSize != 32 || len(g.Targets) != 4 {
+		t.Errorf("gptq defaults: %+v", g)
+	}
+	if len(e.Targets) != 7 || e.Rank != 4 {
+		t.Errorf("eora defaults: %+v", e)
+	}
+
+	// A quantization stage after a low-rank one quantizes what it left dense.
+	job, err = Load(stagesRecipe(t, `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}
+  - {method: rtn, bits: 8, group_size: 0}`, `{format: dense}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
+	if r := job.Recipe.Stages[1]; !slices.Equal(r.Targets, want) || *r.GroupSize != 0 {
+		t.Errorf("rtn after svd: targets %v group_size %d, want %v and 0", r.Targets, *r.GroupSize, want)
+	}
+}
+
+// Combinations that cannot run are refused with an error naming the stage
+// and the reason.
+func TestStagesRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name, stages, export, want string
+	}{
+		{"palu then gptq", `
+  - {method: palu, kv_keep: 0.5}
+  - {method: gptq, bits: 4, group_size: 32}`, `{format: dense}`,
+			"stages[1] (gptq) cannot follow stages[0] (palu): not implemented"},
+		{"palu on factored kv", `
+  - {method: svd, keep_params: 0.8, rank_search: uniform}
+  - {method: palu, kv_keep: 0.5}`, `{format: native}`,
+			"stages[1] (palu) needs dense k_proj and v_proj, but stages[0] (svd) targets self_attn.k_proj"},
+		{"quantize factors", `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}
+  - {method: gptq, bits: 4, group_size: 0, targets: ["mlp.up_proj"]}`, `{format: dense}`,
+			"stages[1] (gptq) cannot quantize mlp.up_proj: stages[0] (svd) already replaced it"},
+		{"gptq export without quantization", `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}`, `{format: gptq}`,
+			"export.format gptq needs an rtn or gptq stage"},
+		{"gptq export of factors", `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}
+  - {method: gptq, bits: 4, group_size: 32}`, `{format: gptq}`,
+			"export.format gptq cannot hold the low-rank factors of stages[0] (svd)"},
+		{"gptq export of unpackable layers", `
+  - {method: rtn, bits: 4, group_size: 0}`, `{format: gptq}`,
+			"leave mlp.gate_proj (172×64), mlp.up_proj (172×64), mlp.down_proj (64×172) out of the targets of stages[0] (rtn)"},
+		{"native export of quantized layers", `
+  - {method: gptq, bits: 4, group_size: 0}`, `{format: native}`,
+			"export.format native cannot hold the quantized layers of stages[0] (gptq)"},
+		{"eora alone", `
+  - {method: eora, rank: 4}`, `{format: dense}`,
+			"stages[0] (eora) compensates quantization error: it needs an rtn or gptq stage before it"},
+		{"dense palu latent", `
+  - {method: palu, kv_keep: 0.5, latent_bits: 4}`, `{format: dense}`,
+			"export.format dense cannot express the quantized latent cache of stages[0] (palu, latent_bits 4)"},
+		{"palu search", `
+  - {method: palu, kv_keep: 0.5, rank_search: hessian}`, `{format: native}`,
+			`stages[0] (palu): rank_search "hessian" unknown (want one of uniform, spectrum, fisher)`},
+		{"palu group", `
+  - {method: palu, kv_keep: 0.5, group_size: 3}`, `{format: native}`,
+			"stages[0] (palu): group_size 3 must divide the model's 4 KV heads"},
+		{"palu kv_keep", `
+  - {method: palu}`, `{format: native}`,
+			`stages[0] (palu): missing key "kv_keep"`},
+		{"gptq bits", `
+  - {method: gptq, group_size: 0}`, `{format: dense}`,
+			`stages[0] (gptq): missing key "bits"`},
+		{"gptq group", `
+  - {method: gptq, bits: 4}`, `{format: dense}`,
+			"stages[0] (gptq): group_size 128 does not divide the 64 input features of self_attn.q_proj"},
+		{"eora rank", `
+  - {method: rtn, bits: 8, group_size: 0}
+  - {method: eora}`, `{format: dense}`,
+			`stages[1] (eora): missing key "rank"`},
+		{"eora overrides", `
+  - {method: rtn, bits: 8, group_size: 0}
+  - {method: eora, rank: 4, targets: ["self_attn.*"], rank_overrides: {"mlp.*": 2}}`, `{format: dense}`,
+			`stages[1] (eora): rank_overrides pattern "mlp.*" matches none of the targets`},
+		{"eora on dense layers", `
+  - {method: rtn, bits: 8, group_size: 0, targets: ["self_attn.*"]}
+  - {method: eora, rank: 4, targets: ["mlp.*"]}`, `{format: dense}`,
+			"stages[1] (eora): none of its targets (mlp.gate_proj, mlp.up_proj, mlp.down_proj) is compressed by an earlier stage"},
+		{"mla", `
+  - {method: mla, kv_lora_rank: 16}`, `{format: native}`,
+			"stages[0]: method mla is not implemented yet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(stagesRecipe(t, tc.stages, tc.export))
+			var re *Error
+			if !errors.As(err, &re) {
+				t.Fatalf("want *Error, got %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error lacks %q:\n%v", tc.want, err)
+			}
+		})
+	}
+}
