@@ -29,8 +29,10 @@ type Quality struct {
 	KeptParams      float64 `json:"kept_params"` // Params / OriginalParams
 	FileBytes       int64   `json:"file_bytes"`
 	OriginalBytes   int64   `json:"original_bytes"`
-	KVBytesPerToken int64   `json:"kv_bytes_per_token"` // K and V of every layer at 16 bits
-	Skipped         bool    `json:"skipped"`
+	KVBytesPerToken int64   `json:"kv_bytes_per_token"` // the exported model's KV cache per token (16-bit, or its quantized latents)
+	// OriginalKVBytesPerToken is the original model's.
+	OriginalKVBytesPerToken int64 `json:"original_kv_bytes_per_token"`
+	Skipped                 bool  `json:"skipped"`
 }
 
 // Evaluate loads the exported checkpoint from disk (the read-back check of
@@ -61,9 +63,8 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 		if err != nil {
 			return inputError(err)
 		}
-		c := orig.Config
 		q = Quality{Params: NumParams(comp), OriginalParams: NumParams(orig), FileBytes: in.Export.Bytes,
-			KVBytesPerToken: int64(2 * 2 * c.NumLayers * c.NumKVHeads * c.HeadDim)}
+			KVBytesPerToken: int64(comp.KVBytesPerToken()), OriginalKVBytesPerToken: int64(orig.KVBytesPerToken())}
 		q.KeptParams = float64(q.Params) / float64(q.OriginalParams)
 		for _, f := range job.Model {
 			q.OriginalBytes += f.Bytes

@@ -85,6 +85,8 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 		switch r.Export.Format {
 		case "gptq":
 			out, err = a.publishGPTQ(job, comp, dtype)
+		case "palu":
+			out, err = a.publish(job, comp, func(dir string) error { return model.SavePalu(comp, dir, dtype) }, exact)
 		case "dense":
 			var exp *model.Model
 			if exp, err = Densify(comp); err != nil {
@@ -343,7 +345,11 @@ func sameModel(want, got *model.Model, exact bool) error {
 		return fmt.Errorf("%d blocks, want %d", len(got.Blocks), len(want.Blocks))
 	}
 	for i := range want.Blocks {
-		for _, mod := range model.Modules {
+		if (want.Blocks[i].MLA == nil) != (got.Blocks[i].MLA == nil) || want.Blocks[i].NumParams() != got.Blocks[i].NumParams() {
+			return fmt.Errorf("layer %d: latent attention %v with %d parameters, want %v with %d", i,
+				got.Blocks[i].MLA != nil, got.Blocks[i].NumParams(), want.Blocks[i].MLA != nil, want.Blocks[i].NumParams())
+		}
+		for _, mod := range want.Blocks[i].Modules() {
 			w, g := *want.Blocks[i].Linear(mod), *got.Blocks[i].Linear(mod)
 			if fmt.Sprintf("%T", w) != fmt.Sprintf("%T", g) || w.NumParams() != g.NumParams() {
 				return fmt.Errorf("layer %d %s is %T with %d parameters, want %T with %d", i, mod, g, g.NumParams(), w, w.NumParams())
@@ -388,10 +394,7 @@ func NumParams(m *model.Model) int64 {
 		n += m.LMHead.NumParams()
 	}
 	for _, b := range m.Blocks {
-		n += int64(len(b.AttnNorm) + len(b.MLPNorm))
-		for _, mod := range model.Modules {
-			n += (*b.Linear(mod)).NumParams()
-		}
+		n += b.NumParams()
 	}
 	return n
 }

@@ -22,6 +22,10 @@ import (
 //	quantized  <m>.q U8 [out, in], <m>.scales F32 [groups, out], <m>.zeros I32, <m>.g_idx I32 [in], <m>.bias F32
 //	grouped    <m>.down F32 [latent, in], <m>.up.<j> F32 [out/G, r_j], <m>.bias F32
 //	adapter    <m>.lora_A F32 [r, in], <m>.lora_B F32 [out, r]   (wraps the layer the stage started from)
+//
+// An mla stage replaces q_proj, k_proj and v_proj by latent attention:
+// metadata "mla" holds mlaMeta, and the tensors are mla.q_proj (+ .bias),
+// mla.kv_a (+ .bias), mla.kv_a_norm (optional) and mla.kv_b.
 
 type layerMeta struct {
 	Type        string `json:"type"` // quantized | grouped | adapter
@@ -29,6 +33,15 @@ type layerMeta struct {
 	Groups      int    `json:"groups,omitempty"` // grouped: up-projections
 	LatentBits  int    `json:"latent_bits,omitempty"`
 	LatentGroup int    `json:"latent_group,omitempty"`
+}
+
+// mlaMeta is the shape and rope frequencies of a stored MLA block.
+type mlaMeta struct {
+	LoraRank int       `json:"lora_rank"`
+	RopeDim  int       `json:"rope_dim"`
+	NopeDim  int       `json:"nope_dim"`
+	VDim     int       `json:"v_dim"`
+	RopeFreq []float64 `json:"rope_freq"` // exact: JSON keeps float64 round trips
 }
 
 // putLayers stores the linears of comp that are not those of base.
@@ -47,7 +60,31 @@ func putLayers(s *store.Store, key string, base, comp *model.Block) (store.Ref, 
 		ts = append(ts, safetensors.WriteTensor{Name: name, DType: safetensors.I32, Shape: shape, Data: b})
 	}
 	metas := map[string]layerMeta{}
+	md := map[string]string{"rankzip": "layers"}
+	if a := comp.MLA; a != nil && base.MLA == nil {
+		q, ok := comp.Q.(*model.Dense)
+		if !ok {
+			return store.Ref{}, fmt.Errorf("store layers: an MLA q_proj is %T, not dense", comp.Q)
+		}
+		f32("mla.q_proj", []int{q.Out(), q.In()}, q.Weight)
+		f32("mla.q_proj.bias", []int{q.Out()}, q.Bias)
+		f32("mla.kv_a", []int{a.KVA.Out(), a.KVA.In()}, a.KVA.Weight)
+		f32("mla.kv_a.bias", []int{a.KVA.Out()}, a.KVA.Bias)
+		f32("mla.kv_a_norm", []int{len(a.KVANorm)}, a.KVANorm)
+		f32("mla.kv_b", []int{a.KVB.Out(), a.KVB.In()}, a.KVB.Weight)
+		if a.KVB.Bias != nil {
+			return store.Ref{}, fmt.Errorf("store layers: an MLA kv_b_proj has a bias")
+		}
+		meta, err := json.Marshal(mlaMeta{LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim, RopeFreq: a.RopeFreq})
+		if err != nil {
+			return store.Ref{}, err
+		}
+		md["mla"] = string(meta)
+	}
 	for _, mod := range model.Modules {
+		if md["mla"] != "" && (mod == "self_attn.q_proj" || mod == "self_attn.k_proj" || mod == "self_attn.v_proj") {
+			continue // stored above
+		}
 		l := *comp.Linear(mod)
 		if l == *base.Linear(mod) {
 			continue
@@ -82,8 +119,9 @@ func putLayers(s *store.Store, key string, base, comp *model.Block) (store.Ref, 
 	if err != nil {
 		return store.Ref{}, err
 	}
+	md["layers"] = string(meta)
 	return s.Create(key, func(tmp string) error {
-		return safetensors.WriteFile(tmp, ts, map[string]string{"rankzip": "layers", "layers": string(meta)})
+		return safetensors.WriteFile(tmp, ts, md)
 	})
 }
 
@@ -129,6 +167,42 @@ func getLayers(s *store.Store, r store.Ref, base *model.Block) (*model.Block, er
 			v[i] = int32(binary.LittleEndian.Uint32(data[4*i:]))
 		}
 		return v, nil
+	}
+	if raw, ok := md["mla"]; ok {
+		var mm mlaMeta
+		if err := json.Unmarshal([]byte(raw), &mm); err != nil {
+			return nil, fmt.Errorf("store: %s: mla metadata: %w", p, err)
+		}
+		q, qs, err := f32("mla.q_proj", false)
+		if err != nil {
+			return nil, err
+		}
+		qb, _, err := f32("mla.q_proj.bias", true)
+		if err != nil {
+			return nil, err
+		}
+		kva, as, err := f32("mla.kv_a", false)
+		if err != nil {
+			return nil, err
+		}
+		kvab, _, err := f32("mla.kv_a.bias", true)
+		if err != nil {
+			return nil, err
+		}
+		norm, _, err := f32("mla.kv_a_norm", true)
+		if err != nil {
+			return nil, err
+		}
+		kvb, bs, err := f32("mla.kv_b", false)
+		if err != nil {
+			return nil, err
+		}
+		if as[0] != mm.LoraRank+mm.RopeDim || bs[1] != mm.LoraRank || len(mm.RopeFreq) != mm.RopeDim/2 {
+			return nil, fmt.Errorf("store: %s: MLA tensors kv_a %v, kv_b %v and %d rope frequencies disagree with %+v", p, as, bs, len(mm.RopeFreq), mm)
+		}
+		b.Q, b.K, b.V = model.NewDense(qs[0], qs[1], q, qb), nil, nil
+		b.MLA = &model.MLA{KVA: model.NewDense(as[0], as[1], kva, kvab), KVANorm: norm, KVB: model.NewDense(bs[0], bs[1], kvb, nil),
+			LoraRank: mm.LoraRank, RopeDim: mm.RopeDim, NopeDim: mm.NopeDim, VDim: mm.VDim, RopeFreq: mm.RopeFreq}
 	}
 	for _, mod := range model.Modules {
 		meta, ok := metas[mod]

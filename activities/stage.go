@@ -20,6 +20,7 @@ type StagePlan struct {
 	Palu   *compress.PaluPlan     `json:"palu,omitempty"`
 	Quant  *compress.QuantOptions `json:"quant,omitempty"`
 	EoRA   *compress.EoRAOptions  `json:"eora,omitempty"`
+	MLA    *compress.MLAOptions   `json:"mla,omitempty"`
 }
 
 // StageReport is what a stage did to one block.
@@ -27,6 +28,7 @@ type StageReport struct {
 	Palu  map[string][]int      `json:"palu,omitempty"` // ranks per module, per group
 	Quant []compress.QuantLayer `json:"quant,omitempty"`
 	EoRA  []compress.EoRALayer  `json:"eora,omitempty"`
+	MLA   *compress.MLALayer    `json:"mla,omitempty"`
 }
 
 // PlanStageInput names stage Stage of a job and the block artifacts of the
@@ -188,8 +190,21 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
 			plan.EoRA = &o
+		case "mla":
+			o, err := MLAOptions(r, in.Stage)
+			if err != nil {
+				return badInput(err)
+			}
+			seqs, err := calibration(job)
+			if err != nil {
+				return err
+			}
+			if err := o.Check(cur, seqs); err != nil {
+				return badInput(fmt.Errorf("%s: %w", where, err))
+			}
+			plan.MLA = &o
 		default:
-			return badInput(fmt.Errorf("%s: not a per-block stage (svd and lord run first, mla is not implemented)", where))
+			return badInput(fmt.Errorf("%s: not a per-block stage (svd and lord run first)", where))
 		}
 		if out.Plan, err = a.Store.PutJSON(jobKey("stage-plan-data", job, in.Stage, priorShas), plan); err != nil {
 			return a.storeError(err)
@@ -334,6 +349,10 @@ func runStage(plan StagePlan, cur, orig *model.Model, i int, base *model.Block, 
 	case plan.EoRA != nil:
 		b, _, layers, next, err := plan.EoRA.Block(orig, i, base, st)
 		rep.EoRA = layers
+		return b, rep, next, err
+	case plan.MLA != nil:
+		b, layer, next, err := plan.MLA.Block(cur, i, st)
+		rep.MLA = &layer
 		return b, rep, next, err
 	}
 	return nil, rep, nil, fmt.Errorf("plan of method %q has no options", plan.Method)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/methods/mla"
 	"github.com/rankzip/rankzip/recipe"
 )
 
@@ -60,6 +61,20 @@ func PaluOptions(r recipe.Recipe, i int) (compress.PaluOptions, error) {
 	}
 	if s.Hadamard != nil {
 		o.Hadamard = *s.Hadamard
+	}
+	return o, nil
+}
+
+// MLAOptions maps mla stage i of a canonical recipe to compress's options.
+func MLAOptions(r recipe.Recipe, i int) (compress.MLAOptions, error) {
+	s := r.Stages[i]
+	if s.Method != "mla" {
+		return compress.MLAOptions{}, fmt.Errorf("stages[%d] is %s, not mla", i, s.Method)
+	}
+	o := compress.MLAOptions{RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: mla.Rotation(s.Rotation), FreqFold: s.FreqFold,
+		Mode: calib.Mode(r.Calibration.Mode), Batch: r.Calibration.Batch}
+	if s.BKV != nil {
+		o.BKV = *s.BKV
 	}
 	return o, nil
 }

@@ -2,8 +2,11 @@ package compress
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -272,5 +275,67 @@ func BenchmarkPaluLatentTable(b *testing.B) {
 				}
 			}
 		}
+	}
+}
+
+// Palu's own layout (VT / U.{j}, head_wise_ranks, model_type palullama) is
+// read back exactly, and a model read from it saves natively again.
+func TestPaluLayoutRoundTrip(t *testing.T) {
+	m, cal, ev := fixture(t, 8, 1)
+	res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := model.SavePalu(res.Model, dir, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(cfg, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c["model_type"] != "palullama" || c["head_wise_ranks"] == nil || c["rankzip"] != nil {
+		t.Errorf("config.json: model_type %v, head_wise_ranks %v, rankzip %v", c["model_type"], c["head_wise_ranks"], c["rankzip"])
+	}
+	ck, err := safetensors.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"model.layers.0.self_attn.k_proj.VT.weight", "model.layers.4.self_attn.v_proj.U.1.weight"} {
+		if _, ok := ck.Info(name); !ok {
+			t.Errorf("no tensor %s in Palu's layout", name)
+		}
+	}
+	ck.Close()
+	back, err := model.Load(dir, m.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := res.Model.Forward(ev)
+	got, _ := back.Forward(ev)
+	if e := relErr(got, want); e != 0 {
+		t.Errorf("Palu layout: logits differ by %.3g after save and load", e)
+	}
+	native := t.TempDir()
+	if err := model.Save(back, native, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	again, err := model.Load(native, m.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got2, _ := again.Forward(ev); relErr(got2, want) != 0 {
+		t.Errorf("Palu layout re-saved natively: logits differ")
+	}
+	q, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.5, GroupHeads: 2, LatentBits: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := model.SavePalu(q.Model, t.TempDir(), safetensors.F32); err == nil || !strings.Contains(err.Error(), "4 bits") {
+		t.Errorf("Palu layout of 4-bit latents: %v", err)
 	}
 }

@@ -38,6 +38,10 @@ type Config struct {
 	Factored map[string]int
 	// Grouped maps Palu-factored modules to their per-group ranks.
 	Grouped map[string][]int
+	// PaluLayout: the checkpoint is in Palu's own layout (model_type
+	// palullama, palumistral or paluqwen2; head_wise_ranks; k_proj.VT and
+	// k_proj.U.{j} tensors). ModelType is then the base type.
+	PaluLayout bool
 	// LatentBits and LatentGroup quantize the cached Palu latents (0: 16-bit).
 	LatentBits, LatentGroup int
 	// MLA is set for DeepSeek-V2/V3 checkpoints: every layer uses latent
@@ -89,7 +93,7 @@ func (e *ConfigError) Error() string {
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SupportedModelTypes lists the model_type values rankzip runs.
-var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3"}
+var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
 
 // ReadConfig reads and validates dir/config.json.
 func ReadConfig(dir string) (*Config, error) {
@@ -110,6 +114,10 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	p := parser{path: path, raw: raw}
 	c := &Config{Raw: raw}
 	c.ModelType = p.str("model_type", "")
+	switch c.ModelType {
+	case "palullama", "palumistral", "paluqwen2":
+		c.ModelType, c.PaluLayout = strings.TrimPrefix(c.ModelType, "palu"), true
+	}
 	switch c.ModelType {
 	case "llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3":
 	case "":
@@ -179,6 +187,9 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	c.RopeScaling = p.ropeScaling()
 	sec := p.native()
 	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup
+	if c.PaluLayout {
+		c.Grouped = p.headWiseRanks(c.Grouped)
+	}
 	switch {
 	case sec.Format == "deepseek-mla" && c.MLA == nil:
 		p.fail(NativeSection, fmt.Errorf("format \"deepseek-mla\" needs model_type deepseek_v2 or deepseek_v3, not %q", c.ModelType))
@@ -431,6 +442,29 @@ func (p *parser) mlaRope(m *MLAConfig, src int, index []int) {
 			return
 		}
 	}
+}
+
+// headWiseRanks reads Palu's head_wise_ranks (module -> rank per group).
+func (p *parser) headWiseRanks(native map[string][]int) map[string][]int {
+	var hw map[string][]int
+	if !p.decode("head_wise_ranks", &hw) || len(hw) == 0 {
+		p.fail("head_wise_ranks", errors.New("a Palu checkpoint needs {module: [rank per group]}"))
+		return nil
+	}
+	if len(native) > 0 {
+		p.fail(NativeSection, errors.New("\"palu\" ranks and Palu's head_wise_ranks both given; a checkpoint has one layout"))
+	}
+	for name, rs := range hw {
+		if len(rs) == 0 {
+			p.fail("head_wise_ranks", fmt.Errorf("module %q has no groups", name))
+		}
+		for _, r := range rs {
+			if r <= 0 {
+				p.fail("head_wise_ranks", fmt.Errorf("module %q: group rank %d must be positive", name, r))
+			}
+		}
+	}
+	return hw
 }
 
 // mlaLayerRope checks and sets the per-layer rope frequency indices.

@@ -168,9 +168,15 @@ func expectedTensors(c *Config) []tensorSpec {
 				latent := 0
 				for j, r := range rs {
 					latent += r
-					specs = append(specs, tensorSpec{name: fmt.Sprintf("%s%s.up.%d.weight", p, m, j), shape: []int{out / len(rs), r}})
+					specs = append(specs, tensorSpec{name: upName(c, p+m, j, "weight"), shape: []int{out / len(rs), r}})
+					if bias && c.PaluLayout {
+						specs = append(specs, tensorSpec{name: upName(c, p+m, j, "bias"), shape: []int{out / len(rs)}})
+					}
 				}
-				specs = append(specs, tensorSpec{name: p + m + ".down.weight", shape: []int{latent, in}})
+				specs = append(specs, tensorSpec{name: downName(c, p+m), shape: []int{latent, in}})
+				if c.PaluLayout {
+					continue // Palu splits the bias by group
+				}
 			} else {
 				specs = append(specs, tensorSpec{name: p + m + ".weight", shape: []int{out, in}})
 			}
@@ -180,6 +186,23 @@ func expectedTensors(c *Config) []tensorSpec {
 		}
 	}
 	return specs
+}
+
+// upName and downName name the tensors of a Palu-factored module: rankzip's
+// native <m>.up.<j>.weight and <m>.down.weight, or Palu's own
+// <m>.U.<j>.weight (and per-group .bias) and <m>.VT.weight.
+func upName(c *Config, module string, j int, kind string) string {
+	if c.PaluLayout {
+		return fmt.Sprintf("%s.U.%d.%s", module, j, kind)
+	}
+	return fmt.Sprintf("%s.up.%d.%s", module, j, kind)
+}
+
+func downName(c *Config, module string) string {
+	if c.PaluLayout {
+		return module + ".VT.weight"
+	}
+	return module + ".down.weight"
 }
 
 // ignoredTensor reports names that checkpoints may carry and the forward pass
@@ -213,8 +236,12 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		}
 	}
 	for name := range cfg.Grouped {
-		if !want[name+".down.weight"] {
-			return nil, fmt.Errorf("%s/config.json: %q lists %q, which is not a linear layer of this model", dir, NativeSection, name)
+		if !want[downName(cfg, name)] {
+			field := NativeSection
+			if cfg.PaluLayout {
+				field = "head_wise_ranks"
+			}
+			return nil, fmt.Errorf("%s/config.json: %q lists %q, which is not a linear layer of this model", dir, field, name)
 		}
 	}
 	for _, name := range ck.Names() {
@@ -279,11 +306,15 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 				}
 				var ups []*Dense
 				latent := 0
+				bias := tensors[p+mod+".bias"]
 				for j, r := range rs {
-					ups = append(ups, NewDense(out/len(rs), r, tensors[fmt.Sprintf("%s%s.up.%d.weight", p, mod, j)], nil))
+					ups = append(ups, NewDense(out/len(rs), r, tensors[upName(cfg, p+mod, j, "weight")], nil))
 					latent += r
+					if cfg.PaluLayout {
+						bias = append(bias, tensors[upName(cfg, p+mod, j, "bias")]...)
+					}
 				}
-				g, err := NewGrouped(NewDense(latent, in, tensors[p+mod+".down.weight"], nil), ups, tensors[p+mod+".bias"])
+				g, err := NewGrouped(NewDense(latent, in, tensors[downName(cfg, p+mod)], nil), ups, bias)
 				if err != nil {
 					return nil, fmt.Errorf("checkpoint %s: %s%s: %w", dir, p, mod, err)
 				}

@@ -18,6 +18,32 @@ import (
 // is written atomically; the config is written last, so a checkpoint without
 // config.json is incomplete.
 func Save(m *Model, dir string, dtype safetensors.DType) error {
+	return save(m, dir, dtype, false)
+}
+
+// SavePalu writes m in Palu's own layout (shadowpa0327/Palu's
+// dump_to_huggingface_repos): each Palu-factored module as
+// <module>.VT.weight [latent, in] and <module>.U.<j>.weight [out/G, r_j]
+// (with .U.<j>.bias), config.json with model_type palu<type>, its
+// architectures and head_wise_ranks. Every other layer must be dense, and
+// the latents unquantized: Palu's format has no place for either.
+func SavePalu(m *Model, dir string, dtype safetensors.DType) error {
+	return save(m, dir, dtype, true)
+}
+
+// paluArch and baseArch are the architectures of Palu's and the original
+// model types.
+var (
+	paluArch = map[string]string{"llama": "PaluLlamaForCausalLM", "mistral": "PaluMistralForCausalLM", "qwen2": "PaluQwenForCausalLM"}
+	baseArch = map[string]string{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+)
+
+func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
+	if palu {
+		if paluArch[m.Config.ModelType] == "" {
+			return fmt.Errorf("save model: Palu's layout exists for llama, mistral and qwen2, not %q", m.Config.ModelType)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
@@ -83,6 +109,9 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 			case *Dense:
 				err = errors.Join(add(p+mod+".weight", []int{d.out, d.in}, d.Weight), add(p+mod+".bias", []int{d.out}, d.Bias))
 			case *Factored:
+				if palu {
+					return fmt.Errorf("save model: %s%s is low-rank factored, which Palu's layout cannot hold (use the native layout)", p, mod)
+				}
 				if d.A.Bias != nil {
 					return fmt.Errorf("save model: %s%s: factor A has a bias", p, mod)
 				}
@@ -91,10 +120,20 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 					add(p+mod+".B.weight", []int{d.B.out, d.B.in}, d.B.Weight), add(p+mod+".bias", []int{d.B.out}, d.B.Bias))
 			case *Grouped:
 				var rs []int
-				err = errors.Join(add(p+mod+".down.weight", []int{d.Down.out, d.Down.in}, d.Down.Weight), add(p+mod+".bias", []int{d.Out()}, d.Bias))
+				names := &Config{PaluLayout: palu}
+				err = add(downName(names, p+mod), []int{d.Down.out, d.Down.in}, d.Down.Weight)
+				if !palu {
+					err = errors.Join(err, add(p+mod+".bias", []int{d.Out()}, d.Bias))
+				}
 				for j, u := range d.Ups {
 					rs = append(rs, u.in)
-					err = errors.Join(err, add(fmt.Sprintf("%s%s.up.%d.weight", p, mod, j), []int{u.out, u.in}, u.Weight))
+					err = errors.Join(err, add(upName(names, p+mod, j, "weight"), []int{u.out, u.in}, u.Weight))
+					if palu && d.Bias != nil {
+						err = errors.Join(err, add(upName(names, p+mod, j, "bias"), []int{u.out}, d.Bias[j*u.out:(j+1)*u.out]))
+					}
+				}
+				if palu && d.LatentBits > 0 {
+					return fmt.Errorf("save model: %s%s quantizes its latents to %d bits, which Palu's layout cannot say (use the native layout)", p, mod, d.LatentBits)
 				}
 				grouped[p+mod] = rs
 				if latentBits >= 0 && (latentBits != d.LatentBits || latentGroup != d.LatentGroup) && len(grouped) > 1 {
@@ -114,6 +153,29 @@ func Save(m *Model, dir string, dtype safetensors.DType) error {
 	}
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
 	set := map[string]any{"torch_dtype": torch, NativeSection: nil}
+	if palu && mla != nil {
+		return fmt.Errorf("save model: latent attention (MLA) has no place in Palu's layout")
+	}
+	if palu {
+		if len(grouped) == 0 {
+			return fmt.Errorf("save model: no Palu-factored layer to write in Palu's layout")
+		}
+		set["model_type"] = "palu" + c.ModelType
+		set["architectures"] = []string{paluArch[c.ModelType]}
+		set["head_wise_ranks"] = grouped
+		if _, ok := c.Raw["original_model_name_or_path"]; !ok {
+			set["original_model_name_or_path"] = ""
+			if raw, ok := c.Raw["_name_or_path"]; ok {
+				set["original_model_name_or_path"] = raw
+			}
+		}
+		return WriteConfig(dir, c, set)
+	}
+	if c.PaluLayout {
+		// Read from Palu's layout, written in rankzip's: back to the base type.
+		set["model_type"], set["head_wise_ranks"], set["original_model_name_or_path"] = c.ModelType, nil, nil
+		set["architectures"] = []string{baseArch[c.ModelType]}
+	}
 	if mla != nil {
 		mla.settings(m, set, ranks)
 		// Refuse now, not at load time, a config our own loader would refuse.

@@ -16,14 +16,14 @@ import (
 var Methods = []string{"svd", "lord", "palu", "mla", "rtn", "gptq", "eora"}
 
 // Implemented lists the stage methods that run today.
-var Implemented = []string{"svd", "lord", "palu", "rtn", "gptq", "eora"}
+var Implemented = []string{"svd", "lord", "palu", "mla", "rtn", "gptq", "eora"}
 
 // methodKeys are the keys each method accepts besides "method".
 var methodKeys = map[string][]string{
 	"svd":  {"variant", "targets", "keep_params", "rank", "rank_search", "alpha"},
 	"lord": {"targets", "keep_params", "rank", "rank_search"},
 	"palu": {"kv_keep", "group_size", "rank_search", "latent_bits", "latent_group_size", "hadamard"},
-	"mla":  {"kv_lora_rank", "qk_rope_head_dim", "rorope", "freqfold", "bkv"},
+	"mla":  {"kv_lora_rank", "qk_rope_head_dim", "rorope", "rotation", "freqfold", "bkv"},
 	"rtn":  {"bits", "group_size", "sym", "act_order", "damp", "targets"},
 	"gptq": {"bits", "group_size", "sym", "act_order", "damp", "targets"},
 	"eora": {"rank", "targets", "rank_overrides"},

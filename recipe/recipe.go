@@ -74,6 +74,9 @@ type Stage struct {
 	RoRoPE        *bool `yaml:"rorope,omitempty" json:"rorope,omitempty"`
 	FreqFold      int   `yaml:"freqfold,omitempty" json:"freqfold,omitempty"`
 	BKV           *bool `yaml:"bkv,omitempty" json:"bkv,omitempty"`
+	// Rotation chooses the key dims that keep RoPE: none, keys (RoRoPE's
+	// PCA) or scores [scores; none when rorope is false].
+	Rotation string `yaml:"rotation,omitempty" json:"rotation,omitempty"`
 
 	// rtn, gptq
 	Bits     int     `yaml:"bits,omitempty" json:"bits,omitempty"`

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/methods/mla"
 	"github.com/rankzip/rankzip/methods/palu"
 )
 
@@ -20,12 +21,69 @@ const (
 // PaluModules are the linears a palu stage factors.
 var PaluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
 
+// MLAModules are the linears an mla stage replaces by latent attention.
+var MLAModules = []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}
+
+func (v *validator) mla(where string, s *Stage) {
+	if s.KVLoraRank == 0 {
+		v.add("%s: missing key \"kv_lora_rank\": the latent dims cached per token", where)
+	}
+	if s.QKRopeHeadDim == 0 {
+		v.add("%s: missing key \"qk_rope_head_dim\": the dims of the shared rope key", where)
+	}
+	if s.RoRoPE == nil {
+		s.RoRoPE = ptr(true)
+	}
+	switch {
+	case s.Rotation == "" && *s.RoRoPE:
+		s.Rotation = string(compress.DefaultRotation)
+	case s.Rotation == "":
+		s.Rotation = string(mla.RotateNone)
+	case !*s.RoRoPE && s.Rotation != string(mla.RotateNone):
+		v.add("%s: rotation %s contradicts rorope: false (which keeps the first heads' own RoPE dims)", where, s.Rotation)
+	}
+	if s.FreqFold == 0 {
+		s.FreqFold = 1
+	}
+	if s.BKV == nil {
+		s.BKV = ptr(true)
+	}
+	if !slices.Contains([]mla.Rotation{mla.RotateNone, mla.RotateKeys, mla.RotateScores}, mla.Rotation(s.Rotation)) {
+		v.add("%s: rotation %q unknown (want none, keys or scores)", where, s.Rotation)
+		return
+	}
+	c := v.cfg
+	if c == nil || s.KVLoraRank == 0 || s.QKRopeHeadDim == 0 {
+		return
+	}
+	if c.MLA != nil {
+		v.add("%s: the model already has latent attention (model_type %s)", where, c.ModelType)
+		return
+	}
+	a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
+	o := mla.Options{RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: mla.Rotation(s.Rotation), FreqFold: s.FreqFold, BKV: *s.BKV, SeqLen: 1}
+	if err := o.Check(a); err != nil {
+		for _, e := range strings.Split(err.Error(), "\n") {
+			v.add("%s: %s", where, e)
+		}
+	}
+	if c.SlidingWindow > 0 {
+		v.add("%s: the model uses sliding-window attention (%d), which latent attention here does not", where, c.SlidingWindow)
+	}
+	if v.calibTokens > 0 && v.calibTokens < c.HiddenSize {
+		v.add("%s: the calibration set gives %d tokens (sequences × seq_len); mla needs at least hidden_size = %d", where, v.calibTokens, c.HiddenSize)
+	}
+}
+
 // Changed returns the modules that stage i changes in every block (its
 // canonical targets; palu's k and v projections).
 func (r *Recipe) Changed(i int) []string {
 	s := r.Stages[i]
-	if s.Method == "palu" {
+	switch s.Method {
+	case "palu":
 		return PaluModules
+	case "mla":
+		return MLAModules
 	}
 	return s.Targets
 }
@@ -231,6 +289,18 @@ func (v *validator) combine() {
 			if !slices.ContainsFunc(s.Targets, func(m string) bool { return v.changedBefore(i, m) >= 0 }) {
 				v.add("%s: none of its targets (%s) is compressed by an earlier stage: there is no error to compensate", where, strings.Join(s.Targets, ", "))
 			}
+		case "mla":
+			for _, m := range MLAModules {
+				if j := v.changedBefore(i, m); j >= 0 {
+					v.add("%s needs dense q_proj, k_proj and v_proj, but stages[%d] (%s) targets %s: leave the attention projections out of its targets", where, j, st[j].Method, m)
+					break
+				}
+			}
+			for j := i + 1; j < len(st); j++ {
+				v.add("stages[%d] (%s) cannot follow stages[%d] (mla): not implemented, as no export format holds both latent attention and quantized layers or adapters", j, st[j].Method, i)
+			}
+		}
+		switch s.Method {
 		case "rtn", "gptq":
 			for j := range i {
 				if st[j].Method == "palu" {
@@ -244,7 +314,7 @@ func (v *validator) combine() {
 // exportFits checks the export format against the stages.
 func (v *validator) exportFits() {
 	e := v.r.Export
-	quant, lowRank, paluAt := -1, -1, -1
+	quant, lowRank, paluAt, mlaAt := -1, -1, -1, -1
 	for i, s := range v.r.Stages {
 		switch s.Method {
 		case "rtn", "gptq", "eora":
@@ -255,9 +325,26 @@ func (v *validator) exportFits() {
 			lowRank = i
 		case "palu":
 			paluAt = i
+		case "mla":
+			mlaAt = i
 		}
 	}
+	switch {
+	case mlaAt >= 0 && e.Format != "deepseek-mla":
+		v.add("stages[%d] (mla) needs export.format deepseek-mla (the only layout that holds latent attention), not %s", mlaAt, e.Format)
+	case mlaAt < 0 && e.Format == "deepseek-mla":
+		v.add("export.format deepseek-mla needs an mla stage")
+	}
 	switch e.Format {
+	case "palu":
+		switch {
+		case paluAt < 0:
+			v.add("export.format palu needs a palu stage")
+		case len(v.r.Stages) > 1:
+			v.add("export.format palu holds only Palu's factored k/v projections (every other layer dense): a recipe with it has the palu stage alone")
+		case v.r.Stages[paluAt].LatentBits != 0:
+			v.add("export.format palu cannot say that stages[%d] quantizes the latents (latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)
+		}
 	case "native":
 		if quant >= 0 {
 			v.add("export.format native cannot hold the quantized layers of stages[%d] (%s): use gptq, or dense to measure quality only", quant, v.r.Stages[quant].Method)

@@ -131,9 +131,39 @@ func TestStagesRefused(t *testing.T) {
   - {method: rtn, bits: 8, group_size: 0, targets: ["self_attn.*"]}
   - {method: eora, rank: 4, targets: ["mlp.*"]}`, `{format: dense}`,
 			"stages[1] (eora): none of its targets (mlp.gate_proj, mlp.up_proj, mlp.down_proj) is compressed by an earlier stage"},
-		{"mla", `
-  - {method: mla, kv_lora_rank: 16}`, `{format: native}`,
-			"stages[0]: method mla is not implemented yet"},
+		{"mla keys", `
+  - {method: mla, kv_lora_rank: 16}`, `{format: deepseek-mla}`,
+			`stages[0] (mla): missing key "qk_rope_head_dim"`},
+		{"mla export", `
+  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 8}`, `{format: native}`,
+			"stages[0] (mla) needs export.format deepseek-mla"},
+		{"deepseek-mla without mla", `
+  - {method: rtn, bits: 8, group_size: 0}`, `{format: deepseek-mla}`,
+			"export.format deepseek-mla needs an mla stage"},
+		{"mla sizes", `
+  - {method: mla, kv_lora_rank: 65, qk_rope_head_dim: 9}`, `{format: deepseek-mla}`,
+			"kv_lora_rank 65 must be in [1, 2 × n_kv × head_dim = 64]"},
+		{"mla odd rope", `
+  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 9}`, `{format: deepseek-mla}`,
+			"qk_rope_head_dim 9 must be even"},
+		{"mla rotation", `
+  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 8, rorope: false, rotation: keys}`, `{format: deepseek-mla}`,
+			"rotation keys contradicts rorope: false"},
+		{"mla after svd on attention", `
+  - {method: svd, targets: ["self_attn.q_proj"], keep_params: 0.9}
+  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 8}`, `{format: deepseek-mla}`,
+			"stages[1] (mla) needs dense q_proj, k_proj and v_proj, but stages[0] (svd) targets self_attn.q_proj"},
+		{"palu export with svd", `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.9}
+  - {method: palu, kv_keep: 0.5}`, `{format: palu}`,
+			"export.format palu holds only Palu's factored k/v projections"},
+		{"palu export of quantized latents", `
+  - {method: palu, kv_keep: 0.5, latent_bits: 4}`, `{format: palu}`,
+			"export.format palu cannot say that stages[0] quantizes the latents"},
+		{"gptq after mla", `
+  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 8}
+  - {method: gptq, bits: 4, group_size: 32, targets: ["mlp.gate_proj"]}`, `{format: deepseek-mla}`,
+			"stages[1] (gptq) cannot follow stages[0] (mla): not implemented"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Load(stagesRecipe(t, tc.stages, tc.export))

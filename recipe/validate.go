@@ -323,6 +323,8 @@ func (v *validator) stage(i int, s *Stage) {
 		v.lowRank(where, s)
 	case "palu":
 		v.palu(where, s)
+	case "mla":
+		v.mla(where, s)
 	case "rtn", "gptq":
 		v.quant(i, where, s)
 	case "eora":
@@ -399,12 +401,10 @@ func (v *validator) export() {
 		e.Format = "native"
 	}
 	switch e.Format {
-	case "native", "dense", "gptq":
+	case "native", "dense", "gptq", "deepseek-mla", "palu":
 		v.exportFits()
-	case "deepseek-mla", "palu":
-		v.add("export.format %s is not implemented yet (implemented: native, dense, gptq)", e.Format)
 	default:
-		v.add("export.format %q unknown (want native, dense or gptq)", e.Format)
+		v.add("export.format %q unknown (want native, dense, gptq, deepseek-mla or palu)", e.Format)
 	}
 	if e.DType == "" {
 		e.DType = "float32"

@@ -113,6 +113,16 @@ func direct(t *testing.T, j *recipe.Job) (orig, comp *model.Model, adapters []gp
 				t.Fatal(err)
 			}
 			cur = res.Model
+		case "mla":
+			o, err := activities.MLAOptions(r, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := compress.RunMLA(ctx, cur, seqs, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur = res.Model
 		case "rtn", "gptq":
 			o, err := activities.QuantOptions(r, i)
 			if err != nil {
@@ -395,5 +405,68 @@ func TestEndToEndSVDThenPalu(t *testing.T) {
 	}
 	if g, ok := (*b.Linear("self_attn.v_proj")).(*model.Grouped); !ok || g.LatentBits != 4 {
 		t.Errorf("self_attn.v_proj is %T (%+v), want grouped with 4-bit latents", *b.Linear("self_attn.v_proj"), g)
+	}
+}
+
+// SVD on the MLP, then GQA converted to MLA, exported in the DeepSeek-V3
+// layout: the same bytes as the direct path, read back with its smaller
+// KV cache.
+func TestEndToEndSVDThenMLA(t *testing.T) {
+	dir := t.TempDir()
+	j := stageJob(t, dir, `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.9, rank_search: uniform}
+  - {method: mla, qk_rope_head_dim: 16, kv_lora_rank: 24}`, `{format: deepseek-mla}`)
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, comp, _ := direct(t, j)
+	ddir := filepath.Join(dir, "direct")
+	if err := model.Save(comp, ddir, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, j.Recipe.Output, ddir)
+	checkQuality(t, j, res, orig, comp)
+	back, err := model.Load(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Config.MLA == nil || back.Blocks[0].MLA == nil {
+		t.Fatalf("the export has no latent attention: %+v", back.Config.MLA)
+	}
+	if _, ok := (*back.Blocks[2].Linear("mlp.up_proj")).(*model.Factored); !ok {
+		t.Errorf("mlp.up_proj is %T, want factored", *back.Blocks[2].Linear("mlp.up_proj"))
+	}
+	// 5 layers × (24 latent + 16 rope) × 2 bytes, against 5 × 2 × 32 × 2.
+	if q := res.Quality; q.KVBytesPerToken != 400 || q.OriginalKVBytesPerToken != 640 {
+		t.Errorf("KV cache %d bytes/token (original %d), want 400 (640)", q.KVBytesPerToken, q.OriginalKVBytesPerToken)
+	}
+	if len(res.Stages) != 2 || len(res.Stages[1]) != 5 || res.Stages[1][0].MLA == nil {
+		t.Errorf("mla report %+v", res.Stages)
+	}
+}
+
+// Palu exported in Palu's own layout (VT / U.{j}, head_wise_ranks): the same
+// bytes as model.SavePalu on the direct path, read back by rankzip.
+func TestEndToEndPaluLayout(t *testing.T) {
+	dir := t.TempDir()
+	j := stageJob(t, dir, `  - {method: palu, kv_keep: 0.5, group_size: 4}`, `{format: palu}`)
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, comp, _ := direct(t, j)
+	ddir := filepath.Join(dir, "direct")
+	if err := model.SavePalu(comp, ddir, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, j.Recipe.Output, ddir)
+	checkQuality(t, j, res, orig, comp)
+	raw, err := os.ReadFile(filepath.Join(j.Recipe.Output, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"model_type": "palullama"`) || !strings.Contains(string(raw), `"head_wise_ranks"`) {
+		t.Errorf("config.json is not Palu's:\n%s", raw)
 	}
 }

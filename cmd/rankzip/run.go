@@ -305,7 +305,7 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 	return nil
 }
 
-// printStages summarises the palu, rtn, gptq and eora stages of a result.
+// printStages summarises the palu, mla, rtn, gptq and eora stages of a result.
 func printStages(w io.Writer, r workflows.Result) {
 	for i, blocks := range r.Stages {
 		if len(blocks) == 0 {
@@ -314,7 +314,11 @@ func printStages(w io.Writer, r workflows.Result) {
 		var n int
 		var rel, before, after float64
 		latent := 0
+		var mlaLayers []string
 		for _, b := range blocks {
+			if l := b.MLA; l != nil {
+				mlaLayers = append(mlaLayers, fmt.Sprintf("%.0f%%/%.0f%%", 100*l.RopeShare, 100*l.LatentShare))
+			}
 			for _, l := range b.Quant {
 				rel += l.RelError
 				n++
@@ -331,6 +335,8 @@ func printStages(w io.Writer, r workflows.Result) {
 			}
 		}
 		switch {
+		case len(mlaLayers) > 0:
+			fmt.Fprintf(w, "stage %d    mla: key energy in the rope dims / [k_nope; v] energy in the latent, by layer: %s\n", i, strings.Join(mlaLayers, " "))
 		case latent > 0:
 			fmt.Fprintf(w, "stage %d    palu: %d latent values per token over all layers (k and v)\n", i, latent)
 		case n > 0 && before > 0:

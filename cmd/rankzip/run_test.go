@@ -34,7 +34,7 @@ colour: blue
 		t.Fatal("a bad recipe ran")
 	}
 	for _, want := range []string{`unknown key "colour"`, "read model config", "calibration.sequences -3", `target "attn.*" matches no module`,
-		"keep_params 2 must be in (0, 1]", "method mla is not implemented yet"} {
+		"keep_params 2 must be in (0, 1]", `stages[1] (mla): missing key "qk_rope_head_dim"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
