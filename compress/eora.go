@@ -3,14 +3,11 @@ package compress
 import (
 	"context"
 	"fmt"
-	"path"
 
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/kernels"
-	"github.com/rankzip/rankzip/methods/eora"
-	"github.com/rankzip/rankzip/methods/svd"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/gptq"
 )
@@ -88,26 +85,8 @@ func f64s(x []float32) []float64 {
 // correction sees the model it will be part of. Layers that are still dense
 // are skipped. comp is not modified.
 func RunEoRA(ctx context.Context, comp, orig *model.Model, seqs [][]int32, o EoRAOptions) (*EoRAResult, error) {
-	if o.Rank <= 0 {
-		return nil, fmt.Errorf("eora: rank %d must be positive", o.Rank)
-	}
-	if len(comp.Blocks) != len(orig.Blocks) || comp.Config.HiddenSize != orig.Config.HiddenSize {
-		return nil, fmt.Errorf("eora: the compressed model (%d layers) and the original (%d layers) differ in shape", len(comp.Blocks), len(orig.Blocks))
-	}
-	mods, err := modulesOf(o.Targets)
-	if err != nil {
-		return nil, fmt.Errorf("eora: %w", err)
-	}
-	for g := range o.Ranks {
-		if _, err := path.Match(g, ""); err != nil {
-			return nil, fmt.Errorf("eora: rank pattern %q: %w", g, err)
-		}
-	}
-	if o.Mode == "" {
-		o.Mode = calib.Sequential
-	}
-	if o.Batch <= 0 {
-		o.Batch = 16
+	if err := o.Check(comp, orig); err != nil {
+		return nil, err
 	}
 	if len(seqs) == 0 {
 		return nil, fmt.Errorf("eora: no calibration sequences")
@@ -117,76 +96,24 @@ func RunEoRA(ctx context.Context, comp, orig *model.Model, seqs [][]int32, o EoR
 		return nil, err
 	}
 	defer func() { st.Release() }()
-	k := orig.Backend
 	out := *comp
 	out.Blocks = make([]*model.Block, len(comp.Blocks))
 	res := &EoRAResult{Model: &out}
-	for i, ob := range orig.Blocks {
+	for i := range orig.Blocks {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		nb := *comp.Blocks[i]
-		var stats *calib.SiteStats
-		site := model.Site(-1)
-		for _, mod := range mods {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
-			cl := *nb.Linear(mod)
-			if _, dense := cl.(*model.Dense); dense {
-				continue // nothing to compensate
-			}
-			if s := siteOf(mod); s != site {
-				// Original mode: C from the original model, as Collect gives.
-				if stats, err = calib.Collect(orig, ob, &nb, st, s); err != nil {
-					return nil, fmt.Errorf("calibrate %s: %w", name, err)
-				}
-				site = s
-			}
-			w, _, err := weight(*ob.Linear(mod), name)
-			if err != nil {
-				return nil, err
-			}
-			if stats.Cross != nil {
-				// The layer sees the compensated stream x_c but must give the
-				// original outputs W x_o: its target is the least-squares map
-				// W̃ = W Σx_o x_cᵀ (Σx_c x_cᵀ)⁻¹, which a sequentially
-				// compressed layer was itself fitted to.
-				if w, err = svd.CorrectedTarget(k, w, stats.Cross, stats.C); err != nil {
-					return nil, fmt.Errorf("eora: %s: %w", name, err)
-				}
-			}
-			wc, err := EffectiveWeight(k, cl)
-			if err != nil {
-				return nil, fmt.Errorf("eora: %s: %w", name, err)
-			}
-			r := o.Rank
-			for g, v := range o.Ranks {
-				if ok, _ := path.Match(g, mod); ok {
-					r = v
-				}
-			}
-			r = min(r, cl.Out(), cl.In())
-			e, err := eora.Compensate(k, w, wc, stats.C, r)
-			if err != nil {
-				return nil, fmt.Errorf("eora: %s: %w", name, err)
-			}
-			a := gptq.Adapter{Module: name, A: denseF32(e.A, nil), B: denseF32(e.B, nil)}
-			*nb.Linear(mod) = &gptq.Adapted{Base: cl, A: a.A, B: a.B}
-			res.Adapters = append(res.Adapters, a)
-			n := float64(max(stats.N, 1))
-			res.Layers = append(res.Layers, EoRALayer{Name: name, Rank: r, ErrorBefore: e.ErrorBefore / n, ErrorAfter: e.ErrorAfter / n})
+		nb, adapters, layers, next, err := o.Block(orig, i, comp.Blocks[i], st)
+		if err != nil {
+			return nil, err
 		}
-		out.Blocks[i] = &nb
-		if i+1 < len(orig.Blocks) {
-			next, err := calib.Advance(orig, ob, &nb, st)
-			if err != nil {
-				return nil, err
-			}
+		out.Blocks[i] = nb
+		res.Adapters = append(res.Adapters, adapters...)
+		res.Layers = append(res.Layers, layers...)
+		if next != nil {
 			st.Release()
 			st = next
 		}
-	}
-	if len(res.Adapters) == 0 {
-		return nil, fmt.Errorf("eora: no compressed layer among the targets")
 	}
 	return res, nil
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/methods/palu"
-	"github.com/rankzip/rankzip/methods/svd"
 	"github.com/rankzip/rankzip/model"
 )
 
@@ -98,68 +97,25 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 
 // RunPalu compresses the KV cache of m with Palu calibrated on seqs.
 func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions) (*PaluResult, error) {
-	tokens := 0
-	for _, s := range seqs {
-		tokens += len(s)
-	}
-	if err := o.validate(m, tokens); err != nil {
-		return nil, err
-	}
-	c := m.Config
-	groupRows := o.GroupHeads * c.HeadDim
-	groups := c.NumKVHeads / o.GroupHeads
-	ranks, err := paluRanks(ctx, m, seqs, o, groups, groupRows)
+	p, err := NewPaluPlan(ctx, m, seqs, o)
 	if err != nil {
 		return nil, err
 	}
-	st, err := calib.Embed(m, seqs, o.Batch, o.Mode)
+	st, err := calib.Embed(m, seqs, p.Options.Batch, p.Options.Mode)
 	if err != nil {
 		return nil, err
 	}
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
-	for i, orig := range m.Blocks {
+	for i := range m.Blocks {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		comp := *orig
-		stats, err := calib.Collect(m, orig, &comp, st, model.AttnInput)
-		if err != nil {
-			return nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
-		}
-		for _, mod := range paluModules {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
-			w, bias, err := weight(*orig.Linear(mod), name)
-			if err != nil {
-				return nil, err
-			}
-			if stats.Cross != nil {
-				if w, err = svd.CorrectedTarget(m.Backend, w, stats.Cross, stats.C); err != nil {
-					return nil, fmt.Errorf("%s: %w", name, err)
-				}
-			}
-			res, err := palu.Decompose(m.Backend, w, bias, stats.C, c.HeadDim, o.GroupHeads, ranks[name])
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			if o.Hadamard {
-				res = res.Rotate()
-			}
-			g, err := grouped(res)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			g.LatentBits, g.LatentGroup = o.LatentBits, o.LatentGroupSize
-			*comp.Linear(mod) = g
-		}
-		out.Blocks[i] = &comp
-		if i+1 < len(m.Blocks) {
-			if st, err = calib.Advance(m, orig, &comp, st); err != nil {
-				return nil, err
-			}
+		if out.Blocks[i], st, err = p.Block(m, i, st); err != nil {
+			return nil, err
 		}
 	}
-	r := &PaluResult{Model: &out, Ranks: ranks, KVBytes: out.KVBytesPerToken(), KVBytesOrig: m.KVBytesPerToken(), GroupHeads: o.GroupHeads}
+	r := &PaluResult{Model: &out, Ranks: p.Ranks, KVBytes: out.KVBytesPerToken(), KVBytesOrig: m.KVBytesPerToken(), GroupHeads: p.Options.GroupHeads}
 	for _, ranks := range r.Ranks {
 		for _, x := range ranks {
 			r.LatentPerTok += x

@@ -114,7 +114,6 @@ func RunQuant(ctx context.Context, m *model.Model, seqs [][]int32, o QuantOption
 	if len(seqs) == 0 {
 		return nil, fmt.Errorf("quantization stage: no calibration sequences")
 	}
-	mods, _ := modulesOf(o.Targets)
 	st, err := calib.EmbedSpill(m, seqs, o.Batch, o.Mode, o.Spill)
 	if err != nil {
 		return nil, err
@@ -123,39 +122,17 @@ func RunQuant(ctx context.Context, m *model.Model, seqs [][]int32, o QuantOption
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	res := &QuantResult{Model: &out}
-	for i, orig := range m.Blocks {
+	for i := range m.Blocks {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		comp := *orig
-		var stats *calib.SiteStats
-		site := model.Site(-1)
-		for _, mod := range mods {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
-			if s := siteOf(mod); s != site {
-				if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
-					return nil, fmt.Errorf("calibrate %s: %w", name, err)
-				}
-				site = s
-			}
-			w, bias, err := weight(*orig.Linear(mod), name)
-			if err != nil {
-				return nil, err
-			}
-			q, layer, err := quantizeLayer(m.Backend, w, bias, stats, o)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			layer.Name = name
-			*comp.Linear(mod) = q
-			res.Layers = append(res.Layers, layer)
+		comp, layers, next, err := o.Block(m, i, st)
+		if err != nil {
+			return nil, err
 		}
-		out.Blocks[i] = &comp
-		if i+1 < len(m.Blocks) {
-			next, err := calib.Advance(m, orig, &comp, st)
-			if err != nil {
-				return nil, err
-			}
+		out.Blocks[i] = comp
+		res.Layers = append(res.Layers, layers...)
+		if next != nil {
 			st.Release()
 			st = next
 		}

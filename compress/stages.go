@@ -13,11 +13,11 @@ import (
 	"github.com/rankzip/rankzip/model/gptq"
 )
 
-// Per-block steps of RunPalu, RunQuant and RunEoRA, for callers (the
-// workflow's activities) that store each block's result before going on.
-// Each step is the body of the whole-model function's block loop: running
-// them over every block in order, each on the streams the previous one
-// returned, gives the whole-model function's result.
+// Per-block steps of RunPalu, RunQuant and RunEoRA (and RunMLA's in
+// mla.go), for callers (the workflow's activities) that store each block's
+// result before going on. The whole-model functions are these steps run
+// over every block in order, each on the streams the previous one returned,
+// so the two paths cannot drift apart.
 
 // PaluPlan is a validated Palu stage with every group's rank chosen. It is
 // plain data, so a workflow can pass it between activities.
