@@ -253,20 +253,20 @@ func TestPaluHadamardAndLatentBits(t *testing.T) {
 }
 
 // BenchmarkPaluLatentTable prints the effect of 4- and 3-bit latents with and
-// without the Hadamard rotation (J-LRD, spectrum ranks):
+// without the Hadamard rotation (J-LRD, fisher ranks):
 //
 //	go test -run XXX -bench PaluLatentTable -benchtime 1x ./compress/
 func BenchmarkPaluLatentTable(b *testing.B) {
 	m, cal, ev := fixture(b, 128, 32)
 	for b.Loop() {
 		fmt.Printf("%7s %4s %8s %10s %10s %9s\n", "kv_keep", "bits", "hadamard", "kl", "ppl", "kv bytes")
-		for _, keep := range []float64{0.75, 0.5} {
+		for _, keep := range []float64{0.75, 0.5, 0.3} {
 			for _, bits := range []int{0, 4, 3} {
 				for _, h := range []bool{false, true} {
 					if bits == 0 && h {
 						continue
 					}
-					res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: keep, GroupHeads: 4, RankSearch: "spectrum", LatentBits: bits, Hadamard: h})
+					res, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: keep, GroupHeads: 4, RankSearch: "fisher", LatentBits: bits, Hadamard: h})
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -96,7 +96,7 @@ func (v *validator) palu(where string, s *Stage) {
 		v.add("%s: kv_keep %v must be in (0, 1]", where, s.KVKeep)
 	}
 	if s.RankSearch == "" {
-		s.RankSearch = "uniform" // measured best on stories260K (compress.BenchmarkPaluTable)
+		s.RankSearch = "fisher" // DESIGN's default, measured best on stories260K (compress.BenchmarkPaluTable)
 	}
 	if !slices.Contains(compress.PaluSearches, s.RankSearch) {
 		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.PaluSearches, ", "))

@@ -29,7 +29,7 @@ func TestStagesCanonical(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := job.Recipe.Stages[0]
-	if p.GroupSize == nil || *p.GroupSize != 4 || p.RankSearch != "uniform" || p.Hadamard == nil || *p.Hadamard || p.LatentGroupSize != 0 {
+	if p.GroupSize == nil || *p.GroupSize != 4 || p.RankSearch != "fisher" || p.Hadamard == nil || *p.Hadamard || p.LatentGroupSize != 0 {
 		t.Errorf("palu defaults: %+v", p)
 	}
 	job, err = Load(stagesRecipe(t, `  - {method: palu, kv_keep: 0.5, group_size: 2, latent_bits: 4}`, `{format: native}`))

@@ -236,7 +236,7 @@ func runJob(t *testing.T, j *recipe.Job, storeDir string, override map[string]an
 // Palu alone, exported native: the grouped k/v projections.
 func TestEndToEndPalu(t *testing.T) {
 	dir := t.TempDir()
-	j := stageJob(t, dir, `  - {method: palu, kv_keep: 0.75, group_size: 2}`, `{format: native}`)
+	j := stageJob(t, dir, `  - {method: palu, kv_keep: 0.75, group_size: 2, rank_search: uniform}`, `{format: native}`)
 	t0 := time.Now()
 	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
 	if err != nil {
