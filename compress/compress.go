@@ -115,14 +115,8 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	if o.Alpha == 0 {
 		o.Alpha = 0.5
 	}
-	if o.Mode == "" {
-		o.Mode = calib.Sequential
-	}
-	if o.Mode != calib.Sequential && o.Mode != calib.Original {
-		problems = append(problems, fmt.Sprintf("calibration mode %q unknown (want sequential or original)", o.Mode))
-	}
-	if o.Batch <= 0 {
-		o.Batch = 16
+	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
+		problems = append(problems, err.Error())
 	}
 	mods, err := modulesOf(o.Targets)
 	if err != nil {
@@ -190,6 +184,21 @@ func f32s(x []float64) []float32 {
 		v[i] = float32(f)
 	}
 	return v
+}
+
+// calibDefaults fills in the calibration mode [sequential] and batch [16]
+// of a stage's options and checks the mode.
+func calibDefaults(mode *calib.Mode, batch *int) error {
+	if *mode == "" {
+		*mode = calib.Sequential
+	}
+	if *batch <= 0 {
+		*batch = 16
+	}
+	if *mode != calib.Sequential && *mode != calib.Original {
+		return fmt.Errorf("calibration mode %q unknown (want sequential or original)", *mode)
+	}
+	return nil
 }
 
 // siteOf is the input site of a module.

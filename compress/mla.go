@@ -3,6 +3,7 @@ package compress
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/rankzip/rankzip/calib"
@@ -63,14 +64,8 @@ func (o *MLAOptions) Check(m *model.Model, seqs [][]int32) error {
 	if o.FreqFold == 0 {
 		o.FreqFold = 1
 	}
-	if o.Mode == "" {
-		o.Mode = calib.Sequential
-	}
-	if o.Mode != calib.Sequential && o.Mode != calib.Original {
-		problems = append(problems, fmt.Sprintf("calibration mode %q unknown", o.Mode))
-	}
-	if o.Batch <= 0 {
-		o.Batch = 16
+	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
+		problems = append(problems, err.Error())
 	}
 	if c.MLA != nil {
 		problems = append(problems, "the model already has latent attention")
@@ -141,7 +136,7 @@ func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (
 	cfg.MLA = &model.MLAConfig{LoraRank: o.LoraRank, RopeDim: o.RopeDim, NopeDim: c.HeadDim, VDim: c.HeadDim,
 		RopeSourceHeadDim: c.HeadDim, RopeFreqIndex: idx[0]}
 	for _, x := range idx[1:] {
-		if !equalInts(x, idx[0]) {
+		if !slices.Equal(x, idx[0]) {
 			cfg.MLA.LayerRopeFreqIndex = idx
 			break
 		}
@@ -206,16 +201,4 @@ func convertBlock(m *model.Model, i int, orig *model.Block, stats *calib.SiteSta
 		LoraRank: o.LoraRank, RopeDim: o.RopeDim, NopeDim: c.HeadDim, VDim: c.HeadDim, RopeFreq: freq,
 	}
 	return &comp, MLALayer{Layer: i, RopeShare: r.RopeShare, LatentShare: r.LatentShare, Alpha: r.Alpha, RopeFreqIndex: r.RopeFreqIndex}, nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -62,14 +62,8 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	if !slices.Contains(PaluSearches, o.RankSearch) {
 		problems = append(problems, fmt.Sprintf("palu rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(PaluSearches, ", ")))
 	}
-	if o.Mode == "" {
-		o.Mode = calib.Sequential
-	}
-	if o.Mode != calib.Sequential && o.Mode != calib.Original {
-		problems = append(problems, fmt.Sprintf("calibration mode %q unknown", o.Mode))
-	}
-	if o.Batch <= 0 {
-		o.Batch = 16
+	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
+		problems = append(problems, err.Error())
 	}
 	switch o.LatentBits {
 	case 0, 2, 3, 4, 8:

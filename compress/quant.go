@@ -65,14 +65,8 @@ func (o *QuantOptions) Validate(m *model.Model) error {
 	if !slices.Contains(QuantMethods, o.Method) {
 		problems = append(problems, fmt.Sprintf("method %q unknown (want one of %s)", o.Method, strings.Join(QuantMethods, ", ")))
 	}
-	if o.Mode == "" {
-		o.Mode = calib.Sequential
-	}
-	if o.Mode != calib.Sequential && o.Mode != calib.Original {
-		problems = append(problems, fmt.Sprintf("calibration mode %q unknown (want sequential or original)", o.Mode))
-	}
-	if o.Batch <= 0 {
-		o.Batch = 16
+	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
+		problems = append(problems, err.Error())
 	}
 	cfg := o.config()
 	if err := cfg.Validate(); err != nil {

@@ -154,11 +154,8 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 			return fmt.Errorf("eora: rank pattern %q: %w", g, err)
 		}
 	}
-	if o.Mode == "" {
-		o.Mode = calib.Sequential
-	}
-	if o.Batch <= 0 {
-		o.Batch = 16
+	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
+		return fmt.Errorf("eora: %w", err)
 	}
 	for _, b := range comp.Blocks {
 		for _, mod := range mods {

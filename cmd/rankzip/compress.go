@@ -94,8 +94,18 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read back %s: %w", *out, err)
 	}
+	if err := checkReadBack(*out, final, back, seqs, dt); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (%s, %s), read back and checked\n", *out, *export, dt)
+	return nil
+}
+
+// checkReadBack compares the logits of a checkpoint read back from dir with
+// those of the model in memory on the first calibration sequences.
+func checkReadBack(dir string, mem, back *model.Model, seqs [][]int32, dt safetensors.DType) error {
 	probe := seqs[:min(2, len(seqs))]
-	a, err := final.Forward(probe)
+	a, err := mem.Forward(probe)
 	if err != nil {
 		return err
 	}
@@ -108,9 +118,8 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 		tol = 5e-2 // rounding of the stored weights
 	}
 	if e := relDiff(b, a); !(e < tol) {
-		return fmt.Errorf("read-back check of %s: logits differ from the compressed model in memory by %.3g (tolerance %g)", *out, e, tol)
+		return fmt.Errorf("read-back check of %s: logits differ from the model in memory by %.3g (tolerance %g)", dir, e, tol)
 	}
-	fmt.Fprintf(stdout, "wrote %s (%s, %s), read back and checked\n", *out, *export, dt)
 	return nil
 }
 

@@ -68,21 +68,8 @@ func runMLA(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read back %s: %w", *out, err)
 	}
-	probe := seqs[:min(2, len(seqs))]
-	la, err := res.Model.Forward(probe)
-	if err != nil {
+	if err := checkReadBack(*out, res.Model, back, seqs, dt); err != nil {
 		return err
-	}
-	lb, err := back.Forward(probe)
-	if err != nil {
-		return err
-	}
-	tol := 1e-5
-	if dt != safetensors.F32 {
-		tol = 5e-2 // rounding to 16 bits
-	}
-	if e := relDiff(lb, la); !(e < tol) {
-		return fmt.Errorf("read-back check of %s: logits differ from the converted model in memory by %.3g (tolerance %g)", *out, e, tol)
 	}
 	fmt.Fprintf(stdout, "wrote %s (DeepSeek-V3 MLA layout, %s): KV cache %d bytes per token, was %d; read back and checked\n",
 		*out, dt, res.KVBytes, res.KVBytesOrig)

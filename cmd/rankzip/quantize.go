@@ -127,21 +127,8 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%-34s %5dx%-5d %6d %14.6g %10.5f %12.3g\n", l.Name, l.Out, l.In, l.Groups, l.CalibError, l.RelError, maxd)
 	}
-	probe := seqs[:min(2, len(seqs))]
-	la, err := res.Model.Forward(probe)
-	if err != nil {
+	if err := checkReadBack(*out, res.Model, back, seqs, dt); err != nil {
 		return err
-	}
-	lb, err := back.Forward(probe)
-	if err != nil {
-		return err
-	}
-	tol := 1e-5
-	if dt != safetensors.F32 {
-		tol = 5e-2 // rounding of the unquantized tensors
-	}
-	if e := relDiff(lb, la); !(e < tol) {
-		return fmt.Errorf("read-back check of %s: logits differ from the quantized model in memory by %.3g (tolerance %g)", *out, e, tol)
 	}
 	fmt.Fprintf(stdout, "wrote %s (GPTQ v1, %d bits, group size %d, %s), read back and checked\n", *out, *bits, qc.GroupSize, dt)
 	if *eoraRank == 0 {
