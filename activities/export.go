@@ -94,7 +94,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 			}
 			out, err = a.publish(job, exp, func(dir string) error { return model.Save(exp, dir, dtype) }, exact)
 		default:
-			out, err = a.publish(job, comp, func(dir string) error { return model.Save(comp, dir, dtype) }, exact)
+			out, err = a.publishNative(job, comp, dtype, exact)
 		}
 		if err != nil {
 			return err
@@ -111,6 +111,41 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	return out, nil
 }
 
+// splitAdapters returns comp with every EoRA-adapted layer replaced by the
+// layer it wraps, and the adapters: they go to their own PEFT directory
+// (AdapterDir) beside the checkpoint.
+func splitAdapters(comp *model.Model) (*model.Model, []gptq.Adapter) {
+	base := *comp
+	base.Blocks = make([]*model.Block, len(comp.Blocks))
+	var adapters []gptq.Adapter
+	for i, b := range comp.Blocks {
+		nb := *b
+		for _, mod := range b.Modules() {
+			if ad, ok := (*nb.Linear(mod)).(*gptq.Adapted); ok {
+				adapters = append(adapters, gptq.Adapter{Module: fmt.Sprintf("model.layers.%d.%s", i, mod), A: ad.A, B: ad.B})
+				*nb.Linear(mod) = ad.Base
+			}
+		}
+		base.Blocks[i] = &nb
+	}
+	return &base, adapters
+}
+
+// publishNative writes rankzip's native layout (factored, Palu and
+// quantized layers) with EoRA's corrections, if any, as a PEFT adapter.
+func (a *Activities) publishNative(job recipe.Job, comp *model.Model, dtype safetensors.DType, exact bool) (ExportOutput, error) {
+	base, adapters := splitAdapters(comp)
+	return a.publish(job, comp, func(dir string) error {
+		if err := model.Save(base, dir, dtype); err != nil {
+			return err
+		}
+		if len(adapters) == 0 {
+			return nil
+		}
+		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), job.Recipe.Output, adapters, dtype)
+	}, exact)
+}
+
 // publishGPTQ exports a quantized model as a GPTQ v1 checkpoint and its EoRA
 // corrections, if any, as a PEFT adapter in AdapterDir.
 func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safetensors.DType) (ExportOutput, error) {
@@ -124,23 +159,9 @@ func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safete
 	if err != nil {
 		return ExportOutput{}, badInput(fmt.Errorf("export: %w", err))
 	}
-	// The adapters go to their own directory; the checkpoint holds the
-	// quantized layers they wrap.
-	base := *comp
-	base.Blocks = make([]*model.Block, len(comp.Blocks))
-	var adapters []gptq.Adapter
-	for i, b := range comp.Blocks {
-		nb := *b
-		for _, mod := range model.Modules {
-			if ad, ok := (*nb.Linear(mod)).(*gptq.Adapted); ok {
-				adapters = append(adapters, gptq.Adapter{Module: fmt.Sprintf("model.layers.%d.%s", i, mod), A: ad.A, B: ad.B})
-				*nb.Linear(mod) = ad.Base
-			}
-		}
-		base.Blocks[i] = &nb
-	}
+	base, adapters := splitAdapters(comp)
 	write := func(dir string) error {
-		if err := gptq.Export(&base, dir, dtype, qc); err != nil {
+		if err := gptq.Export(base, dir, dtype, qc); err != nil {
 			return err
 		}
 		if len(adapters) == 0 {
@@ -153,13 +174,14 @@ func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safete
 	return a.publish(job, comp, write, dtype == safetensors.F32)
 }
 
-// LoadExport reads an exported checkpoint: a GPTQ one through gptq.Load
-// with its EoRA adapter applied when present, any other through model.Load.
+// LoadExport reads an exported checkpoint, a GPTQ one through gptq.Load and
+// any other through model.Load, with its EoRA adapter applied when present.
 func LoadExport(dir string, k kernels.Backend) (*model.Model, error) {
-	if !gptq.IsCheckpoint(dir) {
-		return model.Load(dir, k)
+	load := model.Load
+	if gptq.IsCheckpoint(dir) {
+		load = gptq.Load
 	}
-	m, err := gptq.Load(dir, k)
+	m, err := load(dir, k)
 	if err != nil {
 		return nil, err
 	}

@@ -226,3 +226,45 @@ func BenchmarkQuantTable(b *testing.B) {
 		}
 	}
 }
+
+// rankzip's native layout holds quantized layers exactly (codes U8, zero
+// points and group indices I32, scales F32), next to Palu's grouped ones:
+// the DESIGN example's svd → palu → gptq order needs it.
+func TestQuantizedNativeRoundTrip(t *testing.T) {
+	m, cal, ev := fixture(t, 8, 2)
+	p, err := RunPalu(context.Background(), m, cal, PaluOptions{KVKeep: 0.75, RankSearch: "uniform"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := RunQuant(context.Background(), p.Model, cal, QuantOptions{Method: "gptq", Bits: 3, GroupSize: 0, Targets: []string{"self_attn.q_proj", "self_attn.o_proj", "mlp.*"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := model.Save(q.Model, dir, safetensors.BF16); err != nil {
+		t.Fatal(err)
+	}
+	back, err := model.Load(dir, m.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := (*back.Blocks[1].Linear("mlp.down_proj")).(*model.Quantized); !ok {
+		t.Fatalf("mlp.down_proj read back as %T", *back.Blocks[1].Linear("mlp.down_proj"))
+	}
+	if _, ok := (*back.Blocks[1].Linear("self_attn.k_proj")).(*model.Grouped); !ok {
+		t.Fatalf("self_attn.k_proj read back as %T", *back.Blocks[1].Linear("self_attn.k_proj"))
+	}
+	for _, mod := range []string{"self_attn.q_proj", "mlp.down_proj"} {
+		a := (*q.Model.Blocks[3].Linear(mod)).(*model.Quantized).Dequantize()
+		b := (*back.Blocks[3].Linear(mod)).(*model.Quantized).Dequantize()
+		if relErr(b, a) != 0 {
+			t.Errorf("%s: the quantized weight changed through the bf16 checkpoint", mod)
+		}
+	}
+	want, _ := q.Model.Forward(ev)
+	got, _ := back.Forward(ev)
+	// bf16 rounds only the norms and embeddings.
+	if e := relErr(got, want); e > 5e-2 {
+		t.Errorf("logits differ by %.3g after a bf16 save and load", e)
+	}
+}

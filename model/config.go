@@ -38,6 +38,9 @@ type Config struct {
 	Factored map[string]int
 	// Grouped maps Palu-factored modules to their per-group ranks.
 	Grouped map[string][]int
+	// Quantized maps modules stored as integer codes (native layout) to
+	// their bits and number of groups.
+	Quantized map[string]QuantSpec
 	// PaluLayout: the checkpoint is in Palu's own layout (model_type
 	// palullama, palumistral or paluqwen2; head_wise_ranks; k_proj.VT and
 	// k_proj.U.{j} tensors). ModelType is then the base type.
@@ -186,7 +189,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	}
 	c.RopeScaling = p.ropeScaling()
 	sec := p.native()
-	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup
+	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup, c.Quantized = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup, sec.Quantized
 	if c.PaluLayout {
 		c.Grouped = p.headWiseRanks(c.Grouped)
 	}
@@ -327,16 +330,23 @@ func (p *parser) ropeScaling() *RopeScaling {
 	}
 }
 
+// QuantSpec is a quantized module of a native checkpoint.
+type QuantSpec struct {
+	Bits   int `json:"bits"`
+	Groups int `json:"groups"`
+}
+
 // NativeSection is the config.json key of rankzip's native format.
 const NativeSection = "rankzip"
 
 // nativeSection is config.json's "rankzip" section.
 type nativeSection struct {
-	Format      string           `json:"format"`
-	Ranks       map[string]int   `json:"ranks"`
-	Palu        map[string][]int `json:"palu"`
-	LatentBits  int              `json:"palu_latent_bits"`
-	LatentGroup int              `json:"palu_latent_group_size"`
+	Format      string               `json:"format"`
+	Ranks       map[string]int       `json:"ranks"`
+	Quantized   map[string]QuantSpec `json:"quantized"`
+	Palu        map[string][]int     `json:"palu"`
+	LatentBits  int                  `json:"palu_latent_bits"`
+	LatentGroup int                  `json:"palu_latent_group_size"`
 	// Format "deepseek-mla": where the rope frequencies come from (MLAConfig).
 	RopeSourceHeadDim  int     `json:"mla_rope_source_head_dim"`
 	RopeFreqIndex      []int   `json:"mla_rope_freq_index"`
@@ -369,6 +379,18 @@ func (p *parser) native() nativeSection {
 	for name, r := range sec.Ranks {
 		if r <= 0 {
 			p.fail(NativeSection, fmt.Errorf("module %q: rank %d must be positive", name, r))
+		}
+	}
+	for name, q := range sec.Quantized {
+		_, factored := sec.Ranks[name]
+		_, grouped := sec.Palu[name]
+		switch {
+		case q.Bits != 2 && q.Bits != 3 && q.Bits != 4 && q.Bits != 8:
+			p.fail(NativeSection, fmt.Errorf("quantized module %q: %d bits (want 2, 3, 4 or 8)", name, q.Bits))
+		case q.Groups <= 0:
+			p.fail(NativeSection, fmt.Errorf("quantized module %q: %d groups must be positive", name, q.Groups))
+		case factored || grouped:
+			p.fail(NativeSection, fmt.Errorf("module %q: needs one layout, not both quantized and factored", name))
 		}
 	}
 	for name, rs := range sec.Palu {

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -133,6 +134,7 @@ type tensorSpec struct {
 	name     string
 	shape    []int
 	optional bool
+	dtype    safetensors.DType // U8 or I32 for integer tensors; "" for floats
 }
 
 // expectedTensors lists every tensor of a checkpoint for config c.
@@ -154,7 +156,7 @@ func expectedTensors(c *Config) []tensorSpec {
 			specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_proj_with_mqa.weight", shape: []int{a.LoraRank + a.RopeDim, h}},
 				tensorSpec{name: p + "self_attn.kv_b_proj.weight", shape: []int{c.NumHeads * (a.NopeDim + a.VDim), a.LoraRank}})
 			if c.QKVBias {
-				specs = append(specs, tensorSpec{p + "self_attn.kv_a_proj_with_mqa.bias", []int{a.LoraRank + a.RopeDim}, true})
+				specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_proj_with_mqa.bias", shape: []int{a.LoraRank + a.RopeDim}, optional: true})
 			}
 			if a.LatentNorm {
 				specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_layernorm.weight", shape: []int{a.LoraRank}})
@@ -162,7 +164,12 @@ func expectedTensors(c *Config) []tensorSpec {
 		}
 		for _, m := range mods {
 			out, in, bias := linearShape(c, m)
-			if r, ok := c.Factored[p+m]; ok {
+			if q, ok := c.Quantized[p+m]; ok {
+				specs = append(specs, tensorSpec{name: p + m + ".q", shape: []int{out, in}, dtype: safetensors.U8},
+					tensorSpec{name: p + m + ".scales", shape: []int{q.Groups, out}},
+					tensorSpec{name: p + m + ".zeros", shape: []int{q.Groups, out}, dtype: safetensors.I32},
+					tensorSpec{name: p + m + ".g_idx", shape: []int{in}, dtype: safetensors.I32})
+			} else if r, ok := c.Factored[p+m]; ok {
 				specs = append(specs, tensorSpec{name: p + m + ".A.weight", shape: []int{r, in}}, tensorSpec{name: p + m + ".B.weight", shape: []int{out, r}})
 			} else if rs, ok := c.Grouped[p+m]; ok {
 				latent := 0
@@ -181,7 +188,7 @@ func expectedTensors(c *Config) []tensorSpec {
 				specs = append(specs, tensorSpec{name: p + m + ".weight", shape: []int{out, in}})
 			}
 			if bias {
-				specs = append(specs, tensorSpec{p + m + ".bias", []int{out}, c.MLA != nil && strings.HasPrefix(m, "self_attn.")})
+				specs = append(specs, tensorSpec{name: p + m + ".bias", shape: []int{out}, optional: c.MLA != nil && strings.HasPrefix(m, "self_attn.")})
 			}
 		}
 	}
@@ -255,8 +262,17 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 			dir, name, cfg.ModelType, cfg.NumLayers)
 	}
 	tensors := make(map[string][]float32, len(specs))
+	ints := map[string][]byte{} // integer tensors, raw little-endian
 	for _, s := range specs {
 		if _, ok := ck.Info(s.name); !ok && s.optional {
+			continue
+		}
+		if s.dtype != "" {
+			b, err := readRaw(ck, dir, s)
+			if err != nil {
+				return nil, err
+			}
+			ints[s.name] = b
 			continue
 		}
 		v, err := readTensor(ck, dir, s)
@@ -295,6 +311,15 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		}
 		for _, mod := range b.Modules() {
 			out, in, _ := linearShape(cfg, mod)
+			if q, ok := cfg.Quantized[p+mod]; ok {
+				l, err := NewQuantized(out, in, q.Bits, ints[p+mod+".q"], tensors[p+mod+".scales"],
+					int32s(ints[p+mod+".zeros"]), int32s(ints[p+mod+".g_idx"]), tensors[p+mod+".bias"])
+				if err != nil {
+					return nil, fmt.Errorf("checkpoint %s: %s%s: %w", dir, p, mod, err)
+				}
+				*b.Linear(mod) = l
+				continue
+			}
 			if r, ok := cfg.Factored[p+mod]; ok {
 				*b.Linear(mod) = &Factored{A: NewDense(r, in, tensors[p+mod+".A.weight"], nil),
 					B: NewDense(out, r, tensors[p+mod+".B.weight"], tensors[p+mod+".bias"])}
@@ -327,6 +352,31 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		m.Blocks = append(m.Blocks, b)
 	}
 	return m, nil
+}
+
+// readRaw reads an integer tensor's bytes after checking its dtype and shape.
+func readRaw(ck *safetensors.Checkpoint, dir string, s tensorSpec) ([]byte, error) {
+	info, ok := ck.Info(s.name)
+	if !ok {
+		return nil, fmt.Errorf("checkpoint %s: missing tensor %q (%s %v expected from config.json)", dir, s.name, s.dtype, s.shape)
+	}
+	if info.DType != s.dtype || !slices.Equal(info.Shape, s.shape) {
+		return nil, fmt.Errorf("checkpoint %s: tensor %q is %s %v, config.json implies %s %v", dir, s.name, info.DType, info.Shape, s.dtype, s.shape)
+	}
+	b, err := ck.Bytes(s.name)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(b), nil
+}
+
+// int32s decodes little-endian int32 values.
+func int32s(b []byte) []int32 {
+	v := make([]int32, len(b)/4)
+	for i := range v {
+		v[i] = int32(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return v
 }
 
 func readTensor(ck *safetensors.Checkpoint, dir string, s tensorSpec) ([]float32, error) {

@@ -1,9 +1,11 @@
 package model
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 
@@ -52,8 +54,9 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 	if err != nil {
 		return err
 	}
-	ranks := map[string]int{}     // factored modules for the native section
-	grouped := map[string][]int{} // Palu modules for the native section
+	ranks := map[string]int{}           // factored modules for the native section
+	grouped := map[string][]int{}       // Palu modules for the native section
+	quantized := map[string]QuantSpec{} // quantized modules for the native section
 	latentBits, latentGroup := -1, 0
 	var tensors []safetensors.WriteTensor
 	add := func(name string, shape []int, v []float32) error {
@@ -108,6 +111,19 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 			switch d := (*b.Linear(mod)).(type) {
 			case *Dense:
 				err = errors.Join(add(p+mod+".weight", []int{d.out, d.in}, d.Weight), add(p+mod+".bias", []int{d.out}, d.Bias))
+			case *Quantized:
+				if palu || mla != nil {
+					return fmt.Errorf("save model: %s%s is quantized, which only rankzip's native layout holds (or gptq.Export)", p, mod)
+				}
+				quantized[p+mod] = QuantSpec{Bits: d.Bits, Groups: d.Groups()}
+				// Codes and zero points as integers, scales in float32: the
+				// layer is stored exactly whatever dtype the rest gets.
+				tensors = append(tensors,
+					safetensors.WriteTensor{Name: p + mod + ".q", DType: safetensors.U8, Shape: []int{d.out, d.in}, Data: d.Q},
+					safetensors.WriteTensor{Name: p + mod + ".scales", DType: safetensors.F32, Shape: []int{d.Groups(), d.out}, Data: f32Bytes(d.Scales)},
+					safetensors.WriteTensor{Name: p + mod + ".zeros", DType: safetensors.I32, Shape: []int{d.Groups(), d.out}, Data: i32Bytes(d.Zeros)},
+					safetensors.WriteTensor{Name: p + mod + ".g_idx", DType: safetensors.I32, Shape: []int{d.in}, Data: i32Bytes(d.GIdx)})
+				err = add(p+mod+".bias", []int{d.out}, d.Bias)
 			case *Factored:
 				if palu {
 					return fmt.Errorf("save model: %s%s is low-rank factored, which Palu's layout cannot hold (use the native layout)", p, mod)
@@ -186,10 +202,13 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		if _, err := ParseConfig(filepath.Join(dir, "config.json"), data); err != nil {
 			return fmt.Errorf("save model: the DeepSeek config written for this model does not load back: %w", err)
 		}
-	} else if len(ranks) > 0 || len(grouped) > 0 {
+	} else if len(ranks) > 0 || len(grouped) > 0 || len(quantized) > 0 {
 		sec := map[string]any{"format": "native"}
 		if len(ranks) > 0 {
 			sec["ranks"] = ranks
+		}
+		if len(quantized) > 0 {
+			sec["quantized"] = quantized
 		}
 		if len(grouped) > 0 {
 			sec["palu"] = grouped
@@ -200,6 +219,22 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		set[NativeSection] = sec
 	}
 	return WriteConfig(dir, c, set)
+}
+
+func f32Bytes(v []float32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+func i32Bytes(v []int32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], uint32(x))
+	}
+	return b
 }
 
 // WriteConfig writes dir/config.json atomically: the keys of c.Raw with the

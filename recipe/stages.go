@@ -286,6 +286,20 @@ func (v *validator) combine() {
 				}
 			}
 		case "eora":
+			// Palu's grouped projections are not compensated (their latent
+			// cache has no place for a correction): left out of the default
+			// targets, refused when named.
+			var keep []string
+			for _, m := range s.Targets {
+				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == "palu" {
+					if slices.Contains(s.keys, "targets") {
+						v.add("%s cannot compensate %s: stages[%d] (palu) made it a grouped latent projection, which eora does not correct; leave it out of the targets", where, m, j)
+					}
+					continue
+				}
+				keep = append(keep, m)
+			}
+			st[i].Targets, s.Targets = keep, keep
 			if !slices.ContainsFunc(s.Targets, func(m string) bool { return v.changedBefore(i, m) >= 0 }) {
 				v.add("%s: none of its targets (%s) is compressed by an earlier stage: there is no error to compensate", where, strings.Join(s.Targets, ", "))
 			}
@@ -303,8 +317,8 @@ func (v *validator) combine() {
 		switch s.Method {
 		case "rtn", "gptq":
 			for j := range i {
-				if st[j].Method == "palu" {
-					v.add("%s cannot follow stages[%d] (palu): not implemented, as no export format holds both Palu's grouped KV projections and quantized layers (native has no quantized layout, gptq no grouped one); palu's latent_bits quantizes the KV cache instead", where, j)
+				if st[j].Method == "palu" && v.r.Export.Format == "gptq" {
+					v.add("%s after stages[%d] (palu) cannot be exported as gptq, whose layout has no place for Palu's grouped KV projections: use native", where, j)
 				}
 			}
 		}
@@ -346,9 +360,8 @@ func (v *validator) exportFits() {
 			v.add("export.format palu cannot say that stages[%d] quantizes the latents (latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)
 		}
 	case "native":
-		if quant >= 0 {
-			v.add("export.format native cannot hold the quantized layers of stages[%d] (%s): use gptq, or dense to measure quality only", quant, v.r.Stages[quant].Method)
-		}
+		// Holds factored, Palu and quantized layers; eora's corrections go
+		// to a PEFT adapter beside it.
 	case "dense":
 		if paluAt >= 0 && v.r.Stages[paluAt].LatentBits != 0 {
 			v.add("export.format dense cannot express the quantized latent cache of stages[%d] (palu, latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)

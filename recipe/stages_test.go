@@ -73,10 +73,10 @@ func TestStagesRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name, stages, export, want string
 	}{
-		{"palu then gptq", `
+		{"palu then gptq as gptq", `
   - {method: palu, kv_keep: 0.5}
-  - {method: gptq, bits: 4, group_size: 32}`, `{format: dense}`,
-			"stages[1] (gptq) cannot follow stages[0] (palu): not implemented"},
+  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.q_proj", "self_attn.o_proj"]}`, `{format: gptq}`,
+			"stages[1] (gptq) after stages[0] (palu) cannot be exported as gptq"},
 		{"palu on factored kv", `
   - {method: svd, keep_params: 0.8, rank_search: uniform}
   - {method: palu, kv_keep: 0.5}`, `{format: native}`,
@@ -95,9 +95,11 @@ func TestStagesRefused(t *testing.T) {
 		{"gptq export of unpackable layers", `
   - {method: rtn, bits: 4, group_size: 0}`, `{format: gptq}`,
 			"leave mlp.gate_proj (172×64), mlp.up_proj (172×64), mlp.down_proj (64×172) out of the targets of stages[0] (rtn)"},
-		{"native export of quantized layers", `
-  - {method: gptq, bits: 4, group_size: 0}`, `{format: native}`,
-			"export.format native cannot hold the quantized layers of stages[0] (gptq)"},
+		{"eora on palu layers", `
+  - {method: palu, kv_keep: 0.5}
+  - {method: rtn, bits: 8, group_size: 0, targets: ["self_attn.q_proj"]}
+  - {method: eora, rank: 4, targets: ["self_attn.*"]}`, `{format: native}`,
+			"stages[2] (eora) cannot compensate self_attn.k_proj: stages[0] (palu) made it a grouped latent projection"},
 		{"eora alone", `
   - {method: eora, rank: 4}`, `{format: dense}`,
 			"stages[0] (eora) compensates quantization error: it needs an rtn or gptq stage before it"},

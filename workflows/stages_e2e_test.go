@@ -470,3 +470,41 @@ func TestEndToEndPaluLayout(t *testing.T) {
 		t.Errorf("config.json is not Palu's:\n%s", raw)
 	}
 }
+
+// DESIGN's example order: svd, palu, gptq, eora in one recipe, exported in
+// rankzip's native layout (factored, grouped and quantized layers) with
+// EoRA's corrections as a PEFT adapter beside it; the read-back checkpoint
+// has the quality of the direct path's model.
+func TestEndToEndAllStagesNative(t *testing.T) {
+	dir := t.TempDir()
+	j := stageJob(t, dir, `
+  - {method: svd, targets: ["mlp.*"], keep_params: 0.9, rank_search: uniform}
+  - {method: palu, kv_keep: 0.75, rank_search: uniform}
+  - {method: gptq, bits: 4, group_size: 32}
+  - {method: eora, rank: 4}`, `{format: native}`)
+	if got := j.Recipe.Stages[2].Targets; !slices.Equal(got, []string{"self_attn.q_proj", "self_attn.o_proj"}) {
+		t.Fatalf("gptq's default targets %v, want the layers the earlier stages left dense", got)
+	}
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, comp, adapters := direct(t, j)
+	if len(adapters) == 0 {
+		t.Fatal("the direct path fitted no EoRA correction")
+	}
+	checkQuality(t, j, res, orig, comp)
+	if _, err := os.Stat(filepath.Join(j.Recipe.Output, activities.AdapterDir, "adapter_config.json")); err != nil {
+		t.Errorf("no PEFT adapter beside the native checkpoint: %v", err)
+	}
+	back, err := model.Load(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := back.Blocks[1]
+	for mod, want := range map[string]string{"mlp.up_proj": "*model.Factored", "self_attn.k_proj": "*model.Grouped", "self_attn.q_proj": "*model.Quantized"} {
+		if got := fmt.Sprintf("%T", *b.Linear(mod)); got != want {
+			t.Errorf("%s read back as %s, want %s", mod, got, want)
+		}
+	}
+}
