@@ -36,6 +36,20 @@ func fixture(t *testing.T) (recipe.Job, *Activities) {
 
 func fixtureMode(t *testing.T, mode string) (recipe.Job, *Activities) {
 	t.Helper()
+	job, acts, _ := fixtureRecipe(t, `model: model
+calibration: {data: data.parquet, sequences: 8, batch: 3, mode: `+mode+`}
+evaluation: {data: data.parquet, sequences: 2}
+output: out
+stages: [{method: svd, targets: ["mlp.*"], keep_params: 0.6, rank_search: global}]
+`)
+	return job, acts
+}
+
+// fixtureRecipe writes a small synthetic model (model/), a calibration set
+// (data.parquet) and the recipe r, loads it and opens a store; the
+// activities log into the returned buffer.
+func fixtureRecipe(t *testing.T, r string) (recipe.Job, *Activities, *bytes.Buffer) {
+	t.Helper()
 	dir := t.TempDir()
 	k := kernels.Default()
 	m, err := model.Synthetic(model.SyntheticConfig{Hidden: 16, Intermediate: 40, Layers: 3, Heads: 4, KVHeads: 2, Vocab: 64, MaxPositions: 64, Tied: true}, 1, k)
@@ -52,13 +66,6 @@ func fixtureMode(t *testing.T, mode string) (recipe.Job, *Activities) {
 	if err := calib.Write(filepath.Join(dir, "data.parquet"), seqs); err != nil {
 		t.Fatal(err)
 	}
-	r := `
-model: model
-calibration: {data: data.parquet, sequences: 8, batch: 3, mode: ` + mode + `}
-evaluation: {data: data.parquet, sequences: 2}
-output: out
-stages: [{method: svd, targets: ["mlp.*"], keep_params: 0.6, rank_search: global}]
-`
 	if err := os.WriteFile(filepath.Join(dir, "recipe.yaml"), []byte(r), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +77,8 @@ stages: [{method: svd, targets: ["mlp.*"], keep_params: 0.6, rank_search: global
 	if err != nil {
 		t.Fatal(err)
 	}
-	return *job, &Activities{Store: s, Backend: k, HeartbeatEvery: 5 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	var log bytes.Buffer
+	return *job, &Activities{Store: s, Backend: k, HeartbeatEvery: 5 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&log, nil))}, &log
 }
 
 // exec runs one activity in a test environment and returns its beats.
@@ -121,6 +129,33 @@ func runBlocks(t *testing.T, job recipe.Job, acts *Activities) (InspectOutput, [
 	return ins, outs
 }
 
+// directPath runs the job's low-rank stage with compress.Run and saves the
+// result (float32) in a temporary directory.
+func directPath(t *testing.T, job recipe.Job, acts *Activities) (*compress.Result, string) {
+	t.Helper()
+	m, err := model.Load(job.Recipe.Model, acts.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := calibration(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := CompressOptions(job.Recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := compress.Run(context.Background(), m, seqs, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := filepath.Join(t.TempDir(), "direct")
+	if err := model.Save(res.Model, direct, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	return res, direct
+}
+
 // The activities reproduce the direct path (compress.Run, model.Save) byte
 // for byte, skip work already done, and evaluate the read-back checkpoint.
 func TestPipelineMatchesDirectPath(t *testing.T) {
@@ -142,26 +177,7 @@ func TestPipelineMatchesDirectPath(t *testing.T) {
 	}
 
 	// The direct path on the same inputs.
-	m, err := model.Load(job.Recipe.Model, acts.Backend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seqs, err := calibration(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := CompressOptions(job.Recipe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := compress.Run(context.Background(), m, seqs, opts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := filepath.Join(t.TempDir(), "direct")
-	if err := model.Save(res.Model, direct, safetensors.F32); err != nil {
-		t.Fatal(err)
-	}
+	res, direct := directPath(t, job, acts)
 	for _, f := range []string{"model.safetensors", "config.json"} {
 		want, _ := os.ReadFile(filepath.Join(direct, f))
 		got, err := os.ReadFile(filepath.Join(job.Recipe.Output, f))
@@ -235,26 +251,7 @@ func TestOriginalModeBlocksIndependent(t *testing.T) {
 	if _, _, err := exec[ExportOutput](t, acts, nil, acts.Export, ExportInput{Job: job, Plan: ins.Plan, Blocks: refs}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := model.Load(job.Recipe.Model, acts.Backend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seqs, err := calibration(job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := CompressOptions(job.Recipe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := compress.Run(context.Background(), m, seqs, opts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := filepath.Join(t.TempDir(), "direct")
-	if err := model.Save(res.Model, direct, safetensors.F32); err != nil {
-		t.Fatal(err)
-	}
+	_, direct := directPath(t, job, acts)
 	want, _ := os.ReadFile(filepath.Join(direct, "model.safetensors"))
 	got, err := os.ReadFile(filepath.Join(job.Recipe.Output, "model.safetensors"))
 	if err != nil || !bytes.Equal(got, want) {

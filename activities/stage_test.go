@@ -2,54 +2,18 @@ package activities
 
 import (
 	"bytes"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/rankzip/rankzip/calib"
-	"github.com/rankzip/rankzip/kernels"
-	"github.com/rankzip/rankzip/model"
-	"github.com/rankzip/rankzip/model/safetensors"
 	"github.com/rankzip/rankzip/recipe"
-	"github.com/rankzip/rankzip/store"
 )
 
 // stageFixture is fixture with the given stages and export.
 func stageFixture(t *testing.T, stages, export string) (recipe.Job, *Activities, *bytes.Buffer) {
 	t.Helper()
-	dir := t.TempDir()
-	k := kernels.Default()
-	m, err := model.Synthetic(model.SyntheticConfig{Hidden: 16, Intermediate: 40, Layers: 3, Heads: 4, KVHeads: 2, Vocab: 64, MaxPositions: 64, Tied: true}, 1, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := model.Save(m, filepath.Join(dir, "model"), safetensors.F32); err != nil {
-		t.Fatal(err)
-	}
-	seqs, err := model.Sample(m, 10, 16, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := calib.Write(filepath.Join(dir, "data.parquet"), seqs); err != nil {
-		t.Fatal(err)
-	}
-	r := "model: model\ncalibration: {data: data.parquet, sequences: 8, batch: 3}\noutput: out\nstages: " + stages + "\nexport: " + export + "\n"
-	if err := os.WriteFile(filepath.Join(dir, "recipe.yaml"), []byte(r), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	job, err := recipe.Load(filepath.Join(dir, "recipe.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := store.Open(filepath.Join(dir, "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var log bytes.Buffer
-	return *job, &Activities{Store: s, Backend: k, HeartbeatEvery: 5 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&log, nil))}, &log
+	return fixtureRecipe(t, "model: model\ncalibration: {data: data.parquet, sequences: 8, batch: 3}\noutput: out\nstages: "+stages+"\nexport: "+export+"\n")
 }
 
 // A stage block whose layers were stored before its attempt stopped (its

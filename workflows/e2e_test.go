@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -55,37 +54,7 @@ func needFixtures(t *testing.T) string {
 // model is copied so that a test may remove it.
 func job(t *testing.T, dir string) *recipe.Job {
 	t.Helper()
-	fx := needFixtures(t)
-	mdir := filepath.Join(dir, "model")
-	if err := os.MkdirAll(mdir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"config.json", "model.safetensors"} {
-		data, err := os.ReadFile(filepath.Join(fx, "stories260K", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(mdir, f), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r := fmt.Sprintf(`
-model: model
-calibration: {data: %s, sequences: 16}
-evaluation: {data: %s, sequences: 4}
-output: out
-stages:
-  - {method: svd, variant: whiten, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}
-`, filepath.Join(fx, "samples/calib.parquet"), filepath.Join(fx, "samples/eval.parquet"))
-	p := filepath.Join(dir, "recipe.yaml")
-	if err := os.WriteFile(p, []byte(r), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	j, err := recipe.Load(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return j
+	return stageJob(t, dir, `  - {method: svd, variant: whiten, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}`, `{format: native}`)
 }
 
 // service starts a server and a worker whose activities use storeDir;

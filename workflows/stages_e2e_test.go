@@ -31,9 +31,9 @@ import (
 // functions on the whole model, then the same writer), byte for byte, and
 // its quality on the evaluation set with the direct model's.
 
-// stageJob writes a recipe with the given stages and export on the
-// stories260K fixture (16 calibration and 4 evaluation sequences) and loads
-// it.
+// stageJob writes a recipe with the given stages and export on a copy of the
+// stories260K fixture (so a test may remove it), with 16 calibration and 4
+// evaluation sequences, and loads it.
 func stageJob(t *testing.T, dir, stages, export string) *recipe.Job {
 	t.Helper()
 	fx := needFixtures(t)

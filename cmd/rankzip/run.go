@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -256,9 +255,7 @@ func jobError(err error) error {
 
 func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		return writeJSON(w, r)
 	}
 	q := r.Quality
 	fmt.Fprintf(w, "job        %s\n", r.ID)

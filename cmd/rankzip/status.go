@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -76,27 +77,42 @@ func describe(ctx context.Context, s *session, id string) (jobStatus, error) {
 	return st, nil
 }
 
+// openJob parses the arguments of a command on one job (its ID and flags)
+// and connects to the service it runs on.
+func openJob(fs *flag.FlagSet, sf *serviceFlags, args []string) (*session, string, error) {
+	pos, err := parseArgs(fs, args, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	s, err := sf.connect(queryWorker, false)
+	if err != nil {
+		return nil, "", err
+	}
+	return s, pos[0], nil
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 func runStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", "status ID [--json] [flags]", stderr)
 	sf := addServiceFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	pos, err := parseArgs(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	s, err := sf.connect(queryWorker, false)
+	s, id, err := openJob(fs, sf, args)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	st, err := describe(context.Background(), s, pos[0])
+	st, err := describe(context.Background(), s, id)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return writeJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "job      %s\nstatus   %s\n", st.ID, st.Status)
 	if st.Progress != nil {
@@ -125,30 +141,26 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 func runWatch(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("watch", "watch ID [flags]", stderr)
 	sf := addServiceFlags(fs)
-	pos, err := parseArgs(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	s, err := sf.connect(queryWorker, false)
+	s, id, err := openJob(fs, sf, args)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	ctx, stop := signalContext()
 	defer stop()
-	st, err := describe(ctx, s, pos[0])
+	st, err := describe(ctx, s, id)
 	if err != nil {
 		return err
 	}
 	if st.Status == "running" && s.embedded != nil {
 		return fmt.Errorf("no rankzip process is working on job %s: run its recipe again to resume it", st.ID)
 	}
-	res, err := follow(ctx, s, pos[0], stderr)
+	res, err := follow(ctx, s, id, stderr)
 	if ctx.Err() != nil {
 		return errUsage
 	}
 	if err != nil {
-		return fmt.Errorf("job %s failed: %w", pos[0], jobError(err))
+		return fmt.Errorf("job %s failed: %w", id, jobError(err))
 	}
 	return printResult(stdout, res, false)
 }
@@ -157,16 +169,11 @@ func runCancel(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("cancel", "cancel ID [flags]", stderr)
 	sf := addServiceFlags(fs)
 	wait := fs.Duration("wait", time.Minute, "how long to wait for the job to stop")
-	pos, err := parseArgs(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	s, err := sf.connect(queryWorker, false)
+	s, id, err := openJob(fs, sf, args)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	id := pos[0]
 	ctx := context.Background()
 	if _, err := describe(ctx, s, id); err != nil {
 		return err
@@ -193,17 +200,13 @@ func runResult(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("result", "result ID [--json] [flags]", stderr)
 	sf := addServiceFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	pos, err := parseArgs(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	s, err := sf.connect(queryWorker, false)
+	s, id, err := openJob(fs, sf, args)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	ctx := context.Background()
-	st, err := describe(ctx, s, pos[0])
+	st, err := describe(ctx, s, id)
 	if err != nil {
 		return err
 	}
@@ -215,7 +218,7 @@ func runResult(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("job %s is still running: %s", st.ID, line)
 	}
 	var res workflows.Result
-	if err := s.c.GetWorkflow(ctx, pos[0], "").Get(ctx, &res); err != nil {
+	if err := s.c.GetWorkflow(ctx, id, "").Get(ctx, &res); err != nil {
 		if *asJSON {
 			json.NewEncoder(stdout).Encode(st)
 		}

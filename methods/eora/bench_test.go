@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 )
 
 // BenchmarkCompensate times one rank-32 EoRA correction of a 1024 × 1024
@@ -14,8 +15,8 @@ func BenchmarkCompensate(b *testing.B) {
 		b.Run(fmt.Sprintf("%dx%d", n, n), func(b *testing.B) {
 			k := kernels.Default()
 			rng := newRNG(1)
-			w := randDense(rng, n, n)
-			wc := randDense(rng, n, n)
+			w := mattest.RandDense(rng, n, n)
+			wc := mattest.RandDense(rng, n, n)
 			wc.Scale(0.01, wc)
 			wc.Add(wc, w)
 			_, c := activations(rng, 2*n, n, 0.999)

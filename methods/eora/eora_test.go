@@ -10,6 +10,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 	"github.com/rankzip/rankzip/methods/internal/matx"
 	"github.com/rankzip/rankzip/methods/quant"
 	"github.com/rankzip/rankzip/methods/svd"
@@ -31,19 +32,11 @@ func backends() []kernels.Backend { return kernels.Available() }
 
 func newRNG(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 1)) }
 
-func randDense(rng *rand.Rand, r, c int) *mat.Dense {
-	d := make([]float64, r*c)
-	for i := range d {
-		d[i] = rng.NormFloat64()
-	}
-	return mat.NewDense(r, c, d)
-}
-
 // activations returns n tokens of dimension in with a spectrum decaying by
 // decay per direction in a random basis, and channel scales spread over a
 // factor 10, plus their Gram.
 func activations(rng *rand.Rand, n, in int, decay float64) (*mat.Dense, *mat.SymDense) {
-	z := randDense(rng, n, in)
+	z := mattest.RandDense(rng, n, in)
 	raw := z.RawMatrix()
 	for i := range n {
 		s := 1.0
@@ -53,7 +46,7 @@ func activations(rng *rand.Rand, n, in int, decay float64) (*mat.Dense, *mat.Sym
 		}
 	}
 	var qr mat.QR
-	qr.Factorize(randDense(rng, in, in))
+	qr.Factorize(mattest.RandDense(rng, in, in))
 	var q, x mat.Dense
 	qr.QTo(&q)
 	x.Mul(z, &q)
@@ -122,7 +115,7 @@ func TestCompensateQuantized(t *testing.T) {
 		for _, sh := range shapes {
 			for _, bits := range []int{2, 3, 4} {
 				rng := newRNG(uint64(bits))
-				w := randDense(rng, sh.out, sh.in)
+				w := mattest.RandDense(rng, sh.out, sh.in)
 				_, c := activations(rng, 4*sh.in, sh.in, 0.95)
 				wc := rtn(t, w, bits)
 				dw := mat.NewDense(sh.out, sh.in, nil)
@@ -182,7 +175,7 @@ func TestDroppedEigenvalues(t *testing.T) {
 	const out, in = 32, 48
 	for _, k := range backends() {
 		rng := newRNG(12)
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		_, c := activations(rng, 4*in, in, 0.8)
 		wc := rtn(t, w, 3)
 		dw := mat.NewDense(out, in, nil)
@@ -225,7 +218,7 @@ func TestFullRankRecoversW(t *testing.T) {
 	for _, k := range backends() {
 		for _, sh := range shapes {
 			rng := newRNG(2)
-			w := randDense(rng, sh.out, sh.in)
+			w := mattest.RandDense(rng, sh.out, sh.in)
 			_, c := activations(rng, 4*sh.in, sh.in, 0.95)
 			wc := rtn(t, w, 2)
 			r, err := Compensate(k, w, wc, c, min(sh.out, sh.in))
@@ -248,7 +241,7 @@ func TestCompensateLowRank(t *testing.T) {
 	const out, in, keep = 40, 32, 8
 	for _, k := range backends() {
 		rng := newRNG(4)
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		_, c := activations(rng, 4*in, in, 0.85)
 		pl, err := svd.Plain(k, w, keep)
 		if err != nil {
@@ -297,7 +290,7 @@ func TestSingularGram(t *testing.T) {
 	const out, in, tokens = 24, 40, 16
 	for _, k := range backends() {
 		rng := newRNG(6)
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		x, _ := activations(rng, tokens, in, 0.9)
 		for i := range tokens {
 			x.Set(i, 3, 0)
@@ -345,7 +338,7 @@ func TestBadInput(t *testing.T) {
 	const out, in = 8, 6
 	k := kernels.Default()
 	rng := newRNG(8)
-	w := randDense(rng, out, in)
+	w := mattest.RandDense(rng, out, in)
 	_, c := activations(rng, 20, in, 0.9)
 	wc := rtn(t, w, 4)
 

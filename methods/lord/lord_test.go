@@ -10,6 +10,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 	"github.com/rankzip/rankzip/methods/svd"
 )
 
@@ -32,14 +33,6 @@ var shapes = []struct{ out, in int }{{40, 30}, {30, 40}, {32, 32}}
 
 func newRNG() *rand.Rand { return rand.New(rand.NewPCG(1, 1)) }
 
-func randDense(rng *rand.Rand, r, c int) *mat.Dense {
-	d := make([]float64, r*c)
-	for i := range d {
-		d[i] = rng.NormFloat64()
-	}
-	return mat.NewDense(r, c, d)
-}
-
 func randVec(rng *rand.Rand, n int, scale float64) []float64 {
 	v := make([]float64, n)
 	for i := range v {
@@ -51,10 +44,10 @@ func randVec(rng *rand.Rand, n int, scale float64) []float64 {
 // activations returns tokens × in inputs with a decaying spectrum and a
 // non-zero mean offset.
 func activations(rng *rand.Rand, tokens, in int, decay, offset float64) *mat.Dense {
-	x := randDense(rng, tokens, in)
+	x := mattest.RandDense(rng, tokens, in)
 	mu := randVec(rng, in, offset)
 	var q mat.QR
-	q.Factorize(randDense(rng, in, in))
+	q.Factorize(mattest.RandDense(rng, in, in))
 	var rot mat.Dense
 	q.QTo(&rot)
 	raw := x.RawMatrix()
@@ -129,7 +122,7 @@ func TestFullRankReproducesW(t *testing.T) {
 	for _, k := range backends() {
 		for _, sh := range shapes {
 			rng := newRNG()
-			w := randDense(rng, sh.out, sh.in)
+			w := mattest.RandDense(rng, sh.out, sh.in)
 			bias := randVec(rng, sh.out, 1)
 			c, mean, n := stats(activations(rng, 4*sh.in, sh.in, 0.9, 0.5))
 			p := min(sh.out, sh.in)
@@ -160,7 +153,7 @@ func TestEqualsWhitenBiasFree(t *testing.T) {
 	for _, k := range backends() {
 		for _, sh := range shapes {
 			rng := newRNG()
-			w := randDense(rng, sh.out, sh.in)
+			w := mattest.RandDense(rng, sh.out, sh.in)
 			x := activations(rng, 4*sh.in, sh.in, 0.85, 0)
 			c, _, _ := stats(x)
 			p := min(sh.out, sh.in)
@@ -213,7 +206,7 @@ func TestBias(t *testing.T) {
 	const out, in, tokens = 24, 20, 120
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		bias := randVec(rng, out, 2)
 		x := activations(rng, tokens, in, 0.85, 1.5)
 		c, mean, n := stats(x)
@@ -273,7 +266,7 @@ func TestRankDeficientGram(t *testing.T) {
 	const out, in, tokens = 30, 24, 8
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		x := activations(rng, tokens, in, 0.95, 0)
 		c, _, _ := stats(x)
 		total := svd.CalibError(w, mat.NewDense(out, in, nil), c)
@@ -310,7 +303,7 @@ func TestRankDeficientGram(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	k := backends()[0]
 	rng := newRNG()
-	w := randDense(rng, 6, 4)
+	w := mattest.RandDense(rng, 6, 4)
 	c, mean, n := stats(activations(rng, 16, 4, 0.9, 1))
 	bias := randVec(rng, 6, 1)
 	nanW := mat.DenseCopyOf(w)

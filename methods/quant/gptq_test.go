@@ -10,6 +10,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 )
 
 // tolNotWorse is the slack allowed when GPTQ's error must not exceed RTN's.
@@ -77,7 +78,7 @@ func TestGPTQNotWorseThanRTN(t *testing.T) {
 		stats := map[string]*stat{}
 		for seed := uint64(1); seed <= 2; seed++ {
 			rng := newRNG(seed)
-			w := randDense(rng, out, in)
+			w := mattest.RandDense(rng, out, in)
 			_, c := activations(rng, tokens, in)
 			for _, bits := range []int{2, 3, 4, 8} {
 				for _, gs := range []int{0, 32, 128} {
@@ -140,7 +141,7 @@ func TestGPTQNotWorseThanRTN(t *testing.T) {
 func TestGPTQBackendsAgree(t *testing.T) {
 	const out, in, tokens = 32, 256, 512
 	rng := newRNG(11)
-	w := randDense(rng, out, in)
+	w := mattest.RandDense(rng, out, in)
 	_, c := activations(rng, tokens, in)
 	for _, cfg := range []Config{{Bits: 4, GroupSize: 128}, {Bits: 3, GroupSize: 32, ActOrder: true}, {Bits: 2, Sym: true}} {
 		var ref Result
@@ -173,7 +174,7 @@ func TestGPTQActOrderStaticGroups(t *testing.T) {
 	const out, in, tokens = 16, 256, 400
 	k := kernels.Default()
 	rng := newRNG(7)
-	w := randDense(rng, out, in)
+	w := mattest.RandDense(rng, out, in)
 	_, c := activations(rng, tokens, in)
 	for _, gs := range []int{0, 32, 64, 128} {
 		for _, bits := range []int{3, 4} {
@@ -231,7 +232,7 @@ func TestGPTQDeadColumns(t *testing.T) {
 	const out, in, tokens = 16, 128, 300
 	for _, k := range backends() {
 		rng := newRNG(3)
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		x, _ := activations(rng, tokens, in)
 		deadCols := []int{0, 5, 64, 127}
 		for _, j := range deadCols {
@@ -283,7 +284,7 @@ func TestGPTQSingularAndIndefinite(t *testing.T) {
 	const out, in = 16, 128
 	for _, k := range backends() {
 		rng := newRNG(5)
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		_, c := activations(rng, in/4, in)
 		cfg := Config{Bits: 4, GroupSize: 32}
 		r, err := GPTQ(k, w, c, in/4, cfg)
@@ -310,7 +311,7 @@ func TestGPTQSingularAndIndefinite(t *testing.T) {
 		for j := 1; j < in; j++ {
 			lambda[j] = 0.05 + 0.95*rng.Float64()
 		}
-		q := randOrthogonal(rng, in)
+		q := mattest.RandOrthogonal(rng, in)
 		ind := mat.NewSymDense(in, nil)
 		for a := range in {
 			for b := a; b < in; b++ {
@@ -337,7 +338,7 @@ func TestGPTQBadInput(t *testing.T) {
 	const out, in, tokens = 4, 32, 64
 	k := kernels.Default()
 	rng := newRNG(9)
-	w := randDense(rng, out, in)
+	w := mattest.RandDense(rng, out, in)
 	_, c := activations(rng, tokens, in)
 	cfg := Config{Bits: 4}
 
@@ -396,7 +397,7 @@ func TestGPTQOddWidth(t *testing.T) {
 	const out, in, tokens = 24, 172, 400
 	k := kernels.Default()
 	rng := newRNG(13)
-	w := randDense(rng, out, in)
+	w := mattest.RandDense(rng, out, in)
 	_, c := activations(rng, tokens, in)
 	for _, bits := range []int{2, 4} {
 		for _, act := range []bool{false, true} {

@@ -9,6 +9,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 )
 
 // backends lists the backends built in (OpenBLAS and gonum with cgo, gonum
@@ -17,29 +18,12 @@ func backends() []kernels.Backend { return kernels.Available() }
 
 func newRNG(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 1)) }
 
-func randDense(rng *rand.Rand, r, c int) *mat.Dense {
-	d := make([]float64, r*c)
-	for i := range d {
-		d[i] = rng.NormFloat64()
-	}
-	return mat.NewDense(r, c, d)
-}
-
-// randOrthogonal returns a random n×n orthogonal matrix.
-func randOrthogonal(rng *rand.Rand, n int) *mat.Dense {
-	var qr mat.QR
-	qr.Factorize(randDense(rng, n, n))
-	var q mat.Dense
-	qr.QTo(&q)
-	return &q
-}
-
 // activations returns n tokens (rows) of dimension in, correlated (a random
 // rotation of a spectrum decaying from 1 to 10⁻¹) with per-channel scales
 // spread over a factor 10 and a few loud channels, as LLM inputs are, plus
 // their Gram XᵀX.
 func activations(rng *rand.Rand, n, in int) (*mat.Dense, *mat.SymDense) {
-	z := randDense(rng, n, in)
+	z := mattest.RandDense(rng, n, in)
 	raw := z.RawMatrix()
 	for i := range n {
 		for j := range in {
@@ -47,7 +31,7 @@ func activations(rng *rand.Rand, n, in int) (*mat.Dense, *mat.SymDense) {
 		}
 	}
 	var x mat.Dense
-	x.Mul(z, randOrthogonal(rng, in))
+	x.Mul(z, mattest.RandOrthogonal(rng, in))
 	xr := x.RawMatrix()
 	scale := make([]float64, in)
 	for j := range scale {

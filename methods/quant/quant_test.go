@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"gonum.org/v1/gonum/mat"
+
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 )
 
 const (
@@ -167,7 +169,7 @@ func TestRTNKnownAnswer(t *testing.T) {
 func TestRTNProperties(t *testing.T) {
 	const out, in = 24, 256
 	rng := newRNG(1)
-	w := randDense(rng, out, in)
+	w := mattest.RandDense(rng, out, in)
 	// A zero row, a non-negative group and a large row exercise the edge
 	// cases of the quantizer.
 	for j := range in {

@@ -3,43 +3,14 @@ package svd
 import (
 	"flag"
 	"fmt"
-	"math"
 	"testing"
 	"time"
 
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 )
-
-// benchProblem returns a random out × in W and the Gram C = XᵀX of 2·in
-// random tokens whose channel scales decay from 1 to 10⁻² and are mixed by a
-// random matrix, so C is full rank with a decaying spectrum.
-func benchProblem(k kernels.Backend, out, in int) (*mat.Dense, *mat.SymDense) {
-	rng := newRNG()
-	w := randDense(rng, out, in)
-	tokens := 2 * in
-	z := randDense(rng, tokens, in)
-	raw := z.RawMatrix()
-	for i := range tokens {
-		for j := range in {
-			raw.Data[i*raw.Stride+j] *= math.Pow(1e-2, float64(j)/float64(in))
-		}
-	}
-	mix := randDense(rng, in, in)
-	mix.Scale(1/math.Sqrt(float64(in)), mix)
-	x := mat.NewDense(tokens, in, nil)
-	k.Dgemm(false, false, 1, z, mix, 0, x)
-	g := mat.NewDense(in, in, nil)
-	k.Dgemm(true, false, 1, x, x, 0, g)
-	c := mat.NewSymDense(in, nil)
-	for i := range in {
-		for j := i; j < in; j++ {
-			c.SetSym(i, j, 0.5*(g.At(i, j)+g.At(j, i)))
-		}
-	}
-	return w, c
-}
 
 // largeBench adds the shapes of a 7B layer (minutes on two cores):
 // go test -run XXX -bench Whiten -benchtime 1x ./methods/svd/ -args -large
@@ -58,7 +29,7 @@ func BenchmarkWhiten(b *testing.B) {
 	for _, sh := range shapes {
 		b.Run(fmt.Sprintf("%dx%d", sh.out, sh.in), func(b *testing.B) {
 			k := kernels.Default()
-			w, c := benchProblem(k, sh.out, sh.in)
+			w, c := mattest.BenchProblem(k, sh.out, sh.in)
 
 			ws := mat.NewDense(sh.out, sh.in, nil)
 			var chol, svdTime time.Duration

@@ -9,6 +9,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 	"github.com/rankzip/rankzip/methods/internal/matx"
 )
 
@@ -19,27 +20,10 @@ func backends() []kernels.Backend {
 
 func newRNG() *rand.Rand { return rand.New(rand.NewPCG(1, 1)) }
 
-func randDense(rng *rand.Rand, r, c int) *mat.Dense {
-	d := make([]float64, r*c)
-	for i := range d {
-		d[i] = rng.NormFloat64()
-	}
-	return mat.NewDense(r, c, d)
-}
-
-// randOrthogonal returns a random n×n orthogonal matrix.
-func randOrthogonal(rng *rand.Rand, n int) *mat.Dense {
-	var qr mat.QR
-	qr.Factorize(randDense(rng, n, n))
-	var q mat.Dense
-	qr.QTo(&q)
-	return &q
-}
-
 // activations returns n tokens (rows) of dimension in whose covariance has a
 // decaying spectrum decay^j in a random basis, plus their Gram XᵀX.
 func activations(rng *rand.Rand, n, in int, decay float64) (*mat.Dense, *mat.SymDense) {
-	z := randDense(rng, n, in)
+	z := mattest.RandDense(rng, n, in)
 	raw := z.RawMatrix()
 	for i := range n {
 		s := 1.0
@@ -49,7 +33,7 @@ func activations(rng *rand.Rand, n, in int, decay float64) (*mat.Dense, *mat.Sym
 		}
 	}
 	var x mat.Dense
-	x.Mul(z, randOrthogonal(rng, in))
+	x.Mul(z, mattest.RandOrthogonal(rng, in))
 	return &x, gram(&x)
 }
 

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"gonum.org/v1/gonum/mat"
+
+	"github.com/rankzip/rankzip/methods/internal/mattest"
 )
 
 const (
@@ -26,7 +28,7 @@ func TestFullRankReproducesW(t *testing.T) {
 	for _, k := range backends() {
 		for _, sh := range shapes {
 			rng := newRNG()
-			w := randDense(rng, sh.out, sh.in)
+			w := mattest.RandDense(rng, sh.out, sh.in)
 			x, c := activations(rng, 4*sh.in, sh.in, 0.9)
 			p := min(sh.out, sh.in)
 			methods := map[string]func() (Result, error){
@@ -93,7 +95,7 @@ func TestWhitenPredictedErrorAndOptimality(t *testing.T) {
 	for _, k := range backends() {
 		for _, sh := range shapes {
 			rng := newRNG()
-			w := randDense(rng, sh.out, sh.in)
+			w := mattest.RandDense(rng, sh.out, sh.in)
 			x, c := activations(rng, 4*sh.in, sh.in, 0.85)
 			p := min(sh.out, sh.in)
 			spec, err := Spectrum(k, w, c)
@@ -159,7 +161,7 @@ func TestWhitenRankDeficientGram(t *testing.T) {
 	const out, in, tokens = 40, 30, 10
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		_, c := activations(rng, tokens, in, 0.95)
 		total := CalibError(w, mat.NewDense(out, in, nil), c)
 		for _, rank := range []int{1, 5, tokens, 20, in} {
@@ -200,8 +202,8 @@ func TestWhitenEigenFallback(t *testing.T) {
 	const out, in = 12, 8
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
-		q := randOrthogonal(rng, in)
+		w := mattest.RandDense(rng, out, in)
+		q := mattest.RandOrthogonal(rng, in)
 		lam := []float64{-0.5, 0, 0.5, 1, 2, 3, 4, 5}
 		c, cPlus := mat.NewSymDense(in, nil), mat.NewSymDense(in, nil)
 		for j, l := range lam {
@@ -237,7 +239,7 @@ func TestWhitenDeadChannels(t *testing.T) {
 	const out, in = 20, 16
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		x, _ := activations(rng, 64, in, 0.9)
 		for i := range 64 {
 			x.Set(i, 3, 0)
@@ -270,7 +272,7 @@ func TestASVDScales(t *testing.T) {
 	const out, in, rank = 20, 16, 6
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		pl, err := Plain(k, w, rank)
 		if err != nil {
 			t.Fatal(err)
@@ -279,7 +281,7 @@ func TestASVDScales(t *testing.T) {
 		for _, tc := range []struct {
 			m     []float64
 			alpha float64
-		}{{make([]float64, in), 0.5}, {meanAbs(randDense(rng, 8, in)), 0}} {
+		}{{make([]float64, in), 0.5}, {meanAbs(mattest.RandDense(rng, 8, in)), 0}} {
 			r, err := ASVD(k, w, tc.m, tc.alpha, rank)
 			if err != nil {
 				t.Fatal(err)
@@ -289,7 +291,7 @@ func TestASVDScales(t *testing.T) {
 			}
 		}
 		// A dead channel is floored, not divided by.
-		m := meanAbs(randDense(rng, 8, in))
+		m := meanAbs(mattest.RandDense(rng, 8, in))
 		m[2] = 0
 		r, err := ASVD(k, w, m, 0.5, rank)
 		if err != nil {
@@ -319,7 +321,7 @@ func TestASVDScales(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	k := backends()[0]
 	rng := newRNG()
-	w := randDense(rng, 6, 4)
+	w := mattest.RandDense(rng, 6, 4)
 	_, c := activations(rng, 16, 4, 0.9)
 	nanW := mat.DenseCopyOf(w)
 	nanW.Set(1, 2, math.NaN())
@@ -359,7 +361,7 @@ func TestCorrectedTarget(t *testing.T) {
 	const out, in, tokens = 24, 16, 200
 	for _, k := range backends() {
 		rng := newRNG()
-		w := randDense(rng, out, in)
+		w := mattest.RandDense(rng, out, in)
 		xo, co := activations(rng, tokens, in, 0.9)
 		same, err := CorrectedTarget(k, w, mat.DenseCopyOf(co), co)
 		if err != nil {
@@ -370,7 +372,7 @@ func TestCorrectedTarget(t *testing.T) {
 		}
 
 		// The compressed stream: a perturbed copy of the original.
-		noise := randDense(rng, tokens, in)
+		noise := mattest.RandDense(rng, tokens, in)
 		noise.Scale(0.3, noise)
 		var xc mat.Dense
 		xc.Add(xo, noise)
