@@ -188,10 +188,9 @@ func convertBlock(m *model.Model, i int, orig *model.Block, stats *calib.SiteSta
 	if err != nil {
 		return nil, MLALayer{}, fmt.Errorf("model.layers.%d: %w", i, err)
 	}
-	inv := c.InvFreq()
 	freq := make([]float64, len(r.RopeFreqIndex))
 	for j, x := range r.RopeFreqIndex {
-		freq[j] = inv[x]
+		freq[j] = a.InvFreq[x]
 	}
 	comp := *orig
 	comp.Q = denseF32(r.Q, r.QBias)

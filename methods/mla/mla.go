@@ -165,7 +165,11 @@ func Convert(k kernels.Backend, a *Attention, s Stats, o Options) (*Result, erro
 
 	// 1. Mix the heads' RoPE pairs and choose the components that keep RoPE.
 	sigK := project(k, kk, g)
-	groups, err := mixings(k, a, o, sigK, project(k, q, g))
+	var sigQ *mat.SymDense // only the scores rotation weighs by the queries
+	if o.Rotation == RotateScores {
+		sigQ = project(k, q, g)
+	}
+	groups, err := mixings(k, a, o, sigK, sigQ)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +307,7 @@ type group struct {
 }
 
 // mixings computes each frequency group's mixing from the second moments of
-// the keys (D×D) and of the queries (Heads·d × Heads·d).
+// the keys (D×D) and, for RotateScores, of the queries (Heads·d × Heads·d).
 func mixings(k kernels.Backend, a *Attention, o Options, sigK, sigQ *mat.SymDense) ([]group, error) {
 	d, h, f := a.HeadDim, a.HeadDim/2, o.FreqFold
 	nkv := a.KVHeads
@@ -336,7 +340,6 @@ func mixings(k kernels.Backend, a *Attention, o Options, sigK, sigQ *mat.SymDens
 		for j := range f {
 			gr.freqs[j] = first + j
 		}
-		sk := complexMoment(sigK.At, gr.freqs)
 		switch o.Rotation {
 		case RotateNone:
 			gr.a, gr.ainv = identity(n), identity(n)
@@ -347,7 +350,7 @@ func mixings(k kernels.Backend, a *Attention, o Options, sigK, sigQ *mat.SymDens
 			}
 			gr.keepCount = -1
 		case RotateKeys:
-			vals, vecs, err := k.Eigh(sk)
+			vals, vecs, err := k.Eigh(complexMoment(sigK.At, gr.freqs))
 			if err != nil {
 				return nil, fmt.Errorf("mla: key PCA of frequencies %v: %w", gr.freqs, err)
 			}
@@ -376,7 +379,7 @@ func mixings(k kernels.Backend, a *Attention, o Options, sigK, sigQ *mat.SymDens
 				}
 			}
 			var err error
-			if gr.a, gr.ainv, gr.priority, err = balanced(k, sk, sq); err != nil {
+			if gr.a, gr.ainv, gr.priority, err = balanced(k, complexMoment(sigK.At, gr.freqs), sq); err != nil {
 				return nil, fmt.Errorf("mla: score rotation of frequencies %v: %w", gr.freqs, err)
 			}
 		}
