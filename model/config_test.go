@@ -43,6 +43,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"model_type": "llama", ` + base + `, "rope_scaling": {"rope_type": "linear"}}`, `needs a positive "factor"`},
 		{`{"model_type": "llama", ` + strings.Replace(base, `"hidden_size": 64`, `"hidden_size": "64"`, 1) + `}`, `field "hidden_size": expected`},
 		{`[1, 2]`, `c.json: not a JSON object`},
+		{`{"model_type": "llama", ` + base + `, "rankzip": {"format": "native", "quantized": {"model.layers.0.mlp.up_proj": {"bits": 5, "groups": 1}}}}`, `5 bits (want 2, 3, 4 or 8)`},
+		{`{"model_type": "llama", ` + base + `, "rankzip": {"format": "native", "quantized": {"model.layers.0.mlp.up_proj": {"bits": 4, "groups": 1}}, "ranks": {"model.layers.0.mlp.up_proj": 4}}}`, `needs one layout`},
+		{`{"model_type": "palullama", ` + base + `}`, `field "head_wise_ranks"`},
 	} {
 		_, err := ParseConfig("c.json", []byte(tc.json))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

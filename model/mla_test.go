@@ -412,6 +412,8 @@ func TestParseDeepSeekConfigRefusals(t *testing.T) {
 		{`"rankzip": {"format": "deepseek-mla", "mla_rope_source_head_dim": 8, "mla_rope_freq_index": [0, 1]}`, "rankzip.mla_rope_freq_index"},
 		{`"rankzip": {"format": "deepseek-mla", "mla_rope_source_head_dim": 5, "mla_rope_freq_index": [0, 1, 2, 0]}`, "rankzip.mla_rope_source_head_dim"},
 		{`"rankzip": {"format": "native", "mla_rope_source_head_dim": 8}`, "rankzip"},
+		{`"rankzip": {"format": "deepseek-mla", "mla_rope_source_head_dim": 8, "mla_rope_freq_index": [0, 1, 2, 3], "mla_layer_rope_freq_index": [[0, 1, 2, 3]]}`, "rankzip.mla_layer_rope_freq_index"},
+		{`"rankzip": {"format": "deepseek-mla", "mla_rope_source_head_dim": 8, "mla_rope_freq_index": [0, 1, 2, 3], "mla_layer_rope_freq_index": [[0, 1, 2, 3], [0, 1, 2, 9]]}`, "rankzip.mla_layer_rope_freq_index"},
 	} {
 		// Later keys win in encoding/json, so extra overrides the base.
 		_, err := ParseConfig("c.json", []byte(`{`+deepseek+`, `+tc.extra+`}`))
