@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -336,3 +337,55 @@ func TestStoreErrorClassification(t *testing.T) {
 
 // quiet drops the logs of the test environment (activity errors are expected).
 var quiet = log.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 1})))
+
+// Two models that share their embeddings but differ in block 0 (a fine-tune
+// and its base) must not share compressed blocks or exports in one store:
+// with uniform ranks the plan depends only on shapes and block 0's input
+// streams only on the embeddings, so only the model's digest tells them apart.
+func TestBlockKeyIncludesModel(t *testing.T) {
+	jobA, acts, _ := fixtureRecipe(t, `model: model
+calibration: {data: data.parquet, sequences: 8, batch: 3}
+output: out
+stages: [{method: svd, targets: ["mlp.*"], rank: 4}]
+`)
+	dir := filepath.Dir(jobA.Recipe.Model)
+	m, err := model.Load(jobA.Recipe.Model, acts.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := m.Blocks[0].Down.(*model.Dense)
+	for i := range down.Weight {
+		down.Weight[i] *= 1.5
+	}
+	if err := model.Save(m, filepath.Join(dir, "tuned"), safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	r := strings.Replace(string(must(os.ReadFile(filepath.Join(dir, "recipe.yaml")))), "model: model", "model: tuned", 1)
+	r = strings.Replace(r, "output: out", "output: out-tuned", 1)
+	if err := os.WriteFile(filepath.Join(dir, "tuned.yaml"), []byte(r), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	jobB, err := recipe.Load(filepath.Join(dir, "tuned.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	insA, outsA := runBlocks(t, jobA, acts)
+	insB, outsB := runBlocks(t, *jobB, acts)
+	if insA.Streams.SHA256 != insB.Streams.SHA256 || insA.Plan.SHA256 != insB.Plan.SHA256 {
+		t.Fatalf("test premise: the two jobs should share block 0's plan and input streams")
+	}
+	if outsB[0].Skipped {
+		t.Errorf("block 0 of the tuned model was taken from the store: it belongs to the other model")
+	}
+	if outsA[0].Factors.SHA256 == outsB[0].Factors.SHA256 {
+		t.Errorf("block 0 of both models has the same factors %s", outsA[0].Factors.SHA256[:12])
+	}
+
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

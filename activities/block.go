@@ -42,7 +42,10 @@ type BlockOutput struct {
 // factors only recomputes the next streams.
 func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, error) {
 	job := in.Job
-	key := store.Key("block", Version, in.Plan.SHA256, in.Streams.SHA256, in.Index, in.NoNext)
+	// Every input that determines the block: two models may share a plan
+	// (uniform ranks depend only on shapes) and block 0's streams (the same
+	// embeddings), so the model's own digest is part of the key.
+	key := store.Key("block", Version, ModelDigest(job), in.Plan.SHA256, in.Streams.SHA256, in.Index, in.NoNext)
 	factoredKey := store.Key("factored", key)
 	var out BlockOutput
 	if ref, ok, err := a.Store.Lookup(key); err != nil {

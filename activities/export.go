@@ -48,7 +48,9 @@ const AdapterDir = "eora"
 func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, error) {
 	job := in.Job
 	r := job.Recipe
-	parts := []any{Version, in.Plan.SHA256, shas(in.Blocks), r.Export}
+	// The export holds the original model's untouched tensors too, so the
+	// model's digest is part of the key.
+	parts := []any{Version, ModelDigest(job), in.Plan.SHA256, shas(in.Blocks), r.Export}
 	if len(in.Later) > 0 {
 		var later [][]string
 		for _, l := range in.Later {
