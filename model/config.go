@@ -50,6 +50,9 @@ type Config struct {
 	// MLA is set for DeepSeek-V2/V3 checkpoints: every layer uses latent
 	// attention (HeadDim is then qk_rope_head_dim, NumKVHeads = NumHeads).
 	MLA *MLAConfig
+	// DType is transformers 5's "dtype" or 4.x's "torch_dtype" ("" when
+	// neither is given); DTypeSettings writes it back in the source's form.
+	DType string
 
 	Raw map[string]json.RawMessage
 }
@@ -140,7 +143,8 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	c.VocabSize = p.positive("vocab_size")
 	c.MaxPositions = p.positive("max_position_embeddings")
 	c.RMSNormEps = p.float("rms_norm_eps", 1e-6)
-	c.RopeTheta = p.float("rope_theta", 10000)
+	c.RopeTheta, c.RopeScaling = p.rope() // both forms: rope_theta/rope_scaling (4.x), rope_parameters (5)
+	c.DType = p.dtype()
 	c.TieWordEmbeddings = p.boolean("tie_word_embeddings", false) // the default of LlamaConfig, MistralConfig and Qwen2Config
 	if act := p.str("hidden_act", "silu"); act != "silu" {
 		p.fail("hidden_act", fmt.Errorf("unsupported activation %q (only silu)", act))
@@ -165,9 +169,6 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if !(c.RMSNormEps > 0) {
 		p.fail("rms_norm_eps", fmt.Errorf("must be positive, got %v", c.RMSNormEps))
 	}
-	if !(c.RopeTheta > 0) {
-		p.fail("rope_theta", fmt.Errorf("must be positive, got %v", c.RopeTheta))
-	}
 	switch c.ModelType {
 	case "qwen2":
 		c.QKVBias = true
@@ -187,7 +188,6 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 			p.fail("sliding_window", errors.New("sliding-window attention with latent attention (MLA) is not supported"))
 		}
 	}
-	c.RopeScaling = p.ropeScaling()
 	sec := p.native()
 	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup, c.Quantized = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup, sec.Quantized
 	if c.PaluLayout {
@@ -294,40 +294,6 @@ func (p *parser) str(key, def string) string {
 	v := def
 	p.decode(key, &v)
 	return v
-}
-
-func (p *parser) ropeScaling() *RopeScaling {
-	var m map[string]any
-	if !p.decode("rope_scaling", &m) {
-		return nil
-	}
-	typ, _ := m["rope_type"].(string)
-	if typ == "" {
-		typ, _ = m["type"].(string)
-	}
-	num := func(k string) float64 {
-		v, ok := m[k].(float64)
-		if !ok || !(v > 0) || math.IsInf(v, 0) {
-			p.fail("rope_scaling", fmt.Errorf("%s rope scaling needs a positive %q", typ, k))
-		}
-		return v
-	}
-	switch typ {
-	case "default":
-		return nil
-	case "linear":
-		return &RopeScaling{Type: typ, Factor: num("factor")}
-	case "llama3":
-		s := &RopeScaling{Type: typ, Factor: num("factor"), LowFreqFactor: num("low_freq_factor"),
-			HighFreqFactor: num("high_freq_factor"), OriginalMaxPositions: int(num("original_max_position_embeddings"))}
-		if s.HighFreqFactor <= s.LowFreqFactor {
-			p.fail("rope_scaling", fmt.Errorf("high_freq_factor %v must exceed low_freq_factor %v", s.HighFreqFactor, s.LowFreqFactor))
-		}
-		return s
-	default:
-		p.fail("rope_scaling", fmt.Errorf("unsupported rope scaling type %q (supported: linear, llama3)", typ))
-		return nil
-	}
 }
 
 // QuantSpec is a quantized module of a native checkpoint.

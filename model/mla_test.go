@@ -401,8 +401,10 @@ func TestParseDeepSeekConfigRefusals(t *testing.T) {
 	for _, tc := range []struct{ extra, field string }{
 		{`"q_lora_rank": 32`, "q_lora_rank"},
 		{`"n_routed_experts": 8, "first_k_dense_replace": 1`, "n_routed_experts"},
-		{`"rope_scaling": {"type": "yarn", "factor": 40}`, "rope_scaling"},
-		{`"rope_scaling": {"rope_type": "deepseek_yarn", "factor": 40}`, "rope_scaling"},
+		{`"rope_scaling": {"type": "yarn", "factor": 40}`, "rope_scaling.type"},
+		{`"rope_scaling": {"rope_type": "deepseek_yarn", "factor": 40}`, "rope_scaling.rope_type"},
+		{`"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000, "factor": 40, "mscale_all_dim": 1}`, "rope_parameters.rope_type"},
+		{`"rope_parameters": {"rope_type": "default", "rope_theta": 10000, "mscale_all_dim": 1}`, "rope_parameters.mscale_all_dim"},
 		{`"rope_interleave": false`, "rope_interleave"},
 		{`"qk_rope_head_dim": 7`, "qk_rope_head_dim"},
 		{`"num_key_value_heads": 4`, "num_key_value_heads"},

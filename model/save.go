@@ -168,7 +168,8 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		return err
 	}
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
-	set := map[string]any{"torch_dtype": torch, NativeSection: nil}
+	set := c.DTypeSettings(torch)
+	set[NativeSection] = nil
 	if palu && mla != nil {
 		return fmt.Errorf("save model: latent attention (MLA) has no place in Palu's layout")
 	}
@@ -238,7 +239,11 @@ func i32Bytes(v []int32) []byte {
 }
 
 // WriteConfig writes dir/config.json atomically: the keys of c.Raw with the
-// given keys replaced (a nil value deletes the key).
+// given keys replaced (a nil value deletes the key). The RoPE settings keep
+// the form of the source checkpoint (4.x rope_theta/rope_scaling or
+// transformers 5's rope_parameters, copied from Raw), and so does the dtype
+// where set comes from DTypeSettings; the written config must read back to
+// c's RoPE settings, else nothing is written.
 func WriteConfig(dir string, c *Config, set map[string]any) error {
 	data, err := configJSON(c, set)
 	if err != nil {
@@ -263,6 +268,22 @@ func configJSON(c *Config, set map[string]any) ([]byte, error) {
 	data, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("write config: %w", err)
+	}
+	var back map[string]json.RawMessage
+	if err := json.Unmarshal(data, &back); err != nil {
+		return nil, fmt.Errorf("write config: %w", err)
+	}
+	rope, dtype, err := readRope("config.json", back)
+	if err != nil {
+		return nil, fmt.Errorf("write config: the RoPE settings or dtype do not read back: %w", err)
+	}
+	if !rope.Equal(c.Rope()) {
+		return nil, fmt.Errorf("write config: config.json would read back as %v, not the model's %v", rope, c.Rope())
+	}
+	for _, k := range []string{"dtype", "torch_dtype"} {
+		if v, ok := set[k].(string); ok && v != dtype {
+			return nil, fmt.Errorf("write config: %s %q reads back as %q", k, v, dtype)
+		}
 	}
 	return append(data, '\n'), nil
 }

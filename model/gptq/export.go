@@ -122,7 +122,9 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 		return err
 	}
 	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
-	return model.WriteConfig(dir, c, map[string]any{"torch_dtype": torch, QuantizationConfigKey: qc, model.NativeSection: nil})
+	set := c.DTypeSettings(torch) // torch_dtype or dtype, as the source had it
+	set[QuantizationConfigKey], set[model.NativeSection] = qc, nil
+	return model.WriteConfig(dir, c, set)
 }
 
 // IsCheckpoint reports whether dir's config.json has a GPTQ
