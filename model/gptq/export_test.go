@@ -1,9 +1,12 @@
 package gptq_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -197,5 +200,56 @@ func TestAdapterRoundTrip(t *testing.T) {
 	}
 	if _, err := gptq.ApplyAdapters(m, []gptq.Adapter{{Module: "model.layers.9.mlp.up_proj", A: randDense(2, 64), B: randDense(96, 2)}}); err == nil {
 		t.Error("adapter for a missing layer accepted")
+	}
+}
+
+// A source checkpoint in the transformers 5 form (rope_parameters, dtype)
+// is exported in that form, and the export reads back to its settings.
+func TestExportKeepsTransformers5Form(t *testing.T) {
+	m := synthetic(t)
+	raw := map[string]json.RawMessage{}
+	for k, v := range m.Config.Raw {
+		raw[k] = v
+	}
+	delete(raw, "rope_theta")
+	delete(raw, "torch_dtype")
+	raw["rope_parameters"] = json.RawMessage(`{"rope_type": "llama3", "rope_theta": 20000, "factor": 4, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 16}`)
+	raw["dtype"] = json.RawMessage(`"float32"`)
+	data, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := model.ParseConfig("config.json", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Config = cfg
+	q := rtnModel(t, m, quant.Config{Bits: 4, GroupSize: 32})
+	qc, _ := gptq.NewQuantizeConfig(4, 32, false, false)
+	dir := t.TempDir()
+	if err := gptq.Export(q, dir, safetensors.F16, qc); err != nil {
+		t.Fatal(err)
+	}
+	data, err = os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]json.RawMessage
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatal(err)
+	}
+	_, td := out["torch_dtype"]
+	_, theta := out["rope_theta"]
+	var a, b bytes.Buffer
+	if json.Compact(&a, out["rope_parameters"]) != nil || json.Compact(&b, raw["rope_parameters"]) != nil ||
+		string(out["dtype"]) != `"float16"` || td || theta || a.String() != b.String() {
+		t.Errorf("exported config.json:\n%s", data)
+	}
+	back, err := gptq.Load(dir, m.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Config.Rope().Equal(cfg.Rope()) || back.Config.DType != "float16" {
+		t.Errorf("read back as %v dtype %q, want %v float16", back.Config.Rope(), back.Config.DType, cfg.Rope())
 	}
 }
