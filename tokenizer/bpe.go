@@ -1,0 +1,298 @@
+package tokenizer
+
+import (
+	"container/heap"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"unicode/utf8"
+)
+
+// bpeModel is the library's BPE model (no dropout).
+type bpeModel struct {
+	vocab        map[string]int32
+	idToTok      []string
+	present      []bool
+	merges       map[[2]int32]mergeInfo
+	unk          int32 // -1: none
+	fuseUnk      bool
+	byteFallback bool
+	byteIDs      [256]int32 // <0xXX> ids when byteFallback (-1 when absent)
+	prefix       string     // continuing_subword_prefix
+	suffix       string     // end_of_word_suffix
+	ignoreMerges bool
+
+	cache  sync.Map // word -> []int32, for short words
+	cached int64
+	mu     sync.Mutex
+}
+
+type mergeInfo struct {
+	rank  int32
+	newID int32
+}
+
+const (
+	cacheWordMax = 256     // bytes: longer words are not cached
+	cacheEntries = 1 << 18 // at most this many words cached
+)
+
+func parseModel(raw json.RawMessage, file string) (*bpeModel, error) {
+	var h struct {
+		Type                    string            `json:"type"`
+		Dropout                 *float64          `json:"dropout"`
+		UnkToken                *string           `json:"unk_token"`
+		ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
+		EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
+		FuseUnk                 bool              `json:"fuse_unk"`
+		ByteFallback            bool              `json:"byte_fallback"`
+		IgnoreMerges            bool              `json:"ignore_merges"`
+		Vocab                   map[string]int32  `json:"vocab"`
+		Merges                  []json.RawMessage `json:"merges"`
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return nil, componentError(file, "model", "unreadable: %v", err)
+	}
+	if h.Type == "" && h.Vocab != nil && h.Merges != nil {
+		h.Type = "BPE"
+	}
+	if h.Type != "BPE" {
+		return nil, componentError(file, "model", "type %q not supported (rankzip reads BPE tokenizers)", h.Type)
+	}
+	if h.Dropout != nil && *h.Dropout > 0 {
+		return nil, componentError(file, "model", "BPE dropout %v not supported (it makes tokenization random)", *h.Dropout)
+	}
+	m := &bpeModel{vocab: h.Vocab, unk: -1, fuseUnk: h.FuseUnk, byteFallback: h.ByteFallback, ignoreMerges: h.IgnoreMerges}
+	if h.ContinuingSubwordPrefix != nil {
+		m.prefix = *h.ContinuingSubwordPrefix
+	}
+	if h.EndOfWordSuffix != nil {
+		m.suffix = *h.EndOfWordSuffix
+	}
+	max := int32(-1)
+	for tok, id := range m.vocab {
+		if id < 0 {
+			return nil, componentError(file, "model", "token %q has a negative id", tok)
+		}
+		if id > max {
+			max = id
+		}
+	}
+	m.idToTok = make([]string, max+1)
+	m.present = make([]bool, max+1)
+	for tok, id := range m.vocab {
+		m.idToTok[id] = tok
+		m.present[id] = true
+	}
+	if h.UnkToken != nil {
+		id, ok := m.vocab[*h.UnkToken]
+		if !ok {
+			return nil, componentError(file, "model", "unk_token %q is not in the vocabulary", *h.UnkToken)
+		}
+		m.unk = id
+	}
+	for b := range m.byteIDs {
+		m.byteIDs[b] = -1
+		if id, ok := m.vocab[fmt.Sprintf("<0x%02X>", b)]; ok {
+			m.byteIDs[b] = id
+		}
+	}
+	m.merges = make(map[[2]int32]mergeInfo, len(h.Merges))
+	for rank, r := range h.Merges {
+		var a, b string
+		var s string
+		if err := json.Unmarshal(r, &s); err == nil {
+			parts := strings.Split(s, " ")
+			if len(parts) != 2 {
+				return nil, componentError(file, "model", "merge %d %q is not two tokens", rank, s)
+			}
+			a, b = parts[0], parts[1]
+		} else {
+			var pair []string
+			if err := json.Unmarshal(r, &pair); err != nil || len(pair) != 2 {
+				return nil, componentError(file, "model", "merge %d is neither \"a b\" nor [a, b]", rank)
+			}
+			a, b = pair[0], pair[1]
+		}
+		ia, ok1 := m.vocab[a]
+		ib, ok2 := m.vocab[b]
+		if !ok1 || !ok2 {
+			return nil, componentError(file, "model", "merge %d (%q, %q) uses a token not in the vocabulary", rank, a, b)
+		}
+		merged := a + strings.TrimPrefix(b, m.prefix)
+		if m.prefix == "" {
+			merged = a + b
+		}
+		nid, ok := m.vocab[merged]
+		if !ok {
+			return nil, componentError(file, "model", "merge %d result %q is not in the vocabulary", rank, merged)
+		}
+		m.merges[[2]int32{ia, ib}] = mergeInfo{int32(rank), nid}
+	}
+	return m, nil
+}
+
+// tokenize appends the ids of one pre-tokenized word.
+func (m *bpeModel) tokenize(dst []int32, w string) []int32 {
+	if w == "" {
+		return dst
+	}
+	if m.ignoreMerges {
+		if id, ok := m.vocab[w]; ok {
+			return append(dst, id)
+		}
+	}
+	if len(w) <= cacheWordMax {
+		if v, ok := m.cache.Load(w); ok {
+			return append(dst, v.([]int32)...)
+		}
+	}
+	n := len(dst)
+	dst = m.mergeWord(dst, w)
+	if len(w) <= cacheWordMax {
+		m.mu.Lock()
+		if m.cached < cacheEntries {
+			m.cached++
+			m.cache.Store(strings.Clone(w), append([]int32(nil), dst[n:]...))
+		}
+		m.mu.Unlock()
+	}
+	return dst
+}
+
+type symbol struct {
+	id         int32
+	prev, next int
+	len        int
+}
+
+type mergeItem struct {
+	pos   int
+	rank  int32
+	newID int32
+}
+
+type mergeHeap []mergeItem
+
+func (h mergeHeap) Len() int { return len(h) }
+func (h mergeHeap) Less(i, j int) bool {
+	if h[i].rank != h[j].rank {
+		return h[i].rank < h[j].rank
+	}
+	return h[i].pos < h[j].pos
+}
+func (h mergeHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(mergeItem)) }
+func (h *mergeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// mergeWord is BPE::merge_word followed by Word::merge_all.
+func (m *bpeModel) mergeWord(dst []int32, w string) []int32 {
+	syms := make([]symbol, 0, len(w))
+	add := func(id int32, n int) {
+		k := len(syms)
+		syms = append(syms, symbol{id: id, prev: k - 1, next: -1, len: n})
+		if k > 0 {
+			syms[k-1].next = k
+		}
+	}
+	unkID, unkLen := int32(-1), 0
+	for i := 0; i < len(w); {
+		_, size := utf8.DecodeRuneInString(w[i:])
+		s := w[i : i+size]
+		if i > 0 && m.prefix != "" {
+			s = m.prefix + s
+		}
+		if i+size == len(w) && m.suffix != "" {
+			s = s + m.suffix
+		}
+		if id, ok := m.vocab[s]; ok {
+			if unkID >= 0 {
+				add(unkID, unkLen)
+				unkID = -1
+			}
+			add(id, size)
+			i += size
+			continue
+		}
+		if m.byteFallback {
+			all := true
+			for j := 0; j < len(s); j++ {
+				if m.byteIDs[s[j]] < 0 {
+					all = false
+					break
+				}
+			}
+			if all {
+				for j := 0; j < len(s); j++ {
+					add(m.byteIDs[s[j]], 1)
+				}
+				i += size
+				continue
+			}
+		}
+		if m.unk >= 0 {
+			switch {
+			case unkID >= 0 && m.fuseUnk:
+				unkLen += size
+			case unkID >= 0:
+				add(unkID, unkLen)
+				unkID, unkLen = m.unk, size
+			default:
+				unkID, unkLen = m.unk, size
+			}
+		}
+		i += size
+	}
+	if unkID >= 0 {
+		add(unkID, unkLen)
+	}
+
+	var q mergeHeap
+	for i := 0; i+1 < len(syms); i++ {
+		if mi, ok := m.merges[[2]int32{syms[i].id, syms[i+1].id}]; ok {
+			q = append(q, mergeItem{i, mi.rank, mi.newID})
+		}
+	}
+	heap.Init(&q)
+	for q.Len() > 0 {
+		top := heap.Pop(&q).(mergeItem)
+		cur := &syms[top.pos]
+		if cur.len == 0 || cur.next == -1 {
+			continue
+		}
+		nextPos := cur.next
+		right := syms[nextPos]
+		if mi, ok := m.merges[[2]int32{cur.id, right.id}]; !ok || mi.newID != top.newID {
+			continue
+		}
+		cur.id = top.newID
+		cur.len += right.len
+		cur.next = right.next
+		syms[nextPos].len = 0
+		if right.next >= 0 {
+			syms[right.next].prev = top.pos
+		}
+		if cur.prev >= 0 {
+			if mi, ok := m.merges[[2]int32{syms[cur.prev].id, cur.id}]; ok {
+				heap.Push(&q, mergeItem{cur.prev, mi.rank, mi.newID})
+			}
+		}
+		if cur.next >= 0 {
+			if mi, ok := m.merges[[2]int32{cur.id, syms[cur.next].id}]; ok {
+				heap.Push(&q, mergeItem{top.pos, mi.rank, mi.newID})
+			}
+		}
+	}
+	for _, s := range syms {
+		if s.len != 0 {
+			dst = append(dst, s.id)
+		}
+	}
+	return dst
+}

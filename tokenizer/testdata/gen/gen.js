@@ -1,0 +1,71 @@
+// Writes ../expected.json.gz: the ids and decodings the real Hugging Face
+// tokenizers library (its Node binding, tokenizers@0.23.2) gives for every
+// text of ../corpus.json, with every tokenizer below. Run: npm ci && node gen.js
+'use strict';
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const zlib = require('zlib');
+const { Tokenizer } = require('tokenizers');
+
+const td = path.join(__dirname, '..');
+
+// Layouts other checkpoints ship, made from the vocabularies above by
+// replacing top-level fields (the Go test applies the same patches).
+const metaspaceFirst = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+const cases = [
+  { name: 'gpt2', dir: 'gpt2' },
+  { name: 'llama3.1', dir: 'llama3.1' },
+  { name: 'qwen3', dir: 'qwen3' },
+  { name: 'mistral7b', dir: 'mistral7b' },
+  // Mistral 7B v0.3 / Llama with legacy=false: Metaspace pre-tokenizer instead of Prepend+Replace.
+  { name: 'mistral7b-metaspace', dir: 'mistral7b', patch: { normalizer: null, pre_tokenizer: metaspaceFirst, decoder: metaspaceFirst } },
+  // Older SentencePiece conversions: Metaspace splitting on every ▁, prefix always.
+  {
+    name: 'mistral7b-metaspace-split', dir: 'mistral7b', patch: {
+      normalizer: null,
+      pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true },
+      decoder: { type: 'Sequence', decoders: [{ type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true }, { type: 'ByteFallback' }, { type: 'Fuse' }] },
+    },
+  },
+  // SmolLM / StarCoder layout: single digits before byte-level splitting.
+  {
+    name: 'gpt2-digits', dir: 'gpt2', patch: {
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true }, { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] },
+    },
+  },
+];
+
+function load(c) {
+  const json = JSON.parse(zlib.gunzipSync(fs.readFileSync(path.join(td, c.dir, 'tokenizer.json.gz'))).toString('utf8'));
+  Object.assign(json, c.patch || {});
+  const tmp = path.join(os.tmpdir(), `rankzip-tok-${process.pid}-${c.name}.json`);
+  fs.writeFileSync(tmp, JSON.stringify(json));
+  const tok = Tokenizer.fromFile(tmp);
+  fs.unlinkSync(tmp);
+  return tok;
+}
+
+async function main() {
+  const corpus = JSON.parse(fs.readFileSync(path.join(td, 'corpus.json'), 'utf8'));
+  const out = { generator: 'tokenizers@' + require('tokenizers/package.json').version, cases: [] };
+  for (const c of cases) {
+    const tok = load(c);
+    const results = [];
+    for (const text of corpus) {
+      const withSpecial = (await tok.encode(text, null, { addSpecialTokens: true })).getIds();
+      const plain = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
+      results.push({
+        ids: withSpecial,
+        ids_plain: plain,
+        decode: await tok.decode(withSpecial, false),
+        decode_skip: await tok.decode(withSpecial, true),
+      });
+    }
+    out.cases.push({ name: c.name, dir: c.dir, patch: c.patch || null, results });
+    console.log(c.name, results.length, 'texts');
+  }
+  fs.writeFileSync(path.join(td, 'expected.json.gz'), zlib.gzipSync(JSON.stringify(out), { level: 9 }));
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
