@@ -15,8 +15,9 @@ import (
 // expected is testdata/expected.json.gz, written by testdata/gen/gen.js with
 // the real tokenizers library.
 type expected struct {
-	Generator string `json:"generator"`
-	Cases     []struct {
+	Generator   string   `json:"generator"`
+	RandomTexts []string `json:"random_texts"`
+	Cases       []struct {
 		Name    string                     `json:"name"`
 		Dir     string                     `json:"dir"`
 		Patch   map[string]json.RawMessage `json:"patch"`
@@ -65,6 +66,7 @@ func loadExpected(t testing.TB) {
 		if err := json.Unmarshal(b, &corpus); err != nil {
 			t.Fatal(err)
 		}
+		corpus = append(corpus, exp.RandomTexts...)
 	})
 }
 

@@ -46,9 +46,41 @@ function load(c) {
   return tok;
 }
 
+// randomTexts makes n texts from a seeded generator: runs drawn from pools of
+// characters that exercise every branch of the pre-tokenizers.
+function randomTexts(n, seed) {
+  let x = seed >>> 0;
+  const rnd = (k) => { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; return x % k; };
+  const pools = [
+    'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ', '0123456789', ' ', '  ', '\n', '\r\n', '\t',
+    ".,;:!?-_'\"()[]{}<>/\\|@#$%^&*+=~`", "'s", "'T", "'re", "'LL", 'éàüñçøåßœ', '你好世界中文字', 'こんにちはカタカナ',
+    '한국어', 'Привет', '😀👍🏽🚀❤️', '\u200d\u200b\ufeff', '\u00a0\u3000\u2003', 'e\u0301a\u0308', '𝔘𝐛𓀀',
+    '<s>', '</s>', '<|endoftext|>', '<|im_start|>', '<|eot_id|>', '<|begin_of_text|>', '<0x41>', '▁', 'Ġ',
+  ];
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    let s = '';
+    const runs = 1 + rnd(12);
+    for (let r = 0; r < runs; r++) {
+      const pool = pools[rnd(pools.length)];
+      const chars = Array.from(pool);
+      if (pool.length > 3 && rnd(3) > 0) {
+        const len = 1 + rnd(8);
+        for (let k = 0; k < len; k++) s += chars[rnd(chars.length)];
+      } else {
+        s += pool.repeat(1 + rnd(3));
+      }
+    }
+    out.push(s);
+  }
+  return out;
+}
+
 async function main() {
-  const corpus = JSON.parse(fs.readFileSync(path.join(td, 'corpus.json'), 'utf8'));
-  const out = { generator: 'tokenizers@' + require('tokenizers/package.json').version, cases: [] };
+  const fixed = JSON.parse(fs.readFileSync(path.join(td, 'corpus.json'), 'utf8'));
+  const random = randomTexts(400, 20261204);
+  const corpus = fixed.concat(random);
+  const out = { generator: 'tokenizers@' + require('tokenizers/package.json').version, random_texts: random, cases: [] };
   for (const c of cases) {
     const tok = load(c);
     const results = [];
