@@ -407,17 +407,21 @@ func (v *validator) export() {
 		v.add("export.format %q unknown (want native, dense, gptq, deepseek-mla or palu)", e.Format)
 	}
 	if e.DType == "" {
-		e.DType = "float32"
-		if v.cfg != nil {
-			var td string
-			if raw, ok := v.cfg.Raw["torch_dtype"]; ok && json.Unmarshal(raw, &td) == nil && slices.Contains(DTypes, td) {
-				e.DType = td
-			}
-		}
+		e.DType = defaultDType(v.cfg)
 	}
 	if !slices.Contains(DTypes, e.DType) {
 		v.add("export.dtype %q unknown (want one of %s)", e.DType, strings.Join(DTypes, ", "))
 	}
+}
+
+// defaultDType is the export dtype when the recipe names none: the model's
+// own (transformers 5's "dtype" or 4.x's "torch_dtype", as model.Config.DType
+// reads them) where it is an export dtype, else float32.
+func defaultDType(cfg *model.Config) string {
+	if cfg != nil && slices.Contains(DTypes, cfg.DType) {
+		return cfg.DType
+	}
+	return "float32"
 }
 
 // DTypes are the export dtypes.
