@@ -51,14 +51,21 @@ func parseModel(raw json.RawMessage, file string) (*bpeModel, error) {
 		Vocab                   map[string]int32  `json:"vocab"`
 		Merges                  []json.RawMessage `json:"merges"`
 	}
-	if err := json.Unmarshal(raw, &h); err != nil {
+	var kind struct {
+		Type   string          `json:"type"`
+		Merges json.RawMessage `json:"merges"`
+	}
+	if err := json.Unmarshal(raw, &kind); err != nil {
 		return nil, componentError(file, "model", "unreadable: %v", err)
 	}
-	if h.Type == "" && h.Vocab != nil && h.Merges != nil {
-		h.Type = "BPE"
+	if kind.Type == "" && kind.Merges != nil {
+		kind.Type = "BPE" // files of old versions of the library omit it
 	}
-	if h.Type != "BPE" {
-		return nil, componentError(file, "model", "type %q not supported (rankzip reads BPE tokenizers)", h.Type)
+	if kind.Type != "BPE" {
+		return nil, componentError(file, "model", "type %q not supported (rankzip reads BPE tokenizers)", kind.Type)
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return nil, componentError(file, "model", "unreadable: %v", err)
 	}
 	if h.Dropout != nil && *h.Dropout > 0 {
 		return nil, componentError(file, "model", "BPE dropout %v not supported (it makes tokenization random)", *h.Dropout)
