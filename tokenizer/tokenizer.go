@@ -306,3 +306,12 @@ func (t *Tokenizer) Decode(ids []int32, skipSpecial bool) string {
 	}
 	return strings.Join(t.decoder.decode(toks), "")
 }
+
+// SpecialTokens returns the ids Encode puts before and after a text when
+// asked to add special tokens.
+func (t *Tokenizer) SpecialTokens() (prefix, suffix []int32) {
+	if t.post == nil {
+		return nil, nil
+	}
+	return t.post.wrap()
+}

@@ -14,6 +14,9 @@ func runCalib(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, `usage: rankzip calib import --from X.jsonl --out X.parquet`)
 		return errUsage
 	}
+	if hasFlag(args[1:], "tokenizer") {
+		return runCalibText(args[1:], stdout, stderr)
+	}
 	fs := newFlags("calib import", "calib import --from X.jsonl --out X.parquet", stderr)
 	from := fs.String("from", "", `JSONL file, one {"input_ids": [...]} object per line`)
 	out := fs.String("out", "", "Parquet file to write (input_ids LIST<INT32>)")

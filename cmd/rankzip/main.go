@@ -31,7 +31,9 @@ commands:
   eval      measure a model on a Parquet evaluation set (perplexity, KL against a baseline)
   generate  greedy decoding with a KV cache: "generate --model DIR --prompt-ids 1,2,3 --max-new N"
   inspect   print a checkpoint's architecture, parameter count, dtype and size
-  calib     calibration data: "calib import --from X.jsonl --out X.parquet"
+  calib     calibration data: "calib import --from X.jsonl --out X.parquet", or from text with the model's tokenizer:
+            "calib import --from X.parquet|X.jsonl|X.txt --tokenizer DIR [--seq-len 2048] [--sequences N] --out X.parquet"
+  tokenize  JSONL {"text"} on stdin to {"input_ids"} on stdout with a tokenizer.json: "tokenize --tokenizer DIR [--no-special] [--decode]"
 
 Run "rankzip <command> -h" for the flags of a command.
 `
@@ -74,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runGenerate(rest, stdout, stderr)
 	case "calib":
 		return runCalib(rest, stdout, stderr)
+	case "tokenize":
+		return runTokenize(rest, os.Stdin, stdout, stderr)
 	case "run":
 		return runRun(rest, stdout, stderr)
 	case "submit":
