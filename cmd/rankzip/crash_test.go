@@ -6,10 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -28,8 +28,14 @@ import (
 
 // The crash tests run the CLI as a child process: this test binary, which
 // runs main when RANKZIP_TEST_MAIN is set.
+//
+// Tests never use a port that a user's state directory may record: the
+// embedded server's ports come from the kernel's ephemeral range here
+// (rankzip itself picks them below it).
 func TestMain(m *testing.M) {
+	pickPorts = kernelPorts
 	if os.Getenv("RANKZIP_TEST_MAIN") == "1" {
+		skipPortCheck = os.Getenv("RANKZIP_TEST_SKIP_PORT_CHECK") == "1"
 		main()
 		os.Exit(0)
 	}
@@ -41,31 +47,6 @@ func cli(args ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "RANKZIP_TEST_MAIN=1")
 	return cmd
-}
-
-// freePorts finds n consecutive free TCP ports on 127.0.0.1.
-func freePorts(t *testing.T, n int) int {
-	t.Helper()
-	for base := 20000 + os.Getpid()%20000; base < 60000; base += 97 {
-		var ls []net.Listener
-		ok := true
-		for i := range n {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
-			if err != nil {
-				ok = false
-				break
-			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free ports")
-	return 0
 }
 
 // crashJob writes a recipe whose blocks take a second or so each
@@ -222,8 +203,8 @@ func TestCrashResume(t *testing.T) {
 	dir := t.TempDir()
 	recipePath := crashJob(t, dir)
 	state := filepath.Join(dir, "state")
-	port := fmt.Sprint(freePorts(t, 9))
-	args := []string{"run", recipePath, "--state", state, "--port", port, "--heartbeat-timeout", "2s"}
+	// No --port: the rerun reuses the ports the first run recorded.
+	args := []string{"run", recipePath, "--state", state, "--heartbeat-timeout", "2s"}
 
 	first := cli(args...)
 	var out1 syncBuffer
@@ -285,25 +266,25 @@ func TestCrashWorker(t *testing.T) {
 	recipePath := crashJob(t, dir)
 	state := filepath.Join(dir, "state")
 	storeDir := filepath.Join(dir, "workerstore")
-	p := freePorts(t, 9)
 	workerBin := filepath.Join(dir, "worker")
 	if out, err := exec.Command("go", "build", "-o", workerBin, "../worker").CombinedOutput(); err != nil {
 		t.Fatalf("build cmd/worker: %v\n%s", err, out)
 	}
-	run := cli("run", recipePath, "--state", state, "--port", fmt.Sprint(p), "--heartbeat-timeout", "2s", "--no-worker")
+	run := cli("run", recipePath, "--state", state, "--heartbeat-timeout", "2s", "--no-worker")
 	var runOut syncBuffer
 	run.Stdout, run.Stderr = &runOut, &runOut
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer run.Process.Kill()
+	var addr string
 	startWorker := func(name string) (*exec.Cmd, string) {
 		logPath := filepath.Join(dir, name+".log")
 		f, err := os.Create(logPath)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := exec.Command(workerBin, "--temporal", fmt.Sprintf("127.0.0.1:%d", p), "--store", storeDir)
+		w := exec.Command(workerBin, "--temporal", addr, "--store", storeDir)
 		w.Stdout, w.Stderr = f, f
 		if err := w.Start(); err != nil {
 			t.Fatal(err)
@@ -311,7 +292,7 @@ func TestCrashWorker(t *testing.T) {
 		t.Cleanup(func() { w.Process.Kill(); w.Wait(); f.Close() })
 		return w, logPath
 	}
-	// Start the worker once the server is up.
+	// Start the worker once the server is up, at the address it prints.
 	deadline := time.Now().Add(time.Minute)
 	for !strings.Contains(runOut.String(), "started on") {
 		if time.Now().After(deadline) {
@@ -319,6 +300,11 @@ func TestCrashWorker(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	m := regexp.MustCompile(`started on the embedded server \((127\.0\.0\.1:\d+)\)`).FindStringSubmatch(runOut.String())
+	if m == nil {
+		t.Fatalf("rankzip run does not say where its server listens:\n%s", runOut.String())
+	}
+	addr = m[1]
 	w1, log1 := startWorker("worker1")
 	waitBlocks(t, storeDir, 2, w1, &runOut)
 	if b, _ := os.ReadFile(log1); !bytes.Contains(b, []byte("block done")) {

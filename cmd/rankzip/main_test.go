@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -226,17 +227,31 @@ func equal(a, b []int32) bool {
 	return true
 }
 
+// Two demos in different state directories run at the same time, each on
+// the ports its state directory records.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("demo takes a few seconds")
 	}
-	out, _, err := rankzip("demo", "--state", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	var cmds []*exec.Cmd
+	var outs []*syncBuffer
+	for range 2 {
+		cmd := cli("demo", "--state", t.TempDir())
+		out := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, cmd), append(outs, out)
 	}
-	for _, want := range []string{"float32", "bfloat16", "parameters  214,592"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("demo %d: %v\n%s", i, err, outs[i])
+		}
+		for _, want := range []string{"float32", "bfloat16", "parameters  214,592", "started on the embedded server (127.0.0.1:"} {
+			if !strings.Contains(outs[i].String(), want) {
+				t.Errorf("demo %d output lacks %q:\n%s", i, want, outs[i])
+			}
 		}
 	}
 }

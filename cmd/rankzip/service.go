@@ -35,7 +35,7 @@ func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
 	fs.StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS; none: the embedded server)")
 	fs.StringVar(&f.namespace, "namespace", "", "Temporal namespace (default $TEMPORAL_NAMESPACE or \"default\")")
 	fs.StringVar(&f.state, "state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
-	fs.IntVar(&f.port, "port", 0, "first of the 9 fixed ports of the embedded server (default $RANKZIP_PORT or 17233)")
+	fs.IntVar(&f.port, "port", 0, "embedded server: use ports PORT to PORT+7 (default $RANKZIP_PORT, else the ports recorded in the state directory, chosen free at its first start)")
 	return f
 }
 
@@ -92,16 +92,19 @@ func (f *serviceFlags) connect(mode workerMode, exclusive bool) (*session, error
 		s.c = c
 		return s, nil
 	}
-	port, err := embeddedPort(f.port)
+	forced, err := forcedPort(f.port)
 	if err != nil {
 		return nil, err
 	}
 	dir := stateDir(f.state)
 	tdir := filepath.Join(dir, "temporal")
-	e, err := startEmbedded(tdir, port)
+	e, err := startEmbedded(tdir, forced)
 	var busy *errBusy
 	switch {
 	case errors.As(err, &busy) && !exclusive:
+		if busy.hostPort == "" {
+			return nil, fmt.Errorf("%w and has not yet started it; try again in a few seconds", err)
+		}
 		opts.HostPort = busy.hostPort
 	case err != nil:
 		if errors.As(err, &busy) {
@@ -165,7 +168,7 @@ func (s *session) where() string {
 	case s.embedded == nil:
 		return "the embedded server of another rankzip process"
 	}
-	return "the embedded server"
+	return "the embedded server (" + s.embedded.hostPort + ")"
 }
 
 // parseArgs parses flags placed before or after the positional arguments

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// listen holds a port of the kernel's ephemeral range until the test ends.
+func listen(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// recordPorts writes the ports of a state directory's embedded server.
+func recordPorts(t *testing.T, state string, p serverPorts) {
+	t.Helper()
+	dir := filepath.Join(state, "temporal")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(p)
+	if err := os.WriteFile(portsFile(dir), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The first start in a state directory picks ports and records them; later
+// starts reuse them; --port forces others, which are then recorded.
+func TestPortsRecorded(t *testing.T) {
+	dir := t.TempDir()
+	first, err := resolvePorts(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := resolvePorts(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != first {
+		t.Errorf("restart chose ports %v, the first start recorded %v", again, first)
+	}
+	other, err := resolvePorts(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other == first {
+		t.Errorf("two state directories got the same ports %v", first)
+	}
+	// A port that is free now: the first of 8 kernel-chosen ones, if the 7
+	// after it are free too; else the test would use whatever it found.
+	base := first.GRPC[0]
+	if checkFree(consecutive(base)) != nil {
+		t.Skipf("no 8 free consecutive ports at %d to force", base)
+	}
+	forced, err := resolvePorts(dir, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if forced != consecutive(base) {
+		t.Errorf("--port %d gave %v", base, forced)
+	}
+	if again, _ := resolvePorts(dir, 0); again != forced {
+		t.Errorf("after --port %d the recorded ports are %v", base, again)
+	}
+	// The picker rankzip uses outside tests stays below the ephemeral range.
+	p, err := randomPorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hi := p.Membership[3]; hi >= ephemeralLow() {
+		t.Errorf("randomPorts chose %v, into the ephemeral range from %d", p, ephemeralLow())
+	}
+}
+
+// A port of the server that another program holds is an error naming the
+// port, the program and the way out, before anything starts.
+func TestBusyPort(t *testing.T) {
+	busy := listen(t)
+	p, err := kernelPorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.GRPC[2] = busy // matching's port
+	state := t.TempDir()
+	recordPorts(t, state, p)
+	_, _, err = rankzip("status", "nosuchjob", "--state", state)
+	var inUse *errPortInUse
+	if !errors.As(err, &inUse) {
+		t.Fatalf("status with a busy recorded port: %v, want a port-in-use error", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		fmt.Sprintf("port %d on 127.0.0.1 is in use", busy),
+		fmt.Sprintf("pid %d (%s", os.Getpid(), os.Args[0]), // this test holds it
+		"stop that program, or run with --port N",
+		filepath.Join(state, "temporal", "ports.json"),
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(state, "temporal", "temporal.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the server's database was created despite the busy port: %v", err)
+	}
+	// Forced ports that are busy: the same error, without the record.
+	_, _, err = rankzip("status", "nosuchjob", "--state", t.TempDir(), "--port", fmt.Sprint(busy))
+	if !errors.As(err, &inUse) || !strings.Contains(err.Error(), fmt.Sprintf("port %d on 127.0.0.1 is in use", busy)) {
+		t.Errorf("status --port %d with that port busy: %v", busy, err)
+	}
+}
+
+// When a port is taken after the check (a race), the server itself fails to
+// listen: the process says why instead of exiting silently.
+func TestServerFailureIsReported(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a process")
+	}
+	busy := listen(t)
+	p, err := kernelPorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Membership[1] = busy // history's membership port: the server finds it busy after its gRPC listeners are up
+	state := t.TempDir()
+	recordPorts(t, state, p)
+	cmd := cli("status", "nosuchjob", "--state", state)
+	cmd.Env = append(cmd.Env, "RANKZIP_TEST_SKIP_PORT_CHECK=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if err == nil {
+		t.Fatal("status succeeded with a busy port")
+	}
+	for _, want := range []string{"rankzip: embedded Temporal server: port " + fmt.Sprint(busy), fmt.Sprintf("in use by another program: pid %d", os.Getpid())} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+// A fatal entry of the running server, from any goroutine, prints its
+// reason before the exit.
+func TestFatalHookAfterStart(t *testing.T) {
+	var out bytes.Buffer
+	code := -1
+	h := &fatalHook{log: "/state/temporal/server.log", exit: func(c int) { code = c }, stderrWriter: &out}
+	zl := zap.New(zapcore.NewNopCore(), zap.WithFatalHook(h))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		zl.Fatal("failed to start ringpop", zap.String("error", "join timed out"))
+	}()
+	<-done
+	want := "rankzip: the embedded Temporal server stopped: embedded Temporal server: failed to start ringpop: join timed out; its log: /state/temporal/server.log\n"
+	if code != 1 || out.String() != want {
+		t.Errorf("exit %d, stderr %q\nwant exit 1, %q", code, out.String(), want)
+	}
+}
