@@ -27,6 +27,11 @@ type expected struct {
 			Decode     string  `json:"decode"`
 			DecodeSkip string  `json:"decode_skip"`
 		} `json:"results"`
+		Decodes []struct {
+			IDs        []int32 `json:"ids"`
+			Decode     string  `json:"decode"`
+			DecodeSkip string  `json:"decode_skip"`
+		} `json:"decodes"`
 	} `json:"cases"`
 }
 
@@ -145,7 +150,20 @@ func TestMatchesLibrary(t *testing.T) {
 					t.Fatal("too many differences")
 				}
 			}
-			t.Logf("%s: %d texts, %d differences (%s)", c.Name, len(corpus), bad, exp.Generator)
+			for i, d := range c.Decodes {
+				if got := tok.Decode(d.IDs, false); got != d.Decode {
+					bad++
+					t.Errorf("random ids %d %v decode:\n got %q\nwant %q", i, d.IDs, got, d.Decode)
+				}
+				if got := tok.Decode(d.IDs, true); got != d.DecodeSkip {
+					bad++
+					t.Errorf("random ids %d %v decode skipping special tokens:\n got %q\nwant %q", i, d.IDs, got, d.DecodeSkip)
+				}
+				if bad > 10 {
+					t.Fatal("too many differences")
+				}
+			}
+			t.Logf("%s: %d texts, %d random id sequences decoded, %d differences (%s)", c.Name, len(corpus), len(c.Decodes), bad, exp.Generator)
 		})
 	}
 }
@@ -155,4 +173,28 @@ func clip(s string) string {
 		return s[:80] + "…"
 	}
 	return s
+}
+
+// TestConcurrentEncode: one tokenizer shared by goroutines (the word cache).
+func TestConcurrentEncode(t *testing.T) {
+	loadExpected(t)
+	tok := loadCase(t, "llama3.1", nil)
+	want := make([][]int32, len(corpus))
+	for i, s := range corpus {
+		want[i] = tok.Encode(s, true)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, s := range corpus {
+				if got := tok.Encode(s, true); !slices.Equal(got, want[i]) {
+					t.Errorf("text %d differs under concurrency", i)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -94,7 +94,24 @@ async function main() {
         decode_skip: await tok.decode(withSpecial, true),
       });
     }
-    out.cases.push({ name: c.name, dir: c.dir, patch: c.patch || null, results });
+    // Decoding arbitrary id sequences (partial UTF-8, byte tokens out of
+    // order, special tokens anywhere, ids past the vocabulary).
+    let x = 977;
+    const rnd = (k) => { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; return x % k; };
+    const size = tok.getVocabSize ? tok.getVocabSize(true) : 0;
+    const decodes = [];
+    for (let i = 0; i < 200; i++) {
+      const ids = [];
+      const n = 1 + rnd(12);
+      for (let k = 0; k < n; k++) {
+        const r = rnd(10);
+        // Mostly low ids (bytes and byte tokens live there), some anywhere, some at the
+        // top (added tokens of most families) or past the end.
+        ids.push(r < 5 ? rnd(300) : r < 8 ? rnd(size) : size - 30 + rnd(35));
+      }
+      decodes.push({ ids, decode: await tok.decode(ids, false), decode_skip: await tok.decode(ids, true) });
+    }
+    out.cases.push({ name: c.name, dir: c.dir, patch: c.patch || null, results, decodes });
     console.log(c.name, results.length, 'texts');
   }
   fs.writeFileSync(path.join(td, 'expected.json.gz'), zlib.gzipSync(JSON.stringify(out), { level: 9 }));
