@@ -13,6 +13,12 @@ const td = path.join(__dirname, '..');
 // Layouts other checkpoints ship, made from the vocabularies above by
 // replacing top-level fields (the Go test applies the same patches).
 const metaspaceFirst = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+const splitThenByteLevel = (regex) => ({
+  type: 'Sequence', pretokenizers: [
+    { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+    { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+  ],
+});
 const cases = [
   { name: 'gpt2', dir: 'gpt2' },
   { name: 'llama3.1', dir: 'llama3.1' },
@@ -28,6 +34,9 @@ const cases = [
       decoder: { type: 'Sequence', decoders: [{ type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true }, { type: 'ByteFallback' }, { type: 'Fuse' }] },
     },
   },
+  // Other families' split patterns on the Llama 3.1 vocabulary: Mistral Nemo's Tekken and GPT-4o's o200k.
+  { name: 'llama3.1-tekken-regex', dir: 'llama3.1', patch: { pre_tokenizer: splitThenByteLevel(String.raw`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`) } },
+  { name: 'llama3.1-o200k-regex', dir: 'llama3.1', patch: { pre_tokenizer: splitThenByteLevel(String.raw`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`) } },
   // SmolLM / StarCoder layout: single digits before byte-level splitting.
   {
     name: 'gpt2-digits', dir: 'gpt2', patch: {
