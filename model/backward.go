@@ -166,6 +166,9 @@ func toF32[T float32 | float64](x []T) []float32 {
 }
 
 func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
+	if err := m.Config.Unsupported(FeatureBackward); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
+	}
 	lin := func(l Linear, what string) (*dense[T], error) {
 		switch d := l.(type) {
 		case *Dense:

@@ -54,6 +54,20 @@ type Config struct {
 	// neither is given); DTypeSettings writes it back in the source's form.
 	DType string
 
+	// What an architecture adds to the Llama block, set by the parser in
+	// its own file (arch.go lists them): qwen3.go, phi3.go, gemma3.go.
+	//
+	// Act is the MLP's gate activation: "silu" or "gelu_pytorch_tanh".
+	Act string
+	// QKNorm: an RMSNorm over each head of the queries and keys before
+	// RoPE (q_norm, k_norm: Qwen3, Gemma 3).
+	QKNorm bool
+	// Fused: Phi-3's layout, one qkv_proj and one gate_up_proj per layer,
+	// held split in memory (see phi3.go).
+	Fused bool
+	// Gemma is Gemma 3's text model (see gemma3.go), nil otherwise.
+	Gemma *GemmaConfig
+
 	Raw map[string]json.RawMessage
 }
 
@@ -99,7 +113,7 @@ func (e *ConfigError) Error() string {
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SupportedModelTypes lists the model_type values rankzip runs.
-var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
+var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
 
 // ReadConfig reads and validates dir/config.json.
 func ReadConfig(dir string) (*Config, error) {
@@ -124,13 +138,14 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	case "palullama", "palumistral", "paluqwen2":
 		c.ModelType, c.PaluLayout = strings.TrimPrefix(c.ModelType, "palu"), true
 	}
-	switch c.ModelType {
-	case "llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3":
-	case "":
+	a, known := archs[c.ModelType]
+	switch {
+	case known:
+	case c.ModelType == "":
 		return nil, &ConfigError{Path: path, Field: "model_type", Err: errors.New("missing")}
 	default:
 		return nil, &ConfigError{Path: path, Field: "model_type",
-			Err: fmt.Errorf("unsupported model type %q (supported: %s)", c.ModelType, strings.Join(SupportedModelTypes, ", "))}
+			Err: fmt.Errorf("unsupported model type %q (supported: %s)%s", c.ModelType, strings.Join(SupportedModelTypes, ", "), unsupportedHint(c.ModelType))}
 	}
 	c.HiddenSize = p.positive("hidden_size")
 	c.IntermediateSize = p.positive("intermediate_size")
@@ -142,12 +157,17 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	}
 	c.VocabSize = p.positive("vocab_size")
 	c.MaxPositions = p.positive("max_position_embeddings")
-	c.RMSNormEps = p.float("rms_norm_eps", 1e-6)
-	c.RopeTheta, c.RopeScaling = p.rope() // both forms: rope_theta/rope_scaling (4.x), rope_parameters (5)
+	c.RMSNormEps = p.float("rms_norm_eps", a.eps)
+	rs := p.ropeSettings(c.ModelType) // both forms: rope_theta/rope_scaling (4.x), rope_parameters (5)
+	c.RopeTheta, c.RopeScaling = rs.Theta, rs.Scaling
+	p.local = rs
 	c.DType = p.dtype()
-	c.TieWordEmbeddings = p.boolean("tie_word_embeddings", false) // the default of LlamaConfig, MistralConfig and Qwen2Config
-	if act := p.str("hidden_act", "silu"); act != "silu" {
-		p.fail("hidden_act", fmt.Errorf("unsupported activation %q (only silu)", act))
+	c.TieWordEmbeddings = p.boolean("tie_word_embeddings", a.tied) // the default of the architecture's config class
+	c.Act = "silu"
+	if c.ModelType != "gemma3_text" { // Gemma 3 reads hidden_activation (gemma3.go)
+		if act := p.str("hidden_act", "silu"); act != "silu" {
+			p.fail("hidden_act", fmt.Errorf("unsupported activation %q (only silu)", act))
+		}
 	}
 	deepseek := strings.HasPrefix(c.ModelType, "deepseek_")
 	if deepseek {
@@ -156,6 +176,8 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		c.HeadDim = c.HiddenSize / c.NumHeads
 		if p.has("head_dim") && string(raw["head_dim"]) != "null" {
 			c.HeadDim = p.positive("head_dim")
+		} else if a.headDim > 0 {
+			c.HeadDim = a.headDim // the config class's default, not hidden_size / num_attention_heads
 		} else if c.HiddenSize%c.NumHeads != 0 {
 			p.fail("head_dim", fmt.Errorf("absent and hidden_size %d is not divisible by num_attention_heads %d", c.HiddenSize, c.NumHeads))
 		}
@@ -179,7 +201,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		bias := p.boolean("attention_bias", false)
 		c.QKVBias, c.OBias = bias, bias
 		c.MLPBias = p.boolean("mlp_bias", false)
-		if c.ModelType == "mistral" {
+		if c.ModelType == "mistral" || c.ModelType == "phi3" { // every layer, as Mistral and Phi-3 in transformers
 			if w := p.optInt("sliding_window"); w > 0 && w < c.MaxPositions {
 				c.SlidingWindow = w
 			}
@@ -187,6 +209,9 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		if deepseek && (p.optInt("sliding_window") > 0 || p.boolean("use_sliding_window", false)) {
 			p.fail("sliding_window", errors.New("sliding-window attention with latent attention (MLA) is not supported"))
 		}
+	}
+	if a.parse != nil {
+		a.parse(&p, c)
 	}
 	sec := p.native()
 	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup, c.Quantized = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup, sec.Quantized
@@ -216,6 +241,11 @@ type parser struct {
 	path string
 	raw  map[string]json.RawMessage
 	err  error
+	// ropeDefault is the architecture's rope_theta when none is given
+	// (0: 10000).
+	ropeDefault float64
+	// local holds the RoPE settings read, for Gemma 3's local layers.
+	local RopeSettings
 }
 
 func (p *parser) fail(field string, err error) {
@@ -520,7 +550,11 @@ func (c *Config) InvFreq() []float64 {
 // NumParams is the parameter count of the model this config describes.
 func (c *Config) NumParams() int64 {
 	h, i, q, kv := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads*c.HeadDim), int64(c.NumKVHeads*c.HeadDim)
-	block := 2*h + h*q + 2*h*kv + q*h + 3*h*i
+	norms := int64(0)
+	for _, n := range blockNorms(c) {
+		norms += int64(normSize(c, n))
+	}
+	block := norms + h*q + 2*h*kv + q*h + 3*h*i
 	if c.QKVBias {
 		block += q + 2*kv
 	}

@@ -63,8 +63,8 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 				d.keys[l] = append(d.keys[l], b.MLA.latents(m.Backend, x, 1, rope, c.RMSNormEps)...)
 				return d.attendMLA(b.MLA, q, l)
 			}
-			d.keys[l] = append(d.keys[l], cacheRow(m, b.K, x, rope)...)
-			d.vals[l] = append(d.vals[l], cacheRow(m, b.V, x, nil)...)
+			d.keys[l] = append(d.keys[l], cacheRow(m, b.K, x, rope, b.KNorm)...)
+			d.vals[l] = append(d.vals[l], cacheRow(m, b.V, x, nil, nil)...)
 			return d.attend(b, q, l)
 		}, nil)
 	}
@@ -73,8 +73,9 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 }
 
 // cacheRow is what the cache keeps of one token for layer lin: its latent
-// when lin is Grouped, else its output (rotated when rope is given).
-func cacheRow(m *Model, lin Linear, x []float32, rope *rope) []float32 {
+// when lin is Grouped, else its output (normalised per head by norm when
+// not nil, then rotated when rope is given).
+func cacheRow(m *Model, lin Linear, x []float32, rope *rope, norm []float32) []float32 {
 	if g, ok := lin.(*Grouped); ok {
 		lat := make([]float32, g.Latent())
 		g.Down.Apply(m.Backend, lat, x, 1)
@@ -83,6 +84,7 @@ func cacheRow(m *Model, lin Linear, x []float32, rope *rope) []float32 {
 	}
 	y := make([]float32, lin.Out())
 	lin.Apply(m.Backend, y, x, 1)
+	m.Config.headNorm(y, norm)
 	if rope != nil {
 		rope.apply(y, lin.Out()/m.Config.HeadDim, m.Config.HeadDim)
 	}
@@ -104,14 +106,15 @@ func (d *Decoder) attend(b *Block, q []float32, l int) []float32 {
 		for i := range pos {
 			pos[i] = i
 		}
-		newRope(c, pos).apply(keys, kvd/hd, hd)
+		c.headNorm(keys, b.KNorm)
+		newRopeFreq(c.blockInvFreq(b), pos).apply(keys, kvd/hd, hd)
 	}
 	group := c.NumHeads / c.NumKVHeads
-	scale := float32(1 / math.Sqrt(float64(hd)))
+	scale := c.attnScale()
 	last := d.n
 	first := 0
-	if c.SlidingWindow > 0 {
-		first = max(0, last-c.SlidingWindow+1)
+	if w := c.window(b); w > 0 {
+		first = max(0, last-w+1)
 	}
 	out := make([]float32, len(q))
 	p := make([]float32, n)

@@ -74,6 +74,13 @@ func (m *Model) EmbedTokens(seqs [][]int32) (*States, error) {
 			r++
 		}
 	}
+	if m.Config.Gemma != nil {
+		// Gemma scales the embeddings by √hidden in their dtype (float32 here).
+		scale := float32(math.Sqrt(float64(h)))
+		for i := range st.X {
+			st.X[i] *= scale
+		}
+	}
 	return st, nil
 }
 
@@ -96,9 +103,12 @@ func (m *Model) Forward(seqs [][]int32) ([]float32, error) {
 func (m *Model) Logits(h *States) []float32 {
 	rows := h.Rows()
 	x := make([]float32, len(h.X))
-	rmsNorm(x, h.X, m.Norm, rows, h.Dim, m.Config.RMSNormEps)
+	m.Config.norm(x, h.X, m.Norm, rows, h.Dim)
 	out := make([]float32, rows*m.LMHead.Out())
 	m.LMHead.Apply(m.Backend, out, x, rows)
+	if g := m.Config.Gemma; g != nil && g.FinalSoftcap > 0 {
+		softcap(out, g.FinalSoftcap)
+	}
 	return out
 }
 
@@ -123,9 +133,10 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 		v := make([]float32, rows*b.V.Out())
 		b.K.Apply(m.Backend, kk, x, rows)
 		b.V.Apply(m.Backend, v, x, rows)
+		m.Config.headNorm(kk, b.KNorm)
 		rope.apply(kk, b.K.Out()/m.Config.HeadDim, m.Config.HeadDim)
 		att := make([]float32, len(q))
-		attention(m.Backend, att, q, kk, v, h.Starts, m.Config)
+		attention(m.Backend, att, q, kk, v, h.Starts, m.Config, b)
 		return att
 	}, tap)
 }
@@ -140,7 +151,7 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []floa
 	qd := b.Q.Out()
 
 	x := make([]float32, rows*dim)
-	rmsNorm(x, h.X, b.AttnNorm, rows, dim, c.RMSNormEps)
+	c.norm(x, h.X, b.AttnNorm, rows, dim)
 	if tap != nil && !tap(AttnInput, x, rows, dim) {
 		return nil
 	}
@@ -152,7 +163,8 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []floa
 		rope = newRopeFreq(a.RopeFreq, pos)
 		rope.interleaved(q, qd/(a.NopeDim+a.RopeDim), a.NopeDim+a.RopeDim, a.NopeDim)
 	} else {
-		rope = newRope(c, pos)
+		c.headNorm(q, b.QNorm)
+		rope = newRopeFreq(c.blockInvFreq(b), pos)
 		rope.apply(q, qd/c.HeadDim, c.HeadDim)
 	}
 	att := attend(x, q, rope)
@@ -161,11 +173,14 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []floa
 	}
 	out := &States{X: make([]float32, rows*dim), Dim: dim, Starts: h.Starts}
 	b.O.Apply(k, out.X, att, rows)
+	if b.PostAttnNorm != nil {
+		c.norm(out.X, out.X, b.PostAttnNorm, rows, dim)
+	}
 	for i := range out.X {
 		out.X[i] += h.X[i]
 	}
 
-	rmsNorm(x, out.X, b.MLPNorm, rows, dim, c.RMSNormEps)
+	c.norm(x, out.X, b.MLPNorm, rows, dim)
 	if tap != nil && !tap(MLPInput, x, rows, dim) {
 		return nil
 	}
@@ -174,16 +189,27 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []floa
 	up := make([]float32, rows*inter)
 	b.Gate.Apply(k, gate, x, rows)
 	b.Up.Apply(k, up, x, rows)
-	parallelFor(len(gate), 1<<14, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			g := gate[i]
-			gate[i] = g / (1 + float32(math.Exp(-float64(g)))) * up[i]
-		}
-	})
+	if c.Act == "gelu_pytorch_tanh" {
+		parallelFor(len(gate), 1<<14, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				gate[i] = geluTanh(gate[i]) * up[i]
+			}
+		})
+	} else {
+		parallelFor(len(gate), 1<<14, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				g := gate[i]
+				gate[i] = g / (1 + float32(math.Exp(-float64(g)))) * up[i]
+			}
+		})
+	}
 	if tap != nil && !tap(DownInput, gate, rows, inter) {
 		return nil
 	}
 	b.Down.Apply(k, x, gate, rows)
+	if b.PostFFNNorm != nil {
+		c.norm(x, x, b.PostFFNNorm, rows, dim)
+	}
 	for i := range out.X {
 		out.X[i] += x[i]
 	}
@@ -287,11 +313,40 @@ type attnShape struct {
 // Long sequences go through the backend's Sgemm, one head at a time; short
 // ones run in plain Go across (sequence, head) pairs, because thousands of
 // tiny BLAS calls cost more in thread wake-ups than they compute.
-func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Config) {
+func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Config, b *Block) {
 	d := c.HeadDim
 	kvd := c.NumKVHeads * d
 	mhAttention(k, out, q, kk, v, starts, attnShape{heads: c.NumHeads, kvHeads: c.NumKVHeads, dk: d, dv: d,
-		kStride: kvd, vStride: kvd, window: c.SlidingWindow, scale: float32(1 / math.Sqrt(float64(d)))})
+		kStride: kvd, vStride: kvd, window: c.window(b), scale: c.attnScale()})
+}
+
+// window is block b's sliding window (0: full causal attention).
+func (c *Config) window(b *Block) int {
+	if g := c.Gemma; g != nil {
+		if b.Sliding {
+			return g.SlidingWindow
+		}
+		return 0
+	}
+	return c.SlidingWindow
+}
+
+// attnScale multiplies the attention scores: head_dim^-½, or Gemma's
+// query_pre_attn_scalar^-½.
+func (c *Config) attnScale() float32 {
+	if g := c.Gemma; g != nil {
+		return float32(1 / math.Sqrt(g.QueryPreAttnScalar))
+	}
+	return float32(1 / math.Sqrt(float64(c.HeadDim)))
+}
+
+// blockInvFreq is the RoPE inverse frequencies of block b: Gemma 3's local
+// ones on its sliding layers, else the model's.
+func (c *Config) blockInvFreq(b *Block) []float64 {
+	if c.Gemma != nil && b.Sliding {
+		return c.LocalInvFreq()
+	}
+	return c.InvFreq()
 }
 
 // mhAttention is attention for the shape s (see attention).

@@ -20,6 +20,15 @@ type Block struct {
 	Down       Linear
 	// MLA, when set, replaces K and V (both nil) by latent attention.
 	MLA *MLA
+
+	// Per-architecture additions (arch.go); nil or false for Llama.
+	QNorm, KNorm []float32 // per-head q/k RMSNorm (head_dim): Qwen3, Gemma 3
+	// PostAttnNorm and PostFFNNorm normalise the attention and MLP outputs
+	// before their residual adds (Gemma 3; MLPNorm is then
+	// pre_feedforward_layernorm).
+	PostAttnNorm, PostFFNNorm []float32
+	// Sliding marks Gemma 3's sliding_attention layers: window and local RoPE.
+	Sliding bool
 }
 
 // Model is a Llama-family causal language model held in float32.
@@ -58,7 +67,7 @@ func (b *Block) Modules() []string {
 
 // NumParams counts the block's parameters: norms, linears and MLA weights.
 func (b *Block) NumParams() int64 {
-	n := int64(len(b.AttnNorm) + len(b.MLPNorm))
+	n := int64(len(b.AttnNorm) + len(b.MLPNorm) + len(b.QNorm) + len(b.KNorm) + len(b.PostAttnNorm) + len(b.PostFFNNorm))
 	for _, mod := range b.Modules() {
 		if l := *b.Linear(mod); l != nil {
 			n += l.NumParams()
@@ -146,8 +155,9 @@ func expectedTensors(c *Config) []tensorSpec {
 	}
 	for l := range c.NumLayers {
 		p := fmt.Sprintf("model.layers.%d.", l)
-		specs = append(specs, tensorSpec{name: p + "input_layernorm.weight", shape: []int{h}},
-			tensorSpec{name: p + "post_attention_layernorm.weight", shape: []int{h}})
+		for _, n := range blockNorms(c) {
+			specs = append(specs, tensorSpec{name: p + n.name + ".weight", shape: []int{normSize(c, n)}})
+		}
 		mods := Modules
 		if a := c.MLA; a != nil {
 			mods = mlaModules
@@ -162,7 +172,16 @@ func expectedTensors(c *Config) []tensorSpec {
 				specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_layernorm.weight", shape: []int{a.LoraRank}})
 			}
 		}
+		var fused map[string]bool
+		if c.Fused {
+			var fs []tensorSpec
+			fs, fused = fusedSpecs(c, p)
+			specs = append(specs, fs...)
+		}
 		for _, m := range mods {
+			if fused[m] {
+				continue
+			}
 			out, in, bias := linearShape(c, m)
 			if q, ok := c.Quantized[p+m]; ok {
 				specs = append(specs, tensorSpec{name: p + m + ".q", shape: []int{out, in}, dtype: safetensors.U8},
@@ -298,7 +317,16 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	}
 	for l := range cfg.NumLayers {
 		p := fmt.Sprintf("model.layers.%d.", l)
-		b := &Block{AttnNorm: tensors[p+"input_layernorm.weight"], MLPNorm: tensors[p+"post_attention_layernorm.weight"]}
+		b := &Block{}
+		for _, n := range blockNorms(cfg) {
+			*n.get(b) = tensors[p+n.name+".weight"]
+		}
+		if g := cfg.Gemma; g != nil {
+			b.Sliding = g.Sliding[l]
+		}
+		if cfg.Fused {
+			splitFused(cfg, p, tensors)
+		}
 		if a := cfg.MLA; a != nil {
 			p := p + "self_attn."
 			b.MLA = &MLA{

@@ -78,6 +78,9 @@ func (p *parser) rope() (float64, *RopeScaling) {
 		claims = append(claims, p.ropeParameters(r)...)
 	}
 	theta, thetaFrom := 10000.0, -1 // the default of LlamaConfig, MistralConfig, Qwen2Config and DeepseekV3Config
+	if p.ropeDefault > 0 {
+		theta = p.ropeDefault // another architecture's (archs)
+	}
 	var scaling *RopeScaling
 	scaleFrom := -1
 	for i, c := range claims {
@@ -319,18 +322,32 @@ func sortedKeys[V any](m map[string]V) []string {
 type RopeSettings struct {
 	Theta   float64
 	Scaling *RopeScaling
+	// LocalTheta and LocalScaling are the RoPE of Gemma 3's sliding-window
+	// layers (LocalTheta 0 for other architectures).
+	LocalTheta   float64
+	LocalScaling *RopeScaling
 }
 
 // Rope returns c's RoPE settings.
-func (c *Config) Rope() RopeSettings { return RopeSettings{Theta: c.RopeTheta, Scaling: c.RopeScaling} }
+func (c *Config) Rope() RopeSettings {
+	s := RopeSettings{Theta: c.RopeTheta, Scaling: c.RopeScaling}
+	if g := c.Gemma; g != nil {
+		s.LocalTheta, s.LocalScaling = g.LocalRopeTheta, g.LocalRopeScaling
+	}
+	return s
+}
 
 // Equal reports whether two settings give the same frequencies.
 func (s RopeSettings) Equal(o RopeSettings) bool {
-	return s.Theta == o.Theta && sameScaling(s.Scaling, o.Scaling)
+	return s.Theta == o.Theta && sameScaling(s.Scaling, o.Scaling) &&
+		s.LocalTheta == o.LocalTheta && sameScaling(s.LocalScaling, o.LocalScaling)
 }
 
 // String describes s for messages.
 func (s RopeSettings) String() string {
+	if s.LocalTheta != 0 {
+		return fmt.Sprintf("global rope_theta %v, %s; local rope_theta %v, %s", s.Theta, describeScaling(s.Scaling), s.LocalTheta, describeScaling(s.LocalScaling))
+	}
 	return fmt.Sprintf("rope_theta %v, %s", s.Theta, describeScaling(s.Scaling))
 }
 
@@ -338,9 +355,9 @@ func (s RopeSettings) String() string {
 // (the check of an export's config, which keeps the source's form).
 func readRope(path string, raw map[string]json.RawMessage) (RopeSettings, string, error) {
 	p := parser{path: path, raw: raw}
-	theta, scaling := p.rope()
+	rs := p.ropeSettings(modelTypeOf(raw))
 	dtype := p.dtype()
-	return RopeSettings{Theta: theta, Scaling: scaling}, dtype, p.err
+	return rs, dtype, p.err
 }
 
 // dtype reads transformers 5's "dtype" and 4.x's "torch_dtype"; both given,

@@ -88,11 +88,17 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 	}
 	for l, b := range m.Blocks {
 		p := fmt.Sprintf("model.layers.%d.", l)
-		if err := add(p+"input_layernorm.weight", []int{h}, b.AttnNorm); err != nil {
-			return err
+		for _, n := range blockNorms(c) {
+			if err := add(p+n.name+".weight", []int{normSize(c, n)}, *n.get(b)); err != nil {
+				return err
+			}
 		}
-		if err := add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm); err != nil {
-			return err
+		var fused map[string]bool
+		if c.Fused {
+			var err error
+			if fused, err = addFused(b, p, add); err != nil {
+				return err
+			}
 		}
 		if a := b.MLA; a != nil {
 			ap := p + "self_attn."
@@ -107,6 +113,9 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 			}
 		}
 		for _, mod := range b.Modules() {
+			if fused[mod] {
+				continue
+			}
 			var err error
 			switch d := (*b.Linear(mod)).(type) {
 			case *Dense:

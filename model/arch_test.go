@@ -1,0 +1,218 @@
+package model
+
+import (
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// archTol is the largest relative error of float32 logits against the
+// float64 reference (the bar against transformers in float32).
+const archTol = 1e-4
+
+// loadRef writes and loads the checkpoint of refArchs[name].
+func loadRef(t *testing.T, name string, v5 bool) (*Model, refArch, map[string][]float64, string) {
+	t.Helper()
+	a := refArchs[name]
+	dir := filepath.Join(t.TempDir(), name)
+	tensors := writeRefCheckpoint(t, dir, a, v5, 11)
+	m, err := Load(dir, kernels.Default())
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return m, a, tensors, dir
+}
+
+// Forward equals the float64 reference (archref_test.go) on every
+// architecture, in both config forms, batched over sequences of different
+// lengths; the decoder's logits equal Forward's.
+func TestArchForwardMatchesReference(t *testing.T) {
+	for _, name := range sortedNames(refArchs) {
+		for _, v5 := range []bool{false, true} {
+			m, a, tensors, _ := loadRef(t, name, v5)
+			seqs := refSequences(a.vocab)
+			got, err := m.Forward(seqs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []float64
+			for _, s := range seqs {
+				want = append(want, refForward(a, tensors, s)...)
+			}
+			e := refRelErr(got, want)
+			t.Logf("%s (transformers %s form): relative error of the logits %.2e", name, map[bool]string{false: "4.x", true: "5"}[v5], e)
+			if !(e < archTol) {
+				t.Errorf("%s: relative error %.3e against the reference", name, e)
+			}
+			// Decoding token by token gives the same logits.
+			d := m.NewDecoder()
+			var dec []float32
+			for _, id := range seqs[0] {
+				l, err := d.Step(id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				dec = append(dec, l...)
+			}
+			n := len(seqs[0]) * a.vocab
+			if e := refRelErr(dec, want[:n]); !(e < archTol) {
+				t.Errorf("%s: decoder relative error %.3e", name, e)
+			}
+		}
+	}
+}
+
+// The sliding windows and the q/k norms matter: without them the logits
+// move far beyond the tolerance (so the reference checks them).
+func TestArchFeaturesMatter(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		alter func(m *Model)
+	}{
+		{"qwen3", func(m *Model) { m.Blocks[0].QNorm = nil }},
+		{"phi3", func(m *Model) { m.Config.SlidingWindow = 0 }},
+		{"gemma3_text", func(m *Model) { m.Blocks[0].Sliding = false }},
+		{"gemma3_text", func(m *Model) { m.Config.Gemma.FinalSoftcap = 0 }},
+		{"gemma3_text", func(m *Model) { m.Blocks[1].PostFFNNorm = nil }},
+	} {
+		m, a, tensors, _ := loadRef(t, c.name, false)
+		seqs := refSequences(a.vocab)
+		c.alter(m)
+		got, err := m.Forward(seqs[:1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := refRelErr(got, refForward(a, tensors, seqs[0])); e < 100*archTol {
+			t.Errorf("%s: altered model still within %.2e of the reference", c.name, e)
+		}
+	}
+}
+
+// The dense export writes the checkpoint back in its own layout (Phi-3's
+// fused tensors, Gemma's four norms, q/k norms): the same tensor names and
+// shapes, the same values in float32, the same logits after reading back.
+func TestArchExportRoundTrip(t *testing.T) {
+	for _, name := range sortedNames(refArchs) {
+		for _, v5 := range []bool{false, true} {
+			m, a, _, dir := loadRef(t, name, v5)
+			out := filepath.Join(t.TempDir(), "out")
+			if err := Save(m, out, safetensors.F32); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			src, err := safetensors.OpenDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst, err := safetensors.OpenDir(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(src.Names(), dst.Names()) {
+				t.Errorf("%s: exported tensors %v, source %v", name, dst.Names(), src.Names())
+			}
+			for _, n := range src.Names() {
+				a, _ := src.Float32(n)
+				b, err := dst.Float32(n)
+				if err != nil || !slices.Equal(a, b) {
+					t.Errorf("%s: tensor %s differs after export (%v)", name, n, err)
+				}
+			}
+			src.Close()
+			dst.Close()
+			back, err := Load(out, kernels.Default())
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			seqs := refSequences(a.vocab)
+			x, _ := m.Forward(seqs)
+			y, _ := back.Forward(seqs)
+			if !slices.Equal(x, y) {
+				t.Errorf("%s: logits differ after the export round trip", name)
+			}
+			if got, want := back.Config.Rope(), m.Config.Rope(); !got.Equal(want) {
+				t.Errorf("%s: RoPE %v read back as %v", name, want, got)
+			}
+			_, v5Key := back.Config.Raw["rope_parameters"]
+			_, dtypeKey := back.Config.Raw["dtype"]
+			if v5Key != v5 || dtypeKey != v5 {
+				t.Errorf("%s: the export changed the config's form (rope_parameters %v, dtype %v; source 5.x %v)", name, v5Key, dtypeKey, v5)
+			}
+			if m.NumParams() != m.Config.NumParams() {
+				t.Errorf("%s: %d parameters, config says %d", name, m.NumParams(), m.Config.NumParams())
+			}
+		}
+	}
+}
+
+// A Phi-3 checkpoint whose q_proj is factored keeps q, k and v apart in the
+// native layout (k and v under their split names), and reads back.
+func TestPhi3NativeSplitsAGroup(t *testing.T) {
+	m, a, _, _ := loadRef(t, "phi3", false)
+	b := m.Blocks[1]
+	q := b.Q.(*Dense)
+	r := 8
+	A, B := make([]float32, r*q.In()), make([]float32, q.Out()*r)
+	for i := range r { // B A keeps the first r rows of q_proj
+		A[i*q.In()+i] = 1
+		B[i*r+i] = 1
+	}
+	b.Q = &Factored{A: NewDense(r, q.In(), A, nil), B: NewDense(q.Out(), r, B, nil)}
+	out := filepath.Join(t.TempDir(), "native")
+	if err := Save(m, out, safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := safetensors.OpenDir(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := ck.Names()
+	ck.Close()
+	for _, want := range []string{"model.layers.1.self_attn.q_proj.A.weight", "model.layers.1.self_attn.k_proj.weight",
+		"model.layers.1.self_attn.v_proj.weight", "model.layers.1.mlp.gate_up_proj.weight", "model.layers.0.self_attn.qkv_proj.weight"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("native phi3 checkpoint lacks %s: %v", want, names)
+		}
+	}
+	back, err := Load(out, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := refSequences(a.vocab)
+	x, _ := m.Forward(seqs)
+	y, _ := back.Forward(seqs)
+	if !slices.Equal(x, y) {
+		t.Error("logits differ after the native round trip")
+	}
+}
+
+// What an architecture does not support is refused naming it: fisher
+// (backward) on Qwen3 and Gemma 3, Palu and MLA on both; Phi-3 runs
+// backward as Llama.
+func TestArchUnsupportedFeatures(t *testing.T) {
+	for _, name := range []string{"qwen3", "gemma3_text"} {
+		m, a, _, _ := loadRef(t, name, false)
+		_, err := m.Backward(refSequences(a.vocab), m.GradientNames()[:1])
+		if !errors.Is(err, ErrBackward) || !strings.Contains(err.Error(), a.typ) {
+			t.Errorf("%s: backward: %v", name, err)
+		}
+		for _, f := range []Feature{FeaturePalu, FeatureMLA} {
+			if err := m.Config.Unsupported(f); err == nil || !strings.Contains(err.Error(), a.typ) {
+				t.Errorf("%s: %s: %v", name, f, err)
+			}
+		}
+	}
+	m, a, _, _ := loadRef(t, "phi3", false)
+	if _, err := m.Backward(refSequences(a.vocab), m.GradientNames()[:3]); err != nil {
+		t.Errorf("phi3 backward: %v", err)
+	}
+	for _, f := range []Feature{FeatureBackward, FeaturePalu, FeatureMLA} {
+		if err := m.Config.Unsupported(f); err != nil {
+			t.Errorf("phi3: %v", err)
+		}
+	}
+}
