@@ -65,7 +65,7 @@ func (m *matcher) next(s string, from int) (start, end int, tok addedToken, ok b
 	return 0, 0, addedToken{}, false
 }
 
-func newAddedVocab(toks []addedToken, m *bpeModel, n normalizer, file string) (*addedVocab, error) {
+func newAddedVocab(toks []addedToken, n normalizer, file string) (*addedVocab, error) {
 	a := &addedVocab{
 		byID:           map[int32]addedToken{},
 		byContent:      map[string]int32{},

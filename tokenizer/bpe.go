@@ -38,7 +38,29 @@ const (
 	cacheEntries = 1 << 18 // at most this many words cached
 )
 
-func parseModel(raw json.RawMessage, file string) (*bpeModel, error) {
+// model turns a pre-tokenized word into ids.
+type model interface {
+	tokenize(dst []int32, w string) []int32
+	tokenToID(tok string) (int32, bool)
+	idToToken(id int32) (string, bool)
+	size() int // one past the largest id
+}
+
+func (m *bpeModel) tokenToID(tok string) (int32, bool) {
+	id, ok := m.vocab[tok]
+	return id, ok
+}
+
+func (m *bpeModel) idToToken(id int32) (string, bool) {
+	if id < 0 || int(id) >= len(m.idToTok) || !m.present[id] {
+		return "", false
+	}
+	return m.idToTok[id], true
+}
+
+func (m *bpeModel) size() int { return len(m.idToTok) }
+
+func parseModel(raw json.RawMessage, file string) (model, error) {
 	var h struct {
 		Type                    string            `json:"type"`
 		Dropout                 *float64          `json:"dropout"`
@@ -61,8 +83,12 @@ func parseModel(raw json.RawMessage, file string) (*bpeModel, error) {
 	if kind.Type == "" && kind.Merges != nil {
 		kind.Type = "BPE" // files of old versions of the library omit it
 	}
-	if kind.Type != "BPE" {
-		return nil, componentError(file, "model", "type %q not supported (rankzip reads BPE tokenizers)", kind.Type)
+	switch kind.Type {
+	case "BPE":
+	case "Unigram":
+		return parseUnigram(raw, file)
+	default:
+		return nil, componentError(file, "model", "type %q not supported (rankzip reads BPE and Unigram tokenizers)", kind.Type)
 	}
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return nil, componentError(file, "model", "unreadable: %v", err)

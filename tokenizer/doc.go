@@ -5,7 +5,9 @@
 // Supported components (anything else in a file is refused at load time with
 // an error naming the component, never tokenized differently):
 //   - models: BPE (byte-level and SentencePiece-style with byte_fallback,
-//     unk fusing, ignore_merges, continuing_subword_prefix, end_of_word_suffix)
+//     unk fusing, ignore_merges, continuing_subword_prefix, end_of_word_suffix);
+//     Unigram (Viterbi, unknown pieces fused, byte_fallback), its scores read
+//     as the library's JSON parser reads them (see serdeFloat)
 //   - normalizers: Sequence, NFC, NFD, NFKC, NFKD, Lowercase, Strip, Prepend,
 //     Replace
 //   - pre-tokenizers: Sequence, Split (the regular expressions of GPT-2,

@@ -15,7 +15,7 @@ type Tokenizer struct {
 	added      *addedVocab
 	normalizer normalizer    // nil: none
 	pretok     preTokenizer  // nil: none
-	model      *bpeModel     // the only model type supported
+	model      model         // BPE or Unigram
 	post       postProcessor // nil: none
 	decoder    decoder       // nil: tokens joined by spaces
 	bos, eos   int32         // -1 when unknown
@@ -117,10 +117,10 @@ func parse(data []byte, file string) (*Tokenizer, error) {
 		return nil, componentError(file, "truncation", "is set; rankzip encodes whole texts (remove it from the file)")
 	}
 	// Padding only matters for batches, which rankzip never pads: ignored.
-	if t.added, err = newAddedVocab(f.AddedTokens, t.model, t.normalizer, file); err != nil {
+	if t.added, err = newAddedVocab(f.AddedTokens, t.normalizer, file); err != nil {
 		return nil, err
 	}
-	t.vocabSize = len(t.model.idToTok)
+	t.vocabSize = t.model.size()
 	for id := range t.added.byID {
 		if int(id)+1 > t.vocabSize {
 			t.vocabSize = int(id) + 1
@@ -227,8 +227,7 @@ func (t *Tokenizer) TokenID(tok string) (int32, bool) {
 	if id, ok := t.added.byContent[tok]; ok {
 		return id, true
 	}
-	id, ok := t.model.vocab[tok]
-	return id, ok
+	return t.model.tokenToID(tok)
 }
 
 // BOS returns the beginning-of-sequence token id from tokenizer_config.json.
@@ -292,10 +291,10 @@ func (t *Tokenizer) Decode(ids []int32, skipSpecial bool) string {
 			}
 			continue
 		}
-		if id < 0 || int(id) >= len(t.model.idToTok) || !t.model.present[id] {
+		tok, ok := t.model.idToToken(id)
+		if !ok {
 			continue
 		}
-		tok := t.model.idToTok[id]
 		if skipSpecial && t.added.special[tok] {
 			continue
 		}

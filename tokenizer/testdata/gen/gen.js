@@ -37,6 +37,8 @@ const cases = [
   // Other families' split patterns on the Llama 3.1 vocabulary: Mistral Nemo's Tekken and GPT-4o's o200k.
   { name: 'llama3.1-tekken-regex', dir: 'llama3.1', patch: { pre_tokenizer: splitThenByteLevel(String.raw`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`) } },
   { name: 'llama3.1-o200k-regex', dir: 'llama3.1', patch: { pre_tokenizer: splitThenByteLevel(String.raw`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`) } },
+  { name: 'unigram', dir: 'unigram' },
+  { name: 'unigram-bytefallback', dir: 'unigram-bytefallback' },
   // SmolLM / StarCoder layout: single digits before byte-level splitting.
   {
     name: 'gpt2-digits', dir: 'gpt2', patch: {
@@ -44,6 +46,34 @@ const cases = [
     },
   },
 ];
+
+// Unigram files (no released LLM checkpoint of rankzip's families ships one):
+// the first 8000 pieces of Mistral 7B's vocabulary with SentencePiece-like
+// scores, in a T5-like layout (Metaspace, unknown pieces fused into <unk>) and
+// in the Llama layout with byte fallback. Written to ../unigram*/.
+function writeUnigramFiles() {
+  const mistral = JSON.parse(zlib.gunzipSync(fs.readFileSync(path.join(td, 'mistral7b', 'tokenizer.json.gz'))).toString('utf8'));
+  const byId = [];
+  for (const [piece, id] of Object.entries(mistral.model.vocab)) if (id < 8000) byId[id] = piece;
+  const vocab = byId.map((p, id) => [p, id < 3 || /^<0x[0-9A-F]{2}>$/.test(p) ? 0 : -Math.log(id + 2) - p.length / 10]);
+  const base = { version: '1.0', truncation: null, padding: null, added_tokens: mistral.added_tokens };
+  const metaspace = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true };
+  const t5like = Object.assign({}, base, {
+    normalizer: null, pre_tokenizer: metaspace, decoder: metaspace,
+    post_processor: { type: 'TemplateProcessing', single: [{ Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '</s>', type_id: 0 } }],
+      pair: [{ Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '</s>', type_id: 0 } }, { Sequence: { id: 'B', type_id: 0 } }, { SpecialToken: { id: '</s>', type_id: 0 } }],
+      special_tokens: { '</s>': { id: '</s>', ids: [2], tokens: ['</s>'] } } },
+    model: { type: 'Unigram', unk_id: 0, vocab, byte_fallback: false },
+  });
+  const llamalike = Object.assign({}, base, {
+    normalizer: mistral.normalizer, pre_tokenizer: null, decoder: mistral.decoder, post_processor: mistral.post_processor,
+    model: { type: 'Unigram', unk_id: 0, vocab, byte_fallback: true },
+  });
+  for (const [dir, json] of [['unigram', t5like], ['unigram-bytefallback', llamalike]]) {
+    fs.mkdirSync(path.join(td, dir), { recursive: true });
+    fs.writeFileSync(path.join(td, dir, 'tokenizer.json.gz'), zlib.gzipSync(JSON.stringify(json), { level: 9 }));
+  }
+}
 
 function load(c) {
   const json = JSON.parse(zlib.gunzipSync(fs.readFileSync(path.join(td, c.dir, 'tokenizer.json.gz'))).toString('utf8'));
@@ -86,6 +116,7 @@ function randomTexts(n, seed) {
 }
 
 async function main() {
+  writeUnigramFiles();
   const fixed = JSON.parse(fs.readFileSync(path.join(td, 'corpus.json'), 'utf8'));
   const random = randomTexts(400, 20261204);
   const corpus = fixed.concat(random);
