@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"slices"
@@ -214,5 +215,79 @@ func TestArchUnsupportedFeatures(t *testing.T) {
 		if err := m.Config.Unsupported(f); err != nil {
 			t.Errorf("phi3: %v", err)
 		}
+	}
+}
+
+// Bad input: an option of each architecture that rankzip does not honour is
+// refused with the field named; the config classes' defaults apply where a
+// key is absent.
+func TestArchConfigRefusals(t *testing.T) {
+	cfg := func(name string, v5 bool, edit map[string]any) []byte {
+		c := refConfig(refArchs[name], v5)
+		for k, v := range edit {
+			if v == nil {
+				delete(c, k)
+			} else {
+				c[k] = v
+			}
+		}
+		data, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	for _, c := range []struct {
+		name  string
+		v5    bool
+		edit  map[string]any
+		field string
+	}{
+		{"qwen3", false, map[string]any{"use_sliding_window": true}, "use_sliding_window"},
+		{"qwen3", true, map[string]any{"layer_types": []string{"full_attention", "sliding_attention"}}, "layer_types"},
+		{"qwen3", false, map[string]any{"rope_scaling": map[string]any{"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type"},
+		{"qwen3", false, map[string]any{"hidden_act": "gelu"}, "hidden_act"},
+		{"phi3", false, map[string]any{"rope_scaling": map[string]any{"type": "longrope", "short_factor": []float64{1}, "long_factor": []float64{1}}}, "rope_scaling.type"},
+		{"phi3", false, map[string]any{"partial_rotary_factor": 0.75}, "partial_rotary_factor"},
+		{"gemma3_text", false, map[string]any{"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"},
+		{"gemma3_text", false, map[string]any{"hidden_activation": "gelu"}, "hidden_activation"},
+		{"gemma3_text", false, map[string]any{"use_bidirectional_attention": true}, "use_bidirectional_attention"},
+		{"gemma3_text", false, map[string]any{"rope_scaling": map[string]any{"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type"},
+		{"gemma3_text", true, map[string]any{"rope_parameters": map[string]any{"full_attention": map[string]any{"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6},
+			"sliding_attention": map[string]any{"rope_type": "default", "rope_theta": 1e4}}}, "rope_parameters.full_attention.rope_type"},
+		{"gemma3_text", true, map[string]any{"rope_parameters": map[string]any{"rope_type": "default", "rope_theta": 1e6}}, "rope_parameters"},
+		{"gemma3_text", true, map[string]any{"rope_theta": 5e5}, "rope_theta"},
+		{"gemma3_text", true, map[string]any{"layer_types": []string{"sliding_attention"}}, "layer_types"},
+		{"gemma3_text", false, map[string]any{"model_type": "gemma3"}, "model_type"},
+		{"qwen3", false, map[string]any{"model_type": "qwen3_moe"}, "model_type"},
+		{"qwen3", false, map[string]any{"model_type": "mixtral"}, "model_type"},
+	} {
+		_, err := ParseConfig("config.json", cfg(c.name, c.v5, c.edit))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != c.field {
+			t.Errorf("%s %v: got %v, want a refusal naming %q", c.name, c.edit, err, c.field)
+			continue
+		}
+		t.Logf("%s: %v", c.name, err)
+	}
+
+	// Defaults of the config classes.
+	c, err := ParseConfig("config.json", cfg("qwen3", false, map[string]any{"head_dim": nil}))
+	if err != nil || c.HeadDim != 128 {
+		t.Errorf("qwen3 without head_dim: %v, head_dim %d (Qwen3Config's default is 128)", err, c.HeadDim)
+	}
+	c, err = ParseConfig("config.json", cfg("gemma3_text", false, map[string]any{"rope_theta": nil, "rope_local_base_freq": nil,
+		"tie_word_embeddings": nil, "sliding_window_pattern": nil, "query_pre_attn_scalar": nil, "sliding_window": nil, "rms_norm_eps": nil}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := c.Gemma
+	if c.RopeTheta != 1e6 || g.LocalRopeTheta != 1e4 || !c.TieWordEmbeddings || g.QueryPreAttnScalar != 256 || g.SlidingWindow != 4096 ||
+		!slices.Equal(g.Sliding, []bool{true, true, true, true}) || c.RMSNormEps != 1e-6 {
+		t.Errorf("gemma3_text defaults: %+v %+v", c, g)
+	}
+	c, err = ParseConfig("config.json", cfg("phi3", false, map[string]any{"rms_norm_eps": nil, "sliding_window": nil}))
+	if err != nil || c.RMSNormEps != 1e-5 || c.SlidingWindow != 0 || c.HeadDim != 16 {
+		t.Errorf("phi3 defaults: %v %+v", err, c)
 	}
 }

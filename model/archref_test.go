@@ -137,14 +137,15 @@ func refConfig(a refArch, v5 bool) map[string]any {
 	case "gemma3_text":
 		c["architectures"] = []string{"Gemma3ForCausalLM"}
 		c["hidden_activation"], c["query_pre_attn_scalar"], c["sliding_window"] = "gelu_pytorch_tanh", a.qpas, a.window
-		c["final_logit_softcapping"], c["attn_logit_softcapping"], c["attention_bias"] = a.softcap, nil, false
+		// transformers 5's strict config classes want a float here: 30.0, not 30.
+		c["final_logit_softcapping"], c["attn_logit_softcapping"], c["attention_bias"] = json.Number(fmt.Sprintf("%.1f", a.softcap)), nil, false
 		c["pad_token_id"] = 0
 	}
 	if !v5 {
 		c["rope_theta"] = a.theta
 		if a.typ == "gemma3_text" {
 			c["rope_local_base_freq"] = a.localTheta
-			c["rope_scaling"] = map[string]any{"rope_type": "linear", "factor": a.linearFactor}
+			c["rope_scaling"] = map[string]any{"rope_type": "linear", "factor": json.Number(fmt.Sprintf("%.1f", a.linearFactor))}
 			c["sliding_window_pattern"] = 3 // layers 0, 1 sliding, 2 global, 3 sliding, as a.sliding
 		}
 		return c
@@ -159,7 +160,7 @@ func refConfig(a refArch, v5 bool) map[string]any {
 	}
 	c["layer_types"] = types
 	c["rope_parameters"] = map[string]any{
-		"full_attention":    map[string]any{"rope_type": "linear", "factor": a.linearFactor, "rope_theta": a.theta},
+		"full_attention":    map[string]any{"rope_type": "linear", "factor": json.Number(fmt.Sprintf("%.1f", a.linearFactor)), "rope_theta": a.theta},
 		"sliding_attention": map[string]any{"rope_type": "default", "rope_theta": a.localTheta},
 	}
 	return c

@@ -118,8 +118,8 @@ func (p *parser) gemma3Rope() RopeSettings {
 		return RopeSettings{}
 	}
 	for _, k := range sortedKeys(m) {
-		if !slices.Contains(ropeLayerTypes, k) {
-			p.fail(field+"."+k, errors.New("gemma3_text needs one rope object per layer type (full_attention, sliding_attention)"))
+		if !slices.Contains(ropeLayerTypes, k) || !isObject(m[k]) && !bytes.Equal(m[k], []byte("null")) {
+			p.fail(field, fmt.Errorf("key %q: gemma3_text needs one rope object per layer type (full_attention, sliding_attention)", k))
 			return RopeSettings{}
 		}
 	}

@@ -1,0 +1,145 @@
+package model
+
+import (
+	"encoding/json"
+	"flag"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// refgenWrite, when set, makes TestArchRefgenWrite write the tiny checkpoints
+// of refArchs (both config forms), their dense exports, the test sequences and
+// rankzip's logits there, for model/testdata/refgen/refgen.py.
+var refgenWrite = flag.String("refgen.write", "", "directory for the checkpoints that refgen.py runs through transformers")
+
+// refgenDir holds the logits transformers computed (refgen.py's output).
+const refgenDir = "testdata/refgen/transformers"
+
+// refgenName is a checkpoint's directory name for refgen.py.
+func refgenName(name string, v5 bool) string {
+	if v5 {
+		return name + "-v5"
+	}
+	return name + "-v4"
+}
+
+func TestArchRefgenWrite(t *testing.T) {
+	if *refgenWrite == "" {
+		t.Skip("only with -refgen.write DIR (see model/testdata/refgen/README.md)")
+	}
+	for _, name := range sortedNames(refArchs) {
+		for _, v5 := range []bool{false, true} {
+			a := refArchs[name]
+			dir := filepath.Join(*refgenWrite, refgenName(name, v5))
+			writeRefCheckpoint(t, dir, a, v5, 11)
+			m, err := Load(dir, kernels.Default())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Save(m, filepath.Join(dir, "export"), safetensors.F32); err != nil {
+				t.Fatal(err)
+			}
+			seqs := refSequences(a.vocab)
+			logits, err := m.Forward(seqs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for file, v := range map[string]any{"inputs.json": seqs, "rankzip_logits.json": logits} {
+				data, err := json.Marshal(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, file), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// refgenResult is one checkpoint's record written by refgen.py.
+type refgenResult struct {
+	Name         string    `json:"name"`
+	Transformers string    `json:"transformers"`
+	Error        string    `json:"error"`
+	Logits       []float64 `json:"logits"` // transformers in float64, rows of every sequence in order
+	// Figures of the run (relative errors; the export's largest difference).
+	RankzipVsTF32 float64 `json:"rankzip_vs_tf32"`
+	ExportMaxDiff float64 `json:"export_max_abs_diff"`
+}
+
+// Forward equals transformers' own logits, where refgen.py has been run on a
+// machine that has transformers and its output kept in testdata.
+func TestArchTransformersLogits(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(refgenDir, "*.json"))
+	if len(files) == 0 {
+		t.Skipf("no transformers logits in %s: run model/testdata/refgen/refgen.py where transformers is installed", refgenDir)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r refgenResult
+		if err := json.Unmarshal(data, &r); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if r.Error != "" {
+			t.Errorf("%s: transformers failed: %s", r.Name, r.Error)
+			continue
+		}
+		var name string
+		var v5 bool
+		for _, n := range sortedNames(refArchs) {
+			for _, form := range []bool{false, true} {
+				if refgenName(n, form) == r.Name {
+					name, v5 = n, form
+				}
+			}
+		}
+		if name == "" {
+			t.Errorf("%s: unknown checkpoint %q", f, r.Name)
+			continue
+		}
+		m, a, tensors, _ := loadRef(t, name, v5)
+		seqs := refSequences(a.vocab)
+		got, err := m.Forward(seqs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ref []float64
+		for _, s := range seqs {
+			ref = append(ref, refForward(a, tensors, s)...)
+		}
+		if len(r.Logits) != len(got) {
+			t.Errorf("%s: %d logits from transformers, %d here", r.Name, len(r.Logits), len(got))
+			continue
+		}
+		var d, w float64
+		for i, x := range r.Logits {
+			d += (ref[i] - x) * (ref[i] - x)
+			w += x * x
+		}
+		e, eRef := refRelErr(got, r.Logits), math.Sqrt(d/w)
+		t.Logf("%s: rankzip vs transformers %s (float64): %.2e; the float64 reference vs transformers: %.2e; at generation: rankzip vs transformers float32 %.2e, dense export reloaded in transformers max |Δ| %.1e",
+			r.Name, r.Transformers, e, eRef, r.RankzipVsTF32, r.ExportMaxDiff)
+		// transformers computes the RoPE tables in float32 even in a
+		// float64 model (inv_freq from a float arange, freqs under autocast
+		// disabled to float32), so its float64 logits agree with the float64
+		// reference to about 1e-7, not to float64 precision.
+		if !(eRef < 1e-6) {
+			t.Errorf("%s: the float64 reference differs from transformers by %.3e", r.Name, eRef)
+		}
+		if r.ExportMaxDiff != 0 {
+			t.Errorf("%s: rankzip's dense export changed transformers' logits by up to %v", r.Name, r.ExportMaxDiff)
+		}
+		if !(e < archTol) {
+			t.Errorf("%s: relative error %.3e against transformers %s", r.Name, e, r.Transformers)
+		}
+	}
+}
