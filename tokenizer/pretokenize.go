@@ -274,6 +274,9 @@ func regexFinder(pat string) (func(s string) [][2]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sc := knownScanner(pat); sc != nil {
+		return sc, nil
+	}
 	if !ws {
 		return func(s string) [][2]int {
 			var out [][2]int
