@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/rankzip/rankzip/internal/perm"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/gptq"
@@ -144,7 +145,7 @@ func (a *Activities) publishNative(job recipe.Job, comp *model.Model, dtype safe
 		if len(adapters) == 0 {
 			return nil
 		}
-		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), job.Recipe.Output, adapters, dtype)
+		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), gptq.BesideBase, adapters, dtype)
 	}, exact)
 }
 
@@ -169,7 +170,7 @@ func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safete
 		if len(adapters) == 0 {
 			return nil
 		}
-		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), r.Output, adapters, dtype)
+		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), gptq.BesideBase, adapters, dtype)
 	}
 	// Scales are float16 in the format and methods/quant makes them so: in
 	// float32 the checkpoint reproduces the model up to summation order.
@@ -279,7 +280,7 @@ func (a *Activities) exported(key string, job recipe.Job) (ExportOutput, bool) {
 func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir string) error, exact bool) (ExportOutput, error) {
 	dst := job.Recipe.Output
 	parent := filepath.Dir(dst)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(parent, 0o777); err != nil {
 		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dst)+".tmp*")
@@ -287,7 +288,7 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
 	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
+	if err := os.Chmod(tmp, perm.Dir()); err != nil {
 		return ExportOutput{}, fmt.Errorf("export: %w", err)
 	}
 	if err := write(tmp); err != nil {
@@ -297,12 +298,13 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 	if err := model.WriteFileAtomic(filepath.Join(tmp, recipe.Marker), append(marker, '\n')); err != nil {
 		return ExportOutput{}, a.storeError(fmt.Errorf("export: %w", err))
 	}
-	// Checkpoints are for everyone to read (model.WriteFileAtomic leaves 0600).
+	// Checkpoints get the modes of files the user creates (0666 and 0777
+	// under the umask), whatever wrote them.
 	filepath.WalkDir(tmp, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && p != tmp {
-			mode := os.FileMode(0o644)
+			mode := perm.File()
 			if d.IsDir() {
-				mode = 0o755
+				mode = perm.Dir()
 			}
 			os.Chmod(p, mode)
 		}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/parquet-go/parquet-go"
+
+	"github.com/rankzip/rankzip/internal/perm"
 )
 
 // Row-group bounds of the files this package writes. A row group is cut
@@ -17,9 +19,6 @@ const (
 	groupTokens = 1 << 22 // 4 Mi tokens, 16 MiB of raw int32
 	groupRows   = 1 << 16
 )
-
-// fileMode is the permission of the files this package writes.
-const fileMode = 0o644
 
 // record is the schema written: a required standard 3-level LIST<INT32>,
 //
@@ -121,7 +120,7 @@ func (w *Writer) Close() error {
 	if err := w.pw.Close(); err != nil {
 		return w.fail(fmt.Errorf("calib: write %s: %w", w.path, err))
 	}
-	if err := w.f.Chmod(fileMode); err != nil {
+	if err := w.f.Chmod(perm.File()); err != nil {
 		return w.fail(fmt.Errorf("calib: write %s: %w", w.path, err))
 	}
 	if err := w.f.Sync(); err != nil {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rankzip/rankzip/internal/perm"
 )
 
 // noTemps fails if dir holds a temporary file left by a Writer.
@@ -115,8 +117,8 @@ func TestWriterKeepsExisting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Mode().Perm() != fileMode {
-		t.Errorf("mode %v, want %v", st.Mode().Perm(), os.FileMode(fileMode))
+	if st.Mode().Perm() != perm.File() {
+		t.Errorf("mode %v, want %v (0666 under the umask)", st.Mode().Perm(), perm.File())
 	}
 	noTemps(t, dir)
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/rankzip/rankzip/internal/perm"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
 
@@ -46,7 +47,7 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 			return fmt.Errorf("save model: Palu's layout exists for llama, mistral and qwen2, not %q", m.Config.ModelType)
 		}
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
 	c := m.Config
@@ -298,7 +299,8 @@ func configJSON(c *Config, set map[string]any) ([]byte, error) {
 }
 
 // WriteFileAtomic writes data to a temporary file next to path, syncs it and
-// renames it over path, so readers see the old file or the whole new one.
+// renames it over path, so readers see the old file or the whole new one. The
+// file gets the mode os.Create would give it (0666 under the umask).
 func WriteFileAtomic(path string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -306,6 +308,9 @@ func WriteFileAtomic(path string, data []byte) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm.File())
+	}
 	if err == nil {
 		err = f.Sync()
 	}

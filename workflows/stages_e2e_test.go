@@ -281,7 +281,7 @@ func TestEndToEndGPTQEoRA(t *testing.T) {
 	if err := gptq.Export(base, ddir, safetensors.F32, qc); err != nil {
 		t.Fatal(err)
 	}
-	if err := gptq.WriteAdapter(filepath.Join(ddir, activities.AdapterDir), j.Recipe.Output, adapters, safetensors.F32); err != nil {
+	if err := gptq.WriteAdapter(filepath.Join(ddir, activities.AdapterDir), gptq.BesideBase, adapters, safetensors.F32); err != nil {
 		t.Fatal(err)
 	}
 	sameFiles(t, j.Recipe.Output, ddir)

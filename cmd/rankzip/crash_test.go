@@ -20,6 +20,7 @@ import (
 	"github.com/rankzip/rankzip/activities"
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/internal/perm"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
@@ -237,6 +238,7 @@ func TestCrashResume(t *testing.T) {
 	if !bytes.Equal(got, directBytes(t, recipePath)) {
 		t.Error("the resumed job's checkpoint differs from an uninterrupted run's")
 	}
+	checkModes(t, filepath.Join(dir, "out"), perm.File(), perm.Dir())
 	computed, found := blockEvents(t, filepath.Join(state, "rankzip.log"))
 	pid2 := second.Process.Pid
 	for _, b := range computed[pid2] {

@@ -111,7 +111,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 
 	// 4. A full recipe as a durable job on the embedded Temporal server.
 	recipePath, outDir := filepath.Join(dir, "recipe.yaml"), filepath.Join(dir, "compressed")
-	if err := os.WriteFile(recipePath, []byte(demoRecipe), 0o644); err != nil {
+	if err := os.WriteFile(recipePath, []byte(demoRecipe), 0o666); err != nil {
 		return err
 	}
 	// The demo owns its output; blocks computed by an earlier demo are

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/internal/perm"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/gptq"
@@ -85,6 +86,9 @@ func evaluate(modelDir, adapterDir, baseDir, data string, n int, dumpPath string
 		return eval.Report{}, fmt.Errorf("dump logits: %w", err)
 	}
 	rep, err := eval.Evaluate(m, base, ds, n, f)
+	if err == nil {
+		err = f.Chmod(perm.File()) // 0666 under the umask, not CreateTemp's 0600
+	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("dump logits: %w", cerr)
 	}

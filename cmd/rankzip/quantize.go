@@ -143,7 +143,7 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%-34s %5d %14.6g %14.6g\n", l.Name, l.Rank, l.ErrorBefore, l.ErrorAfter)
 	}
 	adir := filepath.Join(*out, "eora")
-	if err := gptq.WriteAdapter(adir, *out, e.Adapters, dt); err != nil {
+	if err := gptq.WriteAdapter(adir, gptq.BesideBase, e.Adapters, dt); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s (PEFT LoRA adapter; rankzip eval --model %s --adapter %s)\n", adir, *out, adir)

@@ -30,7 +30,7 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 	if err := qc.Validate(); err != nil {
 		return fmt.Errorf("export gptq: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return fmt.Errorf("export gptq: %w", err)
 	}
 	c := m.Config

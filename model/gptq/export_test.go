@@ -150,6 +150,9 @@ func TestAdapterRoundTrip(t *testing.T) {
 	if err := gptq.WriteAdapter(dir, "base", adapters, safetensors.F32); err != nil {
 		t.Fatal(err)
 	}
+	if err := gptq.WriteAdapter(t.TempDir(), "/home/me/out", adapters, safetensors.F32); err == nil || !strings.Contains(err.Error(), "absolute path") {
+		t.Errorf("an adapter naming its base by an absolute path: %v, want a refusal", err)
+	}
 	f, err := safetensors.Open(filepath.Join(dir, "adapter_model.safetensors"))
 	if err != nil {
 		t.Fatal(err)

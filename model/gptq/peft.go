@@ -66,16 +66,27 @@ type AdapterConfig struct {
 	LayersToTransform []int          `json:"layers_to_transform"`
 }
 
+// BesideBase is the base_model_name_or_path of an adapter written in a
+// directory of its base checkpoint (OUT/eora): the parent directory.
+const BesideBase = ".."
+
 // WriteAdapter writes adapters as a PEFT LoRA adapter in dir:
 // adapter_config.json (r is the most common rank, lora_alpha = r, every other
 // rank in rank_pattern with alpha_pattern = rank so that the scaling is 1)
 // and adapter_model.safetensors with base_model.model.<module>.lora_A.weight
 // [r, in] and lora_B.weight [out, r], in dtype (F32, F16 or BF16).
+// baseModel, written as base_model_name_or_path, is a model's name or a path
+// relative to dir (BesideBase when the adapter lies inside its base
+// checkpoint), never an absolute path: the files must stay valid when the
+// directory moves or is copied to another machine.
 func WriteAdapter(dir, baseModel string, adapters []Adapter, dtype safetensors.DType) error {
 	if len(adapters) == 0 {
 		return fmt.Errorf("write adapter: no adapters")
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if filepath.IsAbs(baseModel) {
+		return fmt.Errorf("write adapter: base model %s is an absolute path: give its name or a path relative to the adapter", baseModel)
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return fmt.Errorf("write adapter: %w", err)
 	}
 	count := map[int]int{}

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/rankzip/rankzip/internal/perm"
 )
 
 // WriteTensor is one tensor to write: its bytes come from Data, or, when Data
@@ -234,7 +236,7 @@ func writeAtomic(path string, write func(w io.Writer) error) error {
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(perm.File()); err != nil {
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
