@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"container/heap"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -14,8 +13,8 @@ type bpeModel struct {
 	vocab        map[string]int32
 	idToTok      []string
 	present      []bool
-	merges       map[[2]int32]mergeInfo
-	unk          int32 // -1: none
+	merges       map[uint64]mergeInfo // pairKey(left, right)
+	unk          int32                // -1: none
 	fuseUnk      bool
 	byteFallback bool
 	byteIDs      [256]int32 // <0xXX> ids when byteFallback (-1 when absent)
@@ -131,7 +130,7 @@ func parseModel(raw json.RawMessage, file string) (model, error) {
 			m.byteIDs[b] = id
 		}
 	}
-	m.merges = make(map[[2]int32]mergeInfo, len(h.Merges))
+	m.merges = make(map[uint64]mergeInfo, len(h.Merges))
 	for rank, r := range h.Merges {
 		var a, b string
 		var s string
@@ -161,7 +160,7 @@ func parseModel(raw json.RawMessage, file string) (model, error) {
 		if !ok {
 			return nil, componentError(file, "model", "merge %d result %q is not in the vocabulary", rank, merged)
 		}
-		m.merges[[2]int32{ia, ib}] = mergeInfo{int32(rank), nid}
+		m.merges[pairKey(ia, ib)] = mergeInfo{int32(rank), nid}
 	}
 	return m, nil
 }
@@ -206,22 +205,54 @@ type mergeItem struct {
 	newID int32
 }
 
+func pairKey(a, b int32) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
+
+// mergeHeap is a binary min-heap by (rank, pos), the order of the library's
+// merge queue.
 type mergeHeap []mergeItem
 
-func (h mergeHeap) Len() int { return len(h) }
-func (h mergeHeap) Less(i, j int) bool {
+func (h mergeHeap) less(i, j int) bool {
 	if h[i].rank != h[j].rank {
 		return h[i].rank < h[j].rank
 	}
 	return h[i].pos < h[j].pos
 }
-func (h mergeHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(mergeItem)) }
-func (h *mergeHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+
+func (h *mergeHeap) push(x mergeItem) {
+	*h = append(*h, x)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !q.less(i, p) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *mergeHeap) pop() mergeItem {
+	q := *h
+	top := q[0]
+	n := len(q) - 1
+	q[0] = q[n]
+	q = q[:n]
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < n && q.less(l, m) {
+			m = l
+		}
+		if r < n && q.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
 }
 
 // mergeWord is BPE::merge_word followed by Word::merge_all.
@@ -286,22 +317,21 @@ func (m *bpeModel) mergeWord(dst []int32, w string) []int32 {
 		add(unkID, unkLen)
 	}
 
-	var q mergeHeap
+	q := make(mergeHeap, 0, len(syms))
 	for i := 0; i+1 < len(syms); i++ {
-		if mi, ok := m.merges[[2]int32{syms[i].id, syms[i+1].id}]; ok {
-			q = append(q, mergeItem{i, mi.rank, mi.newID})
+		if mi, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
+			q.push(mergeItem{i, mi.rank, mi.newID})
 		}
 	}
-	heap.Init(&q)
-	for q.Len() > 0 {
-		top := heap.Pop(&q).(mergeItem)
+	for len(q) > 0 {
+		top := q.pop()
 		cur := &syms[top.pos]
 		if cur.len == 0 || cur.next == -1 {
 			continue
 		}
 		nextPos := cur.next
 		right := syms[nextPos]
-		if mi, ok := m.merges[[2]int32{cur.id, right.id}]; !ok || mi.newID != top.newID {
+		if mi, ok := m.merges[pairKey(cur.id, right.id)]; !ok || mi.newID != top.newID {
 			continue
 		}
 		cur.id = top.newID
@@ -312,13 +342,13 @@ func (m *bpeModel) mergeWord(dst []int32, w string) []int32 {
 			syms[right.next].prev = top.pos
 		}
 		if cur.prev >= 0 {
-			if mi, ok := m.merges[[2]int32{syms[cur.prev].id, cur.id}]; ok {
-				heap.Push(&q, mergeItem{cur.prev, mi.rank, mi.newID})
+			if mi, ok := m.merges[pairKey(syms[cur.prev].id, cur.id)]; ok {
+				q.push(mergeItem{cur.prev, mi.rank, mi.newID})
 			}
 		}
 		if cur.next >= 0 {
-			if mi, ok := m.merges[[2]int32{cur.id, syms[cur.next].id}]; ok {
-				heap.Push(&q, mergeItem{top.pos, mi.rank, mi.newID})
+			if mi, ok := m.merges[pairKey(cur.id, syms[cur.next].id)]; ok {
+				q.push(mergeItem{top.pos, mi.rank, mi.newID})
 			}
 		}
 	}
