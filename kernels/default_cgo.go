@@ -1,4 +1,4 @@
-//go:build cgo
+//go:build cgo && !cuda
 
 package kernels
 
@@ -8,3 +8,7 @@ func Default() Backend { return OpenBLAS{} }
 // Available lists every backend built in, fastest first, for tests and
 // benchmarks that must cover them all.
 func Available() []Backend { return []Backend{OpenBLAS{}, Gonum{}} }
+
+func cpuDefault() Backend { return OpenBLAS{} }
+
+func cudaBackend() (Backend, error) { return nil, errNoCUDABuild }

@@ -8,3 +8,7 @@ func Default() Backend { return Gonum{} }
 // Available lists every backend built in, fastest first, for tests and
 // benchmarks that must cover them all.
 func Available() []Backend { return []Backend{Gonum{}} }
+
+func cpuDefault() Backend { return Gonum{} }
+
+func cudaBackend() (Backend, error) { return nil, errNoCUDABuild }

@@ -29,6 +29,9 @@ var ErrNoConvergence = errors.New("kernels: decomposition did not converge")
 // otherwise reject it as a bad argument or return garbage.
 var ErrNonFinite = errors.New("kernels: matrix has NaN or Inf entries")
 
+// ErrDeviceMemory reports work that does not fit in the GPU's free memory.
+var ErrDeviceMemory = errors.New("kernels: not enough GPU memory")
+
 // Backend is the set of operations rankzip runs on large matrices.
 // Shape mismatches are programming errors and panic; data-dependent
 // failures (not positive definite, no convergence, NaN or Inf input) return

@@ -20,6 +20,7 @@ import (
 var tolerances = map[string]float64{
 	"openblas": 1e-13,
 	"gonum":    1e-13,
+	"cuda":     1e-13,
 }
 
 func TestConformance(t *testing.T) {
