@@ -67,7 +67,9 @@ func (o *MLAOptions) Check(m *model.Model, seqs [][]int32) error {
 	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
 		problems = append(problems, err.Error())
 	}
-	if c.MLA != nil {
+	if err := c.Unsupported(model.FeatureMLA); err != nil {
+		problems = append(problems, err.Error())
+	} else if c.MLA != nil {
 		problems = append(problems, "the model already has latent attention")
 	} else {
 		a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}

@@ -45,6 +45,9 @@ var PaluSearches = []string{"uniform", "spectrum", "fisher"}
 
 func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	var problems []string
+	if err := m.Config.Unsupported(model.FeaturePalu); err != nil {
+		return err
+	}
 	if !(o.KVKeep > 0 && o.KVKeep <= 1) {
 		problems = append(problems, fmt.Sprintf("kv_keep %v must be in (0, 1]", o.KVKeep))
 	}

@@ -124,6 +124,7 @@ const (
 	FeatureBackward Feature = "the backward pass (fisher ranks)"
 	FeaturePalu     Feature = "Palu (low-rank key/value latents)"
 	FeatureMLA      Feature = "MLA conversion (TransMLA)"
+	FeatureGPTQ     Feature = "the GPTQ v1 checkpoint layout"
 )
 
 // Unsupported returns an error naming the architecture and the reason when
@@ -144,8 +145,11 @@ func (c *Config) Unsupported(f Feature) error {
 		// MLA's absorbed form needs keys linear in the latent; the per-head
 		// norm of each key is not, so no conversion is exact.
 		why = "keys pass through a per-head RMSNorm (k_norm), which is not linear, so keys cannot be a linear map of a shared latent"
-	case c.Gemma != nil && f != FeatureBackward:
+	case c.Gemma != nil && f != FeatureBackward && f != FeatureGPTQ:
 		why = "Gemma 3's per-head q/k norms and sliding/global layers are not handled by it"
+	case (c.Gemma != nil || c.QKNorm || c.Fused) && f == FeatureGPTQ:
+		// Quantized layers of these models go to the native layout.
+		why = "it is written and read here with Llama's tensors only (no q/k norms, Gemma's norms or fused tensors); use the native export"
 	}
 	if why == "" {
 		return nil

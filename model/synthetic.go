@@ -17,6 +17,13 @@ type SyntheticConfig struct {
 	// MLA, when set, makes every block DeepSeek latent attention (a
 	// deepseek_v3 config; KVHeads must equal Heads).
 	MLA *MLAConfig
+	// ModelType, when set, builds another architecture: "qwen3", "phi3" or
+	// "gemma3_text" (Gemma's layers alternate sliding and global).
+	ModelType string
+	HeadDim   int // head_dim when not Hidden/Heads (qwen3, gemma3_text)
+	// SlidingWindow is Phi-3's window on every layer or Gemma 3's on its
+	// sliding layers (0: none for Phi-3, Gemma's default 4096).
+	SlidingWindow int
 }
 
 // Synthetic returns a Llama model with the given shapes and random weights
@@ -40,6 +47,21 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 		}
 		if a.RopeSourceHeadDim != 0 {
 			raw[NativeSection] = map[string]any{"format": "deepseek-mla", "mla_rope_source_head_dim": a.RopeSourceHeadDim, "mla_rope_freq_index": a.RopeFreqIndex}
+		}
+	}
+	if t := s.ModelType; t != "" {
+		raw["model_type"] = t
+		raw["architectures"] = []string{map[string]string{"qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[t]}
+		if s.HeadDim > 0 {
+			raw["head_dim"] = s.HeadDim
+		}
+		if s.SlidingWindow > 0 {
+			raw["sliding_window"] = s.SlidingWindow
+		}
+		if t == "gemma3_text" {
+			delete(raw, "hidden_act")
+			raw["hidden_activation"], raw["sliding_window_pattern"], raw["rope_theta"], raw["rope_local_base_freq"] = "gelu_pytorch_tanh", 2, 1e6, 1e4
+			raw["query_pre_attn_scalar"] = max(s.HeadDim, s.Hidden/s.Heads)
 		}
 	}
 	data, err := json.Marshal(raw)
@@ -66,13 +88,28 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 		return v
 	}
 	m := &Model{Config: cfg, Embed: gauss(s.Vocab*s.Hidden, 0.25), Norm: ones(s.Hidden), Backend: k}
+	if cfg.Gemma != nil {
+		for i := range m.Norm {
+			m.Norm[i]--
+		}
+	}
 	if s.Tied {
 		m.LMHead = NewDense(s.Vocab, s.Hidden, m.Embed, nil)
 	} else {
 		m.LMHead = NewDense(s.Vocab, s.Hidden, gauss(s.Vocab*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil)
 	}
 	for range s.Layers {
-		b := &Block{AttnNorm: ones(s.Hidden), MLPNorm: ones(s.Hidden)}
+		b := &Block{}
+		for _, n := range blockNorms(cfg) {
+			if cfg.Gemma != nil { // Gemma's norms scale by 1 + w
+				*n.get(b) = gauss(normSize(cfg, n), 0.1)
+			} else {
+				*n.get(b) = ones(normSize(cfg, n))
+			}
+		}
+		if g := cfg.Gemma; g != nil {
+			b.Sliding = g.Sliding[len(m.Blocks)]
+		}
 		if a := cfg.MLA; a != nil {
 			b.MLA = &MLA{LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim, RopeFreq: cfg.MLARopeFreq(),
 				KVA: NewDense(a.LoraRank+a.RopeDim, s.Hidden, gauss((a.LoraRank+a.RopeDim)*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil),

@@ -9,6 +9,7 @@ import (
 	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/methods/mla"
 	"github.com/rankzip/rankzip/methods/palu"
+	"github.com/rankzip/rankzip/model"
 )
 
 // Defaults of the palu, rtn/gptq and eora keys (DESIGN.md section 3).
@@ -58,6 +59,10 @@ func (v *validator) mla(where string, s *Stage) {
 	}
 	if c.MLA != nil {
 		v.add("%s: the model already has latent attention (model_type %s)", where, c.ModelType)
+		return
+	}
+	if err := c.Unsupported(model.FeatureMLA); err != nil {
+		v.add("%s: %v", where, err)
 		return
 	}
 	a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
@@ -126,6 +131,10 @@ func (v *validator) palu(where string, s *Stage) {
 		v.add("%s: latent_bits %d: want 2, 3, 4 or 8 (or leave it out for 16-bit latents)", where, s.LatentBits)
 	}
 	if v.cfg == nil {
+		return
+	}
+	if err := v.cfg.Unsupported(model.FeaturePalu); err != nil {
+		v.add("%s: %v", where, err)
 		return
 	}
 	want := 0
@@ -375,6 +384,10 @@ func (v *validator) exportFits() {
 			v.add("export.format gptq cannot hold the low-rank factors of stages[%d] (%s): the GPTQ layout has none; use dense to measure quality", lowRank, v.r.Stages[lowRank].Method)
 		}
 		if v.cfg == nil {
+			return
+		}
+		if err := v.cfg.Unsupported(model.FeatureGPTQ); err != nil {
+			v.add("export.format gptq: %v", err)
 			return
 		}
 		var unfit []string

@@ -30,6 +30,9 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 	if err := qc.Validate(); err != nil {
 		return fmt.Errorf("export gptq: %w", err)
 	}
+	if err := m.Config.Unsupported(model.FeatureGPTQ); err != nil {
+		return fmt.Errorf("export gptq: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return fmt.Errorf("export gptq: %w", err)
 	}
@@ -161,6 +164,9 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 		return nil, fmt.Errorf("load gptq: %s/config.json %s: %w", dir, QuantizationConfigKey, err)
 	}
 	if err := qc.Validate(); err != nil {
+		return nil, fmt.Errorf("load gptq: %s: %w", dir, err)
+	}
+	if err := cfg.Unsupported(model.FeatureGPTQ); err != nil {
 		return nil, fmt.Errorf("load gptq: %s: %w", dir, err)
 	}
 	ck, err := safetensors.OpenDir(dir)

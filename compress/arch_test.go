@@ -1,0 +1,126 @@
+package compress
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// archModel is a small random model of the architecture typ and data
+// sampled from it.
+func archModel(t *testing.T, typ string) (*model.Model, [][]int32, [][]int32) {
+	t.Helper()
+	s := model.SyntheticConfig{ModelType: typ, Hidden: 64, Intermediate: 128, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 32,
+		Vocab: 96, MaxPositions: 64, SlidingWindow: 8}
+	if typ == "phi3" {
+		s.HeadDim = 0
+	}
+	m, err := model.Synthetic(s, 3, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cal, err := model.Sample(m, 32, 40, 1, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := model.Sample(m, 6, 40, 1, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, cal, ev
+}
+
+// Qwen3, Phi-3 and Gemma 3 run a recipe end to end (whitened SVD on the
+// MLPs keeping 80% of their parameters, then 4-bit GPTQ of the attention
+// projections), reporting the KL to the original; the native checkpoint
+// reads back with the same logits and the dense export of the low-rank
+// stage keeps the architecture's own layout. Palu and MLA are refused on
+// Qwen3 and Gemma 3 naming the architecture, and so is the GPTQ layout.
+func TestArchitecturesCompress(t *testing.T) {
+	ctx := context.Background()
+	for _, typ := range []string{"qwen3", "phi3", "gemma3_text"} {
+		m, cal, ev := archModel(t, typ)
+		base, err := m.Forward(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lr, err := Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"mlp.*"}, KeepParams: 0.8}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		q, err := RunQuant(ctx, lr.Model, cal, QuantOptions{Method: "gptq", Bits: 4, GroupSize: 32, Targets: []string{"self_attn.*"}}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		lrLogits, _ := lr.Model.Forward(ev)
+		qLogits, _ := q.Model.Forward(ev)
+		klLR, klQ := eval.MeanKL(base, lrLogits, m.Config.VocabSize), eval.MeanKL(base, qLogits, m.Config.VocabSize)
+		t.Logf("%s: whiten keep 0.8 on mlp.*: KL %.4f; then gptq 4-bit g32 on self_attn.*: KL %.4f", typ, klLR, klQ)
+		if !(klLR > 0 && klLR < 0.5 && klQ >= klLR*0.5 && klQ < 0.5) {
+			t.Errorf("%s: KL %.4f then %.4f out of the expected range", typ, klLR, klQ)
+		}
+
+		// Native: factored MLPs, quantized attention, read back exactly.
+		dir := t.TempDir()
+		if err := model.Save(q.Model, filepath.Join(dir, "native"), safetensors.F32); err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		back, err := model.Load(filepath.Join(dir, "native"), kernels.Default())
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		if got, _ := back.Forward(ev); !slices.Equal(got, qLogits) {
+			t.Errorf("%s: native checkpoint reads back with other logits", typ)
+		}
+
+		// Dense export of the low-rank stage: the layout of the original.
+		if err := model.Save(model.Densify(lr.Model), filepath.Join(dir, "dense"), safetensors.F32); err != nil {
+			t.Fatal(err)
+		}
+		if err := model.Save(m, filepath.Join(dir, "orig"), safetensors.F32); err != nil {
+			t.Fatal(err)
+		}
+		names := func(d string) []string {
+			ck, err := safetensors.OpenDir(filepath.Join(dir, d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ck.Close()
+			return ck.Names()
+		}
+		if !slices.Equal(names("dense"), names("orig")) {
+			t.Errorf("%s: dense export tensors %v, original %v", typ, names("dense"), names("orig"))
+		}
+		dense, err := model.Load(filepath.Join(dir, "dense"), kernels.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := dense.Forward(ev); relErr(got, lrLogits) > 1e-5 {
+			t.Errorf("%s: dense export changes the logits by %.2e", typ, relErr(got, lrLogits))
+		}
+
+		err = gptq.Export(q.Model, filepath.Join(dir, "gptq"), safetensors.F16, gptq.QuantizeConfig{Bits: 4, GroupSize: 32, Sym: true, QuantMethod: "gptq", CheckpointFormat: "gptq", PackDType: "int32"})
+		if err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: gptq export: %v", typ, err)
+		}
+		if typ == "phi3" {
+			continue
+		}
+		_, err = RunPalu(ctx, m, cal, PaluOptions{KVKeep: 0.5, RankSearch: "uniform"})
+		if err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: palu: %v", typ, err)
+		}
+		_, err = RunMLA(ctx, m, cal, MLAOptions{RopeDim: 8, LoraRank: 16})
+		if err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: mla: %v", typ, err)
+		}
+	}
+}
