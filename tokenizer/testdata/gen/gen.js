@@ -37,6 +37,27 @@ const cases = [
   // Other families' split patterns on the Llama 3.1 vocabulary: Mistral Nemo's Tekken and GPT-4o's o200k.
   { name: 'llama3.1-tekken-regex', dir: 'llama3.1', patch: { pre_tokenizer: splitThenByteLevel(String.raw`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`) } },
   { name: 'llama3.1-o200k-regex', dir: 'llama3.1', patch: { pre_tokenizer: splitThenByteLevel(String.raw`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`) } },
+  // Gemma's layout: spaces replaced by ▁ with no prefix, Replace/ByteFallback/Fuse decoder.
+  {
+    name: 'mistral7b-gemma-layout', dir: 'mistral7b', patch: {
+      normalizer: { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' },
+      decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }] },
+    },
+  },
+  // Split on a literal string, merged with the previous piece, and on a regex with Removed/MergedWithNext/Contiguous.
+  {
+    name: 'mistral7b-split-behaviours', dir: 'mistral7b', patch: {
+      normalizer: null,
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [
+        { type: 'Split', pattern: { String: ' ' }, behavior: 'MergedWithPrevious', invert: false },
+        { type: 'Split', pattern: { Regex: '[.,;]' }, behavior: 'MergedWithNext', invert: false },
+        { type: 'Split', pattern: { Regex: '\\d' }, behavior: 'Contiguous', invert: false },
+        { type: 'Split', pattern: { String: '\n' }, behavior: 'Removed', invert: false },
+        { type: 'Split', pattern: { Regex: '\\p{Han}+' }, behavior: 'Isolated', invert: true },
+        { type: 'Digits', individual_digits: false },
+      ] },
+    },
+  },
   { name: 'unigram', dir: 'unigram' },
   { name: 'unigram-bytefallback', dir: 'unigram-bytefallback' },
   // SmolLM / StarCoder layout: single digits before byte-level splitting.
