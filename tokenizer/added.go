@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"fmt"
 	"sort"
 	"unicode"
 	"unicode/utf8"
@@ -65,22 +64,36 @@ func (m *matcher) next(s string, from int) (start, end int, tok addedToken, ok b
 	return 0, 0, addedToken{}, false
 }
 
-func newAddedVocab(toks []addedToken, n normalizer, file string) (*addedVocab, error) {
+// newAddedVocab adds the tokens as the library does when it reads a file
+// (AddedVocabulary::add_tokens): the ids in the file are not used; a token
+// whose content is already an added token or in the model's vocabulary gets
+// that id, any other the next id from the model's vocabulary size on.
+func newAddedVocab(toks []addedToken, m model, n normalizer, file string) (*addedVocab, error) {
 	a := &addedVocab{
 		byID:           map[int32]addedToken{},
 		byContent:      map[string]int32{},
 		special:        map[string]bool{},
 		normalizedForm: map[int32]string{},
 	}
+	nextID := int32(m.vocabLen())
 	for _, t := range toks {
 		if t.Content == "" {
 			continue
 		}
-		if t.ID < 0 {
-			return nil, fmt.Errorf("%s: added token %q has a negative id", file, t.Content)
+		if id, ok := a.byContent[t.Content]; ok && a.byID[id] == t {
+			continue
 		}
-		a.byID[t.ID] = t
-		a.byContent[t.Content] = t.ID
+		id, ok := a.byContent[t.Content]
+		if !ok {
+			id, ok = m.tokenToID(t.Content)
+		}
+		if !ok {
+			id = nextID
+			nextID++
+		}
+		t.ID = id
+		a.byID[id] = t
+		a.byContent[t.Content] = id
 		if t.Special {
 			a.special[t.Content] = true
 		}
@@ -89,7 +102,7 @@ func newAddedVocab(toks []addedToken, n normalizer, file string) (*addedVocab, e
 			if n != nil {
 				pat = n.normalize(pat)
 				if pat != t.Content {
-					a.normalizedForm[t.ID] = pat
+					a.normalizedForm[id] = pat
 				}
 			}
 			if pat != "" {

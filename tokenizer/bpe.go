@@ -42,8 +42,11 @@ type model interface {
 	tokenize(dst []int32, w string) []int32
 	tokenToID(tok string) (int32, bool)
 	idToToken(id int32) (string, bool)
-	size() int // one past the largest id
+	size() int     // one past the largest id
+	vocabLen() int // entries in the vocabulary (the library's get_vocab_size)
 }
+
+func (m *bpeModel) vocabLen() int { return len(m.vocab) }
 
 func (m *bpeModel) tokenToID(tok string) (int32, bool) {
 	id, ok := m.vocab[tok]

@@ -117,7 +117,7 @@ func parse(data []byte, file string) (*Tokenizer, error) {
 		return nil, componentError(file, "truncation", "is set; rankzip encodes whole texts (remove it from the file)")
 	}
 	// Padding only matters for batches, which rankzip never pads: ignored.
-	if t.added, err = newAddedVocab(f.AddedTokens, t.normalizer, file); err != nil {
+	if t.added, err = newAddedVocab(f.AddedTokens, t.model, t.normalizer, file); err != nil {
 		return nil, err
 	}
 	t.vocabSize = t.model.size()

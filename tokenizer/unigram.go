@@ -103,6 +103,8 @@ func (m *unigramModel) idToToken(id int32) (string, bool) {
 
 func (m *unigramModel) size() int { return len(m.pieces) }
 
+func (m *unigramModel) vocabLen() int { return len(m.pieces) }
+
 func (m *unigramModel) tokenize(dst []int32, w string) []int32 {
 	if w == "" {
 		return dst

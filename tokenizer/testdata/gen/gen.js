@@ -58,6 +58,22 @@ const cases = [
       ] },
     },
   },
+  // Added tokens with every option (Phi-3 ships rstrip tokens; chat templates add non-special ones).
+  {
+    name: 'mistral7b-added-tokens', dir: 'mistral7b', patch: {
+      added_tokens: [
+        { id: 0, content: '<unk>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+        { id: 1, content: '<s>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+        { id: 2, content: '</s>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+        { id: 32000, content: '<|user|>', single_word: false, lstrip: false, rstrip: true, normalized: false, special: true },
+        { id: 32001, content: '<|end|>', single_word: false, lstrip: true, rstrip: true, normalized: false, special: true },
+        { id: 32002, content: '<|assistant|>', single_word: false, lstrip: true, rstrip: false, normalized: false, special: false },
+        { id: 32003, content: 'hello', single_word: true, lstrip: false, rstrip: false, normalized: true, special: false },
+        { id: 32004, content: ' world', single_word: false, lstrip: false, rstrip: false, normalized: true, special: false },
+        { id: 32005, content: '<tool_call>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: false },
+      ],
+    },
+  },
   { name: 'unigram', dir: 'unigram' },
   { name: 'unigram-bytefallback', dir: 'unigram-bytefallback' },
   // SmolLM / StarCoder layout: single digits before byte-level splitting.
