@@ -20,8 +20,12 @@ func archModel(t *testing.T, typ string) (*model.Model, [][]int32, [][]int32) {
 	t.Helper()
 	s := model.SyntheticConfig{ModelType: typ, Hidden: 64, Intermediate: 128, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 32,
 		Vocab: 96, MaxPositions: 64, SlidingWindow: 8}
-	if typ == "phi3" {
+	switch typ {
+	case "phi3", "mixtral":
 		s.HeadDim = 0
+	}
+	if typ == "mixtral" || typ == "qwen3_moe" {
+		s.Experts, s.TopK, s.Intermediate = 4, 2, 48
 	}
 	m, err := model.Synthetic(s, 3, kernels.Default())
 	if err != nil {
@@ -120,6 +124,60 @@ func TestArchitecturesCompress(t *testing.T) {
 		}
 		_, err = RunMLA(ctx, m, cal, MLAOptions{RopeDim: 8, LoraRank: 16})
 		if err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: mla: %v", typ, err)
+		}
+	}
+}
+
+// Mixture-of-experts models: the attention projections compress (whiten,
+// then GPTQ) and export; the experts and router are refused naming the
+// architecture, and so are Palu and MLA.
+func TestMoECompressAttention(t *testing.T) {
+	ctx := context.Background()
+	for _, typ := range []string{"mixtral", "qwen3_moe"} {
+		m, cal, ev := archModel(t, typ)
+		base, err := m.Forward(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"mlp.*"}, KeepParams: 0.8}, nil)
+		if err == nil || !strings.Contains(err.Error(), typ) || !strings.Contains(err.Error(), "experts") {
+			t.Errorf("%s: mlp targets: %v", typ, err)
+		}
+		_, err = RunQuant(ctx, m, cal, QuantOptions{Method: "rtn", Bits: 4, GroupSize: 32}, nil)
+		if err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: quantizing every linear: %v", typ, err)
+		}
+		lr, err := Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"self_attn.*"}, KeepParams: 0.8}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		q, err := RunQuant(ctx, m, cal, QuantOptions{Method: "gptq", Bits: 4, GroupSize: 32, Targets: []string{"self_attn.*"}}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		lrLogits, _ := lr.Model.Forward(ev)
+		qLogits, _ := q.Model.Forward(ev)
+		klLR, klQ := eval.MeanKL(base, lrLogits, m.Config.VocabSize), eval.MeanKL(base, qLogits, m.Config.VocabSize)
+		t.Logf("%s: whiten keep 0.8 on self_attn.*: KL %.4f; gptq 4-bit g32 on self_attn.*: KL %.4f", typ, klLR, klQ)
+		if !(klLR > 0 && klLR < 0.5 && klQ > 0 && klQ < 0.5) {
+			t.Errorf("%s: KL %.4f, %.4f out of range", typ, klLR, klQ)
+		}
+		dir := t.TempDir()
+		if err := model.Save(q.Model, dir, safetensors.F32); err != nil {
+			t.Fatal(err)
+		}
+		back, err := model.Load(dir, kernels.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := back.Forward(ev); !slices.Equal(got, qLogits) {
+			t.Errorf("%s: native round trip changes the logits", typ)
+		}
+		if _, err := RunPalu(ctx, m, cal, PaluOptions{KVKeep: 0.5, RankSearch: "uniform"}); err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: palu: %v", typ, err)
+		}
+		if _, err := RunMLA(ctx, m, cal, MLAOptions{RopeDim: 8, LoraRank: 16}); err == nil || !strings.Contains(err.Error(), typ) {
 			t.Errorf("%s: mla: %v", typ, err)
 		}
 	}

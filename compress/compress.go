@@ -122,6 +122,9 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
+	if err := m.Config.CheckTargets(mods); err != nil {
+		return err
+	}
 	need := 0
 	for _, mod := range mods {
 		_, in := dims(m, mod)

@@ -73,6 +73,8 @@ func (o *QuantOptions) Validate(m *model.Model) error {
 		problems = append(problems, err.Error())
 	} else if mods, err := modulesOf(o.Targets); err != nil {
 		problems = append(problems, err.Error())
+	} else if err := m.Config.CheckTargets(mods); err != nil {
+		problems = append(problems, err.Error())
 	} else {
 		for _, mod := range mods {
 			l := *m.Blocks[0].Linear(mod)

@@ -12,6 +12,8 @@ import (
 //     RoPE; head_dim independent of hidden_size / num_attention_heads.
 //   - phi3.go: fused qkv_proj and gate_up_proj tensors, split on load into
 //     the seven linears every stage compresses, fused again on export.
+//   - moe.go: Mixtral's and Qwen3-MoE's router and experts in place of the
+//     MLP.
 //   - gemma3.go: (1+w) RMSNorm, GeGLU, embeddings scaled by √hidden,
 //     sliding and global layers with their own RoPE, q/k norms, norms after
 //     attention and around the MLP, query_pre_attn_scalar, logit
@@ -44,6 +46,8 @@ var archs = map[string]arch{
 	"qwen3":       {eps: 1e-6, headDim: 128, parse: (*parser).qwen3},
 	"phi3":        {eps: 1e-5, parse: (*parser).phi3},
 	"gemma3_text": {ropeTheta: 1e6, eps: 1e-6, tied: true, headDim: 256, parse: (*parser).gemma3, rope: (*parser).gemma3Rope},
+	"mixtral":     {ropeTheta: 1e6, eps: 1e-5, parse: (*parser).mixtral},
+	"qwen3_moe":   {eps: 1e-6, parse: (*parser).qwen3moe},
 }
 
 // unsupportedHint adds to the refusal of a model type what to do instead.
@@ -51,8 +55,8 @@ func unsupportedHint(modelType string) string {
 	switch modelType {
 	case "gemma3":
 		return "; this is Gemma 3's vision-language config: its text model (text_config, model_type gemma3_text) is supported"
-	case "mixtral", "qwen2_moe", "qwen3_moe":
-		return "; mixture-of-experts layers are not supported yet"
+	case "qwen2_moe", "olmoe", "dbrx", "jamba":
+		return "; of the mixture-of-experts models only mixtral and qwen3_moe are supported"
 	case "phi3small", "phimoe", "phi4mm", "phi4_multimodal":
 		return "; of the Phi family only phi3 (Phi-3 mini/medium, Phi-4) is supported"
 	}
@@ -132,6 +136,10 @@ const (
 func (c *Config) Unsupported(f Feature) error {
 	why := ""
 	switch {
+	case c.MoE != nil && f != FeaturePalu:
+		why = "the router and experts (mixture of experts) are not handled by it"
+	case c.MoE != nil && f == FeaturePalu:
+		why = "its rank search and layout are not implemented for mixture-of-experts models"
 	case c.Gemma != nil && f == FeatureBackward:
 		why = "its (1+w) norms, post-attention and post-MLP norms, per-head q/k norms and GeGLU have no gradients here"
 	case c.QKNorm && f == FeatureBackward:

@@ -3,6 +3,8 @@ package model
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -259,8 +261,13 @@ func TestArchConfigRefusals(t *testing.T) {
 		{"gemma3_text", true, map[string]any{"rope_theta": 5e5}, "rope_theta"},
 		{"gemma3_text", true, map[string]any{"layer_types": []string{"sliding_attention"}}, "layer_types"},
 		{"gemma3_text", false, map[string]any{"model_type": "gemma3"}, "model_type"},
-		{"qwen3", false, map[string]any{"model_type": "qwen3_moe"}, "model_type"},
-		{"qwen3", false, map[string]any{"model_type": "mixtral"}, "model_type"},
+		{"qwen3", false, map[string]any{"model_type": "qwen2_moe"}, "model_type"},
+		{"qwen3_moe", false, map[string]any{"decoder_sparse_step": 2}, "decoder_sparse_step"},
+		{"qwen3_moe", false, map[string]any{"mlp_only_layers": []int{0}}, "mlp_only_layers"},
+		{"qwen3_moe", false, map[string]any{"num_experts_per_tok": 5}, "num_experts_per_tok"},
+		{"qwen3_moe", false, map[string]any{"num_experts": nil}, "num_experts"},
+		{"mixtral", false, map[string]any{"num_local_experts": 0}, "num_local_experts"},
+		{"mixtral", false, map[string]any{"rope_scaling": map[string]any{"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type"},
 	} {
 		_, err := ParseConfig("config.json", cfg(c.name, c.v5, c.edit))
 		var ce *ConfigError
@@ -289,5 +296,91 @@ func TestArchConfigRefusals(t *testing.T) {
 	c, err = ParseConfig("config.json", cfg("phi3", false, map[string]any{"rms_norm_eps": nil, "sliding_window": nil}))
 	if err != nil || c.RMSNormEps != 1e-5 || c.SlidingWindow != 0 || c.HeadDim != 16 {
 		t.Errorf("phi3 defaults: %v %+v", err, c)
+	}
+}
+
+// transformers 5 holds the experts fused (mlp.gate.weight,
+// mlp.experts.gate_up_proj [experts, 2·inter, hidden] with gate rows first,
+// mlp.experts.down_proj [experts, hidden, inter]); the loader reads that
+// form to the same model, and exports write the Hub's per-expert layout.
+func TestMoEFusedExpertsLayout(t *testing.T) {
+	for _, name := range []string{"mixtral", "qwen3_moe"} {
+		m, a, tensors, dir := loadRef(t, name, true)
+		fused := filepath.Join(t.TempDir(), "fused")
+		prefix, names := "mlp.", [3]string{"gate_proj", "up_proj", "down_proj"}
+		if name == "mixtral" {
+			prefix, names = "block_sparse_moe.", [3]string{"w1", "w3", "w2"}
+		}
+		var ws []safetensors.WriteTensor
+		put := func(n string, shape []int, v []float64) {
+			f := make([]float32, len(v))
+			for i, x := range v {
+				f[i] = float32(x)
+			}
+			data, _ := safetensors.EncodeFloat32(f, safetensors.F32)
+			ws = append(ws, safetensors.WriteTensor{Name: n, DType: safetensors.F32, Shape: shape, Data: data})
+		}
+		moe := map[string]bool{}
+		for l := range a.layers {
+			p := fmt.Sprintf("model.layers.%d.", l)
+			var gu, dn []float64
+			for e := range a.experts {
+				ex := func(j int) string { return fmt.Sprintf("%s%sexperts.%d.%s.weight", p, prefix, e, names[j]) }
+				gu = append(append(gu, tensors[ex(0)]...), tensors[ex(1)]...)
+				dn = append(dn, tensors[ex(2)]...)
+				moe[ex(0)], moe[ex(1)], moe[ex(2)] = true, true, true
+			}
+			moe[p+prefix+"gate.weight"] = true
+			put(p+"mlp.gate.weight", []int{a.experts, a.hidden}, tensors[p+prefix+"gate.weight"])
+			put(p+"mlp.experts.gate_up_proj", []int{a.experts, 2 * a.moeInter, a.hidden}, gu)
+			put(p+"mlp.experts.down_proj", []int{a.experts, a.hidden, a.moeInter}, dn)
+		}
+		for n, v := range tensors {
+			if !moe[n] {
+				ck, _ := safetensors.OpenDir(dir)
+				info, _ := ck.Info(n)
+				ck.Close()
+				put(n, info.Shape, v)
+			}
+		}
+		if err := os.MkdirAll(fused, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := safetensors.WriteFile(filepath.Join(fused, "model.safetensors"), ws, nil); err != nil {
+			t.Fatal(err)
+		}
+		cfg, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+		os.WriteFile(filepath.Join(fused, "config.json"), cfg, 0o644)
+		back, err := Load(fused, kernels.Default())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		seqs := refSequences(a.vocab)
+		x, _ := m.Forward(seqs)
+		y, _ := back.Forward(seqs)
+		if !slices.Equal(x, y) {
+			t.Errorf("%s: the fused layout gives other logits", name)
+		}
+	}
+}
+
+// Mixture-of-experts models refuse fisher, Palu, MLA and the GPTQ layout
+// naming the architecture; routing matters to the logits.
+func TestMoEUnsupportedAndRouting(t *testing.T) {
+	for _, name := range []string{"mixtral", "qwen3_moe"} {
+		m, a, tensors, _ := loadRef(t, name, false)
+		for _, f := range []Feature{FeatureBackward, FeaturePalu, FeatureMLA, FeatureGPTQ} {
+			if err := m.Config.Unsupported(f); err == nil || !strings.Contains(err.Error(), a.typ) {
+				t.Errorf("%s: %s: %v", name, f, err)
+			}
+		}
+		seqs := refSequences(a.vocab)
+		for _, b := range m.Blocks {
+			b.MoE.TopK = 1
+		}
+		got, _ := m.Forward(seqs[:1])
+		if e := refRelErr(got, refForward(a, tensors, seqs[0])); e < 100*archTol {
+			t.Errorf("%s: top-1 routing within %.2e of top-2's reference", name, e)
+		}
 	}
 }

@@ -37,6 +37,9 @@ type refArch struct {
 	// Gemma 3.
 	localTheta, linearFactor, qpas, softcap float64
 	sliding                                 []bool
+	// Mixtral, Qwen3-MoE.
+	experts, topK, moeInter int
+	normTopK                bool
 }
 
 // refArchs are the checkpoints the tests build: GQA, head_dim apart from
@@ -51,6 +54,10 @@ var refArchs = map[string]refArch{
 	"gemma3_text": {typ: "gemma3_text", hidden: 64, inter: 128, layers: 4, heads: 4, kvHeads: 2, headDim: 32, vocab: 103,
 		eps: 1e-6, theta: 1e6, tied: true, window: 5, localTheta: 10000, linearFactor: 8, qpas: 24, softcap: 30,
 		sliding: []bool{true, true, false, true}},
+	"mixtral": {typ: "mixtral", hidden: 64, inter: 48, layers: 2, heads: 4, kvHeads: 2, headDim: 16, vocab: 83,
+		eps: 1e-5, theta: 1e6, window: 7, experts: 4, topK: 2, moeInter: 48, normTopK: true},
+	"qwen3_moe": {typ: "qwen3_moe", hidden: 64, inter: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 32, vocab: 79,
+		eps: 1e-6, theta: 10000, experts: 4, topK: 2, moeInter: 40},
 }
 
 // refTensors draws the checkpoint's tensors (HF names and shapes) from seed.
@@ -88,20 +95,44 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 		}
 		put(p+"input_layernorm.weight", []int{h}, 0.1, normMean)
 		put(p+"post_attention_layernorm.weight", []int{h}, 0.1, normMean)
-		if a.typ == "phi3" {
+		switch a.typ {
+		case "phi3":
 			lin("self_attn.qkv_proj", q+2*kv, h, false)
 			lin("mlp.gate_up_proj", 2*a.inter, h, false)
-		} else {
+		case "mixtral":
+			lin("self_attn.q_proj", q, h, false)
+			lin("self_attn.k_proj", kv, h, false)
+			lin("self_attn.v_proj", kv, h, false)
+		default: // the draw order keeps the checkpoints of testdata/refgen/transformers
 			lin("self_attn.q_proj", q, h, a.bias)
 			lin("self_attn.k_proj", kv, h, a.bias)
 			lin("self_attn.v_proj", kv, h, a.bias)
-			lin("mlp.gate_proj", a.inter, h, false)
-			lin("mlp.up_proj", a.inter, h, false)
+			if a.experts == 0 {
+				lin("mlp.gate_proj", a.inter, h, false)
+				lin("mlp.up_proj", a.inter, h, false)
+			}
 			put(p+"self_attn.q_norm.weight", []int{a.headDim}, 0.1, normMean)
 			put(p+"self_attn.k_norm.weight", []int{a.headDim}, 0.1, normMean)
 		}
 		lin("self_attn.o_proj", h, q, a.bias)
-		lin("mlp.down_proj", h, a.inter, false)
+		switch a.typ {
+		case "mixtral": // MixtralSparseMoeBlock: gate, experts.<e>.w1 (gate), w2 (down), w3 (up)
+			put(p+"block_sparse_moe.gate.weight", []int{a.experts, h}, 1/math.Sqrt(float64(h)), 0)
+			for e := range a.experts {
+				lin(fmt.Sprintf("block_sparse_moe.experts.%d.w1", e), a.moeInter, h, false)
+				lin(fmt.Sprintf("block_sparse_moe.experts.%d.w2", e), h, a.moeInter, false)
+				lin(fmt.Sprintf("block_sparse_moe.experts.%d.w3", e), a.moeInter, h, false)
+			}
+		case "qwen3_moe": // Qwen3MoeSparseMoeBlock: gate, experts.<e>.{gate,up,down}_proj
+			put(p+"mlp.gate.weight", []int{a.experts, h}, 1/math.Sqrt(float64(h)), 0)
+			for e := range a.experts {
+				lin(fmt.Sprintf("mlp.experts.%d.gate_proj", e), a.moeInter, h, false)
+				lin(fmt.Sprintf("mlp.experts.%d.up_proj", e), a.moeInter, h, false)
+				lin(fmt.Sprintf("mlp.experts.%d.down_proj", e), h, a.moeInter, false)
+			}
+		default:
+			lin("mlp.down_proj", h, a.inter, false)
+		}
 		if a.typ == "gemma3_text" {
 			put(p+"pre_feedforward_layernorm.weight", []int{h}, 0.1, normMean)
 			put(p+"post_feedforward_layernorm.weight", []int{h}, 0.1, normMean)
@@ -134,6 +165,15 @@ func refConfig(a refArch, v5 bool) map[string]any {
 		c["hidden_act"], c["sliding_window"], c["original_max_position_embeddings"] = "silu", a.window, 128
 		c["resid_pdrop"], c["embd_pdrop"], c["pad_token_id"] = 0.0, 0.0, 0
 		delete(c, "head_dim") // Phi3Config has none: hidden_size / num_attention_heads
+	case "mixtral":
+		c["architectures"] = []string{"MixtralForCausalLM"}
+		c["hidden_act"], c["sliding_window"], c["num_local_experts"], c["num_experts_per_tok"] = "silu", a.window, a.experts, a.topK
+		c["router_jitter_noise"], c["output_router_logits"], c["router_aux_loss_coef"] = 0.0, false, 0.001
+	case "qwen3_moe":
+		c["architectures"] = []string{"Qwen3MoeForCausalLM"}
+		c["hidden_act"], c["attention_bias"], c["use_sliding_window"], c["sliding_window"], c["max_window_layers"] = "silu", a.bias, false, nil, a.layers
+		c["num_experts"], c["num_experts_per_tok"], c["moe_intermediate_size"], c["norm_topk_prob"] = a.experts, a.topK, a.moeInter, a.normTopK
+		c["decoder_sparse_step"], c["mlp_only_layers"], c["output_router_logits"], c["router_aux_loss_coef"] = 1, []int{}, false, 0.001
 	case "gemma3_text":
 		c["architectures"] = []string{"Gemma3ForCausalLM"}
 		c["hidden_activation"], c["query_pre_attn_scalar"], c["sliding_window"] = "gelu_pytorch_tanh", a.qpas, a.window
@@ -265,7 +305,9 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 			qs = linear(xn, w("self_attn.q_proj.weight"), w("self_attn.q_proj.bias"), q)
 			ks = linear(xn, w("self_attn.k_proj.weight"), w("self_attn.k_proj.bias"), kv)
 			vs = linear(xn, w("self_attn.v_proj.weight"), w("self_attn.v_proj.bias"), kv)
-			qs, ks = norm(qs, w("self_attn.q_norm.weight")), norm(ks, w("self_attn.k_norm.weight"))
+			if a.typ != "mixtral" {
+				qs, ks = norm(qs, w("self_attn.q_norm.weight")), norm(ks, w("self_attn.k_norm.weight"))
+			}
 		}
 		// RoPE, rotate-half: inv_freq = 1/θ^(2i/d), Gemma's global layers
 		// divided by the linear factor; local layers use rope_local_base_freq.
@@ -276,7 +318,7 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 			} else {
 				factor = a.linearFactor
 			}
-		} else if a.typ == "phi3" {
+		} else if a.typ == "phi3" || a.typ == "mixtral" {
 			window = a.window
 		}
 		rot := func(v []float64, heads int) {
@@ -339,6 +381,13 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 			xn = norm(x, w("pre_feedforward_layernorm.weight"))
 		} else {
 			xn = norm(x, w("post_attention_layernorm.weight"))
+		}
+		if a.experts > 0 {
+			m := refMoE(a, t, p, xn)
+			for i := range x {
+				x[i] += m[i]
+			}
+			continue
 		}
 		var gate, up []float64
 		if a.typ == "phi3" { // Phi3MLP: gate, up = gate_up_proj(x).chunk(2, dim=-1)
@@ -412,4 +461,69 @@ func sortedNames[V any](m map[string]V) []string {
 	}
 	sort.Strings(s)
 	return s
+}
+
+// refMoE is MixtralSparseMoeBlock / Qwen3MoeSparseMoeBlock on the rows of x:
+// softmax over the router logits, the top-k experts, their weights
+// renormalised (Mixtral; Qwen3-MoE with norm_topk_prob), Σ w · down(silu(gate
+// x) · up x).
+func refMoE(a refArch, t map[string][]float64, p string, x []float64) []float64 {
+	h := a.hidden
+	prefix, names := "mlp.", [3]string{"gate_proj", "up_proj", "down_proj"}
+	if a.typ == "mixtral" {
+		prefix, names = "block_sparse_moe.", [3]string{"w1", "w3", "w2"}
+	}
+	router := t[p+prefix+"gate.weight"]
+	out := make([]float64, len(x))
+	for r := 0; r < len(x)/h; r++ {
+		xr := x[r*h : (r+1)*h]
+		prob := make([]float64, a.experts)
+		mx := math.Inf(-1)
+		for e := range a.experts {
+			for i := range h {
+				prob[e] += router[e*h+i] * xr[i]
+			}
+			mx = math.Max(mx, prob[e])
+		}
+		sum := 0.0
+		for e := range prob {
+			prob[e] = math.Exp(prob[e] - mx)
+			sum += prob[e]
+		}
+		order := make([]int, a.experts)
+		for e := range order {
+			prob[e] /= sum
+			order[e] = e
+		}
+		sort.Slice(order, func(i, j int) bool { return prob[order[i]] > prob[order[j]] })
+		top := order[:a.topK]
+		norm := 1.0
+		if a.typ == "mixtral" || a.normTopK {
+			norm = 0
+			for _, e := range top {
+				norm += prob[e]
+			}
+		}
+		for _, e := range top {
+			ex := func(j int) []float64 { return t[fmt.Sprintf("%s%sexperts.%d.%s.weight", p, prefix, e, names[j])] }
+			g, u, d := ex(0), ex(1), ex(2)
+			act := make([]float64, a.moeInter)
+			for k := range a.moeInter {
+				var gs, us float64
+				for i := range h {
+					gs += g[k*h+i] * xr[i]
+					us += u[k*h+i] * xr[i]
+				}
+				act[k] = gs / (1 + math.Exp(-gs)) * us
+			}
+			for o := range h {
+				s := 0.0
+				for k := range a.moeInter {
+					s += d[o*a.moeInter+k] * act[k]
+				}
+				out[r*h+o] += prob[e] / norm * s
+			}
+		}
+	}
+	return out
 }

@@ -184,6 +184,14 @@ func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []floa
 	if tap != nil && !tap(MLPInput, x, rows, dim) {
 		return nil
 	}
+	if b.MoE != nil {
+		y := make([]float32, rows*dim)
+		b.MoE.forward(m, y, x, rows, dim)
+		for i := range out.X {
+			out.X[i] += y[i]
+		}
+		return out
+	}
 	inter := b.Gate.Out()
 	gate := make([]float32, rows*inter)
 	up := make([]float32, rows*inter)

@@ -29,6 +29,9 @@ type Block struct {
 	PostAttnNorm, PostFFNNorm []float32
 	// Sliding marks Gemma 3's sliding_attention layers: window and local RoPE.
 	Sliding bool
+	// MoE, when set, replaces Gate, Up and Down (nil) by a router and
+	// experts (Mixtral, Qwen3-MoE).
+	MoE *MoE
 }
 
 // Model is a Llama-family causal language model held in float32.
@@ -62,6 +65,9 @@ func (b *Block) Modules() []string {
 	if b.MLA != nil {
 		return mlaModules
 	}
+	if b.MoE != nil {
+		return attnModules
+	}
 	return Modules
 }
 
@@ -75,6 +81,9 @@ func (b *Block) NumParams() int64 {
 	}
 	if b.MLA != nil {
 		n += b.MLA.NumParams()
+	}
+	if b.MoE != nil {
+		n += b.MoE.NumParams()
 	}
 	return n
 }
@@ -143,6 +152,7 @@ type tensorSpec struct {
 	name     string
 	shape    []int
 	optional bool
+	fusedMoE bool              // read by readFusedExperts, listed only to be expected
 	dtype    safetensors.DType // U8 or I32 for integer tensors; "" for floats
 }
 
@@ -171,6 +181,10 @@ func expectedTensors(c *Config) []tensorSpec {
 			if a.LatentNorm {
 				specs = append(specs, tensorSpec{name: p + "self_attn.kv_a_layernorm.weight", shape: []int{a.LoraRank}})
 			}
+		}
+		if c.MoE != nil {
+			mods = attnModules
+			specs = append(specs, moeSpecs(c, p)...)
 		}
 		var fused map[string]bool
 		if c.Fused {
@@ -252,6 +266,13 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	defer ck.Close()
 
 	specs := expectedTensors(cfg)
+	tensors := make(map[string][]float32, len(specs))
+	if cfg.MoE != nil {
+		// transformers 5's fused experts, where present, instead of the Hub's.
+		if specs, err = readFusedExperts(cfg, ck, dir, specs, tensors); err != nil {
+			return nil, err
+		}
+	}
 	want := make(map[string]bool, len(specs))
 	for _, s := range specs {
 		want[s.name] = true
@@ -280,10 +301,9 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		return nil, fmt.Errorf("checkpoint %s: unexpected tensor %q for a %s model with %d layers (config.json and the weights disagree)",
 			dir, name, cfg.ModelType, cfg.NumLayers)
 	}
-	tensors := make(map[string][]float32, len(specs))
 	ints := map[string][]byte{} // integer tensors, raw little-endian
 	for _, s := range specs {
-		if _, ok := ck.Info(s.name); !ok && s.optional {
+		if _, ok := ck.Info(s.name); !ok && s.optional || s.fusedMoE {
 			continue
 		}
 		if s.dtype != "" {
@@ -326,6 +346,9 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		}
 		if cfg.Fused {
 			splitFused(cfg, p, tensors)
+		}
+		if cfg.MoE != nil {
+			b.MoE = newMoE(cfg, p, tensors)
 		}
 		if a := cfg.MLA; a != nil {
 			p := p + "self_attn."

@@ -94,6 +94,11 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 				return err
 			}
 		}
+		if b.MoE != nil {
+			if err := addMoE(c, b, p, add); err != nil {
+				return err
+			}
+		}
 		var fused map[string]bool
 		if c.Fused {
 			var err error

@@ -17,9 +17,12 @@ type SyntheticConfig struct {
 	// MLA, when set, makes every block DeepSeek latent attention (a
 	// deepseek_v3 config; KVHeads must equal Heads).
 	MLA *MLAConfig
-	// ModelType, when set, builds another architecture: "qwen3", "phi3" or
-	// "gemma3_text" (Gemma's layers alternate sliding and global).
-	ModelType string
+	// ModelType, when set, builds another architecture: "qwen3", "phi3",
+	// "gemma3_text" (Gemma's layers alternate sliding and global), or the
+	// mixtures of experts "mixtral" and "qwen3_moe" (Experts experts of
+	// Intermediate each, TopK per token).
+	ModelType     string
+	Experts, TopK int
 	HeadDim   int // head_dim when not Hidden/Heads (qwen3, gemma3_text)
 	// SlidingWindow is Phi-3's window on every layer or Gemma 3's on its
 	// sliding layers (0: none for Phi-3, Gemma's default 4096).
@@ -51,7 +54,14 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 	}
 	if t := s.ModelType; t != "" {
 		raw["model_type"] = t
-		raw["architectures"] = []string{map[string]string{"qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[t]}
+		raw["architectures"] = []string{map[string]string{"qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+			"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[t]}
+		switch t {
+		case "mixtral":
+			raw["num_local_experts"], raw["num_experts_per_tok"] = s.Experts, s.TopK
+		case "qwen3_moe":
+			raw["num_experts"], raw["num_experts_per_tok"], raw["moe_intermediate_size"], raw["norm_topk_prob"] = s.Experts, s.TopK, s.Intermediate, true
+		}
 		if s.HeadDim > 0 {
 			raw["head_dim"] = s.HeadDim
 		}
@@ -116,6 +126,17 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 				KVB: NewDense(s.Heads*(a.NopeDim+a.VDim), a.LoraRank, gauss(s.Heads*(a.NopeDim+a.VDim)*a.LoraRank, 1/math.Sqrt(float64(a.LoraRank))), nil)}
 			if a.LatentNorm {
 				b.MLA.KVANorm = ones(a.LoraRank)
+			}
+		}
+		if e := cfg.MoE; e != nil {
+			b.MoE = &MoE{Router: NewDense(e.Experts, s.Hidden, gauss(e.Experts*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil), TopK: e.TopK, Norm: e.NormTopK}
+			for range e.Experts {
+				var x [3]Linear
+				for j := range 3 {
+					out, in := expertShape(cfg, j)
+					x[j] = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
+				}
+				b.MoE.Experts = append(b.MoE.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
 			}
 		}
 		for _, mod := range b.Modules() {

@@ -266,6 +266,15 @@ func (v *validator) targets(where string, s *Stage) ([]string, bool) {
 	for _, e := range errs {
 		v.add("%s: %s", where, e)
 	}
+	if c := v.cfg; c != nil && c.MoE != nil && len(s.Targets) == 0 {
+		mods = slices.DeleteFunc(mods, func(m string) bool { return c.CheckTargets([]string{m}) != nil }) // default: the attention
+	}
+	if c := v.cfg; c != nil && len(errs) == 0 {
+		if err := c.CheckTargets(mods); err != nil {
+			v.add("%s: %v", where, err)
+			return nil, false
+		}
+	}
 	return mods, len(errs) == 0
 }
 

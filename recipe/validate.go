@@ -349,11 +349,8 @@ func (v *validator) lowRank(where string, s *Stage) {
 			v.add("%s: alpha %v must be in (0, 1]", where, s.Alpha)
 		}
 	}
-	mods, errs := Modules(s.Targets)
-	for _, e := range errs {
-		v.add("%s: %s", where, e)
-	}
-	if len(errs) == 0 {
+	mods, ok := v.targets(where, s)
+	if ok {
 		s.Targets = mods
 	}
 	switch {
@@ -378,7 +375,7 @@ func (v *validator) lowRank(where string, s *Stage) {
 			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.Searches, ", "))
 		}
 	}
-	if v.cfg == nil || len(errs) > 0 {
+	if v.cfg == nil || !ok {
 		return
 	}
 	need, full := 0, 0

@@ -73,6 +73,15 @@ def main(root, out):
             le = logits(load(os.path.join(d, "export"), torch.float32), seqs)
             rec["export_max_abs_diff"] = float((le - l32).abs().max())
             rec["logits"] = [float(f"{x:.9g}") for x in l64.flatten().tolist()]
+            # What this transformers writes itself (the layout a 5.x user's
+            # checkpoints have), kept beside the figures for the loader's tests.
+            saved = os.path.join(out, "saved", name)
+            m32.save_pretrained(saved)
+            ls = logits(load(saved, torch.float32), seqs)
+            rec["saved_max_abs_diff"] = float((ls - l32).abs().max())
+            from safetensors import safe_open
+            with safe_open(os.path.join(saved, "model.safetensors"), "pt") as f:
+                rec["saved_tensors"] = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as e:  # one checkpoint's failure is recorded, not fatal
             rec["error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()

@@ -1,0 +1,325 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// Mixture-of-experts blocks: Mixtral (model_type mixtral; transformers'
+// models/mixtral/modeling_mixtral.py, MixtralSparseMoeBlock) and Qwen3-MoE
+// (qwen3_moe; models/qwen3_moe/modeling_qwen3_moe.py, Qwen3MoeSparseMoeBlock)
+// replace the MLP by a router and experts: router logits = gate x (no bias),
+// p = softmax(logits) over all experts in float32, the top num_experts_per_tok
+// experts by p, their weights p renormalised to sum 1 (Mixtral always;
+// Qwen3-MoE when norm_topk_prob), and the output Σ weight_e · expert_e(x),
+// each expert a SiLU-gated MLP. The attention is Mixtral's (Mistral's, with
+// its sliding_window on every layer) or Qwen3's (per-head q/k norms).
+//
+// Tensors, in the layout of the checkpoints on the Hub (which transformers 5
+// converts on load): Mixtral's block_sparse_moe.gate.weight [experts, hidden]
+// and block_sparse_moe.experts.<e>.w1 (gate), w2 (down), w3 (up); Qwen3-MoE's
+// mlp.gate.weight and mlp.experts.<e>.gate_proj, up_proj, down_proj. The
+// loader also reads transformers 5's fused form (mlp.gate.weight,
+// mlp.experts.gate_up_proj [experts, 2·inter, hidden], mlp.experts.down_proj
+// [experts, hidden, inter]); exports write the Hub layout.
+//
+// Supported: the forward pass, decoding, load, dense export, and stages on
+// the attention projections (targets self_attn.*). Refused, naming the
+// architecture: compressing the experts or the router (mlp.* targets),
+// fisher (no backward through the router), Palu, MLA and the GPTQ layout.
+// Refused in config.json: Qwen3-MoE's decoder_sparse_step other than 1 and
+// mlp_only_layers (dense MLP layers among the sparse ones), sliding windows
+// on Qwen3-MoE.
+
+// MoEConfig is a mixture-of-experts model's routing.
+type MoEConfig struct {
+	Experts, TopK int
+	Inter         int  // each expert's intermediate size
+	NormTopK      bool // renormalise the top-k weights to sum 1
+	// Prefix is the MoE module inside a layer: "block_sparse_moe." for
+	// Mixtral, "mlp." for Qwen3-MoE; Names are the expert's gate, up and
+	// down tensors.
+	Prefix string
+	Names  [3]string
+}
+
+// MoE is a block's router and experts.
+type MoE struct {
+	Router  *Dense // experts×hidden
+	Experts []Expert
+	TopK    int
+	Norm    bool
+}
+
+// Expert is one SiLU-gated MLP.
+type Expert struct{ Gate, Up, Down Linear }
+
+// NumParams counts the router's and the experts' parameters.
+func (e *MoE) NumParams() int64 {
+	n := e.Router.NumParams()
+	for _, x := range e.Experts {
+		n += x.Gate.NumParams() + x.Up.NumParams() + x.Down.NumParams()
+	}
+	return n
+}
+
+// mixtral reads Mixtral's own config fields.
+func (p *parser) mixtral(c *Config) {
+	c.QKVBias, c.OBias, c.MLPBias = false, false, false // MixtralConfig has none; no linear has a bias
+	if w := p.optInt("sliding_window"); w > 0 && w < c.MaxPositions {
+		c.SlidingWindow = w
+	}
+	c.MoE = &MoEConfig{Experts: p.positive("num_local_experts"), TopK: p.positive("num_experts_per_tok"),
+		Inter: c.IntermediateSize, NormTopK: true, Prefix: "block_sparse_moe.", Names: [3]string{"w1", "w3", "w2"}}
+	p.checkTopK(c.MoE, "num_local_experts")
+}
+
+// qwen3moe reads Qwen3-MoE's own config fields.
+func (p *parser) qwen3moe(c *Config) {
+	p.qwen3(c)
+	c.MoE = &MoEConfig{Experts: p.positive("num_experts"), TopK: p.positive("num_experts_per_tok"),
+		Inter: p.positive("moe_intermediate_size"), NormTopK: p.boolean("norm_topk_prob", false),
+		Prefix: "mlp.", Names: [3]string{"gate_proj", "up_proj", "down_proj"}}
+	p.checkTopK(c.MoE, "num_experts")
+	if s := p.optInt("decoder_sparse_step"); s > 1 {
+		p.fail("decoder_sparse_step", fmt.Errorf("%d: dense MLP layers between sparse ones are not supported (only 1)", s))
+	}
+	var dense []int
+	if p.decode("mlp_only_layers", &dense) && len(dense) > 0 {
+		p.fail("mlp_only_layers", fmt.Errorf("%v: dense MLP layers among the sparse ones are not supported", dense))
+	}
+}
+
+func (p *parser) checkTopK(m *MoEConfig, experts string) {
+	if m.TopK > m.Experts && m.Experts > 0 {
+		p.fail("num_experts_per_tok", fmt.Errorf("%d exceeds %s %d", m.TopK, experts, m.Experts))
+	}
+}
+
+// moeName is the tensor of expert e's module j (0 gate, 1 up, 2 down) in
+// the Hub layout.
+func moeName(c *Config, p string, e, j int) string {
+	return fmt.Sprintf("%s%sexperts.%d.%s.weight", p, c.MoE.Prefix, e, c.MoE.Names[j])
+}
+
+// expertShape is (out, in) of an expert's module j.
+func expertShape(c *Config, j int) (int, int) {
+	if j == 2 {
+		return c.HiddenSize, c.MoE.Inter
+	}
+	return c.MoE.Inter, c.HiddenSize
+}
+
+// moeSpecs lists the router and expert tensors of layer prefix p.
+func moeSpecs(c *Config, p string) []tensorSpec {
+	specs := []tensorSpec{{name: p + c.MoE.Prefix + "gate.weight", shape: []int{c.MoE.Experts, c.HiddenSize}}}
+	for e := range c.MoE.Experts {
+		for j := range 3 {
+			out, in := expertShape(c, j)
+			specs = append(specs, tensorSpec{name: moeName(c, p, e, j), shape: []int{out, in}})
+		}
+	}
+	return specs
+}
+
+// fusedMoENames are transformers 5's fused expert tensors of layer prefix p.
+func fusedMoENames(p string) (router, gateUp, down string) {
+	return p + "mlp.gate.weight", p + "mlp.experts.gate_up_proj", p + "mlp.experts.down_proj"
+}
+
+// readFusedMoE reads, when the checkpoint holds transformers 5's fused
+// experts for layer prefix p, every expert tensor into tensors under its
+// Hub name; ok is false when the layer is in the Hub layout.
+func readFusedMoE(c *Config, p string, info func(string) ([]int, bool), read func(string, []int) ([]float32, error), tensors map[string][]float32) (ok bool, err error) {
+	router, gu, dn := fusedMoENames(p)
+	if _, has := info(gu); !has {
+		return false, nil
+	}
+	E, I, H := c.MoE.Experts, c.MoE.Inter, c.HiddenSize
+	r, err := read(router, []int{E, H})
+	if err != nil {
+		return true, err
+	}
+	guw, err := read(gu, []int{E, 2 * I, H})
+	if err != nil {
+		return true, err
+	}
+	dw, err := read(dn, []int{E, H, I})
+	if err != nil {
+		return true, err
+	}
+	tensors[p+c.MoE.Prefix+"gate.weight"] = r
+	for e := range E {
+		g := guw[e*2*I*H : (e+1)*2*I*H]
+		tensors[moeName(c, p, e, 0)] = g[:I*H]
+		tensors[moeName(c, p, e, 1)] = g[I*H:]
+		tensors[moeName(c, p, e, 2)] = dw[e*H*I : (e+1)*H*I]
+	}
+	return true, nil
+}
+
+// newMoE builds layer prefix p's MoE from its tensors (Hub names).
+func newMoE(c *Config, p string, tensors map[string][]float32) *MoE {
+	m := &MoE{Router: NewDense(c.MoE.Experts, c.HiddenSize, tensors[p+c.MoE.Prefix+"gate.weight"], nil), TopK: c.MoE.TopK, Norm: c.MoE.NormTopK}
+	for e := range c.MoE.Experts {
+		var x [3]Linear
+		for j := range 3 {
+			out, in := expertShape(c, j)
+			x[j] = NewDense(out, in, tensors[moeName(c, p, e, j)], nil)
+		}
+		m.Experts = append(m.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
+	}
+	return m
+}
+
+// addMoE writes block b's router and experts through add (Hub layout).
+func addMoE(c *Config, b *Block, p string, add func(string, []int, []float32) error) error {
+	if err := add(p+c.MoE.Prefix+"gate.weight", []int{c.MoE.Experts, c.HiddenSize}, b.MoE.Router.Weight); err != nil {
+		return err
+	}
+	for e, x := range b.MoE.Experts {
+		for j, l := range []Linear{x.Gate, x.Up, x.Down} {
+			d, ok := l.(*Dense)
+			if !ok || d.Bias != nil {
+				return fmt.Errorf("save model: %s is %T; experts are written dense, without bias", moeName(c, p, e, j), l)
+			}
+			if err := add(moeName(c, p, e, j), []int{d.out, d.in}, d.Weight); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// forward writes into y (rows×hidden) the MoE output for the normalised
+// input x: each row through its top-k experts, weighted.
+func (e *MoE) forward(m *Model, y, x []float32, rows, dim int) {
+	n := len(e.Experts)
+	logits := make([]float32, rows*n)
+	e.Router.Apply(m.Backend, logits, x, rows)
+	// Per row: softmax, the top k, their (renormalised) weights.
+	type pick struct {
+		row int
+		w   float32
+	}
+	routed := make([][]pick, n)
+	p := make([]float64, n)
+	idx := make([]int, n)
+	for r := range rows {
+		mx := math.Inf(-1)
+		for i := range n {
+			p[i] = float64(logits[r*n+i])
+			mx = math.Max(mx, p[i])
+		}
+		var sum float64
+		for i := range n {
+			p[i] = math.Exp(p[i] - mx)
+			sum += p[i]
+		}
+		for i := range n {
+			p[i] /= sum
+			idx[i] = i
+		}
+		sort.SliceStable(idx, func(a, b int) bool { return p[idx[a]] > p[idx[b]] })
+		top := idx[:e.TopK]
+		norm := 1.0
+		if e.Norm {
+			norm = 0
+			for _, i := range top {
+				norm += p[i]
+			}
+		}
+		for _, i := range top {
+			routed[i] = append(routed[i], pick{r, float32(p[i] / norm)})
+		}
+	}
+	clear(y)
+	for i, picks := range routed {
+		if len(picks) == 0 {
+			continue
+		}
+		k := len(picks)
+		xs := make([]float32, k*dim)
+		for j, pk := range picks {
+			copy(xs[j*dim:(j+1)*dim], x[pk.row*dim:(pk.row+1)*dim])
+		}
+		ex := e.Experts[i]
+		inter := ex.Gate.Out()
+		gate, up := make([]float32, k*inter), make([]float32, k*inter)
+		ex.Gate.Apply(m.Backend, gate, xs, k)
+		ex.Up.Apply(m.Backend, up, xs, k)
+		for t, g := range gate {
+			gate[t] = g / (1 + float32(math.Exp(-float64(g)))) * up[t]
+		}
+		out := make([]float32, k*dim)
+		ex.Down.Apply(m.Backend, out, gate, k)
+		for j, pk := range picks {
+			row := y[pk.row*dim : (pk.row+1)*dim]
+			for t, v := range out[j*dim : (j+1)*dim] {
+				row[t] += pk.w * v
+			}
+		}
+	}
+}
+
+// attnModules are the linears Modules names that a MoE block has.
+var attnModules = slices.Clone(Modules[:4])
+
+// readFusedExperts reads every layer that holds transformers 5's fused
+// experts into tensors (under the Hub names) and returns specs without that
+// layer's Hub expert tensors but with the fused ones, so that the loader
+// neither misses the former nor calls the latter unexpected.
+func readFusedExperts(c *Config, ck *safetensors.Checkpoint, dir string, specs []tensorSpec, tensors map[string][]float32) ([]tensorSpec, error) {
+	info := func(name string) ([]int, bool) {
+		i, ok := ck.Info(name)
+		return i.Shape, ok
+	}
+	read := func(name string, shape []int) ([]float32, error) {
+		return readTensor(ck, dir, tensorSpec{name: name, shape: shape})
+	}
+	for l := range c.NumLayers {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		ok, err := readFusedMoE(c, p, info, read, tensors)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		hub := map[string]bool{}
+		for _, s := range moeSpecs(c, p) {
+			hub[s.name] = true
+		}
+		specs = slices.DeleteFunc(specs, func(s tensorSpec) bool { return hub[s.name] })
+		router, gu, dn := fusedMoENames(p)
+		// Read above; listed (optional, so not read again) for the check of unexpected tensors.
+		for _, n := range []string{router, gu, dn} {
+			specs = append(specs, tensorSpec{name: n, optional: true, fusedMoE: true})
+		}
+	}
+	return specs, nil
+}
+
+// CheckTargets refuses, naming the architecture, block modules that a stage
+// cannot compress in models of config c: the MLP (router and experts) of a
+// mixture-of-experts model, whose attention projections it can.
+func (c *Config) CheckTargets(mods []string) error {
+	if c.MoE == nil {
+		return nil
+	}
+	var mlp []string
+	for _, m := range mods {
+		if !slices.Contains(attnModules, m) {
+			mlp = append(mlp, m)
+		}
+	}
+	if len(mlp) == 0 {
+		return nil
+	}
+	return fmt.Errorf("model_type %s is a mixture of experts: compressing its experts and router (%s) is not supported yet; target self_attn.*", c.ModelType, strings.Join(mlp, ", "))
+}
