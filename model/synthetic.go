@@ -23,7 +23,7 @@ type SyntheticConfig struct {
 	// Intermediate each, TopK per token).
 	ModelType     string
 	Experts, TopK int
-	HeadDim   int // head_dim when not Hidden/Heads (qwen3, gemma3_text)
+	HeadDim       int // head_dim when not Hidden/Heads (qwen3, gemma3_text)
 	// SlidingWindow is Phi-3's window on every layer or Gemma 3's on its
 	// sliding layers (0: none for Phi-3, Gemma's default 4096).
 	SlidingWindow int
