@@ -206,7 +206,7 @@ func Densify(m *model.Model) (*model.Model, error) {
 	out := model.Densify(m)
 	k := m.Backend
 	for i, b := range out.Blocks {
-		for _, mod := range model.Modules {
+		for _, mod := range b.Modules() { // a MoE block's experts are dense; an MLA block has no k/v
 			l := b.Linear(mod)
 			d, err := denseOf(k, *l)
 			if err != nil {

@@ -16,17 +16,17 @@ import (
 	"github.com/parquet-go/parquet-go/compress"
 )
 
-// fixtures is the shared sample data (DuckDB-written Parquet and the same rows
-// as JSONL), seen from the package directory.
-const fixtures = "../../shared/fixtures/samples"
+// fixtures is the repository's sample data (DuckDB-written Parquet and the
+// same rows as JSONL), seen from the package directory.
+const fixtures = "../testdata/samples"
 
-// fixture returns the path of a shared fixture file, skipping the test with
-// the missing path when it is absent.
+// fixture returns the path of a sample file, failing the test when it is
+// missing.
 func fixture(t testing.TB, name string) string {
 	t.Helper()
 	p := filepath.Join(fixtures, name)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("fixture missing: %s (%v)", p, err)
+		t.Fatalf("test data %s missing from the repository: %v", p, err)
 	}
 	return p
 }

@@ -16,13 +16,14 @@ import (
 	"github.com/rankzip/rankzip/model"
 )
 
-const fixtures = "../../shared/fixtures"
+// fixtures is the repository's testdata seen from this package.
+const fixtures = "../testdata"
 
 func needFixture(t testing.TB, rel string) string {
 	t.Helper()
 	p := filepath.Join(fixtures, rel)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("fixture %s not found (../shared/fixtures is absent in a fresh clone): %v", p, err)
+		t.Fatalf("test data %s missing from the repository: %v", p, err)
 	}
 	return p
 }

@@ -10,16 +10,17 @@ import (
 	"testing"
 )
 
-// fixtures is ../shared/fixtures seen from this package.
-const fixtures = "../../shared/fixtures"
+// fixtures is the repository's testdata (see its README) seen from this
+// package.
+const fixtures = "../testdata"
 
-// needFixture skips the test when the shared fixtures are absent (a fresh
-// clone); CI always has them.
+// needFixture returns the path of a file of testdata, failing the test when
+// it is missing: the repository holds them all.
 func needFixture(t testing.TB, rel string) string {
 	t.Helper()
 	p := filepath.Join(fixtures, rel)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("fixture %s not found (../shared/fixtures is absent in a fresh clone): %v", p, err)
+		t.Fatalf("test data %s missing from the repository: %v", p, err)
 	}
 	return p
 }

@@ -303,12 +303,8 @@ func ropeCheckpoints(t *testing.T) []ropeCheckpoint {
 	}
 	out = append(out, ropeCheckpoint{"palullama", save(p, true, nil), 20000, "full_attention", seqs})
 	out = append(out, ropeCheckpoint{"llama (synthetic)", save(synth(shape), false, nil), 20000, "full_attention", seqs})
-	if _, err := os.Stat(filepath.Join(fixtures, "stories260K")); err == nil {
-		out = append(out, ropeCheckpoint{"llama (stories260K)", filepath.Join(fixtures, "stories260K"), 10000, "full_attention",
-			readJSONL(t, filepath.Join(fixtures, "samples/eval.jsonl"), 2)})
-	} else {
-		t.Logf("stories260K fixture absent (%v): Llama checked on the synthetic model only", err)
-	}
+	out = append(out, ropeCheckpoint{"llama (stories260K)", needFixture(t, "stories260K"), 10000, "full_attention",
+		readJSONL(t, needFixture(t, "samples/eval.jsonl"), 2)})
 	return out
 }
 

@@ -8,7 +8,8 @@ import (
 	"testing"
 )
 
-const fixtures = "../../shared/fixtures"
+// fixtures is the repository's testdata seen from this package.
+const fixtures = "../testdata"
 
 func needFixtures(t *testing.T) string {
 	t.Helper()
@@ -18,7 +19,7 @@ func needFixtures(t *testing.T) string {
 	}
 	for _, p := range []string{"stories260K/model.safetensors", "samples/calib.parquet", "samples/eval.parquet"} {
 		if _, err := os.Stat(filepath.Join(abs, p)); err != nil {
-			t.Skipf("fixture %s not found (../shared/fixtures is absent in a fresh clone): %v", filepath.Join(fixtures, p), err)
+			t.Fatalf("test data %s missing from the repository: %v", filepath.Join(fixtures, p), err)
 		}
 	}
 	return abs

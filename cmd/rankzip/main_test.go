@@ -17,13 +17,16 @@ import (
 	"github.com/rankzip/rankzip/model"
 )
 
-const fixtures = "../../../shared/fixtures"
+// fixtures is the repository's testdata seen from this package.
+const fixtures = "../../testdata"
 
+// needFixture returns the path of a file of testdata, failing the test when
+// it is missing.
 func needFixture(t *testing.T, rel string) string {
 	t.Helper()
 	p := filepath.Join(fixtures, rel)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("fixture %s not found (../shared/fixtures is absent in a fresh clone): %v", p, err)
+		t.Fatalf("test data %s missing from the repository: %v", p, err)
 	}
 	return p
 }

@@ -11,15 +11,16 @@ import (
 	"testing"
 )
 
-// fixtures is ../shared/fixtures seen from this package's directory.
-const fixtures = "../../../shared/fixtures"
+// fixtures is the repository's testdata seen from this package's directory.
+const fixtures = "../../testdata"
 
-// fixture returns the path of a fixture, skipping the test when it is absent.
+// fixture returns the path of a file of testdata, failing the test when it
+// is missing.
 func fixture(t *testing.T, name string) string {
 	t.Helper()
 	path := filepath.Join(fixtures, name)
 	if _, err := os.Stat(path); err != nil {
-		t.Skipf("fixture %s not found (%v): the real-model tests need ../shared/fixtures next to the repository", path, errors.Unwrap(err))
+		t.Fatalf("test data %s missing from the repository: %v", path, err)
 	}
 	return path
 }
