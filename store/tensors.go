@@ -204,7 +204,7 @@ func (s *Store) GetBlock(r Ref, orig *model.Block) (*model.Block, error) {
 		used++
 		return f.Float32(name)
 	}
-	for _, mod := range model.Modules {
+	for _, mod := range orig.Modules() { // a MoE block has no mlp linears, an MLA block no k/v
 		o := *orig.Linear(mod)
 		out, in := o.Out(), o.In()
 		if info, ok := f.Info(mod + ".A"); ok && len(info.Shape) == 2 {

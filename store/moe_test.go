@@ -1,0 +1,37 @@
+package store
+
+import (
+	"testing"
+
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+)
+
+// A mixture-of-experts block (no mlp linears: a router and experts) stores
+// and reads back its compressed attention projections.
+func TestBlockRoundTripMoE(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "mixtral", Hidden: 16, Intermediate: 8, Layers: 1, Heads: 2, KVHeads: 1,
+		Vocab: 11, MaxPositions: 8, Experts: 3, TopK: 2}, 1, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := m.Blocks[0]
+	comp := *orig
+	q := orig.Q.(*model.Dense)
+	comp.Q = &model.Factored{A: model.NewDense(2, q.In(), make([]float32, 2*q.In()), nil), B: model.NewDense(q.Out(), 2, make([]float32, 2*q.Out()), nil)}
+	ref, err := s.PutBlock(Key("block", 0), orig, &comp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetBlock(ref, orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, ok := got.Q.(*model.Factored); !ok || f.Rank() != 2 || got.MoE != orig.MoE || got.Gate != nil {
+		t.Errorf("read back q %T, MoE kept %v, gate %v", got.Q, got.MoE == orig.MoE, got.Gate)
+	}
+}
