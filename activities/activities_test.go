@@ -204,6 +204,9 @@ func TestPipelineMatchesDirectPath(t *testing.T) {
 	if q.Compressed == nil || q.Original == nil || q.Compressed.KL == nil || q.Compressed.Sequences != 2 || !(q.KeptParams < 1) || q.Skipped {
 		t.Errorf("quality %+v", q)
 	}
+	if q.Backend != acts.Backend.Name() {
+		t.Errorf("quality records backend %q, want %q", q.Backend, acts.Backend.Name())
+	}
 	if len(beats) == 0 || beats[0].Stage != "evaluate" {
 		t.Errorf("evaluate heartbeats %+v", beats)
 	}

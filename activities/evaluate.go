@@ -5,6 +5,7 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/recipe"
 	"github.com/rankzip/rankzip/store"
@@ -33,6 +34,9 @@ type Quality struct {
 	// OriginalKVBytesPerToken is the original model's.
 	OriginalKVBytesPerToken int64 `json:"original_kv_bytes_per_token"`
 	Skipped                 bool  `json:"skipped"`
+	// Backend is the compute backend of the evaluation (kernels.Describe),
+	// e.g. "openblas" or "cuda: NVIDIA H200 (150 GB, driver 13000)".
+	Backend string `json:"backend,omitempty"`
 }
 
 // Evaluate loads the exported checkpoint from disk (the read-back check of
@@ -64,7 +68,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 			return inputError(err)
 		}
 		q = Quality{Params: NumParams(comp), OriginalParams: NumParams(orig), FileBytes: in.Export.Bytes,
-			KVBytesPerToken: int64(comp.KVBytesPerToken()), OriginalKVBytesPerToken: int64(orig.KVBytesPerToken())}
+			KVBytesPerToken: int64(comp.KVBytesPerToken()), OriginalKVBytesPerToken: int64(orig.KVBytesPerToken()), Backend: kernels.Describe(a.backend())}
 		q.KeptParams = float64(q.Params) / float64(q.OriginalParams)
 		for _, f := range job.Model {
 			q.OriginalBytes += f.Bytes

@@ -35,3 +35,12 @@ func Select(device string) (Backend, error) {
 		return nil, fmt.Errorf("device %q: want auto, cpu or cuda", device)
 	}
 }
+
+// Describe names a backend for reports and logs: "openblas", or for the
+// GPU "cuda: NVIDIA H200 (150 GB, driver 13000)".
+func Describe(b Backend) string {
+	if d, ok := b.(interface{ Device() string }); ok {
+		return b.Name() + ": " + d.Device()
+	}
+	return b.Name()
+}

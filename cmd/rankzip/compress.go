@@ -11,7 +11,6 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/compress"
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
@@ -19,6 +18,7 @@ import (
 func runCompress(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("compress", "compress --model DIR --calib FILE.parquet --out DIR [flags]", stderr)
 	modelDir := fs.String("model", "", "checkpoint directory")
+	device := addDeviceFlag(fs)
 	calibPath := fs.String("calib", "", "calibration set (Parquet, column input_ids)")
 	sequences := fs.Int("sequences", 0, "use the first N calibration sequences (0: all)")
 	out := fs.String("out", "", "output checkpoint directory")
@@ -52,7 +52,10 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 		o.Targets = strings.Split(*targets, ",")
 	}
 
-	k := kernels.Default()
+	k, err := backend(*device)
+	if err != nil {
+		return err
+	}
 	m, err := model.Load(*modelDir, k)
 	if err != nil {
 		return err

@@ -8,7 +8,6 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/eval"
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
@@ -41,12 +40,16 @@ const demoSeqLen = 128
 func runDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "demo [--state DIR]", stderr)
 	state := fs.String("state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
+	device := addDeviceFlag(fs)
 	seed := fs.Uint64("seed", 1, "seed of the generated model and data")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	dir := filepath.Join(stateDir(*state), "demo")
-	k := kernels.Default()
+	k, err := backend(*device)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "rankzip demo in %s (backend %s)\n\n", dir, k.Name())
 
 	gen, err := model.Synthetic(demoModel, *seed, k)

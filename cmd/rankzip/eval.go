@@ -18,6 +18,7 @@ import (
 func runEval(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("eval", "eval --model DIR --data FILE.parquet [flags]", stderr)
 	modelDir := fs.String("model", "", "checkpoint directory (config.json + safetensors)")
+	device := addDeviceFlag(fs)
 	data := fs.String("data", "", "evaluation set (Parquet, column input_ids)")
 	baseline := fs.String("baseline", "", "baseline checkpoint: adds KL(baseline || model) and top-1 agreement")
 	sequences := fs.Int("sequences", 0, "evaluate the first N sequences (0: all)")
@@ -35,7 +36,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if *sequences < 0 {
 		return fmt.Errorf("--sequences must be >= 0, got %d", *sequences)
 	}
-	rep, err := evaluate(*modelDir, *adapter, *baseline, *data, *sequences, *dump)
+	k, err := backend(*device)
+	if err != nil {
+		return err
+	}
+	rep, err := evaluate(k, *modelDir, *adapter, *baseline, *data, *sequences, *dump)
 	if err != nil {
 		return err
 	}
@@ -52,8 +57,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 
 // evaluate loads the models and the data and runs eval.Evaluate. A logits
 // dump is written to a temporary file and renamed only on success.
-func evaluate(modelDir, adapterDir, baseDir, data string, n int, dumpPath string) (eval.Report, error) {
-	k := kernels.Default()
+func evaluate(k kernels.Backend, modelDir, adapterDir, baseDir, data string, n int, dumpPath string) (eval.Report, error) {
 	m, err := loadModel(modelDir, k)
 	if err != nil {
 		return eval.Report{}, err

@@ -6,13 +6,13 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 )
 
 func runGenerate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("generate", "generate --model DIR --prompt-ids 1,2,3 [--max-new N]", stderr)
 	modelDir := fs.String("model", "", "checkpoint directory")
+	device := addDeviceFlag(fs)
 	prompt := fs.String("prompt-ids", "", "comma-separated prompt token ids")
 	maxNew := fs.Int("max-new", 32, "tokens to generate")
 	stop := fs.Int("stop", -1, "stop after this token id (default: the config's eos_token_id if any)")
@@ -35,7 +35,11 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	if *maxNew < 1 {
 		return fmt.Errorf("--max-new must be at least 1, got %d", *maxNew)
 	}
-	m, err := model.Load(*modelDir, kernels.Default())
+	k, err := backend(*device)
+	if err != nil {
+		return err
+	}
+	m, err := model.Load(*modelDir, k)
 	if err != nil {
 		return err
 	}

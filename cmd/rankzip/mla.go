@@ -10,7 +10,6 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/compress"
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/methods/mla"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
@@ -19,6 +18,7 @@ import (
 func runMLA(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("mla", "mla --model DIR --calib FILE.parquet --out DIR --qk-rope-head-dim N --kv-lora-rank R [flags]", stderr)
 	modelDir := fs.String("model", "", "checkpoint directory (a GQA or MHA Llama-family model)")
+	device := addDeviceFlag(fs)
 	calibPath := fs.String("calib", "", "calibration set (Parquet, column input_ids)")
 	sequences := fs.Int("sequences", 0, "use the first N calibration sequences (0: all)")
 	out := fs.String("out", "", "output checkpoint directory (DeepSeek-V3 layout)")
@@ -41,7 +41,10 @@ func runMLA(args []string, stdout, stderr io.Writer) error {
 	if dt != safetensors.F32 && dt != safetensors.BF16 && dt != safetensors.F16 {
 		return fmt.Errorf("--dtype %q: want F32, BF16 or F16", *dtype)
 	}
-	k := kernels.Default()
+	k, err := backend(*device)
+	if err != nil {
+		return err
+	}
 	m, err := model.Load(*modelDir, k)
 	if err != nil {
 		return err

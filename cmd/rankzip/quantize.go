@@ -30,6 +30,7 @@ func loadModel(dir string, k kernels.Backend) (*model.Model, error) {
 func runQuantize(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("quantize", "quantize --model DIR --calib FILE.parquet --out DIR [flags]", stderr)
 	modelDir := fs.String("model", "", "checkpoint directory")
+	device := addDeviceFlag(fs)
 	calibPath := fs.String("calib", "", "calibration set (Parquet, column input_ids)")
 	sequences := fs.Int("sequences", 0, "use the first N calibration sequences (0: all)")
 	out := fs.String("out", "", "output GPTQ v1 checkpoint directory")
@@ -69,7 +70,10 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	k := kernels.Default()
+	k, err := backend(*device)
+	if err != nil {
+		return err
+	}
 	m, err := model.Load(*modelDir, k)
 	if err != nil {
 		return err

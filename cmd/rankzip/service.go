@@ -16,7 +16,6 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/rankzip/rankzip/activities"
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
 )
@@ -28,6 +27,7 @@ type serviceFlags struct {
 	namespace string
 	state     string
 	port      int
+	device    string
 }
 
 func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
@@ -35,6 +35,7 @@ func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
 	fs.StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS; none: the embedded server)")
 	fs.StringVar(&f.namespace, "namespace", "", "Temporal namespace (default $TEMPORAL_NAMESPACE or \"default\")")
 	fs.StringVar(&f.state, "state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
+	fs.StringVar(&f.device, "device", "", deviceUsage+" (the in-process worker's)")
 	fs.IntVar(&f.port, "port", 0, "embedded server: use ports PORT to PORT+7 (default $RANKZIP_PORT, else the ports recorded in the state directory, chosen free at its first start)")
 	return f
 }
@@ -135,8 +136,13 @@ func (f *serviceFlags) connect(mode workerMode, exclusive bool) (*session, error
 		s.Close()
 		return nil, err
 	}
+	k, err := backend(f.device)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.w = worker.New(s.c, workflows.TaskQueue, wo)
-	workflows.Register(s.w, &activities.Activities{Store: st, Backend: kernels.Default(), Log: s.log})
+	workflows.Register(s.w, &activities.Activities{Store: st, Backend: k, Log: s.log})
 	if err := s.w.Start(); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("start worker: %w", err)

@@ -43,6 +43,7 @@ func run(args []string, stderr io.Writer) error {
 	namespace := fs.String("namespace", "default", "Temporal namespace")
 	queue := fs.String("task-queue", workflows.TaskQueue, "task queue to poll")
 	storeDir := fs.String("store", os.Getenv("RANKZIP_STORE"), "artifact store directory, shared by every worker of a job (default $RANKZIP_STORE)")
+	device := fs.String("device", "", "compute device: auto, cpu or cuda (default $RANKZIP_DEVICE, else auto: the GPU where built with -tags cuda and one answers)")
 	concurrency := fs.Int("concurrency", 1, "activities run at once (each holds a model and a block's statistics in memory)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	connectTimeout := fs.Duration("connect-timeout", time.Minute, "how long to retry connecting to Temporal at start")
@@ -84,11 +85,14 @@ func run(args []string, stderr io.Writer) error {
 		time.Sleep(time.Second)
 	}
 	defer c.Close()
-	k := kernels.Default()
+	k, err := kernels.Select(*device)
+	if err != nil {
+		return err
+	}
 	w := worker.New(c, *queue, worker.Options{MaxConcurrentActivityExecutionSize: *concurrency})
 	workflows.Register(w, &activities.Activities{Store: st, Backend: k, Log: log})
 	log.Info("worker started", "temporal", *address, "namespace", *namespace, "task_queue", *queue,
-		"store", st.Root(), "concurrency", *concurrency, "backend", k.Name())
+		"store", st.Root(), "concurrency", *concurrency, "backend", kernels.Describe(k))
 	if err := w.Run(worker.InterruptCh()); err != nil {
 		return err
 	}
