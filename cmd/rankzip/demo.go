@@ -123,7 +123,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "\n4. compressing with the recipe %s as a durable job (embedded Temporal server, state in %s)\n\n%s\n", recipePath, stateDir(*state), demoRecipe)
-	res, err := runJob(&serviceFlags{state: *state}, recipePath, fullWorker, 0, stdout)
+	res, err := runJob(&serviceFlags{state: *state, device: *device}, recipePath, fullWorker, 0, stdout)
 	if err != nil {
 		return err
 	}
