@@ -7,8 +7,9 @@
 // row-major too, so backends hand their raw data straight to LAPACK.
 //
 // Backends: OpenBLAS + LAPACKE through cgo (the default build), pure-Go gonum
-// (always built; the only one when cgo is off), CUDA behind the `cuda` tag.
-// Default returns the fastest one built in.
+// (always built; the only one when cgo is off), CUDA behind the `cuda` tag
+// (cuda.go). Default returns the fastest one that runs here; Select picks one
+// by a --device value.
 package kernels
 
 import (
