@@ -46,8 +46,8 @@ func archModel(t *testing.T, typ string) (*model.Model, [][]int32, [][]int32) {
 // MLPs keeping 80% of their parameters, then 4-bit GPTQ of the attention
 // projections), reporting the KL to the original; the native checkpoint
 // reads back with the same logits and the dense export of the low-rank
-// stage keeps the architecture's own layout. Palu and MLA are refused on
-// Qwen3 and Gemma 3 naming the architecture, and so is the GPTQ layout.
+// stage keeps the architecture's own layout. MLA is refused on Qwen3 and
+// Gemma 3 naming the architecture, and so is the GPTQ layout.
 func TestArchitecturesCompress(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"qwen3", "phi3", "gemma3_text"} {
@@ -118,10 +118,6 @@ func TestArchitecturesCompress(t *testing.T) {
 		if typ == "phi3" {
 			continue
 		}
-		_, err = RunPalu(ctx, m, cal, PaluOptions{KVKeep: 0.5, RankSearch: "uniform"})
-		if err == nil || !strings.Contains(err.Error(), typ) {
-			t.Errorf("%s: palu: %v", typ, err)
-		}
 		_, err = RunMLA(ctx, m, cal, MLAOptions{RopeDim: 8, LoraRank: 16})
 		if err == nil || !strings.Contains(err.Error(), typ) {
 			t.Errorf("%s: mla: %v", typ, err)
@@ -179,6 +175,68 @@ func TestMoECompressAttention(t *testing.T) {
 		}
 		if _, err := RunMLA(ctx, m, cal, MLAOptions{RopeDim: 8, LoraRank: 16}); err == nil || !strings.Contains(err.Error(), typ) {
 			t.Errorf("%s: mla: %v", typ, err)
+		}
+	}
+}
+
+// Palu on Qwen3 and Gemma 3: the latent rebuilds k_proj x, k_norm and RoPE
+// follow, so full rank reproduces the logits and the latent decoder equals
+// the forward pass; fisher ranks (no backward pass) are refused and the
+// default search is spectrum.
+func TestPaluWithQKNorms(t *testing.T) {
+	ctx := context.Background()
+	for _, typ := range []string{"qwen3", "gemma3_text"} {
+		m, cal, ev := archModel(t, typ)
+		want, _ := m.Forward(ev)
+		full, err := RunPalu(ctx, m, cal, PaluOptions{KVKeep: 1, GroupHeads: 1, RankSearch: "uniform"})
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		got, _ := full.Model.Forward(ev)
+		if e := relErr(got, want); !(e < 1e-5) {
+			t.Errorf("%s: full-rank Palu changes the logits by %.3g", typ, e)
+		}
+		_, err = RunPalu(ctx, m, cal, PaluOptions{KVKeep: 0.5, RankSearch: "fisher"})
+		if err == nil || !strings.Contains(err.Error(), "fisher") || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: fisher: %v", typ, err)
+		}
+		res, err := RunPalu(ctx, m, cal, PaluOptions{KVKeep: 0.5})
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		lossy, _ := res.Model.Forward(ev)
+		t.Logf("%s: Palu kv_keep 0.5 (spectrum ranks): KV %d of %d bytes per token, KL %.4f", typ, res.KVBytes, res.KVBytesOrig,
+			eval.MeanKL(want, lossy, m.Config.VocabSize))
+		seq := ev[0]
+		fw, _ := res.Model.Forward([][]int32{seq})
+		d := res.Model.NewDecoder()
+		var dec []float32
+		for _, id := range seq {
+			l, err := d.Step(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec = append(dec, l...)
+		}
+		if e := relErr(dec, fw); !(e < 1e-5) {
+			t.Errorf("%s: latent decoder differs from the forward pass by %.3g", typ, e)
+		}
+		if cached := d.CachedValues(); cached != len(seq)*res.KVBytes/2 {
+			t.Errorf("%s: the cache holds %d values for %d tokens, want the latents only (%d)", typ, cached, len(seq), len(seq)*res.KVBytes/2)
+		}
+		dir := t.TempDir()
+		if err := model.Save(res.Model, dir, safetensors.F32); err != nil {
+			t.Fatal(err)
+		}
+		back, err := model.Load(dir, kernels.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := back.Forward([][]int32{seq}); !slices.Equal(got, fw) {
+			t.Errorf("%s: the native Palu checkpoint reads back with other logits", typ)
+		}
+		if err := model.SavePalu(res.Model, t.TempDir(), safetensors.F16); err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: Palu's own layout: %v", typ, err)
 		}
 	}
 }

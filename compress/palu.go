@@ -59,8 +59,15 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	if o.RankSearch == "" {
 		// fisher (DESIGN's default) measured best on stories260K at every
 		// budget and grouping (BenchmarkPaluTable); it costs one backward
-		// pass over the calibration set.
+		// pass over the calibration set. Where the architecture has no
+		// backward pass (Qwen3, Gemma 3), spectrum.
 		o.RankSearch = "fisher"
+		if m.Config.Unsupported(model.FeatureBackward) != nil {
+			o.RankSearch = "spectrum"
+		}
+	}
+	if err := m.Config.Unsupported(model.FeatureBackward); err != nil && o.RankSearch == "fisher" {
+		problems = append(problems, fmt.Sprintf("rank_search fisher needs %v; use spectrum or uniform", err))
 	}
 	if !slices.Contains(PaluSearches, o.RankSearch) {
 		problems = append(problems, fmt.Sprintf("palu rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(PaluSearches, ", ")))

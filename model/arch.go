@@ -144,17 +144,16 @@ func (c *Config) Unsupported(f Feature) error {
 		why = "its (1+w) norms, post-attention and post-MLP norms, per-head q/k norms and GeGLU have no gradients here"
 	case c.QKNorm && f == FeatureBackward:
 		why = "the per-head q/k RMSNorms (q_norm, k_norm) have no gradients here"
-	case c.QKNorm && f == FeaturePalu:
-		// A key is k_norm(k_proj x): a low-rank latent of k_proj x could
-		// be cached and normalised after rebuilding, but the decoder and
-		// the Palu layout here do not do it.
-		why = "keys pass through a per-head RMSNorm (k_norm) after k_proj, which neither the latent cache nor Palu's layout holds"
+	// Palu is supported with q/k norms: the latent reconstructs k_proj x,
+	// and the per-head k_norm, then RoPE, apply to the rebuilt keys, in the
+	// forward pass and in the decoder's latent cache alike (exact for the
+	// factorization; the factorization itself minimises the error of k_proj
+	// x, not of the normalised key). Its fisher rank search is refused with
+	// the backward pass.
 	case c.QKNorm && f == FeatureMLA:
 		// MLA's absorbed form needs keys linear in the latent; the per-head
 		// norm of each key is not, so no conversion is exact.
 		why = "keys pass through a per-head RMSNorm (k_norm), which is not linear, so keys cannot be a linear map of a shared latent"
-	case c.Gemma != nil && f != FeatureBackward && f != FeatureGPTQ:
-		why = "Gemma 3's per-head q/k norms and sliding/global layers are not handled by it"
 	case (c.Gemma != nil || c.QKNorm || c.Fused) && f == FeatureGPTQ:
 		// Quantized layers of these models go to the native layout.
 		why = "it is written and read here with Llama's tensors only (no q/k norms, Gemma's norms or fused tensors); use the native export"

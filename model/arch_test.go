@@ -194,8 +194,8 @@ func TestPhi3NativeSplitsAGroup(t *testing.T) {
 }
 
 // What an architecture does not support is refused naming it: fisher
-// (backward) on Qwen3 and Gemma 3, Palu and MLA on both; Phi-3 runs
-// backward as Llama.
+// (backward) and MLA on Qwen3 and Gemma 3 (Palu runs, see compress); Phi-3
+// runs backward as Llama.
 func TestArchUnsupportedFeatures(t *testing.T) {
 	for _, name := range []string{"qwen3", "gemma3_text"} {
 		m, a, _, _ := loadRef(t, name, false)
@@ -203,10 +203,13 @@ func TestArchUnsupportedFeatures(t *testing.T) {
 		if !errors.Is(err, ErrBackward) || !strings.Contains(err.Error(), a.typ) {
 			t.Errorf("%s: backward: %v", name, err)
 		}
-		for _, f := range []Feature{FeaturePalu, FeatureMLA} {
+		for _, f := range []Feature{FeatureMLA, FeatureGPTQ} {
 			if err := m.Config.Unsupported(f); err == nil || !strings.Contains(err.Error(), a.typ) {
 				t.Errorf("%s: %s: %v", name, f, err)
 			}
+		}
+		if err := m.Config.Unsupported(FeaturePalu); err != nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 	m, a, _, _ := loadRef(t, "phi3", false)
@@ -217,6 +220,9 @@ func TestArchUnsupportedFeatures(t *testing.T) {
 		if err := m.Config.Unsupported(f); err != nil {
 			t.Errorf("phi3: %v", err)
 		}
+	}
+	if err := m.Config.Unsupported(FeatureGPTQ); err == nil {
+		t.Error("phi3: the GPTQ layout (Llama's tensors) accepted")
 	}
 }
 

@@ -14,11 +14,15 @@ import (
 // attention_bias on q, k, v and o, as in Llama.
 //
 // Supported: the forward pass, decoding, every linear-layer stage (svd,
-// lord, rtn, gptq, eora) and the dense and native exports in the Qwen3
-// layout. Refused (Config.Unsupported): fisher ranks (no backward through
-// the q/k norms), Palu and MLA (a key is k_norm(k_proj x), not a linear map
-// of a latent). Refused in config.json: use_sliding_window (Qwen3's sliding
-// layers from max_window_layers on) and sliding_attention layer types.
+// lord, rtn, gptq, eora), Palu (the latent rebuilds k_proj x; k_norm and
+// RoPE apply to the rebuilt keys, in the forward pass and the latent cache
+// alike, so only the factorization is approximate) and the dense and native
+// exports in the Qwen3 layout. Refused (Config.Unsupported): fisher ranks (no
+// backward through the q/k norms; Palu defaults to spectrum ranks), MLA (a
+// key is k_norm(k_proj x), not linear in a shared latent, so no conversion
+// is exact) and the GPTQ v1 layout (written with Llama's tensors only).
+// Refused in config.json: use_sliding_window (Qwen3's sliding layers from
+// max_window_layers on) and sliding_attention layer types.
 
 // qwen3 reads Qwen3's own config fields.
 func (p *parser) qwen3(c *Config) {

@@ -102,6 +102,9 @@ func (v *validator) palu(where string, s *Stage) {
 	}
 	if s.RankSearch == "" {
 		s.RankSearch = "fisher" // DESIGN's default, measured best on stories260K (compress.BenchmarkPaluTable)
+		if v.cfg != nil && v.cfg.Unsupported(model.FeatureBackward) != nil {
+			s.RankSearch = "spectrum" // the architecture has no backward pass (Qwen3, Gemma 3)
+		}
 	}
 	if !slices.Contains(compress.PaluSearches, s.RankSearch) {
 		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.PaluSearches, ", "))
@@ -136,6 +139,9 @@ func (v *validator) palu(where string, s *Stage) {
 	if err := v.cfg.Unsupported(model.FeaturePalu); err != nil {
 		v.add("%s: %v", where, err)
 		return
+	}
+	if err := v.cfg.Unsupported(model.FeatureBackward); err != nil && s.RankSearch == "fisher" {
+		v.add("%s: rank_search fisher needs %v; use spectrum or uniform", where, err)
 	}
 	want := 0
 	if s.GroupSize != nil {
