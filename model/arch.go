@@ -142,8 +142,6 @@ func (c *Config) Unsupported(f Feature) error {
 		why = "its rank search and layout are not implemented for mixture-of-experts models"
 	case c.Gemma != nil && f == FeatureBackward:
 		why = "its (1+w) norms, post-attention and post-MLP norms, per-head q/k norms and GeGLU have no gradients here"
-	case c.QKNorm && f == FeatureBackward:
-		why = "the per-head q/k RMSNorms (q_norm, k_norm) have no gradients here"
 	// Palu is supported with q/k norms: the latent reconstructs k_proj x,
 	// and the per-head k_norm, then RoPE, apply to the rebuilt keys, in the
 	// forward pass and in the decoder's latent cache alike (exact for the

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,15 +195,18 @@ func TestPhi3NativeSplitsAGroup(t *testing.T) {
 }
 
 // What an architecture does not support is refused naming it: fisher
-// (backward) and MLA on Qwen3 and Gemma 3 (Palu runs, see compress); Phi-3
-// runs backward as Llama.
+// (backward) on Gemma 3, MLA and the GPTQ layout on Qwen3 and Gemma 3 (Palu
+// runs, see compress); Phi-3 runs backward as Llama.
 func TestArchUnsupportedFeatures(t *testing.T) {
-	for _, name := range []string{"qwen3", "gemma3_text"} {
+	for _, name := range []string{"gemma3_text"} {
 		m, a, _, _ := loadRef(t, name, false)
 		_, err := m.Backward(refSequences(a.vocab), m.GradientNames()[:1])
 		if !errors.Is(err, ErrBackward) || !strings.Contains(err.Error(), a.typ) {
 			t.Errorf("%s: backward: %v", name, err)
 		}
+	}
+	for _, name := range []string{"qwen3", "gemma3_text"} {
+		m, a, _, _ := loadRef(t, name, false)
 		for _, f := range []Feature{FeatureMLA, FeatureGPTQ} {
 			if err := m.Config.Unsupported(f); err == nil || !strings.Contains(err.Error(), a.typ) {
 				t.Errorf("%s: %s: %v", name, f, err)
@@ -388,5 +392,33 @@ func TestMoEUnsupportedAndRouting(t *testing.T) {
 		if e := refRelErr(got, refForward(a, tensors, seqs[0])); e < 100*archTol {
 			t.Errorf("%s: top-1 routing within %.2e of top-2's reference", name, e)
 		}
+	}
+}
+
+// Qwen3's backward pass (through the per-head q/k norms, with biases, tied
+// embeddings and head_dim apart from hidden/heads) agrees with finite
+// differences, and its loss with Forward's.
+func TestQwen3BackwardGradCheck(t *testing.T) {
+	m, a, _, _ := loadRef(t, "qwen3-bias-tied", false)
+	seqs := refSequences(a.vocab)
+	var names []string
+	for _, i := range []int{0, a.layers - 1} {
+		for _, mod := range append(slices.Clone(Modules), "input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm") {
+			names = append(names, fmt.Sprintf("model.layers.%d.%s", i, mod))
+		}
+	}
+	names = append(names, "model.norm")
+	if w := gradCheck(t, m, seqs, names); !(w < gradCheckTol) {
+		t.Errorf("worst relative error %.3g, want < %g", w, gradCheckTol)
+	}
+	g, err := m.Backward(seqs, m.GradientNames())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := forwardLoss(t, m, seqs); math.Abs(g.Loss-want) > 1e-5*want {
+		t.Errorf("backward loss %v, forward %v", g.Loss, want)
+	}
+	if !slices.Contains(m.GradientNames(), "model.layers.1.self_attn.k_norm") {
+		t.Error("GradientNames lacks the k norms")
 	}
 }

@@ -32,8 +32,9 @@ var ErrBackward = errors.New("backward")
 
 // GradientNames lists the parameters Backward differentiates: every block's
 // linear layers (model.layers.i.self_attn.k_proj, ...) and norms
-// (model.layers.i.input_layernorm, model.layers.i.post_attention_layernorm)
-// and the final norm (model.norm). The embeddings and the LM head are not
+// (model.layers.i.input_layernorm, model.layers.i.post_attention_layernorm,
+// and Qwen3's model.layers.i.self_attn.q_norm and k_norm) and the final norm
+// (model.norm). The embeddings and the LM head are not
 // offered.
 func (m *Model) GradientNames() []string {
 	var names []string
@@ -43,6 +44,9 @@ func (m *Model) GradientNames() []string {
 			names = append(names, p+mod)
 		}
 		names = append(names, p+"input_layernorm", p+"post_attention_layernorm")
+		if m.Blocks[i].QNorm != nil {
+			names = append(names, p+"self_attn.q_norm", p+"self_attn.k_norm")
+		}
 	}
 	return append(names, "model.norm")
 }
@@ -121,6 +125,7 @@ type vec[T float32 | float64] struct {
 
 type netBlock[T float32 | float64] struct {
 	attnNorm, mlpNorm          *vec[T]
+	qNorm, kNorm               *vec[T] // Qwen3's per-head q/k norms, nil for Llama
 	q, k, v, o, gate, up, down *dense[T]
 }
 
@@ -191,6 +196,9 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 			return nil, fmt.Errorf("%w: block %d uses latent attention (MLA), which the backward pass does not support", ErrBackward, i)
 		}
 		nb := &netBlock[T]{attnNorm: &vec[T]{w: convert[T](b.AttnNorm)}, mlpNorm: &vec[T]{w: convert[T](b.MLPNorm)}}
+		if b.QNorm != nil {
+			nb.qNorm, nb.kNorm = &vec[T]{w: convert[T](b.QNorm)}, &vec[T]{w: convert[T](b.KNorm)}
+		}
 		for _, mod := range Modules {
 			d, err := lin(*b.Linear(mod), fmt.Sprintf("model.layers.%d.%s", i, mod))
 			if err != nil {
@@ -261,6 +269,14 @@ func (n *net[T]) param(name string) (*dense[T], *vec[T]) {
 		return nil, b.attnNorm
 	case "post_attention_layernorm":
 		return nil, b.mlpNorm
+	case "self_attn.q_norm", "self_attn.k_norm":
+		if b.qNorm == nil {
+			return nil, nil
+		}
+		if mod == "self_attn.q_norm" {
+			return nil, b.qNorm
+		}
+		return nil, b.kNorm
 	}
 	if l := b.linear(mod); l != nil {
 		return *l, nil
@@ -584,10 +600,12 @@ func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv [
 
 // saved holds what one block's backward pass needs from its forward pass.
 type saved[T float32 | float64] struct {
-	h, xa, invA   []T // block input, its norm and inverse RMS
-	q, k, v, att  []T // rotated queries and keys, values, attention output
-	h1, xm, invM  []T // residual after attention, its norm and inverse RMS
-	gate, up, act []T // MLP projections and silu(gate)·up
+	h, xa, invA  []T // block input, its norm and inverse RMS
+	q, k, v, att []T // rotated queries and keys, values, attention output
+	// Qwen3: queries and keys before their per-head norms, inverse RMS per head.
+	qPre, kPre, invQ, invK []T
+	h1, xm, invM           []T // residual after attention, its norm and inverse RMS
+	gate, up, act          []T // MLP projections and silu(gate)·up
 }
 
 func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
@@ -603,6 +621,13 @@ func (n *net[T]) blockForward(b *netBlock[T], h []T, starts []int, rot *rotary) 
 	b.q.forward(kb, s.q, s.xa, rows)
 	b.k.forward(kb, s.k, s.xa, rows)
 	b.v.forward(kb, s.v, s.xa, rows)
+	if b.qNorm != nil {
+		hq, hk := rows*c.NumHeads, rows*c.NumKVHeads
+		s.qPre, s.kPre, s.invQ, s.invK = s.q, s.k, make([]T, hq), make([]T, hk)
+		s.q, s.k = make([]T, len(s.qPre)), make([]T, len(s.kPre))
+		normForward(s.q, s.qPre, b.qNorm.w, s.invQ, hq, c.HeadDim, c.RMSNormEps)
+		normForward(s.k, s.kPre, b.kNorm.w, s.invK, hk, c.HeadDim, c.RMSNormEps)
+	}
 	rotate(rot, s.q, rows, c.NumHeads, c.HeadDim, false)
 	rotate(rot, s.k, rows, c.NumKVHeads, c.HeadDim, false)
 	s.att = make([]T, rows*b.q.out)
@@ -663,6 +688,12 @@ func (n *net[T]) blockBackward(b *netBlock[T], s *saved[T], dout []T, starts []i
 	attendBackward(c, datt, s.q, s.k, s.v, dq, dk, dv, starts)
 	rotate(rot, dq, rows, c.NumHeads, c.HeadDim, true)
 	rotate(rot, dk, rows, c.NumKVHeads, c.HeadDim, true)
+	if b.qNorm != nil {
+		dqp, dkp := make([]T, len(dq)), make([]T, len(dk))
+		normBackward(dqp, dq, s.qPre, b.qNorm.w, s.invQ, b.qNorm.g, rows*c.NumHeads, c.HeadDim)
+		normBackward(dkp, dk, s.kPre, b.kNorm.w, s.invK, b.kNorm.g, rows*c.NumKVHeads, c.HeadDim)
+		dq, dk = dqp, dkp
+	}
 	b.q.backward(kb, dq, s.xa, dx, rows, false)
 	b.k.backward(kb, dk, s.xa, dx, rows, true)
 	b.v.backward(kb, dv, s.xa, dx, rows, true)

@@ -13,14 +13,14 @@ import (
 // num_attention_heads (Qwen3Config's default is 128). Biases follow
 // attention_bias on q, k, v and o, as in Llama.
 //
-// Supported: the forward pass, decoding, every linear-layer stage (svd,
-// lord, rtn, gptq, eora), Palu (the latent rebuilds k_proj x; k_norm and
-// RoPE apply to the rebuilt keys, in the forward pass and the latent cache
-// alike, so only the factorization is approximate) and the dense and native
-// exports in the Qwen3 layout. Refused (Config.Unsupported): fisher ranks (no
-// backward through the q/k norms; Palu defaults to spectrum ranks), MLA (a
-// key is k_norm(k_proj x), not linear in a shared latent, so no conversion
-// is exact) and the GPTQ v1 layout (written with Llama's tensors only).
+// Supported: the forward pass, decoding, the backward pass (through the q/k
+// norms: fisher ranks), every linear-layer stage (svd, lord, rtn, gptq,
+// eora), Palu (the latent rebuilds k_proj x; k_norm and RoPE apply to the
+// rebuilt keys, in the forward pass and the latent cache alike, so only the
+// factorization is approximate) and the dense and native exports in the
+// Qwen3 layout. Refused (Config.Unsupported): MLA (a key is k_norm(k_proj
+// x), not linear in a shared latent, so no conversion is exact) and the
+// GPTQ v1 layout (written with Llama's tensors only).
 // Refused in config.json: use_sliding_window (Qwen3's sliding layers from
 // max_window_layers on) and sliding_attention layer types.
 
