@@ -257,7 +257,7 @@ func (a *Activities) storeError(err error) error {
 		}
 		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s or the output directory cannot be written (%s); free space or fix permissions, then run the job again: %v", where, reason, err), StoreUnwritable, err)
 	case errors.Is(err, store.ErrCorrupt):
-		return badInput(fmt.Errorf("%w (delete the file to have it made again)", err))
+		return badInput(fmt.Errorf("%w (the store removed it: a new run of the job makes it again)", err))
 	}
 	return err
 }

@@ -154,15 +154,15 @@ func (s *Store) Create(key string, write func(tmp string) error) (Ref, error) {
 	if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
 		return Ref{}, fmt.Errorf("store: %w", err)
 	}
-	if st, err := os.Stat(obj); err != nil || st.Size() != n {
-		if err := os.Chmod(tmp, 0o444); err != nil {
-			return Ref{}, fmt.Errorf("store: %w", err)
-		}
-		if err := os.Rename(tmp, obj); err != nil {
-			return Ref{}, fmt.Errorf("store: %w", err)
-		}
-		syncDir(filepath.Dir(obj))
+	// Replace an existing object of that name too: it holds the same
+	// content unless it was damaged (a flipped bit keeps its size).
+	if err := os.Chmod(tmp, 0o444); err != nil {
+		return Ref{}, fmt.Errorf("store: %w", err)
 	}
+	if err := os.Rename(tmp, obj); err != nil {
+		return Ref{}, fmt.Errorf("store: %w", err)
+	}
+	syncDir(filepath.Dir(obj))
 	ref := Ref{URI: "file://" + filepath.ToSlash(obj), SHA256: sum, Bytes: n}
 	rec, _ := json.Marshal(ref)
 	if err := writeAtomic(s.keyPath(key), append(rec, '\n')); err != nil {
@@ -186,8 +186,11 @@ func (s *Store) PutJSON(key string, v any) (Ref, error) {
 }
 
 // Lookup returns the ref recorded under key, and false when there is none or
-// its object is missing or has the wrong size (then the artifact must be
-// made again). It does not read the object.
+// its artifact is missing or damaged: then the artifact must be made again.
+// It verifies the sha256 of the artifact and of every artifact a JSON
+// artifact names (a block's record names its factors and output streams);
+// a damaged one is removed, with the key record, so that the work that made
+// it is done again.
 func (s *Store) Lookup(key string) (Ref, bool, error) {
 	if err := checkKey(key); err != nil {
 		return Ref{}, false, err
@@ -210,11 +213,73 @@ func (s *Store) Lookup(key string) (Ref, bool, error) {
 	if st, err := os.Stat(p); err != nil || st.Size() != ref.Bytes {
 		return Ref{}, false, nil
 	}
+	if err := s.verifyTree(ref); err != nil {
+		if errors.Is(err, ErrCorrupt) || errors.Is(err, fs.ErrNotExist) {
+			os.Remove(s.keyPath(key))
+			return Ref{}, false, nil
+		}
+		return Ref{}, false, err
+	}
 	return ref, true, nil
 }
 
+// scanLimit is the size up to which an artifact is read for the refs it
+// holds (JSON records; tensors are larger and hold none).
+const scanLimit = 4 << 20
+
+// verifyTree verifies r and, when r is a small JSON artifact, every ref it
+// holds, recursively.
+func (s *Store) verifyTree(r Ref) error {
+	p, err := s.Verify(r)
+	if err != nil {
+		return err
+	}
+	if r.Bytes > scanLimit {
+		return nil
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	var v any
+	if json.Unmarshal(data, &v) != nil {
+		return nil
+	}
+	var refs []Ref
+	collectRefs(v, &refs)
+	// Check them all, so that every damaged one is removed at once.
+	var first error
+	for _, c := range refs {
+		if err := s.verifyTree(c); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// collectRefs appends the refs (objects with a sha256, bytes and uri) in a
+// decoded JSON value.
+func collectRefs(v any, refs *[]Ref) {
+	switch v := v.(type) {
+	case map[string]any:
+		sum, _ := v["sha256"].(string)
+		n, isNum := v["bytes"].(float64)
+		if _, hasURI := v["uri"]; hasURI && isNum && len(sum) == 64 {
+			*refs = append(*refs, Ref{SHA256: sum, Bytes: int64(n)})
+		}
+		for _, c := range v {
+			collectRefs(c, refs)
+		}
+	case []any:
+		for _, c := range v {
+			collectRefs(c, refs)
+		}
+	}
+}
+
 // Verify checks that the artifact's file holds exactly the content its ref
-// names and returns the file's path.
+// names and returns the file's path. A file whose content does not match is
+// removed (ErrCorrupt): whatever made it must make it again.
 func (s *Store) Verify(r Ref) (string, error) {
 	p, err := s.Path(r)
 	if err != nil {
@@ -231,7 +296,8 @@ func (s *Store) Verify(r Ref) (string, error) {
 		return "", fmt.Errorf("store: artifact %s: %w", r.SHA256, err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != r.SHA256 || n != r.Bytes {
-		return "", fmt.Errorf("store: %s (%d bytes, sha256 %s, want %d bytes): %w", p, n, got, r.Bytes, ErrCorrupt)
+		os.Remove(p)
+		return "", fmt.Errorf("store: %s (%d bytes, sha256 %s, want %d bytes; removed): %w", p, n, got, r.Bytes, ErrCorrupt)
 	}
 	return p, nil
 }
@@ -248,7 +314,8 @@ func (s *Store) Get(r Ref) ([]byte, error) {
 	}
 	sum := sha256.Sum256(data)
 	if got := hex.EncodeToString(sum[:]); got != r.SHA256 || int64(len(data)) != r.Bytes {
-		return nil, fmt.Errorf("store: %s (%d bytes, sha256 %s, want %d bytes): %w", p, len(data), got, r.Bytes, ErrCorrupt)
+		os.Remove(p)
+		return nil, fmt.Errorf("store: %s (%d bytes, sha256 %s, want %d bytes; removed): %w", p, len(data), got, r.Bytes, ErrCorrupt)
 	}
 	return data, nil
 }

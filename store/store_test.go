@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -70,6 +71,12 @@ func TestPutGetLookup(t *testing.T) {
 	}
 	if _, err := s.Get(ref); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("corrupt object read: %v", err)
+	}
+	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the corrupt object was not removed: %v", err)
+	}
+	if err := os.WriteFile(p, []byte("jello"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.Verify(ref); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("corrupt object verified: %v", err)
@@ -193,5 +200,51 @@ func TestBlockRoundTrip(t *testing.T) {
 	d, ok := got.Down.(*model.Dense)
 	if !ok || d == orig.Down || !slices.Equal(d.Bias, comp.Down.(*model.Dense).Bias) {
 		t.Errorf("down: %#v", got.Down)
+	}
+}
+
+// A bit flipped in an artifact, or in one that a JSON artifact names, makes
+// Lookup report the key absent (so its work is done again), removing the
+// damaged object and the key record; writing the artifact again restores it.
+func TestLookupDetectsFlippedBit(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensor := bytes.Repeat([]byte{1, 2, 3, 4}, 1000)
+	leaf, err := s.Put(Key("streams", 1), tensor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := Key("block", 1)
+	rec, err := s.PutJSON(key, map[string]any{"next": leaf, "index": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []Ref{leaf, rec} {
+		if _, ok, err := s.Lookup(key); !ok || err != nil {
+			t.Fatalf("lookup of an intact record: %v %v", ok, err)
+		}
+		p, _ := s.Path(r)
+		os.Chmod(p, 0o644)
+		data, _ := os.ReadFile(p)
+		data[len(data)/2] ^= 0x10
+		os.WriteFile(p, data, 0o444)
+		if _, ok, err := s.Lookup(key); ok || err != nil {
+			t.Errorf("lookup with a bit flipped in %s: found %v, %v", r.SHA256[:8], ok, err)
+		}
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the damaged object was not removed: %v", err)
+		}
+		if _, err := os.Stat(s.keyPath(key)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the key record of a damaged artifact was not removed: %v", err)
+		}
+		// The work is done again: the same content, the same refs.
+		if again, err := s.Put(Key("streams", 1), tensor); err != nil || again != leaf {
+			t.Fatalf("rewrite: %v %v", again, err)
+		}
+		if again, err := s.PutJSON(key, map[string]any{"next": leaf, "index": 1}); err != nil || again != rec {
+			t.Fatalf("rewrite: %v %v", again, err)
+		}
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
 )
 
 // The crash tests run the CLI as a child process: this test binary, which
@@ -339,4 +340,201 @@ func TestCrashWorker(t *testing.T) {
 		t.Errorf("the second worker computed %v again (killed with %d blocks done)", computed[pid2], killedAt)
 	}
 	t.Logf("worker 1 computed %v before kill -9 at %d blocks; worker 2 found %v and computed %v", computed[w1.Process.Pid], killedAt, found[pid2], computed[pid2])
+}
+
+// The same recipe run twice at once in one state directory is one workflow:
+// the second command attaches to the first one's server and job, nothing is
+// computed twice, and both print the same result.
+func TestSameRecipeTwice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and compresses a model")
+	}
+	dir := t.TempDir()
+	recipePath := crashJob(t, dir)
+	state := filepath.Join(dir, "state")
+	var cmds []*exec.Cmd
+	var outs, errs []*syncBuffer
+	for range 2 {
+		cmd := cli("run", recipePath, "--state", state, "--json")
+		out, errOut := &syncBuffer{}, &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = out, errOut
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		cmds, outs, errs = append(cmds, cmd), append(outs, out), append(errs, errOut)
+	}
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("run %d: %v\n%s", i, err, errs[i])
+		}
+	}
+	if outs[0].String() != outs[1].String() || !strings.Contains(outs[0].String(), `"output"`) {
+		t.Errorf("the two runs printed different results:\n%s\n%s", outs[0], outs[1])
+	}
+	both := errs[0].String() + errs[1].String()
+	// Whichever submits first starts the workflow; the other finds it
+	// running. One of the two runs the server, the other attaches to it.
+	if strings.Count(both, " started on ") != 1 || strings.Count(both, " resumed on ") != 1 ||
+		strings.Count(both, " on the embedded server of another rankzip process (pid ") != 1 {
+		t.Errorf("want one workflow, started by one run and found by the other, one of them attached to the other's server:\n%s\n%s", errs[0], errs[1])
+	}
+	computed, _ := blockEvents(t, filepath.Join(state, "rankzip.log"))
+	var all []int
+	for _, blocks := range computed {
+		all = append(all, blocks...)
+	}
+	slices.Sort(all)
+	if len(computed) != 1 || !slices.Equal(all, []int{0, 1, 2, 3, 4}) {
+		t.Errorf("blocks computed by process: %v, want each block once, by one process", computed)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "out", "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, directBytes(t, recipePath)) {
+		t.Error("the job's checkpoint differs from an uninterrupted run's")
+	}
+}
+
+// A second `rankzip run` attached to the first one's server takes the
+// server over when the first is killed, and finishes the job.
+func TestTakeover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and compresses a model")
+	}
+	dir := t.TempDir()
+	recipePath := crashJob(t, dir)
+	state := filepath.Join(dir, "state")
+	args := []string{"run", recipePath, "--state", state, "--heartbeat-timeout", "2s"}
+	first := cli(args...)
+	var out1 syncBuffer
+	first.Stdout, first.Stderr = &out1, &out1
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { first.Process.Kill(); first.Wait() })
+	waitBlocks(t, filepath.Join(state, "store"), 1, first, &out1)
+	second := cli(args...)
+	var out2 syncBuffer
+	second.Stdout, second.Stderr = &out2, &out2
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.Process.Kill(); second.Wait() })
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(out2.String(), "resumed on the embedded server of another rankzip process") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second run did not attach:\n%s", out2.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	done := make(chan error, 1)
+	go func() { done <- second.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("second run: %v\n%s", err, out2.String())
+		}
+	case <-time.After(4 * time.Minute):
+		t.Fatalf("the second run did not finish:\n%s", out2.String())
+	}
+	if !strings.Contains(out2.String(), "taking it over") {
+		t.Errorf("the second run does not say it took the server over:\n%s", out2.String())
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "out", "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, directBytes(t, recipePath)) {
+		t.Error("the job's checkpoint differs from an uninterrupted run's")
+	}
+	t.Logf("second run:\n%s", out2.String())
+}
+
+// flipBits flips one bit in every artifact that the block records of a store
+// name (factors and output streams) and returns how many it flipped.
+func flipBits(t *testing.T, storeDir string) int {
+	t.Helper()
+	st, err := store.Open(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := filepath.Glob(filepath.Join(storeDir, "keys", "block", "*.json"))
+	n := 0
+	for _, rp := range recs {
+		var rec store.Ref
+		if b, err := os.ReadFile(rp); err != nil || json.Unmarshal(b, &rec) != nil {
+			continue
+		}
+		data, err := st.Get(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`"sha256":"([0-9a-f]{64})"`).FindAllSubmatch(data, -1) {
+			p, _ := st.Path(store.Ref{SHA256: string(m[1])})
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue // flipped already (shared) or never written
+			}
+			b[len(b)/2] ^= 0x04
+			os.Chmod(p, 0o644)
+			if err := os.WriteFile(p, b, 0o444); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+	}
+	return n
+}
+
+// A bit flipped in stored artifacts while no process runs: the rerun detects
+// each by its digest, makes it again, and the job finishes with the bytes of
+// an uninterrupted run.
+func TestBitFlip(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and compresses a model")
+	}
+	dir := t.TempDir()
+	recipePath := crashJob(t, dir)
+	state := filepath.Join(dir, "state")
+	storeDir := filepath.Join(state, "store")
+	args := []string{"run", recipePath, "--state", state, "--heartbeat-timeout", "2s"}
+	first := cli(args...)
+	var out1 syncBuffer
+	first.Stdout, first.Stderr = &out1, &out1
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitBlocks(t, storeDir, 2, first, &out1)
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	flipped := flipBits(t, storeDir)
+	if flipped == 0 {
+		t.Fatal("no artifact to flip a bit in")
+	}
+	t0 := time.Now()
+	out2, err := cli(args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rerun: %v\n%s", err, out2)
+	}
+	t.Logf("flipped a bit in %d artifacts of %d finished blocks; the rerun finished in %v:\n%s", flipped, doneBlocks(storeDir), time.Since(t0).Round(time.Millisecond), out2)
+	got, err := os.ReadFile(filepath.Join(dir, "out", "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, directBytes(t, recipePath)) {
+		t.Error("the checkpoint after the bit flips differs from an uninterrupted run's")
+	}
+	// Everything the store holds now is intact.
+	objs, _ := filepath.Glob(filepath.Join(storeDir, "objects", "*", "*"))
+	st, _ := store.Open(storeDir)
+	for _, p := range objs {
+		fi, _ := os.Stat(p)
+		if _, err := st.Verify(store.Ref{SHA256: filepath.Base(p), Bytes: fi.Size()}); err != nil {
+			t.Errorf("after the rerun: %v", err)
+		}
+	}
 }

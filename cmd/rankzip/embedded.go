@@ -320,6 +320,7 @@ func lockState(dir string) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
+	f.Truncate(0) // an earlier owner's address, until startEmbedded writes this one's
 	return f, nil
 }
 

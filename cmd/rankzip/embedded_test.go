@@ -26,6 +26,23 @@ func listen(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freeBase returns a port of the kernel's ephemeral range that is free with
+// the 7 after it.
+func freeBase(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		p, err := kernelPorts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := p.GRPC[0]; b+numPorts <= 65536 && checkFree(consecutive(b)) == nil {
+			return b
+		}
+	}
+	t.Fatal("found no 8 consecutive free ports")
+	return 0
+}
+
 // recordPorts writes the ports of a state directory's embedded server.
 func recordPorts(t *testing.T, state string, p serverPorts) {
 	t.Helper()
@@ -61,12 +78,7 @@ func TestPortsRecorded(t *testing.T) {
 	if other == first {
 		t.Errorf("two state directories got the same ports %v", first)
 	}
-	// A port that is free now: the first of 8 kernel-chosen ones, if the 7
-	// after it are free too; else the test would use whatever it found.
-	base := first.GRPC[0]
-	if checkFree(consecutive(base)) != nil {
-		t.Skipf("no 8 free consecutive ports at %d to force", base)
-	}
+	base := freeBase(t)
 	forced, err := resolvePorts(dir, base)
 	if err != nil {
 		t.Fatal(err)

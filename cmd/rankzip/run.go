@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
 )
 
@@ -41,29 +42,69 @@ func runRun(args []string, stdout, stderr io.Writer) error {
 
 // runJob loads a recipe, submits its job (or attaches to it) and follows it
 // to its result, drawing progress on progressOut.
+//
+// When another rankzip process runs the embedded server of the state
+// directory (a second `rankzip run` of the same recipe, say), the job is
+// submitted there and followed: the same recipe run twice at once is one
+// workflow, whose result both commands print. Should that process end before
+// the job does, this one takes the server over and resumes the job.
 func runJob(sf *serviceFlags, recipePath string, mode workerMode, hb time.Duration, progressOut io.Writer) (workflows.Result, error) {
-	var res workflows.Result
 	job, err := recipe.Load(recipePath)
 	if err != nil {
+		return workflows.Result{}, err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	takeovers, reruns := 0, 0
+	for {
+		res, err := runOnce(ctx, sf, job, recipePath, mode, hb, progressOut, takeovers > 0)
+		switch {
+		case errors.Is(err, errOwnerGone) && takeovers < 3:
+			takeovers++
+			fmt.Fprintf(progressOut, "the rankzip process running the embedded server ended; taking it over\n")
+			continue
+		case err != nil && strings.Contains(err.Error(), store.ErrCorrupt.Error()) && reruns < 5:
+			// The store removed the damaged artifact; a new run of the job
+			// finds every other one and makes that one again. Each run
+			// removes at least one, so this ends.
+			reruns++
+			fmt.Fprintf(progressOut, "%v\na stored artifact was damaged; running the job again to make it again\n", err)
+			continue
+		}
 		return res, err
 	}
-	s, err := sf.connect(mode, true)
+}
+
+// errOwnerGone reports that the process whose embedded server a session used
+// ended.
+var errOwnerGone = errors.New("the rankzip process running the embedded server ended")
+
+// runOnce connects, submits the job (unless, on a takeover, it already
+// finished) and follows it.
+func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath string, mode workerMode, hb time.Duration, progressOut io.Writer, takeover bool) (workflows.Result, error) {
+	var res workflows.Result
+	s, err := sf.connect(mode)
 	if err != nil {
 		return res, err
 	}
 	defer s.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	resumed, err := submit(ctx, s, job, hb)
-	if err != nil {
-		return res, err
+	done := false
+	if takeover {
+		d, err := s.c.DescribeWorkflowExecution(ctx, job.ID, "")
+		done = err == nil && d.WorkflowExecutionInfo.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
 	}
-	verb := "started"
-	if resumed {
-		verb = "resumed"
+	if !done {
+		resumed, err := submit(ctx, s, job, hb)
+		if err != nil {
+			return res, err
+		}
+		verb := "started"
+		if resumed {
+			verb = "resumed"
+		}
+		fmt.Fprintf(progressOut, "job %s %s on %s\n", job.ID, verb, s.where())
+		s.log.Info("job submitted", "job", job.ID, "resumed", resumed, "recipe", recipePath)
 	}
-	fmt.Fprintf(progressOut, "job %s %s on %s\n", job.ID, verb, s.where())
-	s.log.Info("job submitted", "job", job.ID, "resumed", resumed, "recipe", recipePath)
 	res, err = follow(ctx, s, job.ID, progressOut)
 	if ctx.Err() != nil {
 		if s.external {
@@ -72,6 +113,9 @@ func runJob(sf *serviceFlags, recipePath string, mode workerMode, hb time.Durati
 			fmt.Fprintf(progressOut, "\ninterrupted: run the same command again to resume the job\n")
 		}
 		return res, errUsage
+	}
+	if errors.Is(err, errOwnerGone) {
+		return res, err
 	}
 	if err != nil {
 		return res, fmt.Errorf("job %s failed: %w", job.ID, jobError(err))
@@ -95,7 +139,7 @@ func runSubmit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s, err := sf.connect(noWorker, false)
+	s, err := sf.connect(noWorker)
 	if err != nil {
 		return err
 	}
@@ -129,6 +173,8 @@ func submit(ctx context.Context, s *session, job *recipe.Job, hb time.Duration) 
 // follow draws the job's progress until it ends and returns its result.
 func follow(ctx context.Context, s *session, id string, w io.Writer) (workflows.Result, error) {
 	var res workflows.Result
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.c.GetWorkflow(ctx, id, "").Get(ctx, &res) }()
 	bar := newProgressBar(w)
@@ -139,6 +185,9 @@ func follow(ctx context.Context, s *session, id string, w io.Writer) (workflows.
 		case err := <-done:
 			if p, qerr := queryProgress(ctx, s.c, id); qerr == nil {
 				bar.draw(p)
+			} else if err != nil && s.ownerGone() {
+				bar.end()
+				return res, errOwnerGone
 			}
 			bar.end()
 			return res, err
@@ -148,6 +197,9 @@ func follow(ctx context.Context, s *session, id string, w io.Writer) (workflows.
 		case <-tick.C:
 			if p, err := queryProgress(ctx, s.c, id); err == nil {
 				bar.draw(p)
+			} else if s.ownerGone() {
+				bar.end()
+				return res, errOwnerGone
 			}
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
@@ -65,7 +66,8 @@ type session struct {
 	w        worker.Worker
 	log      *slog.Logger
 	logFile  *os.File
-	external bool // a cluster named by --temporal or TEMPORAL_ADDRESS
+	external bool     // a cluster named by --temporal or TEMPORAL_ADDRESS
+	owner    *errBusy // the process whose embedded server this session uses, if another's
 }
 
 // workerMode says what worker an embedded session runs.
@@ -77,10 +79,14 @@ const (
 	fullWorker                    // workflows and activities
 )
 
+// attachWait is how long a session waits for the embedded server that
+// another rankzip process is starting.
+const attachWait = time.Minute
+
 // connect opens a session. In embedded mode it starts the server (and a
-// worker of the given mode) unless another rankzip process runs it; then,
-// when exclusive, it fails, else it connects to that process's server.
-func (f *serviceFlags) connect(mode workerMode, exclusive bool) (*session, error) {
+// worker of the given mode) unless another rankzip process runs it; then it
+// connects to that process's server, waiting for it to come up.
+func (f *serviceFlags) connect(mode workerMode) (*session, error) {
 	s := &session{log: slog.New(slog.DiscardHandler)}
 	opts := client.Options{Namespace: f.ns(), Logger: tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))}
 	if hp := f.hostPort(); hp != "" {
@@ -99,30 +105,42 @@ func (f *serviceFlags) connect(mode workerMode, exclusive bool) (*session, error
 	}
 	dir := stateDir(f.state)
 	tdir := filepath.Join(dir, "temporal")
-	e, err := startEmbedded(tdir, forced)
-	var busy *errBusy
-	switch {
-	case errors.As(err, &busy) && !exclusive:
-		if busy.hostPort == "" {
-			return nil, fmt.Errorf("%w and has not yet started it; try again in a few seconds", err)
+	deadline := time.Now().Add(attachWait)
+	for {
+		e, err := startEmbedded(tdir, forced)
+		var busy *errBusy
+		switch {
+		case err == nil:
+			s.embedded = e
+			opts.HostPort = e.hostPort
+		case !errors.As(err, &busy):
+			return nil, err
+		case busy.hostPort != "":
+			s.owner = busy
+			opts.HostPort = busy.hostPort
+		case time.Now().After(deadline):
+			return nil, fmt.Errorf("%w and has not started it after %v", err, attachWait)
+		default: // the other process has the lock and has not yet chosen its ports
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
-		opts.HostPort = busy.hostPort
-	case err != nil:
-		if errors.As(err, &busy) {
-			return nil, fmt.Errorf("%w; wait for it, or use another --state", err)
-		}
-		return nil, err
-	default:
-		s.embedded = e
-		opts.HostPort = e.hostPort
+		break
 	}
 	if s.logFile, err = os.OpenFile(filepath.Join(dir, "rankzip.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
 		s.log = slog.New(slog.NewJSONHandler(s.logFile, nil)).With("pid", os.Getpid())
 		opts.Logger = tlog.NewStructuredLogger(slog.New(slog.NewJSONHandler(s.logFile, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	}
-	if s.c, err = client.Dial(opts); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("connect to the embedded Temporal server at %s: %w", opts.HostPort, err)
+	for {
+		if s.c, err = client.Dial(opts); err == nil {
+			break
+		}
+		// Another process's server may still be starting (or its process
+		// may have ended: then the caller sees the lock free and retries).
+		if s.owner == nil || time.Now().After(deadline) || s.ownerGone() {
+			s.Close()
+			return nil, fmt.Errorf("connect to the embedded Temporal server at %s: %w", opts.HostPort, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	if s.embedded == nil || mode == noWorker {
 		return s, nil
@@ -166,13 +184,31 @@ func (s *session) Close() {
 	}
 }
 
+// ownerGone reports whether the other process whose embedded server this
+// session uses has let go of the state directory (it ended or crashed).
+func (s *session) ownerGone() bool {
+	if s.owner == nil {
+		return false
+	}
+	f, err := os.OpenFile(filepath.Join(s.owner.dir, "lock"), os.O_RDWR, 0)
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return false
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return true
+}
+
 // where describes the service for messages.
 func (s *session) where() string {
 	switch {
 	case s.external:
 		return "the Temporal cluster"
-	case s.embedded == nil:
-		return "the embedded server of another rankzip process"
+	case s.owner != nil:
+		return fmt.Sprintf("the embedded server of another rankzip process (pid %s, %s)", s.owner.pid, s.owner.hostPort)
 	}
 	return "the embedded server (" + s.embedded.hostPort + ")"
 }

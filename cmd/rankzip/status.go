@@ -84,7 +84,7 @@ func openJob(fs *flag.FlagSet, sf *serviceFlags, args []string) (*session, strin
 	if err != nil {
 		return nil, "", err
 	}
-	s, err := sf.connect(queryWorker, false)
+	s, err := sf.connect(queryWorker)
 	if err != nil {
 		return nil, "", err
 	}
