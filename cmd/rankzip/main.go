@@ -25,6 +25,7 @@ commands:
   watch     follow a running job's progress to its result: "watch ID"
   cancel    cancel a job: "cancel ID"
   result    a finished job's result: "result ID [--json]"
+  gc        remove the store artifacts no completed or running job references: "gc [--state DIR] [--dry-run]"
   compress  one low-rank stage (whiten, asvd, plain, lord) at a parameter budget, exported and read back
   quantize  RTN or GPTQ weight quantization exported as a GPTQ v1 checkpoint, optionally with an EoRA adapter (--eora-rank R)
   mla       convert grouped-query attention to DeepSeek multi-head latent attention (TransMLA), exported in the DeepSeek-V3 layout
@@ -90,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runCancel(rest, stdout, stderr)
 	case "result":
 		return runResult(rest, stdout, stderr)
+	case "gc":
+		return runGC(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
