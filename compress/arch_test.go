@@ -170,6 +170,12 @@ func TestMoECompressAttention(t *testing.T) {
 		if got, _ := back.Forward(ev); !slices.Equal(got, qLogits) {
 			t.Errorf("%s: native round trip changes the logits", typ)
 		}
+		if _, err := RunEoRA(ctx, q.Model, m, cal, EoRAOptions{Rank: 4}); err == nil || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%s: eora on every linear: %v", typ, err)
+		}
+		if _, err := RunEoRA(ctx, q.Model, m, cal, EoRAOptions{Rank: 4, Targets: []string{"self_attn.*"}}); err != nil {
+			t.Errorf("%s: eora on the attention: %v", typ, err)
+		}
 		if _, err := RunPalu(ctx, m, cal, PaluOptions{KVKeep: 0.5, RankSearch: "uniform"}); err == nil || !strings.Contains(err.Error(), typ) {
 			t.Errorf("%s: palu: %v", typ, err)
 		}

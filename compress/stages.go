@@ -149,6 +149,9 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 	if err != nil {
 		return fmt.Errorf("eora: %w", err)
 	}
+	if err := comp.Config.CheckTargets(mods); err != nil {
+		return fmt.Errorf("eora: %w", err)
+	}
 	for g := range o.Ranks {
 		if _, err := path.Match(g, ""); err != nil {
 			return fmt.Errorf("eora: rank pattern %q: %w", g, err)
