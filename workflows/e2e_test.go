@@ -259,8 +259,9 @@ func TestEndToEndModelDisappears(t *testing.T) {
 	assertClean(t, filepath.Join(dir, "store"))
 }
 
-// A store that rejects writes (a full disk) fails the job without retries
-// and leaves no partial file.
+// A store that rejects writes (a full disk) fails the job without retries,
+// with an error naming the directory, and leaves no partial file; the same
+// job finishes once space is freed.
 func TestEndToEndStoreFull(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs as a full disk")
@@ -286,8 +287,24 @@ func TestEndToEndStoreFull(t *testing.T) {
 	if d := time.Since(t0); d > 30*time.Second {
 		t.Errorf("the job took %v to fail: a full disk was retried", d)
 	}
+	if !strings.Contains(err.Error(), sdir) {
+		t.Errorf("the error does not name the store directory %s: %v", sdir, err)
+	}
 	if _, err := os.Stat(j.Recipe.Output); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("output exists after a failed job: %v", err)
+	}
+	assertClean(t, sdir)
+
+	// Once space is freed, the same job finishes, with what was stored.
+	if out, err := exec.Command("mount", "-o", "remount,size=256m", sdir).CombinedOutput(); err != nil {
+		t.Fatalf("grow the tmpfs: %v: %s", err, out)
+	}
+	var res workflows.Result
+	if err := start(t, c, j).Get(context.Background(), &res); err != nil {
+		t.Fatalf("the same job after space was freed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(j.Recipe.Output, "model.safetensors")); err != nil {
+		t.Errorf("no checkpoint after the job finished: %v", err)
 	}
 	assertClean(t, sdir)
 }
