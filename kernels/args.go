@@ -140,6 +140,42 @@ func upperCopy(a *mat.SymDense) []float64 {
 	return out
 }
 
+// lowerCopy returns gonum's upper triangle of a transposed into the lower
+// triangle of a row-major n×n slice, zeros above the diagonal: the column-
+// major upper triangle LAPACK reads. Tiles keep both sides in cache.
+func lowerCopy(a *mat.SymDense) []float64 {
+	raw := a.RawSymmetric()
+	n := raw.N
+	out := make([]float64, n*n)
+	const tile = 64
+	for i0 := 0; i0 < n; i0 += tile {
+		for j0 := i0; j0 < n; j0 += tile {
+			for i := i0; i < min(i0+tile, n); i++ {
+				for j := max(j0, i); j < min(j0+tile, n); j++ {
+					out[j*n+i] = raw.Data[i*raw.Stride+j]
+				}
+			}
+		}
+	}
+	return out
+}
+
+// transposeSquare returns the transpose of the row-major n×n z, tile by tile.
+func transposeSquare(z []float64, n int) []float64 {
+	out := make([]float64, n*n)
+	const tile = 64
+	for i0 := 0; i0 < n; i0 += tile {
+		for j0 := 0; j0 < n; j0 += tile {
+			for i := i0; i < min(i0+tile, n); i++ {
+				for j := j0; j < min(j0+tile, n); j++ {
+					out[j*n+i] = z[i*n+j]
+				}
+			}
+		}
+	}
+	return out
+}
+
 // denseCopy returns the m×n A as a contiguous row-major slice.
 func denseCopy(a *mat.Dense) []float64 {
 	raw := a.RawMatrix()

@@ -101,22 +101,27 @@ func lapackInfo(routine string, info C.lapack_int, fail error) error {
 	}
 }
 
+// The decompositions call LAPACK in column-major order on our row-major
+// buffers, which is the transposed matrix: for a symmetric input that is the
+// same matrix, and the factors come out already in the row-major layout we
+// return (LAPACKE's row-major entry points would transpose in and out).
+
 func (OpenBLAS) Cholesky(a *mat.SymDense) (*mat.TriDense, error) {
 	n := a.SymmetricDim()
 	if n == 0 {
 		return &mat.TriDense{}, nil
 	}
 	checkDecomp(n, n)
-	l := upperCopy(a)
+	l := lowerCopy(a)
 	if !allFinite(l) {
 		return nil, ErrNonFinite
 	}
-	info := C.LAPACKE_dpotrf(C.LAPACK_ROW_MAJOR, 'L', C.lapack_int(n), (*C.double)(&l[0]), C.lapack_int(n))
+	// Column-major 'U' reads the column-major upper triangle, which is the
+	// row-major lower one, and writes U with A = UᵀU there: row-major, that
+	// is L = Uᵀ.
+	info := C.LAPACKE_dpotrf(C.LAPACK_COL_MAJOR, 'U', C.lapack_int(n), (*C.double)(&l[0]), C.lapack_int(n))
 	if err := lapackInfo("dpotrf", info, ErrNotPSD); err != nil {
 		return nil, err
-	}
-	for i := range n {
-		clear(l[i*n+i+1 : (i+1)*n]) // dpotrf leaves A's upper triangle there
 	}
 	return mat.NewTriDense(n, mat.Lower, l), nil
 }
@@ -127,19 +132,30 @@ func (OpenBLAS) Eigh(a *mat.SymDense) ([]float64, *mat.Dense, error) {
 		return []float64{}, &mat.Dense{}, nil
 	}
 	checkDecomp(n, n)
-	v := upperCopy(a)
-	if !allFinite(v) {
-		return nil, nil, ErrNonFinite
+	raw := a.RawSymmetric()
+	z := make([]float64, n*n)
+	for i := range n {
+		copy(z[i*n+i:(i+1)*n], raw.Data[i*raw.Stride+i:i*raw.Stride+n])
+	}
+	// gonum's row-major upper triangle is the column-major lower one.
+	for i := range n {
+		if !allFinite(z[i*n+i : (i+1)*n]) {
+			return nil, nil, ErrNonFinite
+		}
 	}
 	w := make([]float64, n)
-	info := C.LAPACKE_dsyevd(C.LAPACK_ROW_MAJOR, 'V', 'U', C.lapack_int(n),
-		(*C.double)(&v[0]), C.lapack_int(n), (*C.double)(&w[0]))
+	info := C.LAPACKE_dsyevd(C.LAPACK_COL_MAJOR, 'V', 'L', C.lapack_int(n),
+		(*C.double)(&z[0]), C.lapack_int(n), (*C.double)(&w[0]))
 	if err := lapackInfo("dsyevd", info, ErrNoConvergence); err != nil {
 		return nil, nil, err
 	}
-	return w, mat.NewDense(n, n, v), nil
+	// The eigenvectors are z's column-major columns: its row-major rows.
+	return w, mat.NewDense(n, n, transposeSquare(z, n)), nil
 }
 
+// SVD runs dgesdd column-major on the row-major A, that is on Aᵀ =
+// V Σ Uᵀ: its left factor (n×p column-major) is our Vᵀ row-major, and its
+// right one (Uᵀ, p×m column-major) is our U row-major, with no transposes.
 func (OpenBLAS) SVD(a *mat.Dense) (*mat.Dense, []float64, *mat.Dense, error) {
 	m, n := a.Dims()
 	p := min(m, n)
@@ -154,9 +170,9 @@ func (OpenBLAS) SVD(a *mat.Dense) (*mat.Dense, []float64, *mat.Dense, error) {
 	s := make([]float64, p)
 	u := make([]float64, m*p)
 	vt := make([]float64, p*n)
-	info := C.LAPACKE_dgesdd(C.LAPACK_ROW_MAJOR, 'S', C.lapack_int(m), C.lapack_int(n),
+	info := C.LAPACKE_dgesdd(C.LAPACK_COL_MAJOR, 'S', C.lapack_int(n), C.lapack_int(m),
 		(*C.double)(&work[0]), C.lapack_int(n), (*C.double)(&s[0]),
-		(*C.double)(&u[0]), C.lapack_int(p), (*C.double)(&vt[0]), C.lapack_int(n))
+		(*C.double)(&vt[0]), C.lapack_int(n), (*C.double)(&u[0]), C.lapack_int(p))
 	if err := lapackInfo("dgesdd", info, ErrNoConvergence); err != nil {
 		return nil, nil, nil, err
 	}
