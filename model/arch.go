@@ -140,14 +140,11 @@ func (c *Config) Unsupported(f Feature) error {
 		why = "the router and experts (mixture of experts) are not handled by it"
 	case c.MoE != nil && f == FeaturePalu:
 		why = "its rank search and layout are not implemented for mixture-of-experts models"
-	case c.Gemma != nil && f == FeatureBackward:
-		why = "its (1+w) norms, post-attention and post-MLP norms, per-head q/k norms and GeGLU have no gradients here"
 	// Palu is supported with q/k norms: the latent reconstructs k_proj x,
 	// and the per-head k_norm, then RoPE, apply to the rebuilt keys, in the
 	// forward pass and in the decoder's latent cache alike (exact for the
 	// factorization; the factorization itself minimises the error of k_proj
-	// x, not of the normalised key). Its fisher rank search is refused with
-	// the backward pass.
+	// x, not of the normalised key).
 	case c.QKNorm && f == FeatureMLA:
 		// MLA's absorbed form needs keys linear in the latent; the per-head
 		// norm of each key is not, so no conversion is exact.

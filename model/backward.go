@@ -43,9 +43,8 @@ func (m *Model) GradientNames() []string {
 		for _, mod := range Modules {
 			names = append(names, p+mod)
 		}
-		names = append(names, p+"input_layernorm", p+"post_attention_layernorm")
-		if m.Blocks[i].QNorm != nil {
-			names = append(names, p+"self_attn.q_norm", p+"self_attn.k_norm")
+		for _, nm := range blockNorms(m.Config) {
+			names = append(names, p+nm.name)
 		}
 	}
 	return append(names, "model.norm")
@@ -124,8 +123,16 @@ type vec[T float32 | float64] struct {
 }
 
 type netBlock[T float32 | float64] struct {
-	attnNorm, mlpNorm          *vec[T]
-	qNorm, kNorm               *vec[T] // Qwen3's per-head q/k norms, nil for Llama
+	attnNorm, mlpNorm *vec[T]
+	qNorm, kNorm      *vec[T] // per-head q/k norms (Qwen3, Gemma 3), nil for Llama
+	// Gemma 3: norms of the attention and MLP outputs; mlpNorm is then
+	// pre_feedforward_layernorm. Gemma's norms hold 1 + w (the gradient
+	// with respect to w is the same).
+	postAttn, postFFN          *vec[T]
+	window                     int     // sliding window of the block (0: full causal)
+	scale                      float64 // attention score scale
+	local                      bool    // Gemma 3's local RoPE
+	gelu                       bool    // GeGLU (Gemma 3) instead of SwiGLU
 	q, k, v, o, gate, up, down *dense[T]
 }
 
@@ -186,7 +193,8 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 		}
 		return nil, fmt.Errorf("%w: %s is %T; the backward pass runs through dense and factored linear layers only", ErrBackward, what, l)
 	}
-	n := &net[T]{m: m, c: m.Config, kb: m.Backend, embed: convert[T](m.Embed), norm: &vec[T]{w: convert[T](m.Norm)}}
+	n := &net[T]{m: m, c: m.Config, kb: m.Backend, embed: convert[T](m.Embed)}
+	n.norm = n.normVec(m.Norm)
 	var err error
 	if n.head, err = lin(m.LMHead, "lm_head"); err != nil {
 		return nil, err
@@ -195,9 +203,17 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 		if b.MLA != nil {
 			return nil, fmt.Errorf("%w: block %d uses latent attention (MLA), which the backward pass does not support", ErrBackward, i)
 		}
-		nb := &netBlock[T]{attnNorm: &vec[T]{w: convert[T](b.AttnNorm)}, mlpNorm: &vec[T]{w: convert[T](b.MLPNorm)}}
+		c := m.Config
+		nb := &netBlock[T]{attnNorm: n.normVec(b.AttnNorm), mlpNorm: n.normVec(b.MLPNorm), window: c.window(b),
+			scale: float64(c.attnScale()), local: c.Gemma != nil && b.Sliding, gelu: c.Act == "gelu_pytorch_tanh"}
+		if c.Gemma == nil {
+			nb.scale = 1 / math.Sqrt(float64(c.HeadDim))
+		}
 		if b.QNorm != nil {
-			nb.qNorm, nb.kNorm = &vec[T]{w: convert[T](b.QNorm)}, &vec[T]{w: convert[T](b.KNorm)}
+			nb.qNorm, nb.kNorm = n.normVec(b.QNorm), n.normVec(b.KNorm)
+		}
+		if b.PostAttnNorm != nil {
+			nb.postAttn, nb.postFFN = n.normVec(b.PostAttnNorm), n.normVec(b.PostFFNNorm)
 		}
 		for _, mod := range Modules {
 			d, err := lin(*b.Linear(mod), fmt.Sprintf("model.layers.%d.%s", i, mod))
@@ -264,6 +280,16 @@ func (n *net[T]) param(name string) (*dense[T], *vec[T]) {
 		return nil, nil
 	}
 	b := n.blocks[i]
+	if b.postAttn != nil { // Gemma 3's names
+		switch mod {
+		case "post_attention_layernorm":
+			return nil, b.postAttn
+		case "pre_feedforward_layernorm":
+			return nil, b.mlpNorm
+		case "post_feedforward_layernorm":
+			return nil, b.postFFN
+		}
+	}
 	switch mod {
 	case "input_layernorm":
 		return nil, b.attnNorm
@@ -418,8 +444,7 @@ type rotary struct {
 	half     int
 }
 
-func newRotary(c *Config, pos []int) *rotary {
-	inv := c.InvFreq()
+func newRotary(inv []float64, pos []int) *rotary {
 	r := &rotary{cos: make([]float64, len(pos)*len(inv)), sin: make([]float64, len(pos)*len(inv)), half: len(inv)}
 	for row, p := range pos {
 		for i, f := range inv {
@@ -484,19 +509,18 @@ func probs[T float32 | float64](p []float64, qi, kk []T, kvd, off, first, i int,
 }
 
 // firstKey is the first key row a query row i attends to.
-func firstKey(c *Config, i int) int {
-	if c.SlidingWindow > 0 {
-		return max(0, i-c.SlidingWindow+1)
+func firstKey(window, i int) int {
+	if window > 0 {
+		return max(0, i-window+1)
 	}
 	return 0
 }
 
 // attend computes causal grouped-query attention in float64 sums, parallel
 // over (sequence, KV head) pairs.
-func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int) {
+func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int, window int, scale float64) {
 	d := c.HeadDim
 	qd, kvd, group := c.NumHeads*d, c.NumKVHeads*d, c.NumHeads/c.NumKVHeads
-	scale := 1 / math.Sqrt(float64(d))
 	_, fast := any(out).([]float32)
 	pairs := (len(starts) - 1) * c.NumKVHeads
 	parallelFor(pairs, 1, func(lo, hi int) {
@@ -512,7 +536,7 @@ func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int) {
 			ks, vs := kk[r0*kvd:], v[r0*kvd:]
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				for i := range n {
-					first := firstKey(c, i)
+					first := firstKey(window, i)
 					probs(p, q[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d], ks, kvd, kvh*d, first, i, scale, fast)
 					clear(o)
 					for j := first; j <= i; j++ {
@@ -534,10 +558,9 @@ func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int) {
 // gradients of the rotated queries, keys and values (overwritten). Each
 // (sequence, KV head) pair owns its rows of dk and dv, so the pairs run in
 // parallel without sharing.
-func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv []T, starts []int) {
+func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv []T, starts []int, window int, scale float64) {
 	d := c.HeadDim
 	qd, kvd, group := c.NumHeads*d, c.NumKVHeads*d, c.NumHeads/c.NumKVHeads
-	scale := 1 / math.Sqrt(float64(d))
 	_, fast := any(dout).([]float32)
 	pairs := (len(starts) - 1) * c.NumKVHeads
 	parallelFor(pairs, 1, func(lo, hi int) {
@@ -558,7 +581,7 @@ func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv [
 			ks, vs := kk[r0*kvd:], v[r0*kvd:]
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				for i := range n {
-					first := firstKey(c, i)
+					first := firstKey(window, i)
 					qi := q[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
 					doi := dout[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
 					probs(p, qi, ks, kvd, kvh*d, first, i, scale, fast)
@@ -602,8 +625,10 @@ func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv [
 type saved[T float32 | float64] struct {
 	h, xa, invA  []T // block input, its norm and inverse RMS
 	q, k, v, att []T // rotated queries and keys, values, attention output
-	// Qwen3: queries and keys before their per-head norms, inverse RMS per head.
+	// Qwen3, Gemma 3: queries and keys before their per-head norms, inverse RMS per head.
 	qPre, kPre, invQ, invK []T
+	// Gemma 3: attention and MLP outputs before their norms, inverse RMS.
+	oPre, invO, dPre, invD []T
 	h1, xm, invM           []T // residual after attention, its norm and inverse RMS
 	gate, up, act          []T // MLP projections and silu(gate)·up
 }
@@ -631,9 +656,14 @@ func (n *net[T]) blockForward(b *netBlock[T], h []T, starts []int, rot *rotary) 
 	rotate(rot, s.q, rows, c.NumHeads, c.HeadDim, false)
 	rotate(rot, s.k, rows, c.NumKVHeads, c.HeadDim, false)
 	s.att = make([]T, rows*b.q.out)
-	attend(c, s.att, s.q, s.k, s.v, starts)
+	attend(c, s.att, s.q, s.k, s.v, starts, b.window, b.scale)
 	s.h1 = make([]T, rows*dim)
 	b.o.forward(kb, s.h1, s.att, rows)
+	if b.postAttn != nil {
+		s.oPre, s.invO = s.h1, make([]T, rows)
+		s.h1 = make([]T, rows*dim)
+		normForward(s.h1, s.oPre, b.postAttn.w, s.invO, rows, dim, c.RMSNormEps)
+	}
 	for i := range s.h1 {
 		s.h1[i] += h[i]
 	}
@@ -646,11 +676,20 @@ func (n *net[T]) blockForward(b *netBlock[T], h []T, starts []int, rot *rotary) 
 	parallelFor(len(s.act), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			g := float64(s.gate[i])
-			s.act[i] = T(g * sigmoid(g) * float64(s.up[i]))
+			if b.gelu {
+				s.act[i] = T(geluTanh64(g) * float64(s.up[i]))
+			} else {
+				s.act[i] = T(g * sigmoid(g) * float64(s.up[i]))
+			}
 		}
 	})
 	out := make([]T, rows*dim)
 	b.down.forward(kb, out, s.act, rows)
+	if b.postFFN != nil {
+		s.dPre, s.invD = out, make([]T, rows)
+		out = make([]T, rows*dim)
+		normForward(out, s.dPre, b.postFFN.w, s.invD, rows, dim, c.RMSNormEps)
+	}
 	for i := range out {
 		out[i] += s.h1[i]
 	}
@@ -663,13 +702,24 @@ func (n *net[T]) blockForward(b *netBlock[T], h []T, starts []int, rot *rotary) 
 func (n *net[T]) blockBackward(b *netBlock[T], s *saved[T], dout []T, starts []int, rot *rotary) []T {
 	c, kb := n.c, n.kb
 	rows, dim, inter := starts[len(starts)-1], c.HiddenSize, b.gate.out
-	// MLP: out = h1 + down(silu(gate)·up).
+	// MLP: out = h1 + down(silu(gate)·up), Gemma's with gelu and a norm
+	// of the MLP output.
+	ddown := dout
+	if b.postFFN != nil {
+		ddown = make([]T, rows*dim)
+		normBackward(ddown, dout, s.dPre, b.postFFN.w, s.invD, b.postFFN.g, rows, dim)
+	}
 	dact := make([]T, rows*inter)
-	b.down.backward(kb, dout, s.act, dact, rows, false)
+	b.down.backward(kb, ddown, s.act, dact, rows, false)
 	dgate, dup := make([]T, rows*inter), make([]T, rows*inter)
 	parallelFor(len(dact), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			g, u, da := float64(s.gate[i]), float64(s.up[i]), float64(dact[i])
+			if b.gelu {
+				dup[i] = T(da * geluTanh64(g))
+				dgate[i] = T(da * u * geluTanhGrad(g))
+				continue
+			}
 			sg := sigmoid(g)
 			dup[i] = T(da * g * sg)
 			dgate[i] = T(da * u * sg * (1 + g*(1-sg)))
@@ -683,9 +733,14 @@ func (n *net[T]) blockBackward(b *netBlock[T], s *saved[T], dout []T, starts []i
 
 	// Attention: h1 = h + o(attention(rope(q), rope(k), v)).
 	datt := make([]T, rows*b.q.out)
-	b.o.backward(kb, dh1, s.att, datt, rows, false)
+	do := dh1
+	if b.postAttn != nil {
+		do = make([]T, rows*dim)
+		normBackward(do, dh1, s.oPre, b.postAttn.w, s.invO, b.postAttn.g, rows, dim)
+	}
+	b.o.backward(kb, do, s.att, datt, rows, false)
 	dq, dk, dv := make([]T, rows*b.q.out), make([]T, rows*b.k.out), make([]T, rows*b.v.out)
-	attendBackward(c, datt, s.q, s.k, s.v, dq, dk, dv, starts)
+	attendBackward(c, datt, s.q, s.k, s.v, dq, dk, dv, starts, b.window, b.scale)
 	rotate(rot, dq, rows, c.NumHeads, c.HeadDim, true)
 	rotate(rot, dk, rows, c.NumKVHeads, c.HeadDim, true)
 	if b.qNorm != nil {
@@ -736,10 +791,26 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 			r++
 		}
 	}
-	rot := newRotary(c, pos)
+	if c.Gemma != nil {
+		scale := T(float32(math.Sqrt(float64(dim)))) // as Forward, in float32
+		for i := range h {
+			h[i] *= scale
+		}
+	}
+	rot := newRotary(c.InvFreq(), pos)
+	local := rot
+	if c.Gemma != nil {
+		local = newRotary(c.LocalInvFreq(), pos)
+	}
+	rotOf := func(b *netBlock[T]) *rotary {
+		if b.local {
+			return local
+		}
+		return rot
+	}
 	acts := make([]*saved[T], len(n.blocks))
 	for i, b := range n.blocks {
-		h, acts[i] = n.blockForward(b, h, starts, rot)
+		h, acts[i] = n.blockForward(b, h, starts, rotOf(b))
 	}
 
 	// Targets: row r predicts the token of row r+1 of its sequence; -1 for
@@ -763,6 +834,10 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	}
 	vocab := n.head.out
 	rowLoss := make([]float64, rows)
+	cap := 0.0
+	if c.Gemma != nil {
+		cap = c.Gemma.FinalSoftcap
+	}
 	logits := make([]T, min(rows, headChunk)*vocab)
 	for lo := 0; lo < rows; lo += headChunk {
 		hi := min(rows, lo+headChunk)
@@ -775,6 +850,11 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 				if t < 0 {
 					clear(row) // predicts nothing: no gradient
 					continue
+				}
+				if cap > 0 { // Gemma: logits = cap·tanh(logits/cap)
+					for j, x := range row {
+						row[j] = T(cap * math.Tanh(float64(x)/cap))
+					}
 				}
 				mx := math.Inf(-1)
 				for _, x := range row {
@@ -791,9 +871,16 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 				}
 				// dL/dlogits = (softmax − onehot) / tokens.
 				for j, x := range row {
-					row[j] = T(math.Exp(float64(x)-lse) / float64(tokens))
+					g := math.Exp(float64(x)-lse) / float64(tokens)
+					if j == int(t) {
+						g -= 1 / float64(tokens)
+					}
+					if cap > 0 { // through the soft cap: 1 − tanh²
+						y := float64(x) / cap
+						g *= 1 - y*y
+					}
+					row[j] = T(g)
 				}
-				row[t] -= T(1 / float64(tokens))
 			}
 		})
 		if grads {
@@ -811,8 +898,32 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	dh := make([]T, rows*dim)
 	normBackward(dh, dxf, h, n.norm.w, inv, n.norm.g, rows, dim)
 	for i := len(n.blocks) - 1; i >= 0; i-- {
-		dh = n.blockBackward(n.blocks[i], acts[i], dh, starts, rot)
+		dh = n.blockBackward(n.blocks[i], acts[i], dh, starts, rotOf(n.blocks[i]))
 		acts[i] = nil // free as we go
 	}
 	return loss, tokens, nil
+}
+
+// normVec is a norm weight in T: w, or 1 + w for Gemma's (1+w) RMSNorm,
+// whose gradient with respect to w is the one with respect to 1 + w.
+func (n *net[T]) normVec(w []float32) *vec[T] {
+	if n.c.Gemma == nil {
+		return &vec[T]{w: convert[T](w)}
+	}
+	v := make([]T, len(w)) // a new slice: convert may return w itself
+	for i, x := range w {
+		v[i] = T(float32(1 + x)) // rounded as Forward's 1 + w
+	}
+	return &vec[T]{w: v}
+}
+
+// geluTanh64 is gelu_pytorch_tanh in float64; geluTanhGrad its derivative.
+func geluTanh64(x float64) float64 {
+	return 0.5 * x * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(x+0.044715*x*x*x)))
+}
+
+func geluTanhGrad(x float64) float64 {
+	k := math.Sqrt(2 / math.Pi)
+	t := math.Tanh(k * (x + 0.044715*x*x*x))
+	return 0.5*(1+t) + 0.5*x*(1-t*t)*k*(1+3*0.044715*x*x)
 }

@@ -32,12 +32,12 @@ import (
 //   - final_logit_softcapping, when set: logits = c·tanh(logits/c).
 //
 // Tied embeddings are the default (Gemma3TextConfig's). Supported: every
-// linear-layer stage and Palu (as Qwen3's, the latent cache rebuilds keys,
-// then k_norm and the layer's RoPE). Refused: attn_logit_softcapping (Gemma
-// 2's attention soft-capping; null in every Gemma 3),
-// use_bidirectional_attention, other activations; and, through
-// Config.Unsupported, fisher ranks (no backward pass), MLA and the GPTQ v1
-// layout.
+// linear-layer stage, the backward pass (fisher ranks; backward.go holds the
+// (1+w) norms as 1 + w, the post norms, GeGLU, the soft cap) and Palu (as
+// Qwen3's, the latent cache rebuilds keys, then k_norm and the layer's
+// RoPE). Refused: attn_logit_softcapping (Gemma 2's attention soft-capping;
+// null in every Gemma 3), use_bidirectional_attention, other activations;
+// and, through Config.Unsupported, MLA and the GPTQ v1 layout.
 
 // GemmaConfig is what Gemma 3 adds to the common config.
 type GemmaConfig struct {
