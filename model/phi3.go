@@ -24,6 +24,10 @@ import (
 // split name (q_proj.A.weight, k_proj.weight, ...) as soon as one of them
 // is factored, quantized or Palu-grouped; rankzip's loader reads both.
 //
+// EoRA's PEFT adapter names the split modules (self_attn.q_proj, ...):
+// rankzip's eval --adapter applies it, but PEFT cannot attach it to a stock
+// Phi3ForCausalLM, which has no such modules.
+//
 // Refused: partial_rotary_factor other than 1 (Phi-4-mini) and the longrope
 // scaling of the 128k models, both by the RoPE parser naming the field.
 // attention_bias and mlp_bias are ignored, as Phi3Config does.
