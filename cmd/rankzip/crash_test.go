@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -537,4 +538,153 @@ func TestBitFlip(t *testing.T) {
 			t.Errorf("after the rerun: %v", err)
 		}
 	}
+}
+
+// logCount counts the lines of a JSON log with the message msg.
+func logCount(path, msg string) int {
+	b, _ := os.ReadFile(path)
+	return bytes.Count(b, []byte(`"msg":"`+msg+`"`))
+}
+
+// kill -9 of `rankzip run` at 10 random points spread over a whole job
+// (inspection, blocks, export, evaluation), each time followed by the same
+// command: the job finishes with the files and report of an uninterrupted
+// run, and a crash costs at most the one block it interrupted.
+func TestCrashTenTimes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and compresses a model")
+	}
+	eval, err := filepath.Abs(needFixture(t, "samples/eval.parquet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recipeIn := func(dir string) string {
+		p := crashJob(t, dir)
+		b, _ := os.ReadFile(p)
+		b = append(b, fmt.Sprintf("evaluation: {data: %s, sequences: 8}\n", eval)...)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	type result struct {
+		Quality json.RawMessage `json:"quality"`
+	}
+	runToEnd := func(cmd *exec.Cmd) result {
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v: %v", cmd.Args, err)
+		}
+		var r result
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("%q: %v", out, err)
+		}
+		return r
+	}
+	// The uninterrupted run.
+	refDir := t.TempDir()
+	t0 := time.Now()
+	ref := runToEnd(cli("run", recipeIn(refDir), "--state", filepath.Join(refDir, "state"), "--json"))
+	t.Logf("uninterrupted run: %v", time.Since(t0).Round(time.Millisecond))
+
+	dir := t.TempDir()
+	recipePath := recipeIn(dir)
+	state := filepath.Join(dir, "state")
+	logPath := filepath.Join(state, "rankzip.log")
+	args := []string{"run", recipePath, "--state", state, "--heartbeat-timeout", "2s", "--json"}
+
+	// Ten kill points in job order: after the job is submitted (inspection),
+	// after b blocks are done (b random, seven times), when the last block is
+	// done (export), when the export is done (evaluation); each plus a
+	// random delay.
+	type point struct {
+		name   string
+		reach  func() bool
+		jitter time.Duration
+	}
+	storeDir := filepath.Join(state, "store")
+	blocksDone := func(n int) func() bool {
+		return func() bool { return doneBlocks(storeDir) >= n }
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 14))
+	points := []point{{"inspect", func() bool { return true }, time.Duration(rng.IntN(300)) * time.Millisecond}}
+	var bs []int
+	for range 7 {
+		bs = append(bs, rng.IntN(5))
+	}
+	slices.Sort(bs)
+	for _, b := range bs {
+		points = append(points, point{fmt.Sprintf("block %d", b), blocksDone(b), time.Duration(rng.IntN(800)) * time.Millisecond})
+	}
+	points = append(points,
+		point{"export", blocksDone(5), time.Duration(rng.IntN(150)) * time.Millisecond},
+		point{"evaluate", func() bool { return logCount(logPath, "exported") > 0 }, time.Duration(rng.IntN(60)) * time.Millisecond})
+
+	kills := 0
+	var final *result
+	for i, pt := range points {
+		cmd := cli(args...)
+		var stdout, stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		deadline := time.Now().Add(3 * time.Minute)
+		for !strings.Contains(stderr.String(), " on the embedded server") || !pt.reach() {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("kill %d (%s): not reached after 3 min:\n%s", i, pt.name, stderr.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("kill %d (%s): the process ended first (%v):\n%s", i, pt.name, err, stderr.String())
+		case <-time.After(pt.jitter):
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		if err := <-exited; err == nil {
+			// It finished before the signal.
+			var r result
+			json.Unmarshal([]byte(stdout.String()), &r)
+			final = &r
+			t.Logf("kill %d (%s +%v): the job finished first", i, pt.name, pt.jitter)
+			break
+		}
+		kills++
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		t.Logf("kill %d (%s +%v): last progress %q", i, pt.name, pt.jitter, lines[len(lines)-1])
+	}
+	if final == nil {
+		r := runToEnd(cli(args...))
+		final = &r
+	}
+	if kills < 10 {
+		t.Errorf("%d kills, want 10", kills)
+	}
+	if string(final.Quality) != string(ref.Quality) {
+		t.Errorf("after %d crashes the report is\n%s\nuninterrupted:\n%s", kills, final.Quality, ref.Quality)
+	}
+	for _, f := range []string{"model.safetensors", "config.json"} {
+		a, _ := os.ReadFile(filepath.Join(dir, "out", f))
+		b, _ := os.ReadFile(filepath.Join(refDir, "out", f))
+		if len(a) == 0 || !bytes.Equal(a, b) {
+			t.Errorf("%s differs from the uninterrupted run's", f)
+		}
+	}
+	computed, _ := blockEvents(t, logPath)
+	times := map[int]int{}
+	total := 0
+	for _, blocks := range computed {
+		for _, b := range blocks {
+			times[b]++
+			total++
+		}
+	}
+	if total-5 > kills {
+		t.Errorf("%d block computations for 5 blocks and %d crashes: a crash cost more than the block it interrupted (%v)", total, kills, times)
+	}
+	t.Logf("%d crashes survived; blocks computed %d times in all (%v)", kills, total, times)
 }
