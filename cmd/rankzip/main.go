@@ -34,6 +34,8 @@ commands:
   inspect   print a checkpoint's architecture, parameter count, dtype and size
   calib     calibration data: "calib import --from X.jsonl --out X.parquet", or from text with the model's tokenizer:
             "calib import --from X.parquet|X.jsonl|X.txt --tokenizer DIR [--seq-len 2048] [--sequences N] --out X.parquet"
+  synth     a synthetic checkpoint of a real shape and random calibration data, for timing at real size:
+            "synth --shape llama3-8b --layers 4 --out DIR --calib FILE.parquet [--seed S]"
   tokenize  JSONL {"text"} on stdin to {"input_ids"} on stdout with a tokenizer.json: "tokenize --tokenizer DIR [--no-special] [--decode]"
 
 Run "rankzip <command> -h" for the flags of a command.
@@ -93,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runResult(rest, stdout, stderr)
 	case "gc":
 		return runGC(rest, stdout, stderr)
+	case "synth":
+		return runSynth(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
