@@ -46,6 +46,8 @@ import (
 const (
 	BadInput        = "BadInput"
 	StoreUnwritable = "StoreUnwritable"
+	// InternalError is a recovered panic: a bug, not the input's fault.
+	InternalError = "InternalError"
 )
 
 // Version takes part in every artifact key: bump it when a change in the
@@ -264,10 +266,16 @@ func (a *Activities) storeError(err error) error {
 
 // guard turns a panic in the code it runs into a non-retryable error: a
 // panic in the compression code is a bug that a retry repeats.
-func guard(fn func() error) (err error) {
+func (a *Activities) guard(fn func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("internal error: %v\n%s", r, debug.Stack()), BadInput, nil)
+			// The user reads the message; the stack is for whoever
+			// fixes the bug: in the log and in the error's details.
+			stack := string(debug.Stack())
+			a.log().Error("internal error", "panic", fmt.Sprint(r), "stack", stack)
+			err = temporal.NewNonRetryableApplicationError(
+				fmt.Sprintf("internal error (a bug in rankzip; the stack is in the worker's log and this error's details): %v", r),
+				InternalError, nil, stack)
 		}
 	}()
 	return fn()

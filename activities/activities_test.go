@@ -392,3 +392,54 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// A recovered panic is an internal error: the message says so and names the
+// panic, the stack goes to the log and the error's details, not the message.
+func TestPanicIsInternalError(t *testing.T) {
+	_, acts, logBuf := fixtureRecipe(t, `model: model
+calibration: {data: data.parquet, sequences: 8}
+output: out
+stages: [{method: svd, targets: ["mlp.*"], rank: 2}]
+`)
+	err := acts.guard(func() error {
+		var m map[string]int
+		m["x"] = 1 // a nil-map write: a bug
+		return nil
+	})
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.Type() != InternalError || !ae.NonRetryable() {
+		t.Fatalf("error %v, want a non-retryable %s", err, InternalError)
+	}
+	if msg := ae.Message(); !strings.Contains(msg, "internal error") || !strings.Contains(msg, "nil map") || strings.Contains(msg, "goroutine") {
+		t.Errorf("message %q: want the panic named and no stack", msg)
+	}
+	var stack string
+	if !ae.HasDetails() || ae.Details(&stack) != nil || !strings.Contains(stack, "goroutine") {
+		t.Errorf("details %q: want the stack", stack)
+	}
+	if !strings.Contains(logBuf.String(), "goroutine") {
+		t.Errorf("the log has no stack: %s", logBuf.String())
+	}
+}
+
+// An output path that cannot be listed (here a file, not a directory) is
+// never taken for an empty output and replaced: the export fails, naming it,
+// and the file is untouched.
+func TestExportKeepsUnreadableOutput(t *testing.T) {
+	job, acts := fixture(t)
+	ins, outs := runBlocks(t, job, acts)
+	if err := os.WriteFile(job.Recipe.Output, []byte("the user's file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	refs := make([]store.Ref, len(outs))
+	for i, b := range outs {
+		refs[i] = b.Factors
+	}
+	_, _, err := exec[ExportOutput](t, acts, nil, acts.Export, ExportInput{Job: job, Plan: ins.Plan, Blocks: refs})
+	if err == nil || !strings.Contains(err.Error(), job.Recipe.Output) || !strings.Contains(err.Error(), "cannot be read") {
+		t.Fatalf("export over a file: error %v", err)
+	}
+	if b, _ := os.ReadFile(job.Recipe.Output); string(b) != "the user's file" {
+		t.Errorf("the file at the output was changed: %q", b)
+	}
+}

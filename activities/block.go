@@ -68,7 +68,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 	p := Progress{Stage: "block", Block: in.Index, Phase: "load"}
 	set, stop := a.heartbeat(ctx, p)
 	defer stop()
-	err := guard(func() error {
+	err := a.guard(func() error {
 		m, err := a.model(job)
 		if err != nil {
 			return err

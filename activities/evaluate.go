@@ -58,7 +58,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 	}
 	_, stop := a.heartbeat(ctx, Progress{Stage: "evaluate", Phase: "load"})
 	defer stop()
-	err := guard(func() error {
+	err := a.guard(func() error {
 		orig, err := a.model(job)
 		if err != nil {
 			return err

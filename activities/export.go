@@ -68,7 +68,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	_, stop := a.heartbeat(ctx, Progress{Stage: "export", Phase: "assemble"})
 	defer stop()
 	var out ExportOutput
-	err := guard(func() error {
+	err := a.guard(func() error {
 		m, err := a.model(job)
 		if err != nil {
 			return err
@@ -321,7 +321,12 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 	// export of this job (validated at submission, checked again here).
 	old := ""
 	if _, err := os.Stat(dst); err == nil {
-		entries, _ := os.ReadDir(dst)
+		// An output that cannot be listed is not taken for empty: it
+		// could hold anything, and is about to be replaced.
+		entries, err := os.ReadDir(dst)
+		if err != nil {
+			return ExportOutput{}, badInput(fmt.Errorf("output %s exists and cannot be read (%w); fix its permissions, remove it or choose another output", dst, err))
+		}
 		if id, _ := recipe.ReadMarker(dst); id != job.ID && len(entries) > 0 {
 			return ExportOutput{}, badInput(fmt.Errorf("output %s exists and was not written by this job; remove it or choose another output", dst))
 		}

@@ -63,7 +63,7 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 	}
 	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"})
 	defer stop()
-	err := guard(func() error {
+	err := a.guard(func() error {
 		if len(job.Recipe.Stages) == 0 {
 			return badInput(fmt.Errorf("the recipe has no stages"))
 		}

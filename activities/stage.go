@@ -142,7 +142,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 	}
 	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"})
 	defer stop()
-	err := guard(func() error {
+	err := a.guard(func() error {
 		if in.Stage < 0 || in.Stage >= len(r.Stages) || len(in.Prior) != in.Stage {
 			return badInput(fmt.Errorf("plan stage %d of %d with %d earlier stages", in.Stage, len(r.Stages), len(in.Prior)))
 		}
@@ -239,7 +239,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 	p := Progress{Stage: "stage block", Block: in.Index, Phase: "load"}
 	set, stop := a.heartbeat(ctx, p)
 	defer stop()
-	err := guard(func() error {
+	err := a.guard(func() error {
 		m, err := a.model(job)
 		if err != nil {
 			return err

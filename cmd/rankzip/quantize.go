@@ -119,7 +119,10 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 		var layer, i int
 		fmt.Sscanf(l.Name, "model.layers.%d.", &layer)
 		mod := strings.TrimPrefix(l.Name, fmt.Sprintf("model.layers.%d.", layer))
-		a, _ := compress.EffectiveWeight(k, *res.Model.Blocks[layer].Linear(mod))
+		a, err := compress.EffectiveWeight(k, *res.Model.Blocks[layer].Linear(mod))
+		if err != nil {
+			return fmt.Errorf("%s: %w", l.Name, err)
+		}
 		b, err := compress.EffectiveWeight(k, *back.Blocks[layer].Linear(mod))
 		if err != nil {
 			return fmt.Errorf("read back %s: %w", l.Name, err)
