@@ -155,6 +155,13 @@ func activityOptions(in Input) workflow.ActivityOptions {
 }
 
 // CompressModel runs a compression job to an exported, evaluated checkpoint.
+//
+// Jobs live for hours and resume on whatever version of rankzip runs the
+// worker then, so the sequence of commands this function issues for a given
+// history must never change: a change of it (an activity added, removed or
+// reordered, a timer, a different branch) goes behind workflow.GetVersion,
+// with the old path kept for histories recorded before it. The replay test
+// (replay_test.go) holds recorded jobs to this.
 func CompressModel(ctx workflow.Context, in Input) (Result, error) {
 	started := workflow.GetInfo(ctx).WorkflowStartTime
 	prog := Progress{Stage: StageInspect, Started: started, Updated: workflow.Now(ctx)}
