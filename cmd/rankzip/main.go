@@ -1,10 +1,27 @@
-// Command rankzip compresses Llama-family language models and measures them.
+// Command rankzip compresses language models and measures them: low-rank
+// stages (whitened SVD, ASVD, LORD, Palu), GQA to MLA conversion, RTN/GPTQ
+// quantization and EoRA, one at a time or as a recipe run as a durable
+// Temporal job. "rankzip help" lists the commands:
 //
-//	rankzip demo                 generate an example model and data, run the pipeline on it
-//	rankzip eval --model DIR --data FILE.parquet [--baseline DIR] [--sequences N] [--json] [--dump-logits FILE]
-//	rankzip compress --model DIR --calib FILE.parquet --method whiten --keep-params 0.8 --out DIR
-//	rankzip inspect DIR          architecture, parameter count, dtype and size
-//	rankzip calib import --from X.jsonl --out X.parquet
+//	demo       an example model and data, compressed as a durable job
+//	run        a recipe as a durable job (embedded Temporal server unless --temporal)
+//	submit     submit a recipe to a Temporal cluster (cmd/worker runs it)
+//	status     a job's state, progress, running step and error
+//	watch      follow a job to its result
+//	cancel     cancel a job
+//	result     a finished job's result
+//	gc         remove store artifacts no finished or running job references
+//	compress   one low-rank stage, exported and read back
+//	quantize   RTN or GPTQ, GPTQ v1 export, optional EoRA adapter
+//	mla        TransMLA conversion, DeepSeek-V3 export
+//	eval       perplexity, KL and top-1 agreement on a dataset
+//	generate   greedy decoding with a KV cache
+//	inspect    a checkpoint's architecture, parameters, dtype, size, KV bytes
+//	calib      calibration data from token ids or text (with the model's tokenizer)
+//	synth      a synthetic checkpoint of a real shape, for timing at real size
+//	tokenize   text to token ids and back with a tokenizer.json
+//
+// Commands that compute take --device auto|cpu|cuda.
 package main
 
 import (

@@ -3,7 +3,7 @@
 // store directories at the same paths, and submit jobs with
 // `rankzip submit RECIPE --temporal HOST:PORT` (or `rankzip run`).
 //
-//	worker --temporal HOST:PORT [--namespace NS] [--task-queue Q] --store DIR [--concurrency N] [--connect-timeout D]
+//	worker --temporal HOST:PORT [--namespace NS] --store DIR [--device auto|cpu|cuda] [--concurrency N] [--connect-timeout D]
 //
 // Logs are JSON lines (log/slog) on stderr.
 package main
@@ -41,7 +41,6 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	address := fs.String("temporal", os.Getenv("TEMPORAL_ADDRESS"), "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS)")
 	namespace := fs.String("namespace", "default", "Temporal namespace")
-	queue := fs.String("task-queue", workflows.TaskQueue, "task queue to poll")
 	storeDir := fs.String("store", os.Getenv("RANKZIP_STORE"), "artifact store directory, shared by every worker of a job (default $RANKZIP_STORE)")
 	device := fs.String("device", "", "compute device: auto, cpu or cuda (default $RANKZIP_DEVICE, else auto: the GPU where built with -tags cuda and one answers)")
 	concurrency := fs.Int("concurrency", 1, "activities run at once (each holds a model and a block's statistics in memory)")
@@ -89,9 +88,9 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	w := worker.New(c, *queue, worker.Options{MaxConcurrentActivityExecutionSize: *concurrency})
+	w := worker.New(c, workflows.TaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: *concurrency})
 	workflows.Register(w, &activities.Activities{Store: st, Backend: k, Log: log})
-	log.Info("worker started", "temporal", *address, "namespace", *namespace, "task_queue", *queue,
+	log.Info("worker started", "temporal", *address, "namespace", *namespace, "task_queue", workflows.TaskQueue,
 		"store", st.Root(), "concurrency", *concurrency, "backend", kernels.Describe(k))
 	if err := w.Run(worker.InterruptCh()); err != nil {
 		return err
