@@ -382,6 +382,8 @@ func (v *validator) exportFits() {
 			v.add("export.format palu holds only Palu's factored k/v projections (every other layer dense): a recipe with it has the palu stage alone")
 		case v.r.Stages[paluAt].LatentBits != 0:
 			v.add("export.format palu cannot say that stages[%d] quantizes the latents (latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)
+		case v.cfg != nil && !slices.Contains([]string{"llama", "mistral", "qwen2"}, v.cfg.ModelType):
+			v.add("export.format palu: Palu's layout exists for llama, mistral and qwen2, not model_type %s: use native", v.cfg.ModelType)
 		}
 	case "native":
 		// Holds factored, Palu and quantized layers; eora's corrections go

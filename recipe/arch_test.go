@@ -1,0 +1,78 @@
+package recipe
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+)
+
+// archRecipe writes a small random model of the architecture typ (vocabulary
+// and positions of the fixture's calibration data) and a recipe over it.
+func archRecipe(t *testing.T, typ, stages, export string) string {
+	t.Helper()
+	fx := needFixtures(t)
+	s := model.SyntheticConfig{ModelType: typ, Hidden: 64, Intermediate: 128, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 16,
+		Vocab: 512, MaxPositions: 512}
+	if typ == "mixtral" {
+		s.Experts, s.TopK, s.HeadDim = 4, 2, 0
+	}
+	m, err := model.Synthetic(s, 1, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := model.Save(m, filepath.Join(dir, "m"), safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	return write(t, dir, `
+model: m
+calibration: {data: `+filepath.Join(fx, "samples/calib.parquet")+`, sequences: 16}
+output: out
+stages:
+`+stages+`
+export: `+export+"\n")
+}
+
+// Recipes on Qwen3, Gemma 3 and Mixtral: what the architecture does not
+// support is refused at validation naming it; a MoE model's stages default
+// to its attention projections.
+func TestArchRecipes(t *testing.T) {
+	for _, tc := range []struct {
+		typ, stages, export, want string
+	}{
+		{"qwen3", `  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 8}`, `{format: deepseek-mla}`, "not supported for model_type qwen3"},
+		{"qwen3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type qwen3"},
+		{"gemma3_text", `  - {method: palu, kv_keep: 0.5}`, `{format: palu}`, "Palu's layout exists for llama, mistral and qwen2, not model_type gemma3_text"},
+		{"phi3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "model_type phi3"},
+		{"mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}`, `{format: native}`, "model_type mixtral is a mixture of experts"},
+		{"mixtral", `  - {method: palu, kv_keep: 0.5}`, `{format: native}`, "not supported for model_type mixtral"},
+	} {
+		_, err := Load(archRecipe(t, tc.typ, tc.stages, tc.export))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s %s: got %v, want %q", tc.typ, tc.stages, err, tc.want)
+		}
+	}
+	for _, stage := range []string{`{method: svd, keep_params: 0.8}`, `{method: gptq, bits: 4, group_size: 32}`} {
+		job, err := Load(archRecipe(t, "mixtral", "  - "+stage, `{format: native}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := job.Recipe.Stages[0].Targets; !slices.Equal(got, model.Modules[:4]) {
+			t.Errorf("mixtral %s: default targets %v, want the attention", stage, got)
+		}
+	}
+	for _, typ := range []string{"qwen3", "gemma3_text"} {
+		job, err := Load(archRecipe(t, typ, `  - {method: palu, kv_keep: 0.5}`, `{format: native}`))
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		if s := job.Recipe.Stages[0]; s.RankSearch != "fisher" {
+			t.Errorf("%s: palu rank search %q", typ, s.RankSearch)
+		}
+	}
+}
