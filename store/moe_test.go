@@ -10,10 +10,10 @@ import (
 // A mixture-of-experts block (no mlp linears: a router and experts) stores
 // and reads back its compressed attention projections.
 func TestBlockRoundTripMoE(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	eachBackend(t, testBlockRoundTripMoE)
+}
+
+func testBlockRoundTripMoE(t *testing.T, s *Store) {
 	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "mixtral", Hidden: 16, Intermediate: 8, Layers: 1, Heads: 2, KVHeads: 1,
 		Vocab: 11, MaxPositions: 8, Experts: 3, TopK: 2}, 1, kernels.Default())
 	if err != nil {

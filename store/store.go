@@ -13,6 +13,10 @@
 // Every write goes to tmp/, is fsynced and renamed into place, the object
 // before its key record, so a crash leaves either nothing or a whole
 // artifact. Readers verify the sha256 of what they read.
+//
+// The same store can live in an S3 bucket (s3://bucket/prefix, s3.go), with
+// the same layout, guarantees and methods; the local directory is then a
+// cache of downloaded objects.
 package store
 
 import (
@@ -43,7 +47,8 @@ func (r Ref) IsZero() bool { return r.SHA256 == "" }
 // Store is an artifact store rooted at a directory. Its methods may be called
 // concurrently, also from several processes sharing the directory.
 type Store struct {
-	root string
+	root   string    // the store's directory; for a remote store, its local cache
+	remote *s3Remote // nil for a local store
 }
 
 // ErrCorrupt is returned when an artifact's content does not match its hash.
@@ -52,8 +57,12 @@ var ErrCorrupt = errors.New("artifact content does not match its sha256")
 // staleTmp is how old a file in tmp/ must be before Open removes it.
 const staleTmp = 24 * time.Hour
 
-// Open opens (creating if needed) the store at dir.
+// Open opens (creating if needed) the store at dir, or the S3 store at
+// s3://bucket/prefix (OpenS3 with default options).
 func Open(dir string) (*Store, error) {
+	if IsRemote(dir) {
+		return OpenS3(dir, S3Options{})
+	}
 	root, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -68,8 +77,13 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
-// Root returns the store's directory.
-func (s *Store) Root() string { return s.root }
+// Root returns the store's directory, or the s3:// URL of a remote store.
+func (s *Store) Root() string {
+	if s.remote != nil {
+		return s.remote.String()
+	}
+	return s.root
+}
 
 // sweep removes temporary files left by crashed writers long ago.
 func (s *Store) sweep() {
@@ -111,12 +125,20 @@ func (s *Store) keyPath(key string) string {
 	return filepath.Join(s.root, "keys", filepath.FromSlash(key)+".json")
 }
 
-// Path returns the local file of an artifact (without verifying it).
+// Path returns the local file of an artifact (without verifying it); for
+// a remote store, its place in the cache, filled by Verify.
 func (s *Store) Path(r Ref) (string, error) {
-	if len(r.SHA256) != 64 || strings.Trim(r.SHA256, "0123456789abcdef") != "" {
-		return "", fmt.Errorf("store: malformed ref %+v", r)
+	if err := checkRef(r); err != nil {
+		return "", err
 	}
 	return s.objectPath(r.SHA256), nil
+}
+
+func checkRef(r Ref) error {
+	if len(r.SHA256) != 64 || strings.Trim(r.SHA256, "0123456789abcdef") != "" {
+		return fmt.Errorf("store: malformed ref %+v", r)
+	}
+	return nil
 }
 
 // Create writes an artifact through write, which receives the path of a
@@ -150,6 +172,9 @@ func (s *Store) Create(key string, write func(tmp string) error) (Ref, error) {
 		return Ref{}, fmt.Errorf("store: %w", err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
+	if s.remote != nil {
+		return s.createRemote(key, tmp, sum, n)
+	}
 	obj := s.objectPath(sum)
 	if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
 		return Ref{}, fmt.Errorf("store: %w", err)
@@ -164,8 +189,8 @@ func (s *Store) Create(key string, write func(tmp string) error) (Ref, error) {
 	}
 	syncDir(filepath.Dir(obj))
 	ref := Ref{URI: "file://" + filepath.ToSlash(obj), SHA256: sum, Bytes: n}
-	rec, _ := json.Marshal(ref)
-	if err := writeAtomic(s.keyPath(key), append(rec, '\n')); err != nil {
+	rec, _ := refRecord(ref)
+	if err := writeAtomic(s.keyPath(key), rec); err != nil {
 		return Ref{}, fmt.Errorf("store: record %s: %w", key, err)
 	}
 	return ref, nil
@@ -195,6 +220,9 @@ func (s *Store) Lookup(key string) (Ref, bool, error) {
 	if err := checkKey(key); err != nil {
 		return Ref{}, false, err
 	}
+	if s.remote != nil {
+		return s.lookupRemote(key)
+	}
 	data, err := os.ReadFile(s.keyPath(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return Ref{}, false, nil
@@ -202,8 +230,8 @@ func (s *Store) Lookup(key string) (Ref, bool, error) {
 	if err != nil {
 		return Ref{}, false, fmt.Errorf("store: %w", err)
 	}
-	var ref Ref
-	if err := json.Unmarshal(data, &ref); err != nil {
+	ref, ok := parseRecord(data)
+	if !ok {
 		return Ref{}, false, nil // a damaged record is as good as none
 	}
 	p, err := s.Path(ref)
@@ -281,6 +309,9 @@ func collectRefs(v any, refs *[]Ref) {
 // names and returns the file's path. A file whose content does not match is
 // removed (ErrCorrupt): whatever made it must make it again.
 func (s *Store) Verify(r Ref) (string, error) {
+	if s.remote != nil {
+		return s.verifyRemote(r)
+	}
 	p, err := s.Path(r)
 	if err != nil {
 		return "", err
@@ -308,6 +339,11 @@ func (s *Store) Get(r Ref) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.remote != nil {
+		if _, err := s.verifyRemote(r); err != nil {
+			return nil, err
+		}
+	}
 	data, err := os.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("store: artifact %s: %w", r.SHA256, err)
@@ -330,6 +366,24 @@ func (s *Store) GetJSON(r Ref, v any) error {
 		return fmt.Errorf("store: artifact %s: %w", r.SHA256, err)
 	}
 	return nil
+}
+
+// refRecord is the content of a key record.
+func refRecord(r Ref) ([]byte, error) {
+	rec, err := json.Marshal(r)
+	return append(rec, '\n'), err
+}
+
+// parseRecord decodes a key record; false for a damaged one.
+func parseRecord(data []byte) (Ref, bool) {
+	var ref Ref
+	if json.Unmarshal(data, &ref) != nil {
+		return Ref{}, false
+	}
+	if checkRef(ref) != nil {
+		return Ref{}, false
+	}
+	return ref, true
 }
 
 // writeAtomic writes data to path through a synced temporary file.

@@ -2,12 +2,15 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/model"
@@ -26,10 +29,10 @@ func count(t *testing.T, dir string) int {
 }
 
 func TestPutGetLookup(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	eachBackend(t, testPutGetLookup)
+}
+
+func testPutGetLookup(t *testing.T, s *Store) {
 	key := Key("test", "model-digest", 3, map[string]int{"b": 1, "a": 2})
 	if key != Key("test", "model-digest", 3, map[string]int{"a": 2, "b": 1}) {
 		t.Fatal("key depends on map order")
@@ -59,6 +62,15 @@ func TestPutGetLookup(t *testing.T) {
 	if _, err := s.Put(Key("test", "other"), []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
+	if got, ok, err := s.Lookup(Key("test", "other")); !ok || err != nil || got != ref {
+		t.Fatalf("lookup: %+v %v %v", got, ok, err)
+	}
+	if _, _, err := s.Lookup("../../etc/passwd"); err == nil {
+		t.Error("malformed key accepted")
+	}
+	if s.remote != nil {
+		return // corruption of an S3 object: TestS3CorruptObject
+	}
 	if n := count(t, filepath.Join(s.Root(), "objects")); n != 1 {
 		t.Errorf("%d objects, want 1", n)
 	}
@@ -87,19 +99,16 @@ func TestPutGetLookup(t *testing.T) {
 	if _, ok, _ := s.Lookup(key); ok {
 		t.Error("lookup found a truncated object")
 	}
-	if _, _, err := s.Lookup("../../etc/passwd"); err == nil {
-		t.Error("malformed key accepted")
-	}
 }
 
 // A writer that fails (a full disk) leaves nothing behind.
 func TestFailedWriteLeavesNothing(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	eachBackend(t, testFailedWriteLeavesNothing)
+}
+
+func testFailedWriteLeavesNothing(t *testing.T, s *Store) {
 	key := Key("test", 1)
-	_, err = s.Create(key, func(tmp string) error {
+	_, err := s.Create(key, func(tmp string) error {
 		if err := os.WriteFile(tmp, []byte("half"), 0o644); err != nil {
 			return err
 		}
@@ -108,8 +117,14 @@ func TestFailedWriteLeavesNothing(t *testing.T) {
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("error %v, want ENOSPC", err)
 	}
-	if n := count(t, s.Root()); n != 0 {
+	if n := count(t, s.root); n != 0 { // a remote store's cache
 		t.Errorf("%d files left in the store", n)
+	}
+	if s.remote != nil {
+		out, err := s.remote.client.ListObjectsV2(context.Background(), &s3.ListObjectsV2Input{Bucket: &s.remote.bucket})
+		if err != nil || len(out.Contents) != 0 {
+			t.Errorf("objects left in the bucket: %v", err)
+		}
 	}
 	if _, ok, _ := s.Lookup(key); ok {
 		t.Error("failed artifact found")
@@ -125,10 +140,10 @@ func states(dim int, starts []int, seed float32) *model.States {
 }
 
 func TestStreamsRoundTrip(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	eachBackend(t, testStreamsRoundTrip)
+}
+
+func testStreamsRoundTrip(t *testing.T, s *Store) {
 	a, b := states(4, []int{0, 3, 5}, 1), states(4, []int{0, 2}, 2)
 	for _, st := range []*calib.Streams{
 		{Mode: calib.Sequential, Orig: []*model.States{a, b}, Comp: []*model.States{a, b}}, // aliased
@@ -155,10 +170,10 @@ func TestStreamsRoundTrip(t *testing.T) {
 }
 
 func TestBlockRoundTrip(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	eachBackend(t, testBlockRoundTrip)
+}
+
+func testBlockRoundTrip(t *testing.T, s *Store) {
 	dense := func(out, in int, bias bool) *model.Dense {
 		w := make([]float32, out*in)
 		for i := range w {
