@@ -16,6 +16,7 @@ import (
 	"github.com/rankzip/rankzip/activities"
 	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/report"
 	"github.com/rankzip/rankzip/store"
 )
 
@@ -108,6 +109,13 @@ type Result struct {
 	Skipped int                        `json:"skipped"`
 	Elapsed time.Duration              `json:"elapsed"`
 	Export  activities.ExportOutput    `json:"export"`
+	// Timings are the job's steps (inspect, each recipe stage's blocks,
+	// export, evaluate) and the time each took.
+	Timings []report.Timing `json:"timings,omitempty"`
+	// Report is the HTML report written into the output directory, or
+	// ReportError why it was not.
+	Report      string `json:"report,omitempty"`
+	ReportError string `json:"report_error,omitempty"`
 }
 
 func (in Input) validate() error {
@@ -167,10 +175,13 @@ func CompressModel(ctx workflow.Context, in Input) (Result, error) {
 	prog := Progress{Stage: StageInspect, Started: started, Updated: workflow.Now(ctx)}
 	var computed time.Duration // workflow time spent on blocks that were computed
 	nComputed := 0
+	var steps stepTimer
+	steps.at(StageInspect, prog.Updated)
 	update := func(stage string) {
 		prog.Stage = stage
 		prog.Updated = workflow.Now(ctx)
 		prog.Elapsed = prog.Updated.Sub(started)
+		steps.at(stepName(&prog), prog.Updated)
 		prog.ETA = 0
 		if stage == StageBlocks && nComputed > 0 {
 			left := prog.Blocks - prog.Block + (prog.Steps-1-prog.Step)*prog.Blocks
@@ -183,6 +194,14 @@ func CompressModel(ctx workflow.Context, in Input) (Result, error) {
 	res, err := run(ctx, in, &prog, update, func(d time.Duration) { computed += d; nComputed++ })
 	switch {
 	case err == nil:
+		// The report (GetVersion: histories recorded before it have no
+		// Report activity) comes after the evaluation; its own time is
+		// not among the steps.
+		now := workflow.Now(ctx)
+		res.Timings, res.Elapsed = steps.timings(now), now.Sub(started)
+		if workflow.GetVersion(ctx, "report", workflow.DefaultVersion, 1) == 1 {
+			writeReport(ctx, in, &res)
+		}
 		update(StageDone)
 		res.Elapsed = prog.Elapsed
 	case temporal.IsCanceledError(err) || errors.Is(ctx.Err(), workflow.ErrCanceled):

@@ -10,6 +10,7 @@
 //	watch      follow a job to its result
 //	cancel     cancel a job
 //	result     a finished job's result
+//	report     a job's report: HTML with plots, or JSON
 //	gc         remove store artifacts no finished or running job references
 //	compress   one low-rank stage, exported and read back
 //	quantize   RTN or GPTQ, GPTQ v1 export, optional EoRA adapter
@@ -42,6 +43,7 @@ commands:
   watch     follow a running job's progress to its result: "watch ID"
   cancel    cancel a job: "cancel ID"
   result    a finished job's result: "result ID [--json]"
+  report    a job's report, self-contained HTML with plots: "report JOB|OUTPUT_DIR [--html FILE] [--json]"
   gc        remove the store artifacts no completed or running job references: "gc [--state DIR] [--dry-run]"
   compress  one low-rank stage (whiten, asvd, plain, lord) at a parameter budget, exported and read back
   quantize  RTN or GPTQ weight quantization exported as a GPTQ v1 checkpoint, optionally with an EoRA adapter (--eora-rank R)
@@ -110,6 +112,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runCancel(rest, stdout, stderr)
 	case "result":
 		return runResult(rest, stdout, stderr)
+	case "report":
+		return runReport(rest, stdout, stderr)
 	case "gc":
 		return runGC(rest, stdout, stderr)
 	case "synth":

@@ -312,6 +312,12 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 	q := r.Quality
 	fmt.Fprintf(w, "job        %s\n", r.ID)
 	fmt.Fprintf(w, "output     %s (%s in %d files)\n", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
+	switch {
+	case r.Report != "":
+		fmt.Fprintf(w, "report     %s\n", r.Report)
+	case r.ReportError != "":
+		fmt.Fprintf(w, "report     not written: %s\n", r.ReportError)
+	}
 	if r.Total > 0 {
 		fmt.Fprintf(w, "parameters %s of %s (%.1f%%); targeted matrices %s of %s (%.1f%%)\n", commas(q.Params), commas(q.OriginalParams),
 			100*q.KeptParams, commas(int64(r.Params)), commas(int64(r.Total)), 100*float64(r.Params)/float64(max(r.Total, 1)))
