@@ -1,11 +1,13 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -35,24 +37,7 @@ var sumPattern = regexp.MustCompile(`[0-9a-f]{64}`)
 // dryRun nothing is removed.
 func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) (GCReport, error) {
 	var rep GCReport
-	type object struct {
-		size int64
-		mod  time.Time
-	}
-	objects := map[string]object{}
-	err := filepath.WalkDir(filepath.Join(s.root, "objects"), func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if name := d.Name(); len(name) == 64 && strings.Trim(name, "0123456789abcdef") == "" {
-			objects[name] = object{info.Size(), info.ModTime()}
-		}
-		return nil
-	})
+	objects, err := s.gcObjects()
 	if err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
@@ -78,7 +63,7 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 		if objects[sum].size > scanLimit {
 			return nil, false, nil
 		}
-		data, err := os.ReadFile(s.objectPath(sum))
+		data, err := s.gcRead(sum)
 		if err != nil {
 			return nil, false, err
 		}
@@ -105,11 +90,14 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 	if err := expand(); err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
+	records, err := s.gcRecords()
+	if err != nil {
+		return rep, fmt.Errorf("store: gc: %w", err)
+	}
 	// Records of kept artifacts, and reports.
-	records, _ := filepath.Glob(filepath.Join(s.root, "keys", "*", "*.json"))
-	for _, p := range records {
+	for _, r := range records {
 		var ref Ref
-		if data, err := os.ReadFile(p); err != nil || json.Unmarshal(data, &ref) != nil || keep[ref.SHA256] {
+		if json.Unmarshal(r.data, &ref) != nil || keep[ref.SHA256] {
 			continue
 		}
 		if _, ok := objects[ref.SHA256]; !ok {
@@ -127,32 +115,21 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
 	// Key records first, so that no record points at a removed object.
-	err = filepath.WalkDir(filepath.Join(s.root, "keys"), func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(d.Name(), ".json") || strings.HasPrefix(d.Name(), ".") {
-			return err
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
+	for _, r := range records {
 		var ref Ref
-		if json.Unmarshal(data, &ref) == nil && keep[ref.SHA256] {
-			return nil
+		if json.Unmarshal(r.data, &ref) == nil && keep[ref.SHA256] {
+			continue
 		}
-		if info, err := d.Info(); err == nil && !keepSince.IsZero() && !info.ModTime().Before(keepSince) {
-			return nil // recorded by work in flight
+		if !keepSince.IsZero() && !r.mod.Before(keepSince) {
+			continue // recorded by work in flight
 		}
 		rep.Keys++
 		if dryRun {
-			return nil
+			continue
 		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+		if err := s.gcRemoveRecord(r.name); err != nil {
+			return rep, fmt.Errorf("store: gc: %w", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return rep, fmt.Errorf("store: gc: %w", err)
 	}
 	for sum, o := range objects {
 		if keep[sum] {
@@ -165,9 +142,122 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 		if dryRun {
 			continue
 		}
-		if err := os.Remove(s.objectPath(sum)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := s.gcRemoveObject(sum); err != nil {
 			return rep, fmt.Errorf("store: gc: %w", err)
 		}
 	}
 	return rep, nil
+}
+
+type gcObject struct {
+	size int64
+	mod  time.Time
+}
+
+// gcRecord is a key record: its file (or S3 object name), content and
+// modification time.
+type gcRecord struct {
+	name string
+	data []byte
+	mod  time.Time
+}
+
+func isSum(name string) bool {
+	return len(name) == 64 && strings.Trim(name, "0123456789abcdef") == ""
+}
+
+// gcObjects lists the store's objects.
+func (s *Store) gcObjects() (map[string]gcObject, error) {
+	objects := map[string]gcObject{}
+	if s.remote != nil {
+		err := s.remote.list(context.Background(), "objects", func(name string, size int64, mod time.Time) error {
+			if sum := path.Base(name); isSum(sum) && name == "objects/"+sum[:2]+"/"+sum {
+				objects[sum] = gcObject{size, mod}
+			}
+			return nil
+		})
+		return objects, err
+	}
+	err := filepath.WalkDir(filepath.Join(s.root, "objects"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if name := d.Name(); isSum(name) {
+			objects[name] = gcObject{info.Size(), info.ModTime()}
+		}
+		return nil
+	})
+	return objects, err
+}
+
+// gcRead reads an object (unverified: only for the sums it names).
+func (s *Store) gcRead(sum string) ([]byte, error) {
+	if s.remote != nil {
+		return s.remote.getSmall(context.Background(), s.remote.objectName(sum), scanLimit)
+	}
+	return os.ReadFile(s.objectPath(sum))
+}
+
+// gcRecords reads every key record.
+func (s *Store) gcRecords() ([]gcRecord, error) {
+	var records []gcRecord
+	if s.remote != nil {
+		ctx := context.Background()
+		err := s.remote.list(ctx, "keys", func(name string, _ int64, mod time.Time) error {
+			if !strings.HasSuffix(name, ".json") {
+				return nil
+			}
+			data, err := s.remote.getSmall(ctx, s.remote.prefix+name, scanLimit)
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			records = append(records, gcRecord{s.remote.prefix + name, data, mod})
+			return err
+		})
+		return records, err
+	}
+	err := filepath.WalkDir(filepath.Join(s.root, "keys"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(d.Name(), ".json") || strings.HasPrefix(d.Name(), ".") {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		records = append(records, gcRecord{p, data, info.ModTime()})
+		return nil
+	})
+	return records, err
+}
+
+func (s *Store) gcRemoveRecord(name string) error {
+	if s.remote != nil {
+		return s.remote.remove(context.Background(), name)
+	}
+	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// gcRemoveObject removes an object (and a remote store's cached copy).
+func (s *Store) gcRemoveObject(sum string) error {
+	if s.remote != nil {
+		if err := s.remote.remove(context.Background(), s.remote.objectName(sum)); err != nil {
+			return err
+		}
+		os.Remove(s.etagPath(sum))
+	}
+	if err := os.Remove(s.objectPath(sum)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -3,17 +3,49 @@ package store
 import (
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 )
 
 // Collect keeps what is live, what live JSON objects name, and what is
 // recent; it removes the rest and the keys that point at it.
 func TestCollect(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Run("local", func(t *testing.T) {
+		s, err := Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		testCollect(t, s, func() {
+			old := time.Now().Add(-time.Hour)
+			for _, dir := range []string{"objects", "keys"} {
+				files, _ := filepath.Glob(filepath.Join(s.Root(), dir, "*", "*"))
+				for _, p := range files {
+					os.Chtimes(p, old, old)
+				}
+			}
+		})
+	})
+	t.Run("s3", func(t *testing.T) {
+		// The server dates what is written before age() an hour back.
+		clock := &offsetClock{}
+		clock.off.Store(int64(-time.Hour))
+		s := newFakeS3(t, s3mem.WithTimeSource(clock)).open(t, "", 0)
+		testCollect(t, s, func() { clock.off.Store(0) })
+	})
+}
+
+// offsetClock is the time now, moved by off.
+type offsetClock struct{ off atomic.Int64 }
+
+func (c *offsetClock) Now() time.Time                  { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *offsetClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// testCollect runs Collect on a store; age makes what was written so far
+// an hour old.
+func testCollect(t *testing.T, s *Store, age func()) {
 	leaf, _ := s.Put(Key("block", "leaf"), []byte("tensor bytes of a kept block"))
 	root, _ := s.PutJSON(Key("block", "root"), map[string]any{"factors": leaf})
 	garbage, _ := s.Put(Key("block", "garbage"), []byte("from a job nobody references"))
@@ -25,15 +57,7 @@ func TestCollect(t *testing.T) {
 	dead, _ := s.Put(Key("streams", "dead"), []byte("a dead job's streams"))
 	s.PutJSON(Key("block", "dead"), map[string]any{"next": dead})
 	s.Put(Key("plan", "shared-again"), []byte("same content, two keys"))
-	old := time.Now().Add(-time.Hour)
-	objs, _ := filepath.Glob(filepath.Join(s.Root(), "objects", "*", "*"))
-	for _, p := range objs {
-		os.Chtimes(p, old, old)
-	}
-	for _, k := range []string{Key("block", "leaf"), Key("block", "root"), Key("block", "garbage"), Key("plan", "shared"), Key("plan", "shared-again"),
-		Key("block", "record"), Key("quality", "report"), Key("streams", "dead"), Key("block", "dead")} {
-		os.Chtimes(s.keyPath(k), old, old)
-	}
+	age()
 	recentKey := Key("block", "in-flight")
 	recent, _ := s.Put(recentKey, []byte("written by a running job's activity"))
 	since := time.Now().Add(-time.Minute)

@@ -34,9 +34,9 @@ type fakeS3 struct {
 
 const testBucket = "rankzip-test"
 
-func newFakeS3(t *testing.T) *fakeS3 {
+func newFakeS3(t *testing.T, opts ...s3mem.Option) *fakeS3 {
 	t.Helper()
-	faker := gofakes3.New(s3mem.New(), gofakes3.WithLogger(gofakes3.DiscardLog()))
+	faker := gofakes3.New(s3mem.New(opts...), gofakes3.WithLogger(gofakes3.DiscardLog()))
 	f := &fakeS3{}
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/objects/") {
