@@ -37,6 +37,11 @@ var sumPattern = regexp.MustCompile(`[0-9a-f]{64}`)
 // dryRun nothing is removed.
 func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) (GCReport, error) {
 	var rep GCReport
+	if s.remote != nil && !keepSince.IsZero() {
+		// S3 dates objects by its own clock, which signed requests keep
+		// within 15 minutes of this one.
+		keepSince = keepSince.Add(-maxClockSkew)
+	}
 	objects, err := s.gcObjects()
 	if err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
@@ -148,6 +153,10 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 	}
 	return rep, nil
 }
+
+// maxClockSkew is the most an S3 server's clock may differ from ours: SigV4
+// refuses requests signed further off.
+const maxClockSkew = 15 * time.Minute
 
 type gcObject struct {
 	size int64
