@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"regexp"
 	"time"
 
@@ -26,7 +25,7 @@ func runGC(args []string, stdout, stderr io.Writer) error {
 	if sf.hostPort() != "" {
 		return fmt.Errorf("gc collects the store of a state directory's embedded server; with a cluster, each worker's --store is its own")
 	}
-	st, err := store.Open(filepath.Join(stateDir(sf.state), "store"))
+	st, err := store.Open(sf.storeLoc())
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ type serviceFlags struct {
 	state     string
 	port      int
 	device    string
+	store     string
 }
 
 func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
@@ -37,6 +38,7 @@ func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
 	fs.StringVar(&f.namespace, "namespace", "", "Temporal namespace (default $TEMPORAL_NAMESPACE or \"default\")")
 	fs.StringVar(&f.state, "state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
 	fs.StringVar(&f.device, "device", "", deviceUsage+" (the in-process worker's)")
+	fs.StringVar(&f.store, "store", "", "artifact store of the in-process worker: a directory or s3://bucket/prefix (endpoint and credentials from the AWS SDK's environment: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE...) (default $RANKZIP_STORE, else the state directory's store/)")
 	fs.IntVar(&f.port, "port", 0, "embedded server: use ports PORT to PORT+7 (default $RANKZIP_PORT, else the ports recorded in the state directory, chosen free at its first start)")
 	return f
 }
@@ -46,6 +48,18 @@ func (f *serviceFlags) hostPort() string {
 		return f.address
 	}
 	return os.Getenv("TEMPORAL_ADDRESS")
+}
+
+// storeLoc is the artifact store: --store, $RANKZIP_STORE, else the state
+// directory's.
+func (f *serviceFlags) storeLoc() string {
+	if f.store != "" {
+		return f.store
+	}
+	if loc := os.Getenv("RANKZIP_STORE"); loc != "" {
+		return loc
+	}
+	return filepath.Join(stateDir(f.state), "store")
 }
 
 func (f *serviceFlags) ns() string {
@@ -149,7 +163,7 @@ func (f *serviceFlags) connect(mode workerMode) (*session, error) {
 	if mode == queryWorker {
 		wo.LocalActivityWorkerOnly = true
 	}
-	st, err := store.Open(filepath.Join(dir, "store"))
+	st, err := store.Open(f.storeLoc())
 	if err != nil {
 		s.Close()
 		return nil, err

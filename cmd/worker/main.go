@@ -41,7 +41,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	address := fs.String("temporal", os.Getenv("TEMPORAL_ADDRESS"), "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS)")
 	namespace := fs.String("namespace", "default", "Temporal namespace")
-	storeDir := fs.String("store", os.Getenv("RANKZIP_STORE"), "artifact store directory, shared by every worker of a job (default $RANKZIP_STORE)")
+	storeDir := fs.String("store", os.Getenv("RANKZIP_STORE"), "artifact store shared by every worker of a job: a directory (a shared filesystem) or s3://bucket/prefix (endpoint and credentials from the AWS SDK's environment: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE...; downloads cached under $RANKZIP_STORE_CACHE, else the user cache directory) (default $RANKZIP_STORE)")
 	device := fs.String("device", "", "compute device: auto, cpu or cuda (default $RANKZIP_DEVICE, else auto: the GPU where built with -tags cuda and one answers)")
 	concurrency := fs.Int("concurrency", 1, "activities run at once (each holds a model and a block's statistics in memory)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
