@@ -67,8 +67,8 @@ var sections = map[string]string{"Recipe": "the recipe", "Calibration": "calibra
 
 var sectionKeys = map[string]string{
 	"Recipe":      "model, calibration, evaluation, output, stages, export",
-	"Calibration": "data, sequences, seq_len, mode, batch",
-	"Evaluation":  "data, sequences",
+	"Calibration": "data, text_column, sequences, seq_len, mode, batch",
+	"Evaluation":  "data, text_column, sequences, seq_len",
 	"Export":      "format, dtype",
 }
 

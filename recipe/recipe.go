@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
@@ -33,14 +34,29 @@ type Calibration struct {
 	SeqLen    int    `yaml:"seq_len" json:"seq_len"`     // longer rows are cut [2048, at most max_position_embeddings]
 	Mode      string `yaml:"mode" json:"mode"`           // sequential | original [sequential]
 	Batch     int    `yaml:"batch" json:"batch"`         // sequences per forward batch [16]
+	// TextColumn makes Data a text dataset (the Parquet column or JSONL key
+	// holding the text; a .txt file needs none and gets "text"): it is
+	// tokenized with the model's tokenizer.json and packed into rows of
+	// SeqLen tokens, as "rankzip calib import --tokenizer" does.
+	TextColumn string `yaml:"text_column,omitempty" json:"text_column,omitempty"`
 }
+
+// IsText reports whether the calibration data is text.
+func (c Calibration) IsText() bool { return c.TextColumn != "" }
 
 // Evaluation is the evaluation set; the exported model is compared with the
 // original on its first Sequences rows.
 type Evaluation struct {
 	Data      string `yaml:"data" json:"data"`
 	Sequences int    `yaml:"sequences" json:"sequences"` // [32]
+	// TextColumn and SeqLen: a text dataset, as in Calibration; its rows are
+	// SeqLen tokens [calibration.seq_len]. SeqLen applies to text only.
+	TextColumn string `yaml:"text_column,omitempty" json:"text_column,omitempty"`
+	SeqLen     int    `yaml:"seq_len,omitempty" json:"seq_len,omitempty"`
 }
+
+// IsText reports whether the evaluation data is text.
+func (e Evaluation) IsText() bool { return e.TextColumn != "" }
 
 // Export says how the compressed checkpoint is written.
 type Export struct {
@@ -108,6 +124,9 @@ type Job struct {
 	Model       []File `json:"model"`
 	Calibration File   `json:"calibration"`
 	Evaluation  *File  `json:"evaluation,omitempty"`
+	// Tokenizer holds the model's tokenizer.json and, if present,
+	// tokenizer_config.json when the calibration or evaluation data is text.
+	Tokenizer []File `json:"tokenizer,omitempty"`
 }
 
 // IDPrefix starts every workflow id derived from a recipe.
@@ -116,7 +135,7 @@ const IDPrefix = "rankzip-"
 // deriveID hashes the canonical recipe and the input digests. Paths take
 // part through the recipe (an output elsewhere is another job); the inputs'
 // contents take part through their digests.
-func deriveID(r Recipe, model []File, cal File, ev *File) string {
+func deriveID(r Recipe, model []File, cal File, ev *File, tok []File) string {
 	h := sha256.New()
 	enc := json.NewEncoder(h)
 	// Encoding plain structs cannot fail.
@@ -127,6 +146,9 @@ func deriveID(r Recipe, model []File, cal File, ev *File) string {
 	fmt.Fprintf(h, "calibration %s %d\n", cal.SHA256, cal.Bytes)
 	if ev != nil {
 		fmt.Fprintf(h, "evaluation %s %d\n", ev.SHA256, ev.Bytes)
+	}
+	for _, f := range tok {
+		fmt.Fprintf(h, "tokenizer %s %s %d\n", filepath.Base(f.Path), f.SHA256, f.Bytes)
 	}
 	return IDPrefix + hex.EncodeToString(h.Sum(nil))[:24]
 }

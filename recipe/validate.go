@@ -18,6 +18,7 @@ import (
 	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
+	"github.com/rankzip/rankzip/tokenizer"
 )
 
 // Defaults of the keys a recipe may leave out.
@@ -84,6 +85,8 @@ type validator struct {
 	cfg         *model.Config
 	modelFiles  []string
 	calibTokens int
+	tok         *tokenizer.Tokenizer // the model's, loaded for text data
+	tokErr      string               // why it could not be loaded
 }
 
 func (v *validator) add(format string, args ...any) {
@@ -160,7 +163,7 @@ func (v *validator) output() {
 func (v *validator) calibration() {
 	c := &v.r.Calibration
 	if c.Data == "" {
-		v.add("calibration: missing key \"data\": a Parquet file with an input_ids column")
+		v.add("calibration: missing key \"data\": a Parquet file with an input_ids column, or text (text_column)")
 	}
 	if c.Sequences == 0 {
 		c.Sequences = DefaultCalibSequences
@@ -195,12 +198,21 @@ func (v *validator) calibration() {
 		return
 	}
 	c.Data = v.resolve(c.Data)
+	c.TextColumn = v.textColumn("calibration", c.Data, c.TextColumn)
+	if c.IsText() {
+		if c.Sequences > 0 && c.SeqLen > 0 && v.text("calibration", c.Data, c.TextColumn, c.SeqLen) {
+			// Packed rows are seq_len long; a dataset too short for
+			// the sequences asked for fails when it is tokenized.
+			v.calibTokens = c.Sequences * c.SeqLen
+		}
+		return
+	}
 	if c.Sequences <= 0 || c.SeqLen < 0 {
 		return
 	}
 	seqs, err := readSequences(c.Data, c.Sequences, "calibration")
 	if err != nil {
-		v.add("%v", err)
+		v.add("%v%s", err, textHint(err))
 		return
 	}
 	for _, s := range Truncate(seqs, c.SeqLen) {
@@ -215,7 +227,7 @@ func (v *validator) evaluation() {
 		return
 	}
 	if e.Data == "" {
-		v.add("evaluation: missing key \"data\": a Parquet file with an input_ids column")
+		v.add("evaluation: missing key \"data\": a Parquet file with an input_ids column, or text (text_column)")
 		return
 	}
 	e.Data = v.resolve(e.Data)
@@ -226,12 +238,98 @@ func (v *validator) evaluation() {
 		v.add("evaluation.sequences %d must be positive", e.Sequences)
 		return
 	}
+	e.TextColumn = v.textColumn("evaluation", e.Data, e.TextColumn)
+	if !e.IsText() {
+		if e.SeqLen != 0 {
+			v.add("evaluation.seq_len applies to text data only (text_column): rows of token ids are evaluated as they are")
+		}
+	} else {
+		if e.SeqLen == 0 {
+			e.SeqLen = v.r.Calibration.SeqLen
+		}
+		switch {
+		case e.SeqLen < 0:
+			v.add("evaluation.seq_len %d must be positive", e.SeqLen)
+		case v.cfg != nil && e.SeqLen > v.cfg.MaxPositions:
+			v.add("evaluation.seq_len %d exceeds the model's max_position_embeddings %d", e.SeqLen, v.cfg.MaxPositions)
+		case e.SeqLen > 0:
+			v.text("evaluation", e.Data, e.TextColumn, e.SeqLen)
+		}
+		return
+	}
 	seqs, err := readSequences(e.Data, e.Sequences, "evaluation")
 	if err != nil {
-		v.add("%v", err)
+		v.add("%v%s", err, textHint(err))
 		return
 	}
 	v.tokens("evaluation", e.Data, seqs)
+}
+
+// textHint suggests text_column when token data lacks its input_ids column.
+func textHint(err error) string {
+	if strings.Contains(err.Error(), "no input_ids column") {
+		return " (for a text dataset, name its column: text_column)"
+	}
+	return ""
+}
+
+// textColumn returns the canonical text column of a dataset: column as
+// given, "text" for a plain text file (which has no columns), "" for token
+// data.
+func (v *validator) textColumn(what, data, column string) string {
+	if !calib.IsTextFile(data) {
+		return column
+	}
+	if column != "" {
+		v.add("%s.text_column %q does not apply to %s: a plain text file has no columns (its documents are separated by blank lines)", what, column, data)
+	}
+	return "text"
+}
+
+// TokenizerFiles are the files of a model directory that determine its
+// tokenization, in the order they are digested; the first is required.
+var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json"}
+
+// text checks a text dataset and the model's tokenizer, which will tokenize
+// it into rows of seqLen, without tokenizing it; it reports whether all is
+// well.
+func (v *validator) text(what, data, column string, seqLen int) bool {
+	if v.cfg == nil {
+		return false // the model's own problem is reported
+	}
+	ok := true
+	if v.tok == nil && v.tokErr == "" {
+		file := filepath.Join(v.r.Model, TokenizerFiles[0])
+		if !fileExists(file) {
+			v.tokErr = fmt.Sprintf("text data is tokenized with the model's own tokenizer, but %s does not exist (add the model's tokenizer.json, or give token ids: rankzip calib import --tokenizer DIR)", file)
+		} else if tok, err := tokenizer.Load(v.r.Model); err != nil {
+			v.tokErr = err.Error()
+		} else {
+			v.tok = tok
+		}
+	}
+	if v.tok == nil {
+		v.add("%s data %s: %s", what, data, v.tokErr)
+		ok = false
+	} else {
+		if _, has := v.tok.EOS(); !has {
+			v.add("%s data %s: the tokenizer has no eos_token (tokenizer_config.json): packing text needs one between documents", what, data)
+			ok = false
+		}
+		if prefix, _ := v.tok.SpecialTokens(); seqLen <= len(prefix) {
+			v.add("%s.seq_len %d leaves no room after the tokenizer's %d special tokens", what, seqLen, len(prefix))
+			ok = false
+		}
+		if n := v.tok.VocabSize(); n > v.cfg.VocabSize {
+			v.add("%s data %s: the model's tokenizer has %d ids, more than the model's vocab_size %d", what, data, n, v.cfg.VocabSize)
+			ok = false
+		}
+	}
+	if err := calib.CheckText(data, column); err != nil {
+		v.add("%s data: %v", what, err)
+		ok = false
+	}
+	return ok
 }
 
 // tokens checks token ids and lengths against the model.
@@ -502,7 +600,20 @@ func (v *validator) digest() (*Job, error) {
 		}
 		job.Evaluation = &d
 	}
-	job.ID = deriveID(job.Recipe, job.Model, job.Calibration, job.Evaluation)
+	if v.r.Calibration.IsText() || v.r.Evaluation != nil && v.r.Evaluation.IsText() {
+		for i, name := range TokenizerFiles {
+			f := filepath.Join(v.r.Model, name)
+			if i > 0 && !fileExists(f) {
+				continue
+			}
+			d, err := Digest(f)
+			if err != nil {
+				return nil, err
+			}
+			job.Tokenizer = append(job.Tokenizer, d)
+		}
+	}
+	job.ID = deriveID(job.Recipe, job.Model, job.Calibration, job.Evaluation, job.Tokenizer)
 	return job, nil
 }
 
