@@ -13,7 +13,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -396,5 +398,99 @@ func TestOpenS3Malformed(t *testing.T) {
 		if _, err := OpenS3(u, S3Options{}); err == nil {
 			t.Errorf("%q accepted", u)
 		}
+	}
+}
+
+// zeroS3 is the least of an S3 server for one object of n zero bytes: it
+// takes uploads and throws the bytes away (counting them) and serves the
+// object as zeros, so that what the client holds in memory can be measured.
+type zeroS3 struct {
+	n        int64
+	received atomic.Int64
+}
+
+func (z *zeroS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 2)
+	onObject := len(parts) == 2 && parts[1] != ""
+	switch {
+	case !onObject && r.Method == http.MethodHead: // HeadBucket
+	case !onObject && q.Has("uploads"): // ListMultipartUploads
+		io.WriteString(w, `<ListMultipartUploadsResult><Bucket>b</Bucket></ListMultipartUploadsResult>`)
+	case r.Method == http.MethodPost && q.Has("uploads"):
+		io.WriteString(w, `<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>u1</UploadId></InitiateMultipartUploadResult>`)
+	case r.Method == http.MethodPut:
+		n, _ := io.Copy(io.Discard, r.Body)
+		if strings.Contains(parts[1], "/objects/") {
+			z.received.Add(n)
+		}
+		w.Header().Set("ETag", `"part"`)
+	case r.Method == http.MethodPost && q.Has("uploadId"):
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, `<CompleteMultipartUploadResult><ETag>"zeros-n"</ETag></CompleteMultipartUploadResult>`)
+	case r.Method == http.MethodHead || r.Method == http.MethodGet:
+		w.Header().Set("Content-Length", strconv.FormatInt(z.n, 10))
+		w.Header().Set("ETag", `"zeros-n"`)
+		if r.Method == http.MethodGet {
+			io.CopyN(w, zeroReader{}, z.n)
+		}
+	default:
+		http.Error(w, "unexpected "+r.Method+" "+r.URL.String(), http.StatusNotImplemented)
+	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// An artifact of 96 MiB goes up in 16 MiB parts and comes down again with
+// less than a part allocated by the client, all requests together.
+func TestS3StreamsLargeArtifacts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 96 MiB each way")
+	}
+	const size = 96 << 20
+	z := &zeroS3{n: size}
+	ts := httptest.NewServer(z)
+	defer ts.Close()
+	newFakeS3(t) // the environment
+	t.Setenv("AWS_ENDPOINT_URL", ts.URL)
+	s := (&fakeS3{}).open(t, "", 0)
+	writeZeros := func(tmp string) error {
+		f, err := os.Create(tmp)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.CopyN(f, zeroReader{}, size)
+		return err
+	}
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	var ref Ref
+	var err error
+	up := allocated(func() { ref, err = s.Create(Key("streams", "zeros"), writeZeros) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.received.Load() != size {
+		t.Fatalf("the server received %d bytes, want %d", z.received.Load(), size)
+	}
+	down := allocated(func() { _, err = (&fakeS3{}).open(t, "", 0).Verify(ref) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("allocated %.1f MiB uploading and %.1f MiB downloading %d MiB", float64(up)/(1<<20), float64(down)/(1<<20), size>>20)
+	if up >= defaultPartSize || down >= defaultPartSize {
+		t.Errorf("allocated %d bytes up, %d down: more than a part (%d)", up, down, defaultPartSize)
 	}
 }
