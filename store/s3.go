@@ -135,14 +135,21 @@ func defaultS3Client(ctx context.Context) (*s3.Client, error) {
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1" // S3-compatible servers mostly ignore it, but requests are signed with one
 	}
-	pathStyle := cfg.BaseEndpoint != nil
+	var pathStyle *bool
 	if v := os.Getenv("RANKZIP_S3_PATH_STYLE"); v != "" {
-		if pathStyle, err = strconv.ParseBool(v); err != nil {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
 			return nil, fmt.Errorf("RANKZIP_S3_PATH_STYLE=%q: %w", v, err)
 		}
+		pathStyle = &b
 	}
 	return s3.NewFromConfig(cfg, func(o *s3.Options) {
-		o.UsePathStyle = pathStyle
+		// BaseEndpoint is AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the
+		// config file's endpoint_url, resolved by now.
+		o.UsePathStyle = o.BaseEndpoint != nil
+		if pathStyle != nil {
+			o.UsePathStyle = *pathStyle
+		}
 		// Every read is checked against its sha256; a server that sends no
 		// checksum of its own is no news worth a warning per download.
 		o.DisableLogOutputChecksumValidationSkipped = true

@@ -494,3 +494,17 @@ func TestS3StreamsLargeArtifacts(t *testing.T) {
 		t.Errorf("allocated %d bytes up, %d down: more than a part (%d)", up, down, defaultPartSize)
 	}
 }
+
+// The S3-only endpoint variable works too, with path-style requests.
+func TestS3EndpointOfS3Only(t *testing.T) {
+	f := newFakeS3(t)
+	t.Setenv("AWS_ENDPOINT_URL", "")
+	t.Setenv("AWS_ENDPOINT_URL_S3", f.url)
+	s := f.open(t, "", 0)
+	if _, err := s.Put(Key("test", 1), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if names := f.names(t); len(names) != 2 {
+		t.Errorf("bucket holds %v", names)
+	}
+}
