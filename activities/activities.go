@@ -67,6 +67,7 @@ type Activities struct {
 
 	mu     sync.Mutex
 	cached *cachedModel
+	textMu sync.Mutex // one tokenization of text data at a time
 }
 
 type cachedModel struct {
@@ -192,22 +193,21 @@ func checkInputs(files []recipe.File) error {
 	return nil
 }
 
-// calibration reads the job's calibration sequences, cut to seq_len.
-func calibration(job recipe.Job) ([][]int32, error) {
+// calibration reads the job's calibration sequences, cut to seq_len; for
+// text data also the ref of its token rows in the store.
+func (a *Activities) calibration(job recipe.Job) ([][]int32, store.Ref, error) {
 	c := job.Recipe.Calibration
-	if err := checkInputs([]recipe.File{job.Calibration}); err != nil {
-		return nil, err
-	}
-	ds, err := calib.Open(c.Data)
+	t, isText := calibText(job)
+	ds, ref, err := a.dataset(job, t, isText)
 	if err != nil {
-		return nil, inputError(err)
+		return nil, ref, err
 	}
 	defer ds.Close()
 	seqs, err := ds.Read(c.Sequences)
 	if err != nil {
-		return nil, inputError(err)
+		return nil, ref, inputError(err)
 	}
-	return recipe.Truncate(seqs, c.SeqLen), nil
+	return recipe.Truncate(seqs, c.SeqLen), ref, nil
 }
 
 // badInput marks err non-retryable: the same input would fail again.

@@ -138,7 +138,7 @@ func directPath(t *testing.T, job recipe.Job, acts *Activities) (*compress.Resul
 	if err != nil {
 		t.Fatal(err)
 	}
-	seqs, err := calibration(job)
+	seqs, _, err := acts.calibration(job)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,12 +43,12 @@ type Quality struct {
 // the export) and measures it against the original model.
 func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, error) {
 	job := in.Job
-	var evalDigest string
+	var data string
 	n := 0
 	if job.Evaluation != nil && job.Recipe.Evaluation != nil {
-		evalDigest, n = job.Evaluation.SHA256, job.Recipe.Evaluation.Sequences
+		data, n = evalDigest(job), job.Recipe.Evaluation.Sequences
 	}
-	key := store.Key("evaluate", Version, in.Export.Files, evalDigest, n)
+	key := store.Key("evaluate", Version, in.Export.Files, data, n)
 	var q Quality
 	if ref, ok, err := a.Store.Lookup(key); err != nil {
 		return q, err
@@ -76,12 +76,10 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 		if n == 0 {
 			return nil
 		}
-		if err := checkInputs([]recipe.File{*job.Evaluation}); err != nil {
-			return err
-		}
-		ds, err := calib.Open(job.Recipe.Evaluation.Data)
+		t, isText := evalText(job)
+		ds, _, err := a.dataset(job, t, isText)
 		if err != nil {
-			return inputError(err)
+			return err
 		}
 		defer ds.Close()
 		if err := canceled(ctx); err != nil {
@@ -112,7 +110,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 
 // baseline evaluates the original model alone, once per model and data.
 func (a *Activities) baseline(orig *model.Model, ds *calib.Dataset, job recipe.Job, n int) (eval.Report, error) {
-	key := store.Key("baseline", Version, ModelDigest(job), job.Evaluation.SHA256, n)
+	key := store.Key("baseline", Version, ModelDigest(job), evalDigest(job), n)
 	var rep eval.Report
 	if ref, ok, err := a.Store.Lookup(key); err == nil && ok && a.Store.GetJSON(ref, &rep) == nil {
 		return rep, nil

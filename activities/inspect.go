@@ -26,11 +26,15 @@ type InspectOutput struct {
 	// every block (they do not depend on the compression of earlier blocks),
 	// so that the blocks can be compressed in parallel; nil otherwise.
 	BlockStreams []store.Ref `json:"block_streams,omitempty"`
-	Skipped      bool        `json:"skipped"` // found in the store
+	// Calibration, for text calibration data, is its token rows (tokenized
+	// once into the store); unset for token ids.
+	Calibration store.Ref `json:"calibration,omitzero"`
+	Skipped     bool      `json:"skipped"` // found in the store
 }
 
 // calibSpec is what of the calibration settings determines the artifacts
-// (the data file takes part through its digest, not its path).
+// (the data file takes part through its digest, not its path; text data
+// through the digest of its text spec, calibDigest).
 type calibSpec struct {
 	Digest    string `json:"digest"`
 	Sequences int    `json:"sequences"`
@@ -41,7 +45,7 @@ type calibSpec struct {
 
 func jobKey(kind string, job recipe.Job, parts ...any) string {
 	c := job.Recipe.Calibration
-	base := []any{Version, ModelDigest(job), calibSpec{job.Calibration.SHA256, c.Sequences, c.SeqLen, c.Mode, c.Batch}, job.Recipe.Stages}
+	base := []any{Version, ModelDigest(job), calibSpec{calibDigest(job), c.Sequences, c.SeqLen, c.Mode, c.Batch}, job.Recipe.Stages}
 	return store.Key(kind, append(base, parts...)...)
 }
 
@@ -80,10 +84,11 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 		if err != nil {
 			return err
 		}
-		seqs, err := calibration(job)
+		seqs, ref, err := a.calibration(job)
 		if err != nil {
 			return err
 		}
+		out.Calibration = ref
 		if err := m.CheckTokens(seqs); err != nil {
 			return badInput(err)
 		}
@@ -149,10 +154,11 @@ func (a *Activities) inspectStreams(ctx context.Context, job recipe.Job, key str
 	if err != nil {
 		return err
 	}
-	seqs, err := calibration(job)
+	seqs, ref, err := a.calibration(job)
 	if err != nil {
 		return err
 	}
+	out.Calibration = ref
 	if err := m.CheckTokens(seqs); err != nil {
 		return badInput(err)
 	}

@@ -162,7 +162,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 			if err != nil {
 				return badInput(err)
 			}
-			seqs, err := calibration(job)
+			seqs, _, err := a.calibration(job)
 			if err != nil {
 				return err
 			}
@@ -195,7 +195,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 			if err != nil {
 				return badInput(err)
 			}
-			seqs, err := calibration(job)
+			seqs, _, err := a.calibration(job)
 			if err != nil {
 				return err
 			}
