@@ -27,6 +27,8 @@ type page struct {
 	Figures    []figure
 	Timings    []timingRow
 	Layers     []layerRow
+	// ElapsedText is the job's time, to the millisecond.
+	ElapsedText string
 }
 
 type qualityRow struct {
@@ -50,7 +52,7 @@ func WriteHTML(w io.Writer, d *Data) error {
 }
 
 func build(d *Data) (*page, error) {
-	pg := &page{Data: d}
+	pg := &page{Data: d, ElapsedText: d.Elapsed.Round(time.Millisecond).String()}
 	if y, err := yaml.Marshal(d.Recipe); err == nil {
 		pg.RecipeYAML = string(y)
 	}
@@ -287,7 +289,7 @@ figcaption { color: #555; font-size: .9em; }
 <tr><th>step</th><th>took</th><th>share</th></tr>
 {{range .Timings}}<tr><td>{{.Name}}</td><td>{{.Took}}</td><td>{{.Share}}</td></tr>
 {{end}}</table>
-<p class="meta">Whole job: {{.Elapsed}}{{if .Skipped}}; {{.Skipped}} block(s) found done in the store{{end}}.</p>{{end}}
+<p class="meta">Whole job: {{.ElapsedText}}{{if .Skipped}}; {{.Skipped}} block(s) found done in the store{{end}}.</p>{{end}}
 
 <h2>Recipe</h2>
 <pre>{{.RecipeYAML}}</pre>

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"html/template"
 	"math"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -92,12 +93,13 @@ func linePlot(title, ylabel string, ss []series, logY bool) (template.HTML, erro
 		p.Y.Min, p.Y.Max = math.Pow(10, lo), math.Pow(10, hi)
 		if hi-lo < 2 {
 			// Powers of ten alone would leave the axis without labels.
-			p.Y.Tick.Marker = plot.DefaultTicks{}
+			p.Y.Tick.Marker = shortTicks{plot.DefaultTicks{}}
 		} else {
 			p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 		}
 	} else {
 		p.Y.Min, p.Y.Max = lo, hi
+		p.Y.Tick.Marker = shortTicks{plot.DefaultTicks{}}
 	}
 	p.Add(plotter.NewGrid())
 	return svgOf(p, plotWidth, plotHeight)
@@ -141,6 +143,20 @@ func (layerTicks) Ticks(lo, hi float64) []plot.Tick {
 			label = fmt.Sprint(v)
 		}
 		t = append(t, plot.Tick{Value: v, Label: label})
+	}
+	return t
+}
+
+// shortTicks labels ticks with at most 4 significant digits ("1.75e+05",
+// not "175000.00").
+type shortTicks struct{ plot.Ticker }
+
+func (s shortTicks) Ticks(lo, hi float64) []plot.Tick {
+	t := s.Ticker.Ticks(lo, hi)
+	for i := range t {
+		if t[i].Label != "" {
+			t[i].Label = strconv.FormatFloat(t[i].Value, 'g', 4, 64)
+		}
 	}
 	return t
 }

@@ -42,6 +42,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	state := fs.String("state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
 	device := addDeviceFlag(fs)
 	seed := fs.Uint64("seed", 1, "seed of the generated model and data")
+	ui := addUIFlags(fs, nil)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -123,7 +124,9 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "\n4. compressing with the recipe %s as a durable job (embedded Temporal server, state in %s)\n\n%s\n", recipePath, stateDir(*state), demoRecipe)
-	res, err := runJob(&serviceFlags{state: *state, device: *device}, recipePath, fullWorker, 0, stdout)
+	sf := &serviceFlags{state: *state, device: *device}
+	uiOf[sf] = ui
+	res, err := runJob(sf, recipePath, fullWorker, 0, stdout)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@
 //	demo       an example model and data, compressed as a durable job
 //	run        a recipe as a durable job (embedded Temporal server unless --temporal)
 //	submit     submit a recipe to a Temporal cluster (cmd/worker runs it)
+//	server     the embedded Temporal server alone (and its Web UI with --ui)
 //	status     a job's state, progress, running step and error
 //	watch      follow a job to its result
 //	cancel     cancel a job
@@ -38,6 +39,7 @@ const usage = `usage: rankzip <command> [flags]
 commands:
   demo      generate a small example model and data, then run the pipeline on it
   run       run a recipe (YAML) as a durable job: "run RECIPE [--temporal HOST:PORT] [--state DIR]"; again after a crash to resume
+  server    the embedded Temporal server alone, for cmd/worker and submit: "server [--ui] [--ui-port P] [--state DIR]"
   submit    submit a recipe to a Temporal cluster and print the job id: "submit RECIPE --temporal HOST:PORT"
   status    a job's state, progress, running step and error: "status ID [--json]"
   watch     follow a running job's progress to its result: "watch ID"
@@ -104,6 +106,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runRun(rest, stdout, stderr)
 	case "submit":
 		return runSubmit(rest, stdout, stderr)
+	case "server":
+		return runServer(rest, stdout, stderr)
 	case "status":
 		return runStatus(rest, stdout, stderr)
 	case "watch":

@@ -22,6 +22,7 @@ import (
 func runRun(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", "run RECIPE [--temporal HOST:PORT] [--state DIR] [flags]", stderr)
 	sf := addServiceFlags(fs)
+	addUIFlags(fs, sf)
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	serverOnly := fs.Bool("no-worker", false, "embedded server only: leave the work to cmd/worker processes (--temporal 127.0.0.1:PORT)")
 	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s): how soon the work of a dead worker is retried")
@@ -88,6 +89,11 @@ func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath 
 		return res, err
 	}
 	defer s.Close()
+	ui, err := sessionUI(sf, s, progressOut)
+	if err != nil {
+		return res, err
+	}
+	defer stopUI(ui)
 	done := false
 	if takeover {
 		d, err := s.c.DescribeWorkflowExecution(ctx, job.ID, "")
@@ -103,6 +109,9 @@ func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath 
 			verb = "resumed"
 		}
 		fmt.Fprintf(progressOut, "job %s %s on %s\n", job.ID, verb, s.where())
+		if ui != nil {
+			fmt.Fprintf(progressOut, "job in the Web UI: %s\n", ui.workflowURL(sf.ns(), job.ID))
+		}
 		s.log.Info("job submitted", "job", job.ID, "resumed", resumed, "recipe", recipePath)
 	}
 	res, err = follow(ctx, s, job.ID, progressOut)
