@@ -17,7 +17,7 @@
 //	quantize   RTN or GPTQ, GPTQ v1 export, optional EoRA adapter
 //	mla        TransMLA conversion, DeepSeek-V3 export
 //	eval       perplexity, KL and top-1 agreement on a dataset
-//	generate   greedy decoding with a KV cache
+//	generate   greedy decoding with a KV cache, from token ids or text (--prompt)
 //	inspect    a checkpoint's architecture, parameters, dtype, size, KV bytes
 //	calib      calibration data from token ids or text (with the model's tokenizer)
 //	synth      a synthetic checkpoint of a real shape, for timing at real size
@@ -51,7 +51,8 @@ commands:
   quantize  RTN or GPTQ weight quantization exported as a GPTQ v1 checkpoint, optionally with an EoRA adapter (--eora-rank R)
   mla       convert grouped-query attention to DeepSeek multi-head latent attention (TransMLA), exported in the DeepSeek-V3 layout
   eval      measure a model on a Parquet evaluation set (perplexity, KL against a baseline)
-  generate  greedy decoding with a KV cache: "generate --model DIR --prompt-ids 1,2,3 --max-new N"
+  generate  greedy decoding with a KV cache: "generate --model DIR --prompt-ids 1,2,3 --max-new N", or text with the model's
+            tokenizer.json: "generate --model DIR --prompt TEXT"
   inspect   print a checkpoint's architecture, parameter count, dtype and size
   calib     calibration data: "calib import --from X.jsonl --out X.parquet", or from text with the model's tokenizer:
             "calib import --from X.parquet|X.jsonl|X.txt --tokenizer DIR [--seq-len 2048] [--sequences N] --out X.parquet"
