@@ -37,6 +37,9 @@ type Quality struct {
 	// Backend is the compute backend of the evaluation (kernels.Describe),
 	// e.g. "openblas" or "cuda: NVIDIA H200 (150 GB, driver 13000)".
 	Backend string `json:"backend,omitempty"`
+	// Data, for text evaluation data, is its token rows (tokenized once
+	// into the store; named here so that gc keeps them); unset for ids.
+	Data store.Ref `json:"data,omitzero"`
 }
 
 // Evaluate loads the exported checkpoint from disk (the read-back check of
@@ -77,10 +80,11 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 			return nil
 		}
 		t, isText := evalText(job)
-		ds, _, err := a.dataset(job, t, isText)
+		ds, ref, err := a.dataset(job, t, isText)
 		if err != nil {
 			return err
 		}
+		q.Data = ref
 		defer ds.Close()
 		if err := canceled(ctx); err != nil {
 			return err

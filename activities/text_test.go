@@ -129,8 +129,8 @@ func TestTextCalibrationTokenizedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q.Compressed == nil || q.Compressed.Tokens == 0 {
-		t.Errorf("evaluation on text: %+v", q.Compressed)
+	if q.Compressed == nil || q.Compressed.Tokens != 2*63 || q.Data.IsZero() {
+		t.Errorf("evaluation on text: %+v, rows %+v", q.Compressed, q.Data)
 	}
 	if n := strings.Count(log.String(), "msg=tokenized"); n != 2 {
 		t.Errorf("tokenized %d times (calibration once, evaluation once), want 2:\n%s", n, log)
