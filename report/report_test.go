@@ -36,7 +36,14 @@ func Sample() *Data {
 			e.EoRA = append(e.EoRA, compress.EoRALayer{Name: name, Rank: 8, ErrorBefore: 1, ErrorAfter: 0.5 + 0.1*float64(j)})
 		}
 	}
-	d.Stages = []Stage{q, e}
+	pa := Stage{Index: 3, Method: "palu", Palu: map[string][]int{}}
+	ml := Stage{Index: 4, Method: "mla"}
+	for i := range 4 {
+		pa.Palu[fmt.Sprintf("model.layers.%d.self_attn.k_proj", i)] = []int{8 + i, 8}
+		pa.Palu[fmt.Sprintf("model.layers.%d.self_attn.v_proj", i)] = []int{12, 12 - i}
+		ml.MLA = append(ml.MLA, compress.MLALayer{Layer: i, RopeShare: 0.3 + 0.1*float64(i), LatentShare: 0.9})
+	}
+	d.Stages = []Stage{q, e, pa, ml}
 	return d
 }
 
@@ -46,8 +53,8 @@ func TestHTML(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := b.String()
-	if n := strings.Count(s, "<svg"); n != 6 { // rank, kept, predicted, quant, eora, time
-		t.Errorf("%d plots, want 6", n)
+	if n := strings.Count(s, "<svg"); n != 8 { // rank, kept, predicted, quant, eora, palu, mla, time
+		t.Errorf("%d plots, want 8", n)
 	}
 	for _, bad := range []string{"<script", "<link", "@import", "url(", "src=", "href="} {
 		if strings.Contains(s, bad) {
@@ -79,7 +86,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Job != "rankzip-sample" || len(d.Layers) != 12 || len(d.Stages) != 2 || *d.Compressed.KL != 0.0123 {
+	if d.Job != "rankzip-sample" || len(d.Layers) != 12 || len(d.Stages) != 4 || *d.Compressed.KL != 0.0123 {
 		t.Errorf("read back %+v", d)
 	}
 	os.WriteFile(p, []byte(`{"foo": 1}`), 0o644)
