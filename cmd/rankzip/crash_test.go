@@ -52,8 +52,8 @@ func cli(args ...string) *exec.Cmd {
 	return cmd
 }
 
-// crashJob writes a recipe whose blocks take a second or so each
-// (stories260K, every linear, 32 calibration sequences).
+// crashJob writes a recipe whose blocks take about a second each
+// (stories260K, every linear, 16 calibration sequences).
 func crashJob(t *testing.T, dir string) string {
 	t.Helper()
 	fx, err := filepath.Abs(fixtures)
@@ -64,7 +64,7 @@ func crashJob(t *testing.T, dir string) string {
 	needFixture(t, "samples/calib.parquet")
 	r := fmt.Sprintf(`
 model: %s
-calibration: {data: %s, sequences: 32}
+calibration: {data: %s, sequences: 16}
 output: out
 stages:
   - {method: svd, variant: whiten, keep_params: 0.8, rank_search: uniform}
@@ -548,8 +548,8 @@ func logCount(path, msg string) int {
 
 // kill -9 of `rankzip run` at 10 random points spread over a whole job
 // (inspection, blocks, export, evaluation), each time followed by the same
-// command: the job finishes with the files and report of an uninterrupted
-// run, and a crash costs at most the one block it interrupted.
+// command: the job finishes with the checkpoint of an uninterrupted run and
+// its evaluation, and a crash costs at most the one block it interrupted.
 func TestCrashTenTimes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes and compresses a model")
@@ -581,12 +581,6 @@ func TestCrashTenTimes(t *testing.T) {
 		}
 		return r
 	}
-	// The uninterrupted run.
-	refDir := t.TempDir()
-	t0 := time.Now()
-	ref := runToEnd(cli("run", recipeIn(refDir), "--state", filepath.Join(refDir, "state"), "--json"))
-	t.Logf("uninterrupted run: %v", time.Since(t0).Round(time.Millisecond))
-
 	dir := t.TempDir()
 	recipePath := recipeIn(dir)
 	state := filepath.Join(dir, "state")
@@ -664,14 +658,27 @@ func TestCrashTenTimes(t *testing.T) {
 	if kills < 10 {
 		t.Errorf("%d kills, want 10", kills)
 	}
-	if string(final.Quality) != string(ref.Quality) {
-		t.Errorf("after %d crashes the report is\n%s\nuninterrupted:\n%s", kills, final.Quality, ref.Quality)
+	got, err := os.ReadFile(filepath.Join(dir, "out", "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, f := range []string{"model.safetensors", "config.json"} {
-		a, _ := os.ReadFile(filepath.Join(dir, "out", f))
-		b, _ := os.ReadFile(filepath.Join(refDir, "out", f))
-		if len(a) == 0 || !bytes.Equal(a, b) {
-			t.Errorf("%s differs from the uninterrupted run's", f)
+	if !bytes.Equal(got, directBytes(t, recipePath)) {
+		t.Errorf("after %d crashes the checkpoint differs from an uninterrupted run's", kills)
+	}
+	// The report is the evaluation of that checkpoint.
+	var q struct {
+		Compressed map[string]float64 `json:"compressed"`
+	}
+	json.Unmarshal(final.Quality, &q)
+	out, _, err := rankzip("eval", "--model", filepath.Join(dir, "out"), "--baseline", needFixture(t, "stories260K"), "--data", eval, "--sequences", "8", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want map[string]float64
+	json.Unmarshal([]byte(out), &want)
+	for _, k := range []string{"ppl", "kl", "top1_agree"} {
+		if q.Compressed[k] != want[k] || want[k] == 0 {
+			t.Errorf("after %d crashes the report's %s is %v; rankzip eval of the checkpoint gives %v", kills, k, q.Compressed[k], want[k])
 		}
 	}
 	computed, _ := blockEvents(t, logPath)
