@@ -25,7 +25,7 @@ func Select(device string) (Backend, error) {
 		return Default(), nil
 	case "cpu":
 		return cpuDefault(), nil
-	case "cuda", "gpu":
+	case "cuda":
 		b, err := cudaBackend()
 		if err != nil {
 			return nil, fmt.Errorf("device cuda: %w", err)

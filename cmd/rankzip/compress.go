@@ -11,6 +11,7 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
@@ -52,7 +53,7 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 		o.Targets = strings.Split(*targets, ",")
 	}
 
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

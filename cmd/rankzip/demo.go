@@ -8,6 +8,7 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
@@ -47,7 +48,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	dir := filepath.Join(stateDir(*state), "demo")
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if *sequences < 0 {
 		return fmt.Errorf("--sequences must be >= 0, got %d", *sequences)
 	}
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

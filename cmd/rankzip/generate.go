@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/tokenizer"
 )
@@ -62,7 +63,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	if *maxNew < 1 {
 		return fmt.Errorf("--max-new must be at least 1, got %d", *maxNew)
 	}
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/methods/mla"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
@@ -41,7 +42,7 @@ func runMLA(args []string, stdout, stderr io.Writer) error {
 	if dt != safetensors.F32 && dt != safetensors.BF16 && dt != safetensors.F16 {
 		return fmt.Errorf("--dtype %q: want F32, BF16 or F16", *dtype)
 	}
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

@@ -70,7 +70,7 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
 )
@@ -168,7 +169,7 @@ func (f *serviceFlags) connect(mode workerMode) (*session, error) {
 		s.Close()
 		return nil, err
 	}
-	k, err := backend(f.device)
+	k, err := kernels.Select(f.device)
 	if err != nil {
 		s.Close()
 		return nil, err

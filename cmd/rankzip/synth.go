@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model/safetensors"
 	"github.com/rankzip/rankzip/model/synth"
 )
@@ -42,7 +43,7 @@ func runSynth(args []string, stdout, stderr io.Writer) error {
 	if !ok {
 		return fmt.Errorf("--dtype %q: want bfloat16, float16 or float32", *dtype)
 	}
-	k, err := backend(*device)
+	k, err := kernels.Select(*device)
 	if err != nil {
 		return err
 	}

@@ -26,12 +26,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/internal/perm"
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
 
@@ -105,15 +105,13 @@ func Write(dir string, o Options, k kernels.Backend) error {
 	}
 	headDim := s.Hidden / s.Heads
 	type tensor struct {
-		name    string
-		shape   []int
-		fill    func() []float32
-		linear  bool
-		outSize int
+		name  string
+		shape []int
+		fill  func() []float32
 	}
 	var shards [][]tensor
 	linear := func(name string, out, in int) tensor {
-		return tensor{name: name, shape: []int{out, in}, linear: true,
+		return tensor{name: name, shape: []int{out, in},
 			fill: func() []float32 { return spiked(k, o.Seed, name, out, in) }}
 	}
 	norm := func(name string) tensor {
@@ -196,27 +194,7 @@ func writeConfig(dir string, s Shape, dt safetensors.DType) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(dir, "config.json"), append(b, '\n'))
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("synth: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("synth: write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(perm.File()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("synth: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("synth: write %s: %w", path, err)
-	}
-	return os.Rename(tmp.Name(), path)
+	return model.WriteFileAtomic(filepath.Join(dir, "config.json"), append(b, '\n'))
 }
 
 // rng returns the tensor's own random stream.
@@ -299,5 +277,5 @@ func Calibration(path string, vocab, sequences, seqLen int, seed uint64) error {
 		}
 		seqs[i] = s
 	}
-	return calib.Write(path, slices.Clip(seqs))
+	return calib.Write(path, seqs)
 }
