@@ -80,6 +80,9 @@ type Progress struct {
 	Stage string `json:"stage"`           // inspect, block, plan, stage block, export, evaluate
 	Block int    `json:"block"`           // block index (stage block)
 	Phase string `json:"phase,omitempty"` // what the activity is doing
+	// Done is the last unit of the block's work finished (a layer, a
+	// site's statistics, a calibration batch), while it computes.
+	Done string `json:"done,omitempty"`
 	// Factored, once stored, lets a retry of the same block skip the
 	// factorisation and only produce the next streams.
 	Factored *Factored `json:"factored,omitempty"`
@@ -98,8 +101,26 @@ func (a *Activities) log() *slog.Logger {
 	return a.Log
 }
 
+// beat records p as the activity's heartbeat now. The block activities
+// beat at each phase and, while computing, from compress's per-layer loop
+// (blockBeat), as samples-go's retryactivity beats from its loop: a beat
+// means the work moved, so a hung computation stops beating and Temporal
+// retries it.
+func beat(ctx context.Context, p Progress) { activity.RecordHeartbeat(ctx, p) }
+
+// blockBeat is the compress.Beat of a block activity: each unit of the
+// block's work that finishes heartbeats p with it as Done.
+func blockBeat(ctx context.Context, p Progress) compress.Beat {
+	return func(done string) {
+		p.Done = done
+		activity.RecordHeartbeat(ctx, p)
+	}
+}
+
 // heartbeat records p now and then every HeartbeatEvery until the returned
-// stop is called. set replaces the details of later beats.
+// stop is called. set replaces the details of later beats. Activities with
+// no loop of their own to beat from (inspect, plan, export, evaluate) use
+// it; the block activities beat from their work (blockBeat).
 func (a *Activities) heartbeat(ctx context.Context, p Progress) (set func(Progress), stop func()) {
 	every := a.HeartbeatEvery
 	if every <= 0 {
@@ -284,4 +305,26 @@ func (a *Activities) guard(fn func() error) (err error) {
 // canceled returns ctx's error, if any, for the loops between phases.
 func canceled(ctx context.Context) error {
 	return ctx.Err()
+}
+
+// advance runs a block on the streams (calib.Advance) for a retry that
+// only lacks the next streams, beating p and checking ctx after each batch.
+func advance(ctx context.Context, p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
+	bb := blockBeat(ctx, p)
+	pass := calib.NewPass(m, orig, comp, st)
+	pass.OnBatch(func(batch int) error {
+		bb(fmt.Sprintf("next streams batch %d", batch))
+		return ctx.Err()
+	})
+	return pass.Next()
+}
+
+// stepError is the error of a compress block step: ctx's own error when the
+// step stopped because the activity was cancelled (retryable, so Temporal
+// sees the cancellation), else bad input.
+func stepError(ctx context.Context, err error) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return badInput(err)
 }

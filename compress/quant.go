@@ -122,7 +122,7 @@ func RunQuant(ctx context.Context, m *model.Model, seqs [][]int32, o QuantOption
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		comp, layers, next, err := o.Block(m, i, st)
+		comp, layers, next, err := o.Block(ctx, m, i, st, nil)
 		if err != nil {
 			return nil, err
 		}
