@@ -64,6 +64,10 @@ type Activities struct {
 	// HeartbeatEvery is how often a running activity heartbeats (the SDK
 	// throttles sending to 0.8 × HeartbeatTimeout). Default 2 s.
 	HeartbeatEvery time.Duration
+	// Heartbeat, when set, receives the beats of the block activities
+	// instead of activity.RecordHeartbeat: tests watch every beat there,
+	// which the SDK would throttle.
+	Heartbeat func(ctx context.Context, p Progress)
 
 	mu     sync.Mutex
 	cached *cachedModel
@@ -106,14 +110,20 @@ func (a *Activities) log() *slog.Logger {
 // (blockBeat), as samples-go's retryactivity beats from its loop: a beat
 // means the work moved, so a hung computation stops beating and Temporal
 // retries it.
-func beat(ctx context.Context, p Progress) { activity.RecordHeartbeat(ctx, p) }
+func (a *Activities) beat(ctx context.Context, p Progress) {
+	if a.Heartbeat != nil {
+		a.Heartbeat(ctx, p)
+		return
+	}
+	activity.RecordHeartbeat(ctx, p)
+}
 
 // blockBeat is the compress.Beat of a block activity: each unit of the
 // block's work that finishes heartbeats p with it as Done.
-func blockBeat(ctx context.Context, p Progress) compress.Beat {
+func (a *Activities) blockBeat(ctx context.Context, p Progress) compress.Beat {
 	return func(done string) {
 		p.Done = done
-		activity.RecordHeartbeat(ctx, p)
+		a.beat(ctx, p)
 	}
 }
 
@@ -309,8 +319,8 @@ func canceled(ctx context.Context) error {
 
 // advance runs a block on the streams (calib.Advance) for a retry that
 // only lacks the next streams, beating p and checking ctx after each batch.
-func advance(ctx context.Context, p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
-	bb := blockBeat(ctx, p)
+func (a *Activities) advance(ctx context.Context, p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
+	bb := a.blockBeat(ctx, p)
 	pass := calib.NewPass(m, orig, comp, st)
 	pass.OnBatch(func(batch int) error {
 		bb(fmt.Sprintf("next streams batch %d", batch))
