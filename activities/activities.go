@@ -322,6 +322,7 @@ func canceled(ctx context.Context) error {
 func (a *Activities) advance(ctx context.Context, p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
 	bb := a.blockBeat(ctx, p)
 	pass := calib.NewPass(m, orig, comp, st)
+	defer pass.Release()
 	pass.OnBatch(func(batch int) error {
 		bb(fmt.Sprintf("next streams batch %d", batch))
 		return ctx.Err()

@@ -168,7 +168,8 @@ func (st *Streams) Tokens() int {
 // batches resume from where they stopped, so the float32 work of a block is
 // one forward pass per stream. Each batch's state at the current site stays
 // in memory between calls (one batch of hidden states and one site input
-// per stream and batch).
+// per stream and batch; in memory-mapped files when the streams are
+// spilled, see Release).
 type Pass struct {
 	m          *model.Model
 	orig, comp *model.Block
@@ -182,6 +183,8 @@ type Pass struct {
 	// batchDone, when set, is called after each batch of Stats and Next;
 	// an error it returns stops the pass there.
 	batchDone func(batch int) error
+	// mapped are the spilled buffers each batch's paused runs hold.
+	mapped [][][]float32
 }
 
 // OnBatch sets fn to be called after each batch a call of Stats or Next
@@ -202,7 +205,8 @@ func (p *Pass) done(batch int) error {
 // between calls (its linears before the site asked for). In Original mode
 // only orig runs. st is left as it was.
 func NewPass(m *model.Model, orig, comp *model.Block, st *Streams) *Pass {
-	p := &Pass{m: m, orig: orig, comp: comp, st: st, origRuns: make([]*model.BlockRun, len(st.Orig))}
+	p := &Pass{m: m, orig: orig, comp: comp, st: st, origRuns: make([]*model.BlockRun, len(st.Orig)),
+		mapped: make([][][]float32, len(st.Orig))}
 	if st.Mode == Sequential {
 		p.compRuns = make([]*model.BlockRun, len(st.Orig))
 	}
@@ -228,6 +232,55 @@ func (p *Pass) drop(i int) {
 	p.origRuns[i] = nil
 	if p.compRuns != nil {
 		p.compRuns[i] = nil
+	}
+	p.unmap(i)
+}
+
+// pause moves batch i's paused runs into spilled files when the streams
+// are spilled, so that memory holds one batch's state at a time.
+func (p *Pass) pause(i int) error {
+	if p.st.Spill == "" {
+		return nil
+	}
+	old := p.mapped[i]
+	p.mapped[i] = nil
+	alloc := func(n int) ([]float32, error) {
+		x, err := spillFloats(p.st.Spill, n)
+		if err == nil {
+			p.mapped[i] = append(p.mapped[i], x)
+		}
+		return x, err
+	}
+	runs := []*model.BlockRun{p.origRuns[i]}
+	if p.compRuns != nil {
+		runs = append(runs, p.compRuns[i])
+	}
+	for _, r := range runs {
+		if r != nil {
+			if err := r.Keep(alloc); err != nil {
+				return err
+			}
+		}
+	}
+	for _, x := range old { // the runs now hold the new copies
+		unmapFloats(x)
+	}
+	return nil
+}
+
+func (p *Pass) unmap(i int) {
+	for _, x := range p.mapped[i] {
+		unmapFloats(x)
+	}
+	p.mapped[i] = nil
+}
+
+// Release lets every batch's state go (and unmaps what was spilled); the
+// pass must not be used after. Stats and Next need no Release on success
+// when Next has run; call it (deferred) for a pass that may stop early.
+func (p *Pass) Release() {
+	for i := range p.origRuns {
+		p.drop(i)
 	}
 }
 
@@ -272,6 +325,8 @@ func (p *Pass) Stats(site model.Site) (*SiteStats, error) {
 		}
 		if p.once {
 			p.drop(i)
+		} else if err := p.pause(i); err != nil {
+			return nil, err
 		}
 		if err := p.done(i); err != nil {
 			return nil, err
@@ -323,6 +378,7 @@ func (p *Pass) Next() (*Streams, error) {
 // Original mode only orig runs.
 func Collect(m *model.Model, orig, comp *model.Block, st *Streams, site model.Site) (*SiteStats, error) {
 	p := NewPass(m, orig, comp, st)
+	defer p.Release()
 	p.once = true
 	return p.Stats(site)
 }
@@ -330,5 +386,7 @@ func Collect(m *model.Model, orig, comp *model.Block, st *Streams, site model.Si
 // Advance runs the blocks on the streams and returns the streams entering
 // the next block (spilled like st). st itself is left as it was.
 func Advance(m *model.Model, orig, comp *model.Block, st *Streams) (*Streams, error) {
-	return NewPass(m, orig, comp, st).Next()
+	p := NewPass(m, orig, comp, st)
+	defer p.Release()
+	return p.Next()
 }

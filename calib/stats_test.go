@@ -162,3 +162,52 @@ func TestCrossAddChunks(t *testing.T) {
 		}
 	}
 }
+
+// A pass over spilled streams, whose paused batches live in mapped files,
+// gives the statistics and next streams of one in memory.
+func TestSpilledPassMatchesMemory(t *testing.T) {
+	k := kernels.Default()
+	m, err := model.Synthetic(model.SyntheticConfig{Hidden: 16, Intermediate: 24, Layers: 1, Heads: 4, KVHeads: 2, Vocab: 32, MaxPositions: 16}, 2, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := [][]int32{{1, 2, 3}, {4, 5, 6, 7}, {8, 9}, {10, 11, 12, 13, 14}}
+	run := func(dir string) ([]*SiteStats, *Streams) {
+		st, err := EmbedSpill(m, seqs, 2, Sequential, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		orig := m.Blocks[0]
+		comp := *orig
+		p := NewPass(m, orig, &comp, st)
+		defer p.Release()
+		var stats []*SiteStats
+		for site := model.AttnInput; site <= model.DownInput; site++ {
+			s, err := p.Stats(site)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stats = append(stats, s)
+			comp.Down = scaled(comp.Down.(*model.Dense), 0.5) // read after the last site only
+			comp.O = scaled(orig.O.(*model.Dense), 0.8)
+		}
+		next, err := p.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stats, next
+	}
+	memStats, mem := run("")
+	diskStats, disk := run(t.TempDir())
+	defer disk.Release()
+	for i := range memStats {
+		if !mat.Equal(memStats[i].C, diskStats[i].C) || !mat.Equal(memStats[i].Cross, diskStats[i].Cross) {
+			t.Errorf("site %d: statistics differ between spilled and in-memory passes", i)
+		}
+	}
+	for i := range mem.Orig {
+		if !slices.Equal(mem.Orig[i].X, disk.Orig[i].X) || !slices.Equal(mem.Comp[i].X, disk.Comp[i].X) {
+			t.Errorf("batch %d: next streams differ between spilled and in-memory passes", i)
+		}
+	}
+}

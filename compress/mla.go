@@ -158,6 +158,7 @@ func (o *MLAOptions) Block(ctx context.Context, m *model.Model, i int, st *calib
 	// as the original block and takes the conversion before going on.
 	comp := *orig
 	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
 	stats, err := pass.Stats(model.AttnInput)
 	if err != nil {

@@ -119,6 +119,7 @@ func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Strea
 	orig := m.Blocks[i]
 	comp := *orig
 	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
 	var layers []Layer
 	var stats *calib.SiteStats

@@ -52,6 +52,7 @@ func (p *PaluPlan) Block(ctx context.Context, m *model.Model, i int, st *calib.S
 	orig := m.Blocks[i]
 	comp := *orig
 	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
 	stats, err := pass.Stats(model.AttnInput)
 	if err != nil {
@@ -113,6 +114,7 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 	orig := m.Blocks[i]
 	comp := *orig
 	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
 	var layers []QuantLayer
 	var stats *calib.SiteStats
@@ -200,6 +202,7 @@ func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp 
 	ob := orig.Blocks[i]
 	nb := *comp
 	pass := calib.NewPass(orig, ob, &nb, st)
+	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
 	var adapters []gptq.Adapter
 	var layers []EoRALayer

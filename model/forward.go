@@ -214,6 +214,39 @@ func (r *BlockRun) Output() *States {
 	return r.out
 }
 
+// Keep moves the buffers a paused run holds (the site's input and the
+// residual stream) into memory that alloc returns, such as memory-mapped
+// files, so that many paused runs need not stay resident. After Keep the
+// run no longer refers to the buffers it held before; the block input h is
+// not moved (it is the caller's).
+func (r *BlockRun) Keep(alloc func(n int) ([]float32, error)) error {
+	move := func(x []float32) ([]float32, error) {
+		if x == nil {
+			return nil, nil
+		}
+		y, err := alloc(len(x))
+		if err != nil {
+			return nil, err
+		}
+		copy(y, x)
+		return y, nil
+	}
+	x, err := move(r.x)
+	if err != nil {
+		return err
+	}
+	var out *States
+	if r.out != nil {
+		o, err := move(r.out.X)
+		if err != nil {
+			return err
+		}
+		out = &States{X: o, Dim: r.out.Dim, Starts: r.out.Starts}
+	}
+	r.x, r.out = x, out
+	return nil
+}
+
 // Step runs the layers of b that read the current site, up to the next
 // site or the block's end.
 func (r *BlockRun) Step(b *Block) {
