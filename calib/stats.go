@@ -342,6 +342,14 @@ func (p *Pass) Stats(site model.Site) (*SiteStats, error) {
 // the next block (spilled like the pass's streams).
 func (p *Pass) Next() (*Streams, error) {
 	next := &Streams{Mode: p.st.Mode, Spill: p.st.Spill}
+	if err := p.next(next); err != nil {
+		next.Release()
+		return nil, err
+	}
+	return next, nil
+}
+
+func (p *Pass) next(next *Streams) error {
 	keep := func(h *model.States) (*model.States, error) {
 		if p.st.Spill == "" {
 			return h, nil
@@ -353,23 +361,23 @@ func (p *Pass) Next() (*Streams, error) {
 		advance(ro, p.orig, 0, true)
 		o, err := keep(ro.Output())
 		if err != nil {
-			return nil, err
+			return err
 		}
 		next.Orig = append(next.Orig, o)
 		if rc != nil {
 			advance(rc, p.comp, 0, true)
 			c, err := keep(rc.Output())
 			if err != nil {
-				return nil, err
+				return err
 			}
 			next.Comp = append(next.Comp, c)
 		}
 		p.drop(i)
 		if err := p.done(i); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return next, nil
+	return nil
 }
 
 // Collect accumulates the statistics of one site of a block (a Pass that
