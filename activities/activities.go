@@ -61,8 +61,10 @@ type Activities struct {
 	Store   *store.Store
 	Backend kernels.Backend
 	Log     *slog.Logger
-	// HeartbeatEvery is how often a running activity heartbeats (the SDK
-	// throttles sending to 0.8 × HeartbeatTimeout). Default 2 s.
+	// HeartbeatEvery is how often the activities with no loop of their own
+	// to beat from (inspect, plan, export, evaluate) heartbeat; the block
+	// activities beat from their work. The SDK throttles sending to 0.8 ×
+	// HeartbeatTimeout. Default 2 s.
 	HeartbeatEvery time.Duration
 	// Heartbeat, when set, receives the beats of the block activities
 	// instead of activity.RecordHeartbeat: tests watch every beat there,
