@@ -61,11 +61,18 @@ type Activities struct {
 	Store   *store.Store
 	Backend kernels.Backend
 	Log     *slog.Logger
-	// HeartbeatEvery is how often the activities with no loop of their own
-	// to beat from (inspect, plan, export, evaluate) heartbeat; the block
-	// activities beat from their work. The SDK throttles sending to 0.8 ×
-	// HeartbeatTimeout. Default 2 s.
+	// HeartbeatEvery is how often a running activity repeats its last beat
+	// between the beats of its work (the SDK throttles sending to 0.8 ×
+	// HeartbeatTimeout). Default 2 s.
 	HeartbeatEvery time.Duration
+	// StallAfter bounds that repeating in the block activities, which beat
+	// from their work (each calibration batch, site and layer): the last
+	// beat is repeated only while the work's last unit finished less than
+	// StallAfter ago. One unit can outlast the heartbeat timeout at real
+	// size on a CPU (a whitened factorisation of a 5632-wide layer takes
+	// tens of seconds), but a computation that hangs stops beating after
+	// StallAfter, times out and is retried. Default 30 min.
+	StallAfter time.Duration
 	// Heartbeat, when set, receives the beats of the block activities
 	// instead of activity.RecordHeartbeat: tests watch every beat there,
 	// which the SDK would throttle.
@@ -110,8 +117,8 @@ func (a *Activities) log() *slog.Logger {
 // beat records p as the activity's heartbeat now. The block activities
 // beat at each phase and, while computing, from compress's per-layer loop
 // (blockBeat), as samples-go's retryactivity beats from its loop: a beat
-// means the work moved, so a hung computation stops beating and Temporal
-// retries it.
+// means the work moved, so a hung computation stops beating (after
+// StallAfter) and Temporal retries it.
 func (a *Activities) beat(ctx context.Context, p Progress) {
 	if a.Heartbeat != nil {
 		a.Heartbeat(ctx, p)
@@ -121,26 +128,35 @@ func (a *Activities) beat(ctx context.Context, p Progress) {
 }
 
 // blockBeat is the compress.Beat of a block activity: each unit of the
-// block's work that finishes heartbeats p with it as Done.
-func (a *Activities) blockBeat(ctx context.Context, p Progress) compress.Beat {
+// block's work that finishes beats p with it as Done through set.
+func blockBeat(set func(Progress), p Progress) compress.Beat {
 	return func(done string) {
 		p.Done = done
-		a.beat(ctx, p)
+		set(p)
 	}
 }
 
-// heartbeat records p now and then every HeartbeatEvery until the returned
-// stop is called. set replaces the details of later beats. Activities with
-// no loop of their own to beat from (inspect, plan, export, evaluate) use
-// it; the block activities beat from their work (blockBeat).
-func (a *Activities) heartbeat(ctx context.Context, p Progress) (set func(Progress), stop func()) {
+// stallAfter is StallAfter or its default.
+func (a *Activities) stallAfter() time.Duration {
+	if a.StallAfter > 0 {
+		return a.StallAfter
+	}
+	return 30 * time.Minute
+}
+
+// heartbeat records p now and repeats the last beat every HeartbeatEvery
+// until the returned stop is called; set beats new details at once. With
+// stall > 0 the repeating pauses while the last set is stall old or more:
+// then only the work's own beats (set) count. Activities with no loop of
+// their own to beat from (inspect, plan, export, evaluate) pass 0.
+func (a *Activities) heartbeat(ctx context.Context, p Progress, stall time.Duration) (set func(Progress), stop func()) {
 	every := a.HeartbeatEvery
 	if every <= 0 {
 		every = 2 * time.Second
 	}
 	var mu sync.Mutex
-	cur := p
-	activity.RecordHeartbeat(ctx, cur)
+	cur, last := p, time.Now()
+	a.beat(ctx, cur)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -156,17 +172,19 @@ func (a *Activities) heartbeat(ctx context.Context, p Progress) (set func(Progre
 				return
 			case <-t.C:
 				mu.Lock()
-				d := cur
+				d, live := cur, stall <= 0 || time.Since(last) < stall
 				mu.Unlock()
-				activity.RecordHeartbeat(ctx, d)
+				if live {
+					a.beat(ctx, d)
+				}
 			}
 		}
 	}()
 	set = func(p Progress) {
 		mu.Lock()
-		cur = p
+		cur, last = p, time.Now()
 		mu.Unlock()
-		activity.RecordHeartbeat(ctx, p)
+		a.beat(ctx, p)
 	}
 	var once sync.Once
 	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
@@ -320,9 +338,10 @@ func canceled(ctx context.Context) error {
 }
 
 // advance runs a block on the streams (calib.Advance) for a retry that
-// only lacks the next streams, beating p and checking ctx after each batch.
-func (a *Activities) advance(ctx context.Context, p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
-	bb := a.blockBeat(ctx, p)
+// only lacks the next streams, beating p through set and checking ctx
+// after each batch.
+func advance(ctx context.Context, set func(Progress), p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
+	bb := blockBeat(set, p)
 	pass := calib.NewPass(m, orig, comp, st)
 	defer pass.Release()
 	pass.OnBatch(func(batch int) error {

@@ -66,8 +66,8 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 	start := time.Now()
 	var loaded, factored time.Time // phase ends, for the log
 	p := Progress{Stage: "block", Block: in.Index, Phase: "load"}
-	set := func(p Progress) { a.beat(ctx, p) }
-	set(p)
+	set, stop := a.heartbeat(ctx, p, a.stallAfter())
+	defer stop()
 	err := a.guard(func() error {
 		m, err := a.model(job)
 		if err != nil {
@@ -106,7 +106,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		if comp == nil {
 			p.Phase = "factor"
 			set(p)
-			if comp, out.Layers, next, err = plan.Block(ctx, m, in.Index, st, a.blockBeat(ctx, p)); err != nil {
+			if comp, out.Layers, next, err = plan.Block(ctx, m, in.Index, st, blockBeat(set, p)); err != nil {
 				return stepError(ctx, fmt.Errorf("block %d: %w", in.Index, err))
 			}
 			if out.Factors, err = a.Store.PutBlock(store.Key("factors", key), orig, comp); err != nil {
@@ -119,7 +119,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 			p.Phase, p.Factored = "factored", done
 			set(p)
 		} else if in.Index+1 < len(m.Blocks) && !in.NoNext {
-			if next, err = a.advance(ctx, p, m, orig, comp, st); err != nil {
+			if next, err = advance(ctx, set, p, m, orig, comp, st); err != nil {
 				return err
 			}
 		}

@@ -65,7 +65,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 		out.Skipped = true
 		return out, nil
 	}
-	_, stop := a.heartbeat(ctx, Progress{Stage: "export", Phase: "assemble"})
+	_, stop := a.heartbeat(ctx, Progress{Stage: "export", Phase: "assemble"}, 0)
 	defer stop()
 	var out ExportOutput
 	err := a.guard(func() error {

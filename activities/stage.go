@@ -140,7 +140,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		out.Skipped = true
 		return out, nil
 	}
-	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"})
+	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"}, 0)
 	defer stop()
 	err := a.guard(func() error {
 		if in.Stage < 0 || in.Stage >= len(r.Stages) || len(in.Prior) != in.Stage {
@@ -237,8 +237,8 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 	}
 	start := time.Now()
 	p := Progress{Stage: "stage block", Block: in.Index, Phase: "load"}
-	set := func(p Progress) { a.beat(ctx, p) }
-	set(p)
+	set, stop := a.heartbeat(ctx, p, a.stallAfter())
+	defer stop()
 	err := a.guard(func() error {
 		m, err := a.model(job)
 		if err != nil {
@@ -280,7 +280,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 				out.Layers, out.Report = done.Layers, done.Report
 				a.log().Info("stage block layers found, only the next streams are missing", "job", job.ID, "stage", in.Stage, "block", in.Index)
 				if in.Index+1 < len(m.Blocks) {
-					if next, err = a.advance(ctx, p, ref, refBlock, comp, st); err != nil {
+					if next, err = advance(ctx, set, p, ref, refBlock, comp, st); err != nil {
 						return err
 					}
 				}
@@ -291,7 +291,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if comp == nil {
 			p.Phase = "compute"
 			set(p)
-			if comp, out.Report, next, err = runStage(ctx, plan, &cur, m, in.Index, base, st, a.blockBeat(ctx, p)); err != nil {
+			if comp, out.Report, next, err = runStage(ctx, plan, &cur, m, in.Index, base, st, blockBeat(set, p)); err != nil {
 				return stepError(ctx, fmt.Errorf("stages[%d] (%s) block %d: %w", in.Stage, plan.Method, in.Index, err))
 			}
 			if out.Layers, err = putLayers(a.Store, store.Key("layers", key), base, comp); err != nil {
