@@ -36,7 +36,7 @@ func NewPlan(ctx context.Context, m *model.Model, seqs [][]int32, o Options) (*P
 	if err := o.Validate(m, tokens); err != nil {
 		return nil, err
 	}
-	mods, _ := modulesOf(o.Targets)
+	mods, _ := targetModules(m.Config, o.Targets)
 	ranks, err := allocate(ctx, m, seqs, o, mods)
 	if err != nil {
 		return nil, err
@@ -94,11 +94,15 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []Layer, *calib.Streams, error) {
 	orig := m.Blocks[i]
 	comp := *orig
+	expertBlock(&comp)
 	var layers []Layer
 	var stats *calib.SiteStats
 	var err error
 	site := model.Site(-1)
 	for _, mod := range p.Modules {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
 		if s := siteOf(mod); s != site {
 			// Statistics of this site see the linears compressed before it.
@@ -127,6 +131,11 @@ func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []
 		*comp.Linear(mod) = f
 		layers = append(layers, Layer{Name: name, Out: out, In: in, Rank: ch.Rank, PredictedError: predicted})
 	}
+	ex, err := p.experts(m, i, orig, &comp, st)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	layers = append(layers, ex...)
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
 		if next, err = calib.Advance(m, orig, &comp, st); err != nil {

@@ -98,16 +98,20 @@ func (p *PaluPlan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block
 // per-layer report and the streams entering block i+1 (nil after the last
 // block). o must have passed Validate.
 func (o *QuantOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []QuantLayer, *calib.Streams, error) {
-	mods, err := modulesOf(o.Targets)
+	mods, err := targetModules(m.Config, o.Targets)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	orig := m.Blocks[i]
 	comp := *orig
+	expertBlock(&comp)
 	var layers []QuantLayer
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
 		if s := siteOf(mod); s != site {
 			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
@@ -127,6 +131,11 @@ func (o *QuantOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.B
 		*comp.Linear(mod) = q
 		layers = append(layers, layer)
 	}
+	ex, err := o.experts(m, i, orig, &comp, st, mods)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	layers = append(layers, ex...)
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
 		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
