@@ -271,6 +271,16 @@ func TestArchConfigRefusals(t *testing.T) {
 		{"qwen3_moe", false, map[string]any{"num_experts": nil}, "num_experts"},
 		{"mixtral", false, map[string]any{"num_local_experts": 0}, "num_local_experts"},
 		{"mixtral", false, map[string]any{"rope_scaling": map[string]any{"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type"},
+		{"mixtral", false, map[string]any{"router_type": "expert_choice"}, "router_type"},
+		{"qwen3_moe", true, map[string]any{"routing_method": "expert_choice"}, "routing_method"},
+		{"qwen3_moe", false, map[string]any{"scoring_func": "sigmoid"}, "scoring_func"},
+		{"mixtral", false, map[string]any{"topk_method": "noaux_tc"}, "topk_method"},
+		{"qwen3_moe", false, map[string]any{"n_group": 4, "topk_group": 2}, "n_group"},
+		{"mixtral", false, map[string]any{"routed_scaling_factor": 2.5}, "routed_scaling_factor"},
+		{"qwen3_moe", false, map[string]any{"shared_expert_intermediate_size": 64}, "shared_expert_intermediate_size"},
+		{"mixtral", true, map[string]any{"n_shared_experts": 1}, "n_shared_experts"},
+		{"gemma3_text", true, map[string]any{"final_logit_softcapping": -1.0}, "final_logit_softcapping"},
+		{"qwen3_moe", false, map[string]any{"use_sliding_window": true}, "use_sliding_window"},
 	} {
 		_, err := ParseConfig("config.json", cfg(c.name, c.v5, c.edit))
 		var ce *ConfigError

@@ -40,7 +40,9 @@ import (
 // one).
 // Refused in config.json: Qwen3-MoE's decoder_sparse_step other than 1 and
 // mlp_only_layers (dense MLP layers among the sparse ones), sliding windows
-// on Qwen3-MoE.
+// on Qwen3-MoE, and routing options the forward pass does not honour
+// (moe_routing.go: expert choice, sigmoid scores, group-limited top-k,
+// scaled or shared experts).
 
 // MoEConfig is a mixture-of-experts model's routing.
 type MoEConfig struct {
@@ -83,6 +85,7 @@ func (p *parser) mixtral(c *Config) {
 	c.MoE = &MoEConfig{Experts: p.positive("num_local_experts"), TopK: p.positive("num_experts_per_tok"),
 		Inter: c.IntermediateSize, NormTopK: true, Prefix: "block_sparse_moe.", Names: [3]string{"w1", "w3", "w2"}}
 	p.checkTopK(c.MoE, "num_local_experts")
+	p.moeRouting()
 }
 
 // qwen3moe reads Qwen3-MoE's own config fields.
@@ -92,6 +95,7 @@ func (p *parser) qwen3moe(c *Config) {
 		Inter: p.positive("moe_intermediate_size"), NormTopK: p.boolean("norm_topk_prob", false),
 		Prefix: "mlp.", Names: [3]string{"gate_proj", "up_proj", "down_proj"}}
 	p.checkTopK(c.MoE, "num_experts")
+	p.moeRouting()
 	if s := p.optInt("decoder_sparse_step"); s > 1 {
 		p.fail("decoder_sparse_step", fmt.Errorf("%d: dense MLP layers between sparse ones are not supported (only 1)", s))
 	}
