@@ -54,6 +54,9 @@ type MoEConfig struct {
 	// down tensors.
 	Prefix string
 	Names  [3]string
+	// SharedInter is the intermediate size of Qwen2-MoE's shared expert
+	// (qwen2moe.go), 0 when there is none.
+	SharedInter int
 }
 
 // MoE is a block's router and experts.
@@ -62,6 +65,10 @@ type MoE struct {
 	Experts []Expert
 	TopK    int
 	Norm    bool
+	// Shared is Qwen2-MoE's shared expert, which every row goes through,
+	// scaled by sigmoid(SharedGate x) (SharedGate 1×hidden); nil when none.
+	Shared     *Expert
+	SharedGate *Dense
 }
 
 // Expert is one SiLU-gated MLP.
@@ -72,6 +79,9 @@ func (e *MoE) NumParams() int64 {
 	n := e.Router.NumParams()
 	for _, x := range e.Experts {
 		n += x.Gate.NumParams() + x.Up.NumParams() + x.Down.NumParams()
+	}
+	if s := e.Shared; s != nil {
+		n += s.Gate.NumParams() + s.Up.NumParams() + s.Down.NumParams() + e.SharedGate.NumParams()
 	}
 	return n
 }
@@ -85,7 +95,7 @@ func (p *parser) mixtral(c *Config) {
 	c.MoE = &MoEConfig{Experts: p.positive("num_local_experts"), TopK: p.positive("num_experts_per_tok"),
 		Inter: c.IntermediateSize, NormTopK: true, Prefix: "block_sparse_moe.", Names: [3]string{"w1", "w3", "w2"}}
 	p.checkTopK(c.MoE, "num_local_experts")
-	p.moeRouting()
+	p.moeRouting(false)
 }
 
 // qwen3moe reads Qwen3-MoE's own config fields.
@@ -95,7 +105,13 @@ func (p *parser) qwen3moe(c *Config) {
 		Inter: p.positive("moe_intermediate_size"), NormTopK: p.boolean("norm_topk_prob", false),
 		Prefix: "mlp.", Names: [3]string{"gate_proj", "up_proj", "down_proj"}}
 	p.checkTopK(c.MoE, "num_experts")
-	p.moeRouting()
+	p.moeRouting(false)
+	p.sparseEveryLayer()
+}
+
+// sparseEveryLayer refuses Qwen-MoE configs with dense MLP layers among the
+// sparse ones.
+func (p *parser) sparseEveryLayer() {
 	if s := p.optInt("decoder_sparse_step"); s > 1 {
 		p.fail("decoder_sparse_step", fmt.Errorf("%d: dense MLP layers between sparse ones are not supported (only 1)", s))
 	}
@@ -134,7 +150,7 @@ func moeSpecs(c *Config, p string) []tensorSpec {
 			specs = append(specs, tensorSpec{name: moeName(c, p, e, j), shape: []int{out, in}})
 		}
 	}
-	return specs
+	return append(specs, sharedSpecs(c, p)...)
 }
 
 // fusedMoENames are transformers 5's fused expert tensors of layer prefix p.
@@ -184,6 +200,7 @@ func newMoE(c *Config, p string, tensors map[string][]float32) *MoE {
 		}
 		m.Experts = append(m.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
 	}
+	m.Shared, m.SharedGate = newShared(c, p, tensors)
 	return m
 }
 
@@ -203,7 +220,7 @@ func addMoE(c *Config, b *Block, p string, add func(string, []int, []float32) er
 			}
 		}
 	}
-	return nil
+	return addShared(c, b.MoE, p, add)
 }
 
 // Routed is a row sent to an expert and its weight in the row's output.
@@ -295,6 +312,7 @@ func (e *MoE) forward(m *Model, y, x []float32, rows, dim int) {
 			}
 		}
 	}
+	e.addShared(m, y, x, rows, dim)
 }
 
 // expertLinears are the module names of an expert's gate, up and down

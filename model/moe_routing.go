@@ -10,7 +10,8 @@ import "fmt"
 // Qwen2-MoE's shared expert) or name the routing itself (expert-choice
 // routing, where experts pick tokens). Training-only options are accepted:
 // router_jitter_noise and router_aux_loss_coef change nothing at inference.
-func (p *parser) moeRouting() {
+// A shared expert is refused unless shared (Qwen2-MoE's, qwen2moe.go).
+func (p *parser) moeRouting(shared bool) {
 	if s := p.str("scoring_func", "softmax"); s != "softmax" {
 		p.fail("scoring_func", fmt.Errorf("%q: only softmax router scores are supported", s))
 	}
@@ -26,7 +27,7 @@ func (p *parser) moeRouting() {
 		p.fail("routed_scaling_factor", fmt.Errorf("%v: scaling the routed experts' output is not supported (only 1)", v))
 	}
 	for _, k := range []string{"n_shared_experts", "shared_expert_intermediate_size"} {
-		if v := p.optInt(k); v > 0 {
+		if v := p.optInt(k); v > 0 && !(shared && k == "shared_expert_intermediate_size") {
 			p.fail(k, fmt.Errorf("%d: shared experts are not supported for this model_type", v))
 		}
 	}
