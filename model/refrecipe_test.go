@@ -16,7 +16,8 @@ import (
 // then 4-bit GPTQ, one group per output channel (the 48-wide models have
 // no 32-wide groups), of the attention projections. The KL to the original
 // model is measured on sequences sampled from it, apart from the
-// calibration ones; it must be positive and small.
+// calibration ones; it must be positive and small. Mixtures of experts also
+// run the mirror (attention low-rank, experts quantized with GPTQ).
 func TestArchRecipeKL(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range model.RefArchNames() {
@@ -58,6 +59,25 @@ func TestArchRecipeKL(t *testing.T) {
 		}
 		if m.Config.MoE != nil && experts != len(lr.Layers) {
 			t.Errorf("%s: %d of %d compressed matrices are experts' linears, want all", name, experts, len(lr.Layers))
+		}
+		if m.Config.MoE == nil {
+			continue
+		}
+		// The mirror: the attention low-rank, the experts quantized.
+		la, err := compress.Run(ctx, m, cal, compress.Options{Method: "whiten", Targets: []string{"self_attn.*"}, KeepParams: 0.8, RankSearch: "uniform"}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		qe, err := compress.RunQuant(ctx, la.Model, cal, compress.QuantOptions{Method: "gptq", Bits: 4, GroupSize: 0, Targets: []string{"mlp.experts.*"}}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		laLogits, _ := la.Model.Forward(ev)
+		qeLogits, _ := qe.Model.Forward(ev)
+		klLA, klQE := eval.MeanKL(base, laLogits, v), eval.MeanKL(base, qeLogits, v)
+		t.Logf("%-16s %-12s whiten keep 0.8 on self_attn.*: KL %.4f; then gptq 4-bit on mlp.experts.* (%d matrices): KL %.4f", name, m.Config.ModelType, klLA, len(qe.Layers), klQE)
+		if !(klLA > 0 && klLA < 0.5 && klQE > 0 && klQE < 0.5) || len(qe.Layers) != len(lr.Layers) {
+			t.Errorf("%s: KL %.4f then %.4f out of (0, 0.5), or %d experts' linears quantized (want %d)", name, klLA, klQE, len(qe.Layers), len(lr.Layers))
 		}
 	}
 }
