@@ -57,7 +57,7 @@ func NewPlan(ctx context.Context, m *model.Model, seqs [][]int32, o Options) (*P
 	if err := o.Validate(m, tokens); err != nil {
 		return nil, err
 	}
-	mods, _ := modulesOf(o.Targets)
+	mods, _ := targetModules(m.Config, o.Targets)
 	ranks, err := allocate(ctx, m, seqs, o, mods)
 	if err != nil {
 		return nil, err
@@ -118,6 +118,7 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Streams, beat Beat) (*model.Block, []Layer, *calib.Streams, error) {
 	orig := m.Blocks[i]
 	comp := *orig
+	expertBlock(&comp)
 	pass := calib.NewPass(m, orig, &comp, st)
 	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
@@ -126,6 +127,9 @@ func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Strea
 	var err error
 	site := model.Site(-1)
 	for _, mod := range p.Modules {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
 		if s := siteOf(mod); s != site {
 			// Statistics of this site see the linears compressed before it.
@@ -160,6 +164,11 @@ func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Strea
 			return nil, nil, nil, err
 		}
 	}
+	ex, err := p.experts(m, i, orig, &comp, st)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	layers = append(layers, ex...)
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
 		if next, err = pass.Next(); err != nil {

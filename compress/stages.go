@@ -107,12 +107,13 @@ func (p *PaluPlan) Block(ctx context.Context, m *model.Model, i int, st *calib.S
 // per-layer report and the streams entering block i+1 (nil after the last
 // block). o must have passed Validate.
 func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *calib.Streams, beat Beat) (*model.Block, []QuantLayer, *calib.Streams, error) {
-	mods, err := modulesOf(o.Targets)
+	mods, err := targetModules(m.Config, o.Targets)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	orig := m.Blocks[i]
 	comp := *orig
+	expertBlock(&comp)
 	pass := calib.NewPass(m, orig, &comp, st)
 	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
@@ -120,6 +121,9 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
 		if s := siteOf(mod); s != site {
 			if stats, err = pass.Stats(s); err != nil {
@@ -145,6 +149,11 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 			return nil, nil, nil, err
 		}
 	}
+	ex, err := o.experts(m, i, orig, &comp, st, mods)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	layers = append(layers, ex...)
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
 		if next, err = pass.Next(); err != nil {
