@@ -64,6 +64,10 @@ type Activities struct {
 	// HeartbeatEvery is how often a running activity heartbeats (the SDK
 	// throttles sending to 0.8 × HeartbeatTimeout). Default 2 s.
 	HeartbeatEvery time.Duration
+	// HostQueue is the task queue only workers of this host (that see its
+	// local files) poll; Export reports it so that the job's next steps on
+	// the exported directory run here. Empty: none.
+	HostQueue string
 
 	mu     sync.Mutex
 	cached *cachedModel
