@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 
 	"go.temporal.io/sdk/client"
@@ -165,3 +166,19 @@ func (c *Config) String() string {
 
 // LogValue logs the configuration as String describes it.
 func (c *Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// HostID names this host's task queue (workers with the same id must see
+// the same local files): id, else $RANKZIP_HOST_ID, else the host name.
+func HostID(id string) (string, error) {
+	if id == "" {
+		id = os.Getenv("RANKZIP_HOST_ID")
+	}
+	if id != "" {
+		return id, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("host name for the host task queue (set --host-id or RANKZIP_HOST_ID): %w", err)
+	}
+	return h, nil
+}

@@ -13,7 +13,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/envconfig"
 
-	"github.com/rankzip/rankzip/internal/temporaltest"
+	"github.com/rankzip/rankzip/internal/testcluster"
 )
 
 type mapEnv map[string]string
@@ -102,11 +102,11 @@ func TestMTLS(t *testing.T) {
 		t.Skip("starts a Temporal server")
 	}
 	dir := t.TempDir()
-	certs, err := temporaltest.MakeCerts(dir, "temporal.rankzip.test")
+	certs, err := testcluster.MakeCerts(dir, "temporal.rankzip.test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := temporaltest.Start(dir, temporaltest.Options{TLS: certs})
+	srv, err := testcluster.Start(dir, testcluster.Options{TLS: certs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestMTLS(t *testing.T) {
 		cl, err := client.DialContext(ctx, o)
 		if err == nil {
 			defer cl.Close()
-			_, err = cl.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: temporaltest.Namespace})
+			_, err = cl.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: testcluster.Namespace})
 		}
 		t.Logf("%-34s (%s): err = %v", name, c, err)
 		return err

@@ -1,9 +1,11 @@
-// Package temporaltest starts a Temporal server (go.temporal.io/server, its
+// Package testcluster starts a Temporal server (go.temporal.io/server, its
 // state in SQLite) inside a test process, optionally with mutual TLS on its
 // frontend, and makes the certificates for it. The production embedded
-// server is cmd/rankzip's; this one exists so that tests of other packages
-// can bind to a given address and require client certificates.
-package temporaltest
+// server is cmd/rankzip's, and go.temporal.io/server/temporaltest serves
+// plain gRPC on localhost; this one binds to a given address (a bridge
+// that workers in other network namespaces reach) and can require client
+// certificates.
+package testcluster
 
 import (
 	"fmt"
@@ -57,7 +59,7 @@ func Start(dir string, o Options) (*Server, error) {
 		ConnectAttributes: map[string]string{"mode": "rwc", "journal_mode": "wal"},
 	}
 	if err := sqlite.SetupSchema(sqlCfg); err != nil {
-		return nil, fmt.Errorf("temporaltest: schema: %w", err)
+		return nil, fmt.Errorf("testcluster: schema: %w", err)
 	}
 	ns, err := sqlite.NewNamespaceConfig("active", Namespace, false, nil)
 	if err != nil {
@@ -109,10 +111,10 @@ func Start(dir string, o Options) (*Server, error) {
 		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("temporaltest: %w", err)
+		return nil, fmt.Errorf("testcluster: %w", err)
 	}
 	if err := srv.Start(); err != nil {
-		return nil, fmt.Errorf("temporaltest: start: %w", err)
+		return nil, fmt.Errorf("testcluster: start: %w", err)
 	}
 	return &Server{srv: srv, HostPort: hostPort}, nil
 }
@@ -126,7 +128,7 @@ func freePorts(ip string, n int) ([]int, error) {
 	for range n {
 		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
-			return nil, fmt.Errorf("temporaltest: free port on %s: %w", ip, err)
+			return nil, fmt.Errorf("testcluster: free port on %s: %w", ip, err)
 		}
 		defer l.Close()
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)

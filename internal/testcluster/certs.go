@@ -1,4 +1,4 @@
-package temporaltest
+package testcluster
 
 import (
 	"crypto/ecdsa"
@@ -78,10 +78,10 @@ func MakeCerts(dir, serverName string, ips ...net.IP) (*Certs, error) {
 	c.ServerCertFile, c.ServerKeyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
 	c.ClientCertFile, c.ClientKeyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
 	if err := leaf(2, serverName, x509.ExtKeyUsageServerAuth, c.ServerCertFile, c.ServerKeyFile); err != nil {
-		return nil, fmt.Errorf("temporaltest: server certificate: %w", err)
+		return nil, fmt.Errorf("testcluster: server certificate: %w", err)
 	}
 	if err := leaf(3, "rankzip worker", x509.ExtKeyUsageClientAuth, c.ClientCertFile, c.ClientKeyFile); err != nil {
-		return nil, fmt.Errorf("temporaltest: client certificate: %w", err)
+		return nil, fmt.Errorf("testcluster: client certificate: %w", err)
 	}
 	return c, nil
 }
