@@ -174,6 +174,7 @@ func TestMultiHost(t *testing.T) {
 	}
 	defer m.c.Close()
 
+	m.gpuJobWaits()
 	one := m.job("one", 1, false)
 	two := m.job("two", 2, false)
 	killed := m.job("killed", 2, true)
@@ -197,6 +198,34 @@ func TestMultiHost(t *testing.T) {
 	m.noSecret(one, two, killed)
 }
 
+// gpuJobWaits submits the job with device cuda while only a CPU worker
+// runs: its first activity stays scheduled on the GPU queue, unstarted.
+func (m *multiHost) gpuJobWaits() {
+	t := m.t
+	job := m.recipe("gpu")
+	w := m.worker("gpu-w1", m.ns.names[0], "s3://rankzip/gpu")
+	defer func() { w.Process.Signal(syscall.SIGTERM); w.Wait() }()
+	ctx := context.Background()
+	if _, err := m.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: job.ID, TaskQueue: workflows.TaskQueue},
+		workflows.CompressModel, workflows.Input{Job: *job, Device: "cuda"}); err != nil {
+		t.Fatal(err)
+	}
+	defer m.c.TerminateWorkflow(ctx, job.ID, "", "test over")
+	time.Sleep(3 * time.Second)
+	d, err := m.c.DescribeWorkflowExecution(ctx, job.ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pending []string
+	for _, a := range d.PendingActivities {
+		pending = append(pending, fmt.Sprintf("%s %s", a.GetActivityType().GetName(), a.State))
+	}
+	if len(d.PendingActivities) != 1 || d.PendingActivities[0].State != enumspb.PENDING_ACTIVITY_STATE_SCHEDULED {
+		t.Errorf("a cuda job with only a CPU worker: pending activities %v, want one scheduled, not started", pending)
+	}
+	t.Logf("a cuda job with only a CPU worker, after 3 s: %v", pending)
+}
+
 // jobRun is what one run of the job showed.
 type jobRun struct {
 	name, id, out string
@@ -212,22 +241,8 @@ type jobRun struct {
 // when kill is set.
 func (m *multiHost) job(name string, n int, kill bool) jobRun {
 	t := m.t
-	fx, _ := filepath.Abs("../../testdata")
 	r := jobRun{name: name, out: filepath.Join(m.dir, "out-"+name)}
-	rec := fmt.Sprintf(`model: %s
-calibration: {data: %s, sequences: 64, mode: original}
-output: %s
-stages:
-  - {method: svd, variant: whiten, keep_params: 0.8, rank_search: uniform}
-`, filepath.Join(fx, "stories260K"), filepath.Join(fx, "samples/calib.parquet"), r.out)
-	recPath := filepath.Join(m.dir, name+".yaml")
-	if err := os.WriteFile(recPath, []byte(rec), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	job, err := recipe.Load(recPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	job := m.recipe(name)
 	r.id = job.ID
 	var ws []*exec.Cmd
 	for i := range n {
@@ -289,6 +304,26 @@ func (m *multiHost) logTails() string {
 		fmt.Fprintf(&b, "--- %s:\n%s\n", filepath.Base(p), log[max(0, len(log)-3000):])
 	}
 	return b.String()
+}
+
+// recipe writes and loads the test's recipe with output out-NAME.
+func (m *multiHost) recipe(name string) *recipe.Job {
+	fx, _ := filepath.Abs("../../testdata")
+	rec := fmt.Sprintf(`model: %s
+calibration: {data: %s, sequences: 64, mode: original}
+output: %s
+stages:
+  - {method: svd, variant: whiten, keep_params: 0.8, rank_search: uniform}
+`, filepath.Join(fx, "stories260K"), filepath.Join(fx, "samples/calib.parquet"), filepath.Join(m.dir, "out-"+name))
+	p := filepath.Join(m.dir, name+".yaml")
+	if err := os.WriteFile(p, []byte(rec), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	job, err := recipe.Load(p)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return job
 }
 
 // worker starts a worker in namespace ns, and returns once it polls.
