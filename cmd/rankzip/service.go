@@ -45,9 +45,15 @@ func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
 	return f
 }
 
-// conf is the Temporal client configuration; an unreadable one has no
-// address here and connect reports it.
-func (f *serviceFlags) conf() (*temporalconf.Config, error) { return f.temporal.Load() }
+// conf is the Temporal client configuration (of the environment and
+// profile alone where the command registered no flags for it, as demo); an
+// unreadable one has no address here and connect reports it.
+func (f *serviceFlags) conf() (*temporalconf.Config, error) {
+	if f.temporal == nil {
+		return (&temporalconf.Flags{}).Load()
+	}
+	return f.temporal.Load()
+}
 
 func (f *serviceFlags) hostPort() string {
 	c, err := f.conf()
