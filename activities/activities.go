@@ -77,6 +77,10 @@ type Activities struct {
 	// instead of activity.RecordHeartbeat: tests watch every beat there,
 	// which the SDK would throttle.
 	Heartbeat func(ctx context.Context, p Progress)
+	// HostQueue is the task queue only workers of this host (that see its
+	// local files) poll; Export reports it so that the job's next steps on
+	// the exported directory run here. Empty: none.
+	HostQueue string
 
 	mu     sync.Mutex
 	cached *cachedModel
