@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"strconv"
@@ -84,4 +85,21 @@ func depthModel(b *testing.B, s synth.Shape, n int) (*model.Model, [][]int32) {
 		seqs = append(seqs, seq)
 	}
 	return m, seqs
+}
+
+func TestRelSquaredError(t *testing.T) {
+	st := func(x ...float32) *model.States { return &model.States{X: x, Dim: 2, Starts: []int{0, len(x) / 2}} }
+	for _, tc := range []struct {
+		got, want *model.States
+		err       float64
+	}{
+		{st(1, 2, 3, 4), st(1, 2, 3, 4), 0},
+		{st(1, 0, 0, 0), st(0, 1, 0, 1), 1.5}, // (1 + 1 + 1) / 2
+		{st(3, 4), st(0, 0), 25},              // no reference energy: the absolute error
+	} {
+		const tol = 1e-12
+		if e := relSquaredError(tc.got, tc.want); math.Abs(e-tc.err) > tol*math.Max(1, tc.err) {
+			t.Errorf("relSquaredError(%v, %v) = %v, want %v", tc.got.X, tc.want.X, e, tc.err)
+		}
+	}
 }
