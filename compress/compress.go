@@ -23,7 +23,7 @@ import (
 var Methods = []string{"whiten", "asvd", "plain", "lord"}
 
 // Searches lists the rank searches.
-var Searches = []string{"uniform", "global", "sensitivity"}
+var Searches = []string{"uniform", "global", "sensitivity", "local"}
 
 // Options describe one low-rank stage.
 type Options struct {
@@ -31,7 +31,7 @@ type Options struct {
 	Targets    []string   // globs over module names in a block ("mlp.*"); empty: all seven
 	KeepParams float64    // fraction of the targeted parameters to keep, in (0, 1]
 	Rank       int        // if > 0, this rank (capped at min(out, in)) for every targeted matrix instead of a budget
-	RankSearch string     // uniform, global or sensitivity
+	RankSearch string     // uniform, global, sensitivity or local (default DefaultRankSearch)
 	Alpha      float64    // ASVD exponent (default 0.5)
 	Mode       calib.Mode // sequential (default) or original
 	Batch      int        // calibration sequences per batch (default 16)
@@ -107,7 +107,7 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 		o.RankSearch = "uniform" // the only search experts have (moe.go)
 	}
 	if o.RankSearch == "" {
-		o.RankSearch = "sensitivity" // measured best on stories260K; see TestSensitivityBeatsUniform
+		o.RankSearch = DefaultRankSearch
 	}
 	if !slices.Contains(Searches, o.RankSearch) {
 		problems = append(problems, fmt.Sprintf("rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(Searches, ", ")))

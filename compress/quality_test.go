@@ -121,22 +121,36 @@ func TestSensitivitySearchMeetsBudget(t *testing.T) {
 
 // On stories260K the measured-loss (sensitivity) allocation beats uniform
 // ranks clearly; the spectrum-only global allocation does not (see
-// BenchmarkQualityTable), so sensitivity is the default.
+// BenchmarkQualityTable), so sensitivity is the default. The local search
+// (linear in depth) lands between them: better than global and uniform,
+// worse than the whole-model sensitivity search.
 func TestSensitivityBeatsUniform(t *testing.T) {
-	m, cal, ev := fixture(t, 16, 4)
+	m, cal, ev := fixture(t, 32, 8)
 	kl := map[string]float64{}
-	for _, search := range []string{"uniform", "sensitivity"} {
+	for _, search := range []string{"uniform", "global", "sensitivity", "local"} {
 		res, err := Run(context.Background(), m, cal, Options{Method: "whiten", KeepParams: 0.8, RankSearch: search}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := measure(t, m, res.Model, ev)
 		kl[search] = *r.KL
-		t.Logf("%-11s kl %.4f ppl %.2f params %.4f", search, *r.KL, r.PPL, float64(res.Params)/float64(res.Total))
+		keep := float64(res.Params) / float64(res.Total)
+		t.Logf("%-11s kl %.4f ppl %.2f params %.4f", search, *r.KL, r.PPL, keep)
+		if keep > 0.8 {
+			t.Errorf("%s search kept %.4f of the parameters, asked 0.8", search, keep)
+		}
 	}
 	const margin = 0.8 // measured: 2.58 against 4.30 (32 calibration, 8 evaluation sequences)
 	if !(kl["sensitivity"] < margin*kl["uniform"]) {
 		t.Errorf("sensitivity kl %.4f should be below %.1f × uniform's %.4f", kl["sensitivity"], margin, kl["uniform"])
+	}
+	// Measured: local 3.05, global 4.87, sensitivity 2.58.
+	if !(kl["local"] < kl["global"]) || !(kl["local"] < kl["uniform"]) {
+		t.Errorf("local kl %.4f should beat global's %.4f and uniform's %.4f", kl["local"], kl["global"], kl["uniform"])
+	}
+	const localSlack = 1.3 // local may lose to the whole-model search, by less than this factor
+	if !(kl["local"] < localSlack*kl["sensitivity"]) {
+		t.Errorf("local kl %.4f should be below %.1f × sensitivity's %.4f", kl["local"], localSlack, kl["sensitivity"])
 	}
 }
 

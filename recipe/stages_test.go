@@ -6,6 +6,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
 )
 
 // stagesRecipe writes a recipe on the stories260K fixture with the given
@@ -177,5 +181,25 @@ func TestStagesRefused(t *testing.T) {
 				t.Errorf("error lacks %q:\n%v", tc.want, err)
 			}
 		})
+	}
+}
+
+// A low-rank stage without rank_search gets the same search as
+// compress.Options without one: every entry point has one default.
+func TestRankSearchDefaultMatchesCompress(t *testing.T) {
+	job, err := Load(stagesRecipe(t, `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}`, `{format: native}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(filepath.Join(needFixtures(t), "stories260K"), kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := compress.Options{KeepParams: 0.8}
+	if err := o.Validate(m, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if got := job.Recipe.Stages[0].RankSearch; got != o.RankSearch || got != compress.DefaultRankSearch {
+		t.Errorf("recipe default rank_search %q, compress.Options default %q, want both %q", got, o.RankSearch, compress.DefaultRankSearch)
 	}
 }

@@ -467,7 +467,7 @@ func (v *validator) lowRank(where string, s *Stage) {
 	}
 	if s.Rank == 0 {
 		if s.RankSearch == "" {
-			s.RankSearch = "global"
+			s.RankSearch = compress.DefaultRankSearch // the same default as compress.Options
 		}
 		if !slices.Contains(compress.Searches, s.RankSearch) {
 			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.Searches, ", "))

@@ -61,4 +61,27 @@
 // one rank step at a time, to the matrix with the highest current loss first,
 // with the same guarantee as Global. A budget below every matrix at its
 // smallest measured ratio is an error: measure smaller ratios.
+//
+// The losses come from the caller. The compress package measures them two
+// ways, on a few calibration sequences, each matrix compressed alone by the
+// stage's method at ρ ∈ {0.1, 0.25, 0.5, 0.75, 1}:
+//
+//   - sensitivity: the KL of the whole model's logits from the original's.
+//     Every candidate is a whole-model forward: 5 · matrices · layers
+//     forwards of layers blocks each, so the time grows with depth².
+//   - local: the relative squared error ‖y′ − y‖² / ‖y‖² of the hidden
+//     states two blocks after the matrix's block (or at the last block's
+//     output), so each candidate runs three blocks at most, times the
+//     block's gain g = KL / local error, measured once per block with all
+//     its targeted matrices at ρ = 0.5 (one forward from that block to the
+//     logits). The gain puts the blocks' errors in one unit; the candidates
+//     cost time linear in depth, the gains (layers + 1)·layers/2 block runs
+//     in all, against up to 35·layers² for the whole-model search with all
+//     seven linears.
+//
+// On stories260K (keep 0.8, all seven linears, 32 calibration and 8
+// evaluation sequences) the KL of the compressed model is 2.58 with
+// sensitivity, 3.05 with local, 4.87 with global and 4.30 with uniform, so
+// sensitivity stays the default; local measured at the block's output
+// (3.67) or one block after (3.22), or without gains (4.24), does worse.
 package rank
