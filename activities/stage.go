@@ -84,16 +84,11 @@ func shas(refs []store.Ref) []string {
 
 // priorBlock returns block i of the original model with the artifacts of
 // the earlier stages applied in order.
-func (a *Activities) priorBlock(job recipe.Job, m *model.Model, i int, prior []store.Ref) (*model.Block, error) {
+func (a *Activities) priorBlock(m *model.Model, i int, prior []store.Ref) (*model.Block, error) {
 	b := m.Blocks[i]
-	for j, ref := range prior {
+	for _, ref := range prior {
 		var err error
-		if LowRank(job.Recipe, j) {
-			b, err = a.Store.GetBlock(ref, b)
-		} else {
-			b, err = getLayers(a.Store, ref, b)
-		}
-		if err != nil {
+		if b, err = getLayers(a.Store, ref, b); err != nil {
 			return nil, a.storeError(err)
 		}
 	}
@@ -116,7 +111,7 @@ func (a *Activities) assemble(job recipe.Job, m *model.Model, stages [][]store.R
 			prior[j] = stages[j][i]
 		}
 		var err error
-		if out.Blocks[i], err = a.priorBlock(job, m, i, prior); err != nil {
+		if out.Blocks[i], err = a.priorBlock(m, i, prior); err != nil {
 			return nil, err
 		}
 	}
@@ -251,11 +246,11 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if err := a.Store.GetJSON(in.Plan, &plan); err != nil {
 			return a.storeError(err)
 		}
-		base, err := a.priorBlock(job, m, in.Index, in.Prior)
+		base, err := a.priorBlock(m, in.Index, in.Prior)
 		if err != nil {
 			return err
 		}
-		st, err := a.Store.GetStreams(in.Streams)
+		st, err := getStreams(a.Store, in.Streams)
 		if err != nil {
 			return a.storeError(err)
 		}
@@ -307,7 +302,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if next != nil {
 			p.Phase = "store streams"
 			set(p)
-			if out.Next, err = a.Store.PutStreams(store.Key("stage-streams", key), next); err != nil {
+			if out.Next, err = putStreams(a.Store, store.Key("stage-streams", key), next); err != nil {
 				return a.storeError(err)
 			}
 		}
