@@ -2,9 +2,14 @@ package activities
 
 import (
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/store"
 )
+
+// Layer reports what a low-rank stage did to one targeted matrix: the
+// activities' results carry it, so the workflows need not import compress.
+type Layer = compress.Layer
 
 // The store holds bytes; the formats of what the activities keep in it are
 // the packages': calib's streams files and model's block-diff files (the

@@ -14,7 +14,6 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/rankzip/rankzip/activities"
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/recipe"
 	"github.com/rankzip/rankzip/report"
 	"github.com/rankzip/rankzip/store"
@@ -95,11 +94,11 @@ type StageArtifacts struct {
 
 // Result is the result of CompressModel.
 type Result struct {
-	ID        string           `json:"id"`
-	Output    string           `json:"output"`
-	Files     []recipe.File    `json:"files"`
-	Artifacts Artifacts        `json:"artifacts"`
-	Layers    []compress.Layer `json:"layers"` // per-layer ranks of a low-rank stage, in model order
+	ID        string             `json:"id"`
+	Output    string             `json:"output"`
+	Files     []recipe.File      `json:"files"`
+	Artifacts Artifacts          `json:"artifacts"`
+	Layers    []activities.Layer `json:"layers"` // per-layer ranks of a low-rank stage, in model order
 	// Stages reports every palu, rtn, gptq and eora stage: per block, in
 	// the order of the recipe's stages (nil for a low-rank stage).
 	Stages  [][]activities.StageReport `json:"stages,omitempty"`
