@@ -333,7 +333,7 @@ func runStage(plan StagePlan, cur, orig *model.Model, i int, base *model.Block, 
 		}
 		rep.Palu = map[string][]int{}
 		for _, mod := range recipe.PaluModules {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+			name := model.ModuleName(i, mod)
 			rep.Palu[name] = plan.Palu.Ranks[name]
 		}
 		return b, rep, next, nil

@@ -139,7 +139,7 @@ func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOption
 	var names []string
 	for i := range m.Blocks {
 		for _, mod := range paluModules {
-			names = append(names, fmt.Sprintf("model.layers.%d.%s", i, mod))
+			names = append(names, model.ModuleName(i, mod))
 		}
 	}
 	ranks := make(map[string][]int, len(names))

@@ -99,7 +99,7 @@ func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []
 	var err error
 	site := model.Site(-1)
 	for _, mod := range p.Modules {
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		if s := siteOf(mod); s != site {
 			// Statistics of this site see the linears compressed before it.
 			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
@@ -183,7 +183,7 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 	for i := range m.Blocks {
 		for _, mod := range mods {
 			out, in := dims(m, mod)
-			mats = append(mats, rank.Matrix{Name: fmt.Sprintf("model.layers.%d.%s", i, mod), Out: out, In: in})
+			mats = append(mats, rank.Matrix{Name: model.ModuleName(i, mod), Out: out, In: in})
 		}
 	}
 	choices := make(map[string]rank.Choice, len(mats))
@@ -241,7 +241,7 @@ func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options
 		var stats *calib.SiteStats
 		site := model.Site(-1)
 		for _, mod := range mods {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+			name := model.ModuleName(i, mod)
 			if s := siteOf(mod); s != site {
 				if stats, err = calib.Collect(m, b, b, st, s); err != nil {
 					return fmt.Errorf("calibrate %s: %w", name, err)

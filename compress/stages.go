@@ -3,7 +3,6 @@ package compress
 import (
 	"context"
 	"fmt"
-	"path"
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/methods/eora"
@@ -56,7 +55,7 @@ func (p *PaluPlan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block
 		return nil, nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
 	}
 	for _, mod := range paluModules {
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		ranks, ok := p.Ranks[name]
 		if !ok {
 			return nil, nil, fmt.Errorf("palu plan has no ranks for %s", name)
@@ -108,7 +107,7 @@ func (o *QuantOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.B
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		if s := siteOf(mod); s != site {
 			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
 				return nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
@@ -153,7 +152,7 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 		return fmt.Errorf("eora: %w", err)
 	}
 	for g := range o.Ranks {
-		if _, err := path.Match(g, ""); err != nil {
+		if err := model.CheckGlob(g); err != nil {
 			return fmt.Errorf("eora: rank pattern %q: %w", g, err)
 		}
 	}
@@ -188,7 +187,7 @@ func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *cal
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		cl := *nb.Linear(mod)
 		if _, dense := cl.(*model.Dense); dense {
 			continue // nothing to compensate
@@ -216,7 +215,7 @@ func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *cal
 		}
 		r := o.Rank
 		for g, v := range o.Ranks {
-			if ok, _ := path.Match(g, mod); ok {
+			if model.GlobMatches(g, mod) {
 				r = v
 			}
 		}

@@ -88,7 +88,7 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		}
 	}
 	for l, b := range m.Blocks {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := LayerPrefix(l)
 		for _, n := range blockNorms(c) {
 			if err := add(p+n.name+".weight", []int{normSize(c, n)}, *n.get(b)); err != nil {
 				return err

@@ -2,7 +2,6 @@ package recipe
 
 import (
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 
@@ -216,7 +215,7 @@ func (v *validator) quant(i int, where string, s *Stage) {
 		return
 	}
 	for _, m := range s.Targets {
-		if _, in := Dims(v.cfg, m); in%gs != 0 {
+		if _, in := v.cfg.ModuleShape(m); in%gs != 0 {
 			v.add("%s: group_size %d does not divide the %d input features of %s (use 0 for one group per output channel, or leave it out of targets)", where, gs, in, m)
 		}
 	}
@@ -233,20 +232,14 @@ func (v *validator) eora(where string, s *Stage) {
 		s.Targets = mods
 	}
 	for g, r := range s.RankOverrides {
-		if _, err := path.Match(g, ""); err != nil {
+		if err := model.CheckGlob(g); err != nil {
 			v.add("%s: rank_overrides pattern %q is not a valid glob: %v", where, g, err)
 			continue
 		}
 		if r <= 0 {
 			v.add("%s: rank_overrides %q: rank %d must be positive", where, g, r)
 		}
-		hit := false
-		for _, m := range s.Targets {
-			if ok, _ := path.Match(g, m); ok {
-				hit = true
-			}
-		}
-		if !hit {
+		if !slices.ContainsFunc(s.Targets, func(m string) bool { return model.GlobMatches(g, m) }) {
 			v.add("%s: rank_overrides pattern %q matches none of the targets (%s)", where, g, strings.Join(s.Targets, ", "))
 		}
 	}
@@ -255,7 +248,7 @@ func (v *validator) eora(where string, s *Stage) {
 	for _, m := range s.Targets {
 		var hits []string
 		for g := range s.RankOverrides {
-			if ok, _ := path.Match(g, m); ok {
+			if model.GlobMatches(g, m) {
 				hits = append(hits, g)
 			}
 		}
@@ -268,7 +261,7 @@ func (v *validator) eora(where string, s *Stage) {
 
 // targets expands a stage's target globs; ok is false when one is bad.
 func (v *validator) targets(where string, s *Stage) ([]string, bool) {
-	mods, errs := Modules(s.Targets)
+	mods, errs := model.MatchModules(s.Targets)
 	for _, e := range errs {
 		v.add("%s: %s", where, e)
 	}
@@ -409,7 +402,7 @@ func (v *validator) exportFits() {
 		}
 		var unfit []string
 		for _, m := range v.r.Stages[quant].Targets {
-			if out, in := Dims(v.cfg, m); out%32 != 0 || in%32 != 0 {
+			if out, in := v.cfg.ModuleShape(m); out%32 != 0 || in%32 != 0 {
 				unfit = append(unfit, fmt.Sprintf("%s (%d×%d)", m, out, in))
 			}
 		}

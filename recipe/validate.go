@@ -9,7 +9,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -478,7 +477,7 @@ func (v *validator) lowRank(where string, s *Stage) {
 	}
 	need, full := 0, 0
 	for _, m := range mods {
-		out, in := Dims(v.cfg, m)
+		out, in := v.cfg.ModuleShape(m)
 		need = max(need, in)
 		full = max(full, min(out, in))
 	}
@@ -531,52 +530,6 @@ func SafetensorsDType(dtype string) safetensors.DType {
 		return safetensors.F16
 	}
 	return safetensors.F32
-}
-
-// Modules expands target globs to the block modules they select, in block
-// order; no targets select all seven. It returns a problem per glob that is
-// malformed or matches nothing.
-func Modules(targets []string) ([]string, []string) {
-	if len(targets) == 0 {
-		return slices.Clone(model.Modules), nil
-	}
-	var mods, problems []string
-	for _, g := range targets {
-		if _, err := path.Match(g, ""); err != nil {
-			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
-			continue
-		}
-		hit := false
-		for _, m := range model.Modules {
-			if ok, _ := path.Match(g, m); ok {
-				hit = true
-				if !slices.Contains(mods, m) {
-					mods = append(mods, m)
-				}
-			}
-		}
-		if !hit {
-			problems = append(problems, fmt.Sprintf("target %q matches no module (modules: %s)", g, strings.Join(model.Modules, ", ")))
-		}
-	}
-	slices.SortFunc(mods, func(a, b string) int { return slices.Index(model.Modules, a) - slices.Index(model.Modules, b) })
-	return mods, problems
-}
-
-// Dims returns (out, in) of a block module under config c.
-func Dims(c *model.Config, module string) (out, in int) {
-	h, q, kv, i := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim, c.IntermediateSize
-	switch module {
-	case "self_attn.q_proj":
-		return q, h
-	case "self_attn.k_proj", "self_attn.v_proj":
-		return kv, h
-	case "self_attn.o_proj":
-		return h, q
-	case "mlp.gate_proj", "mlp.up_proj":
-		return i, h
-	}
-	return h, i // mlp.down_proj
 }
 
 // digest hashes the inputs and derives the workflow id.

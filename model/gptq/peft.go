@@ -205,12 +205,10 @@ func ApplyAdapters(m *model.Model, adapters []Adapter) (*model.Model, error) {
 		out.Blocks[i] = &nb
 	}
 	for _, a := range adapters {
-		var layer int
-		var mod string
-		if _, err := fmt.Sscanf(a.Module, "model.layers.%d.", &layer); err != nil || layer < 0 || layer >= len(m.Blocks) {
+		layer, mod, ok := model.ParseModuleName(a.Module)
+		if !ok || layer >= len(m.Blocks) {
 			return nil, fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, len(m.Blocks))
 		}
-		mod = strings.TrimPrefix(a.Module, fmt.Sprintf("model.layers.%d.", layer))
 		p := out.Blocks[layer].Linear(mod)
 		if p == nil {
 			return nil, fmt.Errorf("adapter for %q: unknown module %q", a.Module, mod)
