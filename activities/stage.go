@@ -16,7 +16,7 @@ import (
 // StagePlan is the stored plan of a palu, rtn, gptq or eora stage: its
 // options, validated against the model the stages before it made.
 type StagePlan struct {
-	Method string                 `json:"method"`
+	Method recipe.Method          `json:"method"`
 	Palu   *compress.PaluPlan     `json:"palu,omitempty"`
 	Quant  *compress.QuantOptions `json:"quant,omitempty"`
 	EoRA   *compress.EoRAOptions  `json:"eora,omitempty"`
@@ -152,7 +152,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		where := fmt.Sprintf("stages[%d] (%s)", in.Stage, r.Stages[in.Stage].Method)
 		plan := StagePlan{Method: r.Stages[in.Stage].Method}
 		switch plan.Method {
-		case "palu":
+		case recipe.MethodPalu:
 			o, err := PaluOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -167,7 +167,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				}
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
-		case "rtn", "gptq":
+		case recipe.MethodRTN, recipe.MethodGPTQ:
 			o, err := QuantOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -176,7 +176,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
 			plan.Quant = &o
-		case "eora":
+		case recipe.MethodEoRA:
 			o, err := EoRAOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -185,7 +185,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
 			plan.EoRA = &o
-		case "mla":
+		case recipe.MethodMLA:
 			o, err := MLAOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -262,7 +262,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		// The streams' original side runs through the stage's input model,
 		// except for eora, whose reference is the original model.
 		ref, refBlock := &cur, base
-		if plan.Method == "eora" {
+		if plan.Method == recipe.MethodEoRA {
 			ref, refBlock = m, m.Blocks[in.Index]
 		}
 		if err := canceled(ctx); err != nil {

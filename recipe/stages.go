@@ -84,9 +84,9 @@ func (v *validator) mla(where string, s *Stage) {
 func (r *Recipe) Changed(i int) []string {
 	s := r.Stages[i]
 	switch s.Method {
-	case "palu":
+	case MethodPalu:
 		return PaluModules
-	case "mla":
+	case MethodMLA:
 		return MLAModules
 	}
 	return s.Targets
@@ -295,20 +295,20 @@ func (v *validator) combine() {
 	for i, s := range st {
 		where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
 		switch s.Method {
-		case "palu":
+		case MethodPalu:
 			for _, m := range PaluModules {
 				if j := v.changedBefore(i, m); j >= 0 {
 					v.add("%s needs dense k_proj and v_proj, but stages[%d] (%s) targets %s: leave the KV projections out of its targets", where, j, st[j].Method, m)
 					break
 				}
 			}
-		case "eora":
+		case MethodEoRA:
 			// Palu's grouped projections are not compensated (their latent
 			// cache has no place for a correction): left out of the default
 			// targets, refused when named.
 			var keep []string
 			for _, m := range s.Targets {
-				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == "palu" {
+				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == MethodPalu {
 					if slices.Contains(s.keys, "targets") {
 						v.add("%s cannot compensate %s: stages[%d] (palu) made it a grouped latent projection, which eora does not correct; leave it out of the targets", where, m, j)
 					}
@@ -320,7 +320,7 @@ func (v *validator) combine() {
 			if !slices.ContainsFunc(s.Targets, func(m string) bool { return v.changedBefore(i, m) >= 0 }) {
 				v.add("%s: none of its targets (%s) is compressed by an earlier stage: there is no error to compensate", where, strings.Join(s.Targets, ", "))
 			}
-		case "mla":
+		case MethodMLA:
 			for _, m := range MLAModules {
 				if j := v.changedBefore(i, m); j >= 0 {
 					v.add("%s needs dense q_proj, k_proj and v_proj, but stages[%d] (%s) targets %s: leave the attention projections out of its targets", where, j, st[j].Method, m)
@@ -332,9 +332,9 @@ func (v *validator) combine() {
 			}
 		}
 		switch s.Method {
-		case "rtn", "gptq":
+		case MethodRTN, MethodGPTQ:
 			for j := range i {
-				if st[j].Method == "palu" && v.r.Export.Format == "gptq" {
+				if st[j].Method == MethodPalu && v.r.Export.Format == "gptq" {
 					v.add("%s after stages[%d] (palu) cannot be exported as gptq, whose layout has no place for Palu's grouped KV projections: use native", where, j)
 				}
 			}
@@ -348,15 +348,15 @@ func (v *validator) exportFits() {
 	quant, lowRank, paluAt, mlaAt := -1, -1, -1, -1
 	for i, s := range v.r.Stages {
 		switch s.Method {
-		case "rtn", "gptq", "eora":
+		case MethodRTN, MethodGPTQ, MethodEoRA:
 			if quant < 0 {
 				quant = i
 			}
-		case "svd", "lord":
+		case MethodSVD, MethodLoRD:
 			lowRank = i
-		case "palu":
+		case MethodPalu:
 			paluAt = i
-		case "mla":
+		case MethodMLA:
 			mlaAt = i
 		}
 	}
@@ -386,7 +386,7 @@ func (v *validator) exportFits() {
 			v.add("export.format dense cannot express the quantized latent cache of stages[%d] (palu, latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)
 		}
 	case "gptq":
-		if quant < 0 || (v.r.Stages[quant].Method == "eora") {
+		if quant < 0 || (v.r.Stages[quant].Method == MethodEoRA) {
 			v.add("export.format gptq needs an rtn or gptq stage (the GPTQ layout holds quantized layers)")
 			return
 		}

@@ -116,7 +116,7 @@ func (v *validator) run() {
 	v.calibration()
 	v.evaluation()
 	if len(r.Stages) == 0 {
-		v.add("missing key \"stages\": at least one stage (implemented: %s)", strings.Join(Implemented, ", "))
+		v.add("missing key \"stages\": at least one stage (implemented: %s)", joinMethods(Implemented))
 	}
 	v.order()
 	for i := range r.Stages {
@@ -369,13 +369,13 @@ func Truncate(seqs [][]int32, n int) [][]int32 {
 }
 
 // stage classes, in the order they must come.
-func class(method string) int {
+func class(method Method) int {
 	switch method {
-	case "svd", "lord":
+	case MethodSVD, MethodLoRD:
 		return 0
-	case "palu", "mla":
+	case MethodPalu, MethodMLA:
 		return 1
-	case "rtn", "gptq":
+	case MethodRTN, MethodGPTQ:
 		return 2
 	}
 	return 3 // eora
@@ -404,11 +404,11 @@ func (v *validator) order() {
 		if c == 2 {
 			quant = true
 		}
-		if s.Method == "eora" && !quant {
+		if s.Method == MethodEoRA && !quant {
 			v.add("stages[%d] (eora) compensates quantization error: it needs an rtn or gptq stage before it", i)
 		}
 		if !slices.Contains(Implemented, s.Method) {
-			v.add("stages[%d]: method %s is not implemented yet (implemented: %s)", i, s.Method, strings.Join(Implemented, ", "))
+			v.add("stages[%d]: method %s is not implemented yet (implemented: %s)", i, s.Method, joinMethods(Implemented))
 		}
 	}
 }
@@ -416,21 +416,21 @@ func (v *validator) order() {
 func (v *validator) stage(i int, s *Stage) {
 	where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
 	switch s.Method {
-	case "svd", "lord":
+	case MethodSVD, MethodLoRD:
 		v.lowRank(where, s)
-	case "palu":
+	case MethodPalu:
 		v.palu(where, s)
-	case "mla":
+	case MethodMLA:
 		v.mla(where, s)
-	case "rtn", "gptq":
+	case MethodRTN, MethodGPTQ:
 		v.quant(i, where, s)
-	case "eora":
+	case MethodEoRA:
 		v.eora(where, s)
 	}
 }
 
 func (v *validator) lowRank(where string, s *Stage) {
-	if s.Method == "svd" {
+	if s.Method == MethodSVD {
 		if s.Variant == "" {
 			s.Variant = "whiten"
 		}

@@ -231,7 +231,7 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 	}
 	stages := job.Recipe.Stages
 	prog.Blocks = ins.Blocks
-	prog.Steps, prog.Method = len(stages), stages[0].Method
+	prog.Steps, prog.Method = len(stages), string(stages[0].Method)
 	res.Artifacts.Plan = ins.Plan
 	update(StageBlocks)
 	if !activities.LowRank(job.Recipe, 0) {
@@ -336,7 +336,7 @@ func laterStages(ctx workflow.Context, in Input, ins activities.InspectOutput, f
 	}
 	for s := first; s < len(stages); s++ {
 		method := stages[s].Method
-		prog.Step, prog.Method, prog.Block = s, method, 0
+		prog.Step, prog.Method, prog.Block = s, string(method), 0
 		update(StageBlocks)
 		var plan activities.PlanStageOutput
 		if err := workflow.ExecuteActivity(ctx, a.PlanStage, activities.PlanStageInput{Job: job, Stage: s, Prior: prior}).Get(ctx, &plan); err != nil {
