@@ -22,7 +22,7 @@ import (
 var Methods = []string{"whiten", "asvd", "plain", "lord"}
 
 // Searches lists the rank searches.
-var Searches = []string{"uniform", "global", "sensitivity"}
+var Searches = model.LowRankSearches
 
 // Options describe one low-rank stage.
 type Options struct {

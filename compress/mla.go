@@ -46,7 +46,7 @@ type MLAResult struct {
 }
 
 // DefaultRotation is the rotation a recipe gets unless it says otherwise.
-const DefaultRotation = mla.RotateScores
+const DefaultRotation = mla.Rotation(model.DefaultRotation)
 
 // Check validates o against m and the calibration sequences and fills in
 // its defaults.

@@ -41,7 +41,7 @@ type PaluResult struct {
 var paluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
 
 // PaluSearches lists Palu's rank searches.
-var PaluSearches = []string{"uniform", "spectrum", "fisher"}
+var PaluSearches = model.PaluSearches
 
 func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	var problems []string

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/methods/mla"
 	"github.com/rankzip/rankzip/methods/palu"
 	"github.com/rankzip/rankzip/model"
@@ -36,10 +35,10 @@ func (v *validator) mla(where string, s *Stage) {
 	}
 	switch {
 	case s.Rotation == "" && *s.RoRoPE:
-		s.Rotation = string(compress.DefaultRotation)
+		s.Rotation = model.DefaultRotation
 	case s.Rotation == "":
-		s.Rotation = string(mla.RotateNone)
-	case !*s.RoRoPE && s.Rotation != string(mla.RotateNone):
+		s.Rotation = "none"
+	case !*s.RoRoPE && s.Rotation != "none":
 		v.add("%s: rotation %s contradicts rorope: false (which keeps the first heads' own RoPE dims)", where, s.Rotation)
 	}
 	if s.FreqFold == 0 {
@@ -48,7 +47,7 @@ func (v *validator) mla(where string, s *Stage) {
 	if s.BKV == nil {
 		s.BKV = ptr(true)
 	}
-	if !slices.Contains([]mla.Rotation{mla.RotateNone, mla.RotateKeys, mla.RotateScores}, mla.Rotation(s.Rotation)) {
+	if !slices.Contains(model.Rotations, s.Rotation) {
 		v.add("%s: rotation %q unknown (want none, keys or scores)", where, s.Rotation)
 		return
 	}
@@ -105,8 +104,8 @@ func (v *validator) palu(where string, s *Stage) {
 			s.RankSearch = "spectrum" // the architecture has no backward pass (Qwen3, Gemma 3)
 		}
 	}
-	if !slices.Contains(compress.PaluSearches, s.RankSearch) {
-		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.PaluSearches, ", "))
+	if !slices.Contains(model.PaluSearches, s.RankSearch) {
+		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(model.PaluSearches, ", "))
 	}
 	switch s.LatentBits {
 	case 0:

@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/rankzip/rankzip/calib"
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 	"github.com/rankzip/rankzip/tokenizer"
@@ -468,8 +467,8 @@ func (v *validator) lowRank(where string, s *Stage) {
 		if s.RankSearch == "" {
 			s.RankSearch = "global"
 		}
-		if !slices.Contains(compress.Searches, s.RankSearch) {
-			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.Searches, ", "))
+		if !slices.Contains(model.LowRankSearches, s.RankSearch) {
+			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(model.LowRankSearches, ", "))
 		}
 	}
 	if v.cfg == nil || !ok {
