@@ -5,8 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/rankzip/rankzip/methods/mla"
-	"github.com/rankzip/rankzip/methods/palu"
+	"github.com/rankzip/rankzip/methods/params"
 	"github.com/rankzip/rankzip/model"
 )
 
@@ -63,9 +62,9 @@ func (v *validator) mla(where string, s *Stage) {
 		v.add("%s: %v", where, err)
 		return
 	}
-	a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
-	o := mla.Options{RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: mla.Rotation(s.Rotation), FreqFold: s.FreqFold, BKV: *s.BKV, SeqLen: 1}
-	if err := o.Check(a); err != nil {
+	p := params.MLA{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, Freqs: len(c.InvFreq()),
+		RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: s.Rotation, FreqFold: s.FreqFold, SeqLen: 1}
+	if err := p.Check(); err != nil {
 		for _, e := range strings.Split(err.Error(), "\n") {
 			v.add("%s: %s", where, e)
 		}
@@ -145,7 +144,7 @@ func (v *validator) palu(where string, s *Stage) {
 	if s.GroupSize != nil {
 		want = *s.GroupSize
 	}
-	g, err := palu.GroupHeads(v.cfg.NumKVHeads, want)
+	g, err := params.PaluGroupHeads(v.cfg.NumKVHeads, want)
 	if err != nil {
 		v.add("%s: group_size %d must divide the model's %d KV heads", where, want, v.cfg.NumKVHeads)
 	} else {
