@@ -61,9 +61,26 @@ type Activities struct {
 	Store   *store.Store
 	Backend kernels.Backend
 	Log     *slog.Logger
-	// HeartbeatEvery is how often a running activity heartbeats (the SDK
-	// throttles sending to 0.8 × HeartbeatTimeout). Default 2 s.
+	// HeartbeatEvery is how often a running activity repeats its last beat
+	// between the beats of its work (the SDK throttles sending to 0.8 ×
+	// HeartbeatTimeout). Default 2 s.
 	HeartbeatEvery time.Duration
+	// StallAfter bounds that repeating in the block activities, which beat
+	// from their work (each calibration batch, site and layer): the last
+	// beat is repeated only while the work's last unit finished less than
+	// StallAfter ago. One unit can outlast the heartbeat timeout at real
+	// size on a CPU (a whitened factorisation of a 5632-wide layer takes
+	// tens of seconds), but a computation that hangs stops beating after
+	// StallAfter, times out and is retried. Default 30 min.
+	StallAfter time.Duration
+	// Heartbeat, when set, receives the beats of the block activities
+	// instead of activity.RecordHeartbeat: tests watch every beat there,
+	// which the SDK would throttle.
+	Heartbeat func(ctx context.Context, p Progress)
+	// HostQueue is the task queue only workers of this host (that see its
+	// local files) poll; Export reports it so that the job's next steps on
+	// the exported directory run here. Empty: none.
+	HostQueue string
 
 	mu     sync.Mutex
 	cached *cachedModel
@@ -80,6 +97,9 @@ type Progress struct {
 	Stage string `json:"stage"`           // inspect, block, plan, stage block, export, evaluate
 	Block int    `json:"block"`           // block index (stage block)
 	Phase string `json:"phase,omitempty"` // what the activity is doing
+	// Done is the last unit of the block's work finished (a layer, a
+	// site's statistics, a calibration batch), while it computes.
+	Done string `json:"done,omitempty"`
 	// Factored, once stored, lets a retry of the same block skip the
 	// factorisation and only produce the next streams.
 	Factored *Factored `json:"factored,omitempty"`
@@ -98,16 +118,49 @@ func (a *Activities) log() *slog.Logger {
 	return a.Log
 }
 
-// heartbeat records p now and then every HeartbeatEvery until the returned
-// stop is called. set replaces the details of later beats.
-func (a *Activities) heartbeat(ctx context.Context, p Progress) (set func(Progress), stop func()) {
+// beat records p as the activity's heartbeat now. The block activities
+// beat at each phase and, while computing, from compress's per-layer loop
+// (blockBeat), as samples-go's retryactivity beats from its loop: a beat
+// means the work moved, so a hung computation stops beating (after
+// StallAfter) and Temporal retries it.
+func (a *Activities) beat(ctx context.Context, p Progress) {
+	if a.Heartbeat != nil {
+		a.Heartbeat(ctx, p)
+		return
+	}
+	activity.RecordHeartbeat(ctx, p)
+}
+
+// blockBeat is the compress.Beat of a block activity: each unit of the
+// block's work that finishes beats p with it as Done through set.
+func blockBeat(set func(Progress), p Progress) compress.Beat {
+	return func(done string) {
+		p.Done = done
+		set(p)
+	}
+}
+
+// stallAfter is StallAfter or its default.
+func (a *Activities) stallAfter() time.Duration {
+	if a.StallAfter > 0 {
+		return a.StallAfter
+	}
+	return 30 * time.Minute
+}
+
+// heartbeat records p now and repeats the last beat every HeartbeatEvery
+// until the returned stop is called; set beats new details at once. With
+// stall > 0 the repeating pauses while the last set is stall old or more:
+// then only the work's own beats (set) count. Activities with no loop of
+// their own to beat from (inspect, plan, export, evaluate) pass 0.
+func (a *Activities) heartbeat(ctx context.Context, p Progress, stall time.Duration) (set func(Progress), stop func()) {
 	every := a.HeartbeatEvery
 	if every <= 0 {
 		every = 2 * time.Second
 	}
 	var mu sync.Mutex
-	cur := p
-	activity.RecordHeartbeat(ctx, cur)
+	cur, last := p, time.Now()
+	a.beat(ctx, cur)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -123,17 +176,19 @@ func (a *Activities) heartbeat(ctx context.Context, p Progress) (set func(Progre
 				return
 			case <-t.C:
 				mu.Lock()
-				d := cur
+				d, live := cur, stall <= 0 || time.Since(last) < stall
 				mu.Unlock()
-				activity.RecordHeartbeat(ctx, d)
+				if live {
+					a.beat(ctx, d)
+				}
 			}
 		}
 	}()
 	set = func(p Progress) {
 		mu.Lock()
-		cur = p
+		cur, last = p, time.Now()
 		mu.Unlock()
-		activity.RecordHeartbeat(ctx, p)
+		a.beat(ctx, p)
 	}
 	var once sync.Once
 	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
@@ -284,4 +339,28 @@ func (a *Activities) guard(fn func() error) (err error) {
 // canceled returns ctx's error, if any, for the loops between phases.
 func canceled(ctx context.Context) error {
 	return ctx.Err()
+}
+
+// advance runs a block on the streams (calib.Advance) for a retry that
+// only lacks the next streams, beating p through set and checking ctx
+// after each batch.
+func advance(ctx context.Context, set func(Progress), p Progress, m *model.Model, orig, comp *model.Block, st *calib.Streams) (*calib.Streams, error) {
+	bb := blockBeat(set, p)
+	pass := calib.NewPass(m, orig, comp, st)
+	defer pass.Release()
+	pass.OnBatch(func(batch int) error {
+		bb(fmt.Sprintf("next streams batch %d", batch))
+		return ctx.Err()
+	})
+	return pass.Next()
+}
+
+// stepError is the error of a compress block step: ctx's own error when the
+// step stopped because the activity was cancelled (retryable, so Temporal
+// sees the cancellation), else bad input.
+func stepError(ctx context.Context, err error) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return badInput(err)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -441,5 +442,91 @@ func TestExportKeepsUnreadableOutput(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(job.Recipe.Output); string(b) != "the user's file" {
 		t.Errorf("the file at the output was changed: %q", b)
+	}
+}
+
+// The block activity heartbeats from the work: a beat names each unit of
+// the block as it finishes (each calibration batch of a site, the site's
+// statistics, each layer), in order (the ticker may repeat a beat).
+func TestBlockBeatsFromLayers(t *testing.T) {
+	job, acts := fixture(t)
+	ins, _, err := exec[InspectOutput](t, acts, nil, acts.Inspect, InspectInput{Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var done []string
+	acts.Heartbeat = func(_ context.Context, p Progress) {
+		if p.Done == "" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		done = append(done, p.Done)
+		if p.Stage != "block" || p.Block != 1 || p.Phase != "factor" {
+			t.Errorf("beat %+v: want stage block, block 1, phase factor", p)
+		}
+	}
+	in := BlockInput{Job: job, Plan: ins.Plan, Streams: ins.Streams, Index: 1, Blocks: ins.Blocks}
+	if _, _, err := exec[BlockOutput](t, acts, nil, acts.Block, in); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	batches := func() {
+		for b := range 3 { // 8 sequences in batches of 3
+			want = append(want, fmt.Sprintf("model.layers.1 calibration batch %d", b))
+		}
+	}
+	batches()
+	want = append(want, "model.layers.1.mlp.gate_proj input statistics", "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj")
+	batches()
+	want = append(want, "model.layers.1.mlp.down_proj input statistics", "model.layers.1.mlp.down_proj")
+	batches() // the next streams
+	mu.Lock()
+	defer mu.Unlock()
+	if done = slices.Compact(done); !slices.Equal(done, want) {
+		t.Errorf("block beats\n%q\nwant\n%q", done, want)
+	}
+}
+
+// Between the work's beats the last one is repeated, but only until the
+// work has not moved for StallAfter: a hung computation stops beating.
+func TestHeartbeatStopsWhenWorkStalls(t *testing.T) {
+	var mu sync.Mutex
+	var at []time.Time
+	acts := &Activities{HeartbeatEvery: time.Millisecond, StallAfter: 40 * time.Millisecond,
+		Heartbeat: func(context.Context, Progress) {
+			mu.Lock()
+			at = append(at, time.Now())
+			mu.Unlock()
+		}}
+	count := func(since time.Time) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, x := range at {
+			if !x.Before(since) {
+				n++
+			}
+		}
+		return n
+	}
+	set, stop := acts.heartbeat(context.Background(), Progress{Stage: "block"}, acts.stallAfter())
+	defer stop()
+	start := time.Now()
+	set(Progress{Stage: "block", Done: "a layer"})
+	time.Sleep(150 * time.Millisecond)
+	quiet := time.Now()
+	time.Sleep(100 * time.Millisecond)
+	if n := count(start); n < 2 {
+		t.Errorf("%d beats after the work's beat, want the ticker to repeat it", n)
+	}
+	if n := count(quiet); n != 0 {
+		t.Errorf("%d beats more than %v after the work's last beat, want none", n, acts.StallAfter)
+	}
+	set(Progress{Stage: "block", Done: "the next layer"})
+	time.Sleep(20 * time.Millisecond)
+	if n := count(quiet); n < 2 {
+		t.Errorf("%d beats once the work moved again, want the ticker to resume", n)
 	}
 }

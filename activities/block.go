@@ -66,7 +66,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 	start := time.Now()
 	var loaded, factored time.Time // phase ends, for the log
 	p := Progress{Stage: "block", Block: in.Index, Phase: "load"}
-	set, stop := a.heartbeat(ctx, p)
+	set, stop := a.heartbeat(ctx, p, a.stallAfter())
 	defer stop()
 	err := a.guard(func() error {
 		m, err := a.model(job)
@@ -87,6 +87,8 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		if err := canceled(ctx); err != nil {
 			return err
 		}
+		p.Phase = "loaded"
+		set(p)
 		loaded = time.Now()
 		orig := m.Blocks[in.Index]
 		var comp *model.Block
@@ -104,8 +106,8 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		if comp == nil {
 			p.Phase = "factor"
 			set(p)
-			if comp, out.Layers, next, err = plan.Block(m, in.Index, st); err != nil {
-				return badInput(fmt.Errorf("block %d: %w", in.Index, err))
+			if comp, out.Layers, next, err = plan.Block(ctx, m, in.Index, st, blockBeat(set, p)); err != nil {
+				return stepError(ctx, fmt.Errorf("block %d: %w", in.Index, err))
 			}
 			if out.Factors, err = putLayers(a.Store, store.Key("factors", key), orig, comp); err != nil {
 				return a.storeError(err)
@@ -117,7 +119,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 			p.Phase, p.Factored = "factored", done
 			set(p)
 		} else if in.Index+1 < len(m.Blocks) && !in.NoNext {
-			if next, err = calib.Advance(m, orig, comp, st); err != nil {
+			if next, err = advance(ctx, set, p, m, orig, comp, st); err != nil {
 				return err
 			}
 		}

@@ -59,7 +59,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 		q.Skipped = true
 		return q, nil
 	}
-	_, stop := a.heartbeat(ctx, Progress{Stage: "evaluate", Phase: "load"})
+	_, stop := a.heartbeat(ctx, Progress{Stage: "evaluate", Phase: "load"}, 0)
 	defer stop()
 	err := a.guard(func() error {
 		orig, err := a.model(job)

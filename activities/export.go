@@ -37,6 +37,10 @@ type ExportOutput struct {
 	Params  int64         `json:"params"` // parameters of the exported model
 	Bytes   int64         `json:"bytes"`  // total size of its files
 	Skipped bool          `json:"skipped"`
+	// HostQueue is the task queue of the host that holds Dir (the
+	// exporting worker's Activities.HostQueue): Evaluate and Report, which
+	// read and write Dir, go there. Empty when the worker has none.
+	HostQueue string `json:"host_queue,omitempty"`
 }
 
 // AdapterDir is the directory of the EoRA adapter inside a gptq export.
@@ -62,10 +66,10 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	key := store.Key("export", parts...)
 	if out, ok := a.exported(key, job); ok {
 		a.log().Info("export already done", "job", job.ID, "dir", out.Dir)
-		out.Skipped = true
+		out.Skipped, out.HostQueue = true, a.HostQueue
 		return out, nil
 	}
-	_, stop := a.heartbeat(ctx, Progress{Stage: "export", Phase: "assemble"})
+	_, stop := a.heartbeat(ctx, Progress{Stage: "export", Phase: "assemble"}, 0)
 	defer stop()
 	var out ExportOutput
 	err := a.guard(func() error {
@@ -110,6 +114,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	if err != nil {
 		return ExportOutput{}, err
 	}
+	out.HostQueue = a.HostQueue // not in the stored record: another host may export the same key
 	a.log().Info("exported", "job", job.ID, "dir", out.Dir, "bytes", out.Bytes, "params", out.Params)
 	return out, nil
 }

@@ -65,7 +65,7 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 			return out, nil
 		}
 	}
-	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"})
+	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"}, 0)
 	defer stop()
 	err := a.guard(func() error {
 		if len(job.Recipe.Stages) == 0 {

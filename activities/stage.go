@@ -135,7 +135,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		out.Skipped = true
 		return out, nil
 	}
-	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"})
+	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"}, 0)
 	defer stop()
 	err := a.guard(func() error {
 		if in.Stage < 0 || in.Stage >= len(r.Stages) || len(in.Prior) != in.Stage {
@@ -232,7 +232,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 	}
 	start := time.Now()
 	p := Progress{Stage: "stage block", Block: in.Index, Phase: "load"}
-	set, stop := a.heartbeat(ctx, p)
+	set, stop := a.heartbeat(ctx, p, a.stallAfter())
 	defer stop()
 	err := a.guard(func() error {
 		m, err := a.model(job)
@@ -275,7 +275,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 				out.Layers, out.Report = done.Layers, done.Report
 				a.log().Info("stage block layers found, only the next streams are missing", "job", job.ID, "stage", in.Stage, "block", in.Index)
 				if in.Index+1 < len(m.Blocks) {
-					if next, err = calib.Advance(ref, refBlock, comp, st); err != nil {
+					if next, err = advance(ctx, set, p, ref, refBlock, comp, st); err != nil {
 						return err
 					}
 				}
@@ -286,8 +286,8 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if comp == nil {
 			p.Phase = "compute"
 			set(p)
-			if comp, out.Report, next, err = runStage(plan, &cur, m, in.Index, base, st); err != nil {
-				return badInput(fmt.Errorf("stages[%d] (%s) block %d: %w", in.Stage, plan.Method, in.Index, err))
+			if comp, out.Report, next, err = runStage(ctx, plan, &cur, m, in.Index, base, st, blockBeat(set, p)); err != nil {
+				return stepError(ctx, fmt.Errorf("stages[%d] (%s) block %d: %w", in.Stage, plan.Method, in.Index, err))
 			}
 			if out.Layers, err = putLayers(a.Store, store.Key("layers", key), base, comp); err != nil {
 				return a.storeError(err)
@@ -323,11 +323,11 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 
 // runStage applies a stage's per-block step: cur is the stage's input model
 // (block i as the earlier stages left it), orig the original model.
-func runStage(plan StagePlan, cur, orig *model.Model, i int, base *model.Block, st *calib.Streams) (*model.Block, StageReport, *calib.Streams, error) {
+func runStage(ctx context.Context, plan StagePlan, cur, orig *model.Model, i int, base *model.Block, st *calib.Streams, beat compress.Beat) (*model.Block, StageReport, *calib.Streams, error) {
 	var rep StageReport
 	switch {
 	case plan.Palu != nil:
-		b, next, err := plan.Palu.Block(cur, i, st)
+		b, next, err := plan.Palu.Block(ctx, cur, i, st, beat)
 		if err != nil {
 			return nil, rep, nil, err
 		}
@@ -338,15 +338,15 @@ func runStage(plan StagePlan, cur, orig *model.Model, i int, base *model.Block, 
 		}
 		return b, rep, next, nil
 	case plan.Quant != nil:
-		b, layers, next, err := plan.Quant.Block(cur, i, st)
+		b, layers, next, err := plan.Quant.Block(ctx, cur, i, st, beat)
 		rep.Quant = layers
 		return b, rep, next, err
 	case plan.EoRA != nil:
-		b, _, layers, next, err := plan.EoRA.Block(orig, i, base, st)
+		b, _, layers, next, err := plan.EoRA.Block(ctx, orig, i, base, st, beat)
 		rep.EoRA = layers
 		return b, rep, next, err
 	case plan.MLA != nil:
-		b, layer, next, err := plan.MLA.Block(cur, i, st)
+		b, layer, next, err := plan.MLA.Block(ctx, cur, i, st, beat)
 		rep.MLA = &layer
 		return b, rep, next, err
 	}

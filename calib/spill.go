@@ -11,6 +11,17 @@ import (
 // into memory: the kernel writes the pages back and evicts them when memory
 // is short, so only the batch being worked on needs to stay resident.
 func spillStates(dir string, h *model.States) (*model.States, error) {
+	x, err := spillFloats(dir, len(h.X))
+	if err != nil {
+		return nil, err
+	}
+	copy(x, h.X)
+	return &model.States{X: x, Dim: h.Dim, Starts: h.Starts}, nil
+}
+
+// spillFloats returns n float32s mapped from a new file under dir (see
+// spillStates); unmapFloats lets them go.
+func spillFloats(dir string, n int) ([]float32, error) {
 	f, err := os.CreateTemp(dir, "states-*.f32")
 	if err != nil {
 		return nil, fmt.Errorf("spill hidden states: %w", err)
@@ -18,12 +29,11 @@ func spillStates(dir string, h *model.States) (*model.States, error) {
 	defer f.Close()
 	// The mapping keeps the data reachable; the name is not needed.
 	defer os.Remove(f.Name())
-	x, err := mapFloats(f, len(h.X))
+	x, err := mapFloats(f, n)
 	if err != nil {
 		return nil, fmt.Errorf("spill hidden states to %s: %w", dir, err)
 	}
-	copy(x, h.X)
-	return &model.States{X: x, Dim: h.Dim, Starts: h.Starts}, nil
+	return x, nil
 }
 
 // spill moves every batch of st under st.Spill (when set).

@@ -64,30 +64,50 @@ func (s *SiteStats) MeanAbs() []float64 {
 // add accumulates rows of x (the compressed stream) and, with a cross-Gram,
 // the matching rows of orig.
 func (s *SiteStats) add(k kernels.Backend, x, orig []float32, rows int) error {
-	for i, v := range x[:rows*s.Dim] {
-		f := float64(v)
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			return fmt.Errorf("non-finite activation %v at token %d channel %d", v, s.N+i/s.Dim, i%s.Dim)
+	d := s.Dim
+	for r := range rows {
+		for j, v := range x[r*d : (r+1)*d] {
+			f := float64(v)
+			if math.IsNaN(f) || math.IsInf(f, 0) {
+				return fmt.Errorf("non-finite activation %v at token %d channel %d", v, s.N+r, j)
+			}
+			s.Sum[j] += f
+			s.AbsSum[j] += math.Abs(f)
 		}
-		s.Sum[i%s.Dim] += f
-		s.AbsSum[i%s.Dim] += math.Abs(f)
 	}
-	k.GramAdd(s.C, x, rows, s.Dim)
+	k.GramAdd(s.C, x, rows, d)
 	if s.Cross != nil {
-		xo := toDense(orig, rows, s.Dim)
-		xc := toDense(x, rows, s.Dim)
-		k.Dgemm(true, false, 1, xo, xc, 1, s.Cross)
+		crossAdd(k, s.Cross, orig, x, rows, d)
 	}
 	s.N += rows
 	return nil
 }
 
-func toDense(x []float32, rows, cols int) *mat.Dense {
-	d := make([]float64, rows*cols)
-	for i, v := range x[:rows*cols] {
-		d[i] = float64(v)
+// crossChunkRows is how many rows crossAdd widens to float64 at a time:
+// enough for Dgemm to run near its rate (k = 512), small enough that the
+// two buffers stay tens of MiB at the widest site (intermediate 5632).
+const crossChunkRows = 512
+
+// crossAdd adds Xoᵀ Xc to c (cols×cols), where Xo and Xc are rows×cols
+// float32. The rows go through float64 buffers a chunk at a time, so no
+// float64 copy of a whole activation is made; float64 accumulation keeps
+// the statistics exact to float64 rounding.
+func crossAdd(k kernels.Backend, c *mat.Dense, xo, xc []float32, rows, cols int) {
+	chunk := min(rows, crossChunkRows)
+	bo := make([]float64, chunk*cols)
+	bc := make([]float64, chunk*cols)
+	for r0 := 0; r0 < rows; r0 += chunk {
+		kr := min(chunk, rows-r0)
+		widen(bo[:kr*cols], xo[r0*cols:(r0+kr)*cols])
+		widen(bc[:kr*cols], xc[r0*cols:(r0+kr)*cols])
+		k.Dgemm(true, false, 1, mat.NewDense(kr, cols, bo[:kr*cols]), mat.NewDense(kr, cols, bc[:kr*cols]), 1, c)
 	}
-	return mat.NewDense(rows, cols, d)
+}
+
+func widen(dst []float64, src []float32) {
+	for i, v := range src {
+		dst[i] = float64(v)
+	}
 }
 
 // Streams are the calibration hidden states entering a block, in batches:
@@ -140,34 +160,175 @@ func (st *Streams) Tokens() int {
 	return n
 }
 
-// Collect accumulates the statistics of one site of a block. orig is the
-// block as in the original model; comp is the same block with the linears
-// compressed so far (those before site). In Original mode only orig runs.
-func Collect(m *model.Model, orig, comp *model.Block, st *Streams, site model.Site) (*SiteStats, error) {
-	var s *SiteStats
-	capture := func(dst *[]float32) model.Tap {
-		return func(at model.Site, x []float32, rows, cols int) bool {
-			if at != site {
-				return true
-			}
-			if s == nil {
-				s = newSiteStats(cols, st.Mode == Sequential)
-			}
-			*dst = append((*dst)[:0], x[:rows*cols]...)
-			return false
+// Pass is the calibration of one block in true-sequential order: every
+// batch of the original and the compressed stream runs through the block
+// once, stopping at each site (model.BlockRun). Stats(site) takes a site's
+// statistics over all batches; the caller then replaces the linears that
+// read the site in the compressed block and asks for the next site, and the
+// batches resume from where they stopped, so the float32 work of a block is
+// one forward pass per stream. Each batch's state at the current site stays
+// in memory between calls (one batch of hidden states and one site input
+// per stream and batch; in memory-mapped files when the streams are
+// spilled, see Release).
+type Pass struct {
+	m          *model.Model
+	orig, comp *model.Block
+	st         *Streams
+	// The batches' runs, started on first use; compRuns is nil in
+	// Original mode.
+	origRuns, compRuns []*model.BlockRun
+	// once drops each batch's run after its statistics (Collect): memory
+	// then holds one batch's state at a time.
+	once bool
+	// batchDone, when set, is called after each batch of Stats and Next;
+	// an error it returns stops the pass there.
+	batchDone func(batch int) error
+	// mapped are the spilled buffers each batch's paused runs hold.
+	mapped [][][]float32
+}
+
+// OnBatch sets fn to be called after each batch a call of Stats or Next
+// has run: the caller's heartbeat and cancellation check inside a site,
+// whose statistics take a pass over every batch. An error from fn stops
+// the call and is returned as is.
+func (p *Pass) OnBatch(fn func(batch int) error) { p.batchDone = fn }
+
+func (p *Pass) done(batch int) error {
+	if p.batchDone == nil {
+		return nil
+	}
+	return p.batchDone(batch)
+}
+
+// NewPass starts the calibration of a block: orig is the block as in the
+// original model, comp the block being compressed, which the caller changes
+// between calls (its linears before the site asked for). In Original mode
+// only orig runs. st is left as it was.
+func NewPass(m *model.Model, orig, comp *model.Block, st *Streams) *Pass {
+	p := &Pass{m: m, orig: orig, comp: comp, st: st, origRuns: make([]*model.BlockRun, len(st.Orig)),
+		mapped: make([][][]float32, len(st.Orig))}
+	if st.Mode == Sequential {
+		p.compRuns = make([]*model.BlockRun, len(st.Orig))
+	}
+	return p
+}
+
+// runs returns batch i's runs, starting them when new.
+func (p *Pass) runs(i int) (orig, comp *model.BlockRun) {
+	if p.origRuns[i] == nil {
+		p.origRuns[i] = p.m.StartBlock(p.orig, p.st.Orig[i])
+		if p.compRuns != nil {
+			p.compRuns[i] = p.m.StartBlock(p.comp, p.st.Comp[i])
 		}
 	}
-	var xo, xc []float32
-	for i, h := range st.Orig {
-		m.RunBlock(orig, h, capture(&xo))
-		if st.Mode == Original {
-			if err := s.add(m.Backend, xo, nil, h.Rows()); err != nil {
+	if p.compRuns != nil {
+		comp = p.compRuns[i]
+	}
+	return p.origRuns[i], comp
+}
+
+// drop lets batch i's state go.
+func (p *Pass) drop(i int) {
+	p.origRuns[i] = nil
+	if p.compRuns != nil {
+		p.compRuns[i] = nil
+	}
+	p.unmap(i)
+}
+
+// pause moves batch i's paused runs into spilled files when the streams
+// are spilled, so that memory holds one batch's state at a time.
+func (p *Pass) pause(i int) error {
+	if p.st.Spill == "" {
+		return nil
+	}
+	old := p.mapped[i]
+	p.mapped[i] = nil
+	alloc := func(n int) ([]float32, error) {
+		x, err := spillFloats(p.st.Spill, n)
+		if err == nil {
+			p.mapped[i] = append(p.mapped[i], x)
+		}
+		return x, err
+	}
+	runs := []*model.BlockRun{p.origRuns[i]}
+	if p.compRuns != nil {
+		runs = append(runs, p.compRuns[i])
+	}
+	for _, r := range runs {
+		if r != nil {
+			if err := r.Keep(alloc); err != nil {
+				return err
+			}
+		}
+	}
+	for _, x := range old { // the runs now hold the new copies
+		unmapFloats(x)
+	}
+	return nil
+}
+
+func (p *Pass) unmap(i int) {
+	for _, x := range p.mapped[i] {
+		unmapFloats(x)
+	}
+	p.mapped[i] = nil
+}
+
+// Release lets every batch's state go (and unmaps what was spilled); the
+// pass must not be used after. Stats and Next need no Release on success
+// when Next has run; call it (deferred) for a pass that may stop early.
+func (p *Pass) Release() {
+	for i := range p.origRuns {
+		p.drop(i)
+	}
+}
+
+// advance runs r on to site (or to the block's end when end is set); it
+// reports false when the block ends before reaching site.
+func advance(r *model.BlockRun, b *model.Block, site model.Site, end bool) bool {
+	for !r.Done() && (end || r.Site() < site) {
+		r.Step(b)
+	}
+	return !r.Done() && (end || r.Site() == site)
+}
+
+// Stats runs every batch on to site and returns the site's statistics.
+// Sites must be asked for in block order; a site the block lacks (the down
+// projection of a mixture-of-experts block) is an error.
+func (p *Pass) Stats(site model.Site) (*SiteStats, error) {
+	var s *SiteStats
+	for i := range p.origRuns {
+		ro, rc := p.runs(i)
+		if !ro.Done() && ro.Site() > site {
+			return nil, fmt.Errorf("calibration pass already past site %d", site)
+		}
+		if !advance(ro, p.orig, site, false) {
+			return nil, fmt.Errorf("the block has no site %d", site)
+		}
+		xo, rows, cols := ro.Input()
+		if s == nil {
+			s = newSiteStats(cols, p.st.Mode == Sequential)
+		}
+		if rc == nil {
+			if err := s.add(p.m.Backend, xo, nil, rows); err != nil {
 				return nil, err
 			}
-			continue
+		} else {
+			if !advance(rc, p.comp, site, false) {
+				return nil, fmt.Errorf("the compressed block has no site %d", site)
+			}
+			xc, _, _ := rc.Input()
+			if err := s.add(p.m.Backend, xc, xo, rows); err != nil {
+				return nil, err
+			}
 		}
-		m.RunBlock(comp, st.Comp[i], capture(&xc))
-		if err := s.add(m.Backend, xc, xo, h.Rows()); err != nil {
+		if p.once {
+			p.drop(i)
+		} else if err := p.pause(i); err != nil {
+			return nil, err
+		}
+		if err := p.done(i); err != nil {
 			return nil, err
 		}
 	}
@@ -177,29 +338,63 @@ func Collect(m *model.Model, orig, comp *model.Block, st *Streams, site model.Si
 	return s, nil
 }
 
-// Advance runs the blocks on the streams and returns the streams entering
-// the next block (spilled like st). st itself is left as it was.
-func Advance(m *model.Model, orig, comp *model.Block, st *Streams) (*Streams, error) {
-	next := &Streams{Mode: st.Mode, Spill: st.Spill}
+// Next runs every batch to the block's end and returns the streams entering
+// the next block (spilled like the pass's streams).
+func (p *Pass) Next() (*Streams, error) {
+	next := &Streams{Mode: p.st.Mode, Spill: p.st.Spill}
+	if err := p.next(next); err != nil {
+		next.Release()
+		return nil, err
+	}
+	return next, nil
+}
+
+func (p *Pass) next(next *Streams) error {
 	keep := func(h *model.States) (*model.States, error) {
-		if st.Spill == "" {
+		if p.st.Spill == "" {
 			return h, nil
 		}
-		return spillStates(st.Spill, h)
+		return spillStates(p.st.Spill, h)
 	}
-	for i, h := range st.Orig {
-		o, err := keep(m.RunBlock(orig, h, nil))
+	for i := range p.origRuns {
+		ro, rc := p.runs(i)
+		advance(ro, p.orig, 0, true)
+		o, err := keep(ro.Output())
 		if err != nil {
-			return nil, err
+			return err
 		}
 		next.Orig = append(next.Orig, o)
-		if st.Mode == Sequential {
-			c, err := keep(m.RunBlock(comp, st.Comp[i], nil))
+		if rc != nil {
+			advance(rc, p.comp, 0, true)
+			c, err := keep(rc.Output())
 			if err != nil {
-				return nil, err
+				return err
 			}
 			next.Comp = append(next.Comp, c)
 		}
+		p.drop(i)
+		if err := p.done(i); err != nil {
+			return err
+		}
 	}
-	return next, nil
+	return nil
+}
+
+// Collect accumulates the statistics of one site of a block (a Pass that
+// stops there). orig is the block as in the original model; comp is the
+// same block with the linears compressed so far (those before site). In
+// Original mode only orig runs.
+func Collect(m *model.Model, orig, comp *model.Block, st *Streams, site model.Site) (*SiteStats, error) {
+	p := NewPass(m, orig, comp, st)
+	defer p.Release()
+	p.once = true
+	return p.Stats(site)
+}
+
+// Advance runs the blocks on the streams and returns the streams entering
+// the next block (spilled like st). st itself is left as it was.
+func Advance(m *model.Model, orig, comp *model.Block, st *Streams) (*Streams, error) {
+	p := NewPass(m, orig, comp, st)
+	defer p.Release()
+	return p.Next()
 }

@@ -126,8 +126,8 @@ func TestArchitecturesCompress(t *testing.T) {
 }
 
 // Mixture-of-experts models: the attention projections compress (whiten,
-// then GPTQ) and export; the experts and router are refused naming the
-// architecture, and so are Palu and MLA.
+// then GPTQ) and export; Palu and MLA are refused naming the architecture,
+// and so is EoRA on the experts (moe_test.go compresses the experts).
 func TestMoECompressAttention(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"mixtral", "qwen3_moe"} {
@@ -135,14 +135,6 @@ func TestMoECompressAttention(t *testing.T) {
 		base, err := m.Forward(ev)
 		if err != nil {
 			t.Fatal(err)
-		}
-		_, err = Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"mlp.*"}, KeepParams: 0.8}, nil)
-		if err == nil || !strings.Contains(err.Error(), typ) || !strings.Contains(err.Error(), "experts") {
-			t.Errorf("%s: mlp targets: %v", typ, err)
-		}
-		_, err = RunQuant(ctx, m, cal, QuantOptions{Method: "rtn", Bits: 4, GroupSize: 32}, nil)
-		if err == nil || !strings.Contains(err.Error(), typ) {
-			t.Errorf("%s: quantizing every linear: %v", typ, err)
 		}
 		lr, err := Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"self_attn.*"}, KeepParams: 0.8}, nil)
 		if err != nil {

@@ -47,6 +47,8 @@ type Layer struct {
 	Rank           int     `json:"rank"` // 0 when kept dense
 	Dense          bool    `json:"dense"`
 	PredictedError float64 `json:"predicted_error"` // the method's own calibration error (see methods)
+	// Unrouted: an expert no calibration token was routed to, kept dense.
+	Unrouted bool `json:"unrouted,omitempty"`
 }
 
 // Result is the compressed model and a per-layer report.
@@ -76,6 +78,10 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	if !slices.Contains(Methods, o.Method) {
 		problems = append(problems, fmt.Sprintf("method %q unknown (want one of %s)", o.Method, strings.Join(Methods, ", ")))
 	}
+	mods, err := targetModules(m.Config, o.Targets)
+	if o.RankSearch == "" && hasExperts(mods) {
+		o.RankSearch = "uniform" // the only search experts have (moe.go)
+	}
 	if o.RankSearch == "" {
 		o.RankSearch = "sensitivity" // measured best on stories260K; see TestSensitivityBeatsUniform
 	}
@@ -94,12 +100,11 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
 		problems = append(problems, err.Error())
 	}
-	mods, err := modulesOf(o.Targets)
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
-	if err := m.Config.CheckTargets(mods); err != nil {
-		return err
+	if err := checkExpertSearch(mods, o); err != nil {
+		problems = append(problems, err.Error())
 	}
 	need := 0
 	for _, mod := range mods {

@@ -103,7 +103,7 @@ func RunEoRA(ctx context.Context, comp, orig *model.Model, seqs [][]int32, o EoR
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		nb, adapters, layers, next, err := o.Block(orig, i, comp.Blocks[i], st)
+		nb, adapters, layers, next, err := o.Block(ctx, orig, i, comp.Blocks[i], st, nil)
 		if err != nil {
 			return nil, err
 		}

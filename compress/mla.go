@@ -125,7 +125,7 @@ func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		comp, layer, next, err := o.Block(m, i, st)
+		comp, layer, next, err := o.Block(ctx, m, i, st, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -152,23 +152,36 @@ func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (
 // Block converts the attention of block i of m, calibrated on the streams
 // entering it, and returns the block, its report and the streams entering
 // block i+1 (nil after the last block). o must have passed Check.
-func (o *MLAOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, MLALayer, *calib.Streams, error) {
+func (o *MLAOptions) Block(ctx context.Context, m *model.Model, i int, st *calib.Streams, beat Beat) (*model.Block, MLALayer, *calib.Streams, error) {
 	orig := m.Blocks[i]
-	stats, err := calib.Collect(m, orig, orig, st, model.AttnInput)
+	// The converted block replaces q, k and v together; its pass starts
+	// as the original block and takes the conversion before going on.
+	comp := *orig
+	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
+	pass.OnBatch(batchStep(ctx, beat, i))
+	stats, err := pass.Stats(model.AttnInput)
 	if err != nil {
 		return nil, MLALayer{}, nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
 	}
-	comp, layer, err := convertBlock(m, i, orig, stats, o.options())
+	if err := step(ctx, beat, fmt.Sprintf("model.layers.%d attention input statistics", i)); err != nil {
+		return nil, MLALayer{}, nil, err
+	}
+	conv, layer, err := convertBlock(m, i, orig, stats, o.options())
 	if err != nil {
+		return nil, MLALayer{}, nil, err
+	}
+	comp = *conv
+	if err := step(ctx, beat, fmt.Sprintf("model.layers.%d.self_attn", i)); err != nil {
 		return nil, MLALayer{}, nil, err
 	}
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
-		if next, err = calib.Advance(m, orig, comp, st); err != nil {
+		if next, err = pass.Next(); err != nil {
 			return nil, MLALayer{}, nil, err
 		}
 	}
-	return comp, layer, next, nil
+	return &comp, layer, next, nil
 }
 
 // convertBlock converts the attention of one block calibrated on stats.

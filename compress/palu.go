@@ -116,7 +116,7 @@ func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if out.Blocks[i], st, err = p.Block(m, i, st); err != nil {
+		if out.Blocks[i], st, err = p.Block(ctx, m, i, st, nil); err != nil {
 			return nil, err
 		}
 	}

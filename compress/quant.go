@@ -42,6 +42,8 @@ type QuantLayer struct {
 	CalibError float64 `json:"calib_error"`
 	RelError   float64 `json:"rel_error"`
 	Damp       float64 `json:"damp,omitempty"` // GPTQ's final relative damping
+	// Unrouted: an expert no calibration token was routed to, kept dense.
+	Unrouted bool `json:"unrouted,omitempty"`
 }
 
 // QuantResult is the quantized model and a per-layer report.
@@ -71,9 +73,7 @@ func (o *QuantOptions) Validate(m *model.Model) error {
 	cfg := o.config()
 	if err := cfg.Validate(); err != nil {
 		problems = append(problems, err.Error())
-	} else if mods, err := modulesOf(o.Targets); err != nil {
-		problems = append(problems, err.Error())
-	} else if err := m.Config.CheckTargets(mods); err != nil {
+	} else if mods, err := targetModules(m.Config, o.Targets); err != nil {
 		problems = append(problems, err.Error())
 	} else {
 		for _, mod := range mods {
@@ -122,7 +122,7 @@ func RunQuant(ctx context.Context, m *model.Model, seqs [][]int32, o QuantOption
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		comp, layers, next, err := o.Block(m, i, st)
+		comp, layers, next, err := o.Block(ctx, m, i, st, nil)
 		if err != nil {
 			return nil, err
 		}

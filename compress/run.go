@@ -18,6 +18,27 @@ import (
 // Progress is told after each block.
 type Progress func(block, blocks int)
 
+// Beat is told, inside a block step, what unit of work has just finished (a
+// site's statistics, a layer: "model.layers.3.mlp.up_proj"), so that a
+// caller can heartbeat from the work itself. It may be nil.
+type Beat func(done string)
+
+// step tells beat what was done and returns ctx's error, if any: the check
+// between the units of a block.
+func step(ctx context.Context, beat Beat, done string) error {
+	if beat != nil {
+		beat(done)
+	}
+	return ctx.Err()
+}
+
+// batchStep is the per-batch check of block i's calibration pass.
+func batchStep(ctx context.Context, beat Beat, i int) func(batch int) error {
+	return func(batch int) error {
+		return step(ctx, beat, fmt.Sprintf("model.layers.%d calibration batch %d", i, batch))
+	}
+}
+
 // Plan is a validated stage with the rank of every targeted matrix chosen.
 // It is plain data, so a workflow can pass it between activities.
 type Plan struct {
@@ -36,7 +57,7 @@ func NewPlan(ctx context.Context, m *model.Model, seqs [][]int32, o Options) (*P
 	if err := o.Validate(m, tokens); err != nil {
 		return nil, err
 	}
-	mods, _ := modulesOf(o.Targets)
+	mods, _ := targetModules(m.Config, o.Targets)
 	ranks, err := allocate(ctx, m, seqs, o, mods)
 	if err != nil {
 		return nil, err
@@ -65,7 +86,7 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 		}
 		var layers []Layer
 		var next *calib.Streams
-		if out.Blocks[i], layers, next, err = p.Block(m, i, st); err != nil {
+		if out.Blocks[i], layers, next, err = p.Block(ctx, m, i, st, nil); err != nil {
 			return nil, err
 		}
 		if next != nil {
@@ -90,22 +111,35 @@ func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progres
 
 // Block compresses block i of m, calibrated on the streams entering it, and
 // returns the compressed block, its per-layer report and the streams
-// entering block i+1 (nil after the last block).
-func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []Layer, *calib.Streams, error) {
+// entering block i+1 (nil after the last block). Each batch runs through the
+// original and the compressed block once (calib.Pass); ctx is checked and
+// beat told after each site's statistics and each layer, so cancellation
+// takes effect between layers.
+func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Streams, beat Beat) (*model.Block, []Layer, *calib.Streams, error) {
 	orig := m.Blocks[i]
 	comp := *orig
+	expertBlock(&comp)
+	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
+	pass.OnBatch(batchStep(ctx, beat, i))
 	var layers []Layer
 	var stats *calib.SiteStats
 	var err error
 	site := model.Site(-1)
 	for _, mod := range p.Modules {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := model.ModuleName(i, mod)
 		if s := siteOf(mod); s != site {
 			// Statistics of this site see the linears compressed before it.
-			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
+			if stats, err = pass.Stats(s); err != nil {
 				return nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
 			}
 			site = s
+			if err := step(ctx, beat, name+" input statistics"); err != nil {
+				return nil, nil, nil, err
+			}
 		}
 		ch, ok := p.Ranks[name]
 		if !ok {
@@ -126,10 +160,18 @@ func (p *Plan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []
 		}
 		*comp.Linear(mod) = f
 		layers = append(layers, Layer{Name: name, Out: out, In: in, Rank: ch.Rank, PredictedError: predicted})
+		if err := step(ctx, beat, name); err != nil {
+			return nil, nil, nil, err
+		}
 	}
+	ex, err := p.experts(m, i, orig, &comp, st)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	layers = append(layers, ex...)
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
-		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
+		if next, err = pass.Next(); err != nil {
 			return nil, nil, nil, err
 		}
 	}

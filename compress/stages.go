@@ -46,13 +46,19 @@ func NewPaluPlan(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOpti
 // Block factors k_proj and v_proj of block i of m, calibrated on the
 // streams entering it, and returns the block and the streams entering block
 // i+1 (nil after the last block).
-func (p *PaluPlan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, *calib.Streams, error) {
+func (p *PaluPlan) Block(ctx context.Context, m *model.Model, i int, st *calib.Streams, beat Beat) (*model.Block, *calib.Streams, error) {
 	o := p.Options
 	orig := m.Blocks[i]
 	comp := *orig
-	stats, err := calib.Collect(m, orig, &comp, st, model.AttnInput)
+	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
+	pass.OnBatch(batchStep(ctx, beat, i))
+	stats, err := pass.Stats(model.AttnInput)
 	if err != nil {
 		return nil, nil, fmt.Errorf("calibrate block %d attention input: %w", i, err)
+	}
+	if err := step(ctx, beat, fmt.Sprintf("model.layers.%d attention input statistics", i)); err != nil {
+		return nil, nil, err
 	}
 	for _, mod := range paluModules {
 		name := model.ModuleName(i, mod)
@@ -82,10 +88,13 @@ func (p *PaluPlan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block
 		}
 		g.LatentBits, g.LatentGroup = o.LatentBits, o.LatentGroupSize
 		*comp.Linear(mod) = g
+		if err := step(ctx, beat, name); err != nil {
+			return nil, nil, err
+		}
 	}
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
-		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
+		if next, err = pass.Next(); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -96,23 +105,33 @@ func (p *PaluPlan) Block(m *model.Model, i int, st *calib.Streams) (*model.Block
 // calibrated on the streams entering it, and returns the block, its
 // per-layer report and the streams entering block i+1 (nil after the last
 // block). o must have passed Validate.
-func (o *QuantOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.Block, []QuantLayer, *calib.Streams, error) {
-	mods, err := modulesOf(o.Targets)
+func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *calib.Streams, beat Beat) (*model.Block, []QuantLayer, *calib.Streams, error) {
+	mods, err := targetModules(m.Config, o.Targets)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	orig := m.Blocks[i]
 	comp := *orig
+	expertBlock(&comp)
+	pass := calib.NewPass(m, orig, &comp, st)
+	defer pass.Release()
+	pass.OnBatch(batchStep(ctx, beat, i))
 	var layers []QuantLayer
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := model.ModuleName(i, mod)
 		if s := siteOf(mod); s != site {
-			if stats, err = calib.Collect(m, orig, &comp, st, s); err != nil {
+			if stats, err = pass.Stats(s); err != nil {
 				return nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
 			}
 			site = s
+			if err := step(ctx, beat, name+" input statistics"); err != nil {
+				return nil, nil, nil, err
+			}
 		}
 		w, bias, err := weight(*orig.Linear(mod), name)
 		if err != nil {
@@ -125,10 +144,18 @@ func (o *QuantOptions) Block(m *model.Model, i int, st *calib.Streams) (*model.B
 		layer.Name = name
 		*comp.Linear(mod) = q
 		layers = append(layers, layer)
+		if err := step(ctx, beat, name); err != nil {
+			return nil, nil, nil, err
+		}
 	}
+	ex, err := o.experts(m, i, orig, &comp, st, mods)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	layers = append(layers, ex...)
 	var next *calib.Streams
 	if i+1 < len(m.Blocks) {
-		if next, err = calib.Advance(m, orig, &comp, st); err != nil {
+		if next, err = pass.Next(); err != nil {
 			return nil, nil, nil, err
 		}
 	}
@@ -174,7 +201,7 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 // entering block i (embedded by orig). It returns the compensated block, its
 // adapters and per-layer report, and the streams entering block i+1 (nil
 // after the last block). o must have passed Check.
-func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *calib.Streams) (*model.Block, []gptq.Adapter, []EoRALayer, *calib.Streams, error) {
+func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp *model.Block, st *calib.Streams, beat Beat) (*model.Block, []gptq.Adapter, []EoRALayer, *calib.Streams, error) {
 	mods, err := modulesOf(o.Targets)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("eora: %w", err)
@@ -182,6 +209,9 @@ func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *cal
 	k := orig.Backend
 	ob := orig.Blocks[i]
 	nb := *comp
+	pass := calib.NewPass(orig, ob, &nb, st)
+	defer pass.Release()
+	pass.OnBatch(batchStep(ctx, beat, i))
 	var adapters []gptq.Adapter
 	var layers []EoRALayer
 	var stats *calib.SiteStats
@@ -193,10 +223,13 @@ func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *cal
 			continue // nothing to compensate
 		}
 		if s := siteOf(mod); s != site {
-			if stats, err = calib.Collect(orig, ob, &nb, st, s); err != nil {
+			if stats, err = pass.Stats(s); err != nil {
 				return nil, nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
 			}
 			site = s
+			if err := step(ctx, beat, name+" input statistics"); err != nil {
+				return nil, nil, nil, nil, err
+			}
 		}
 		w, _, err := weight(*ob.Linear(mod), name)
 		if err != nil {
@@ -229,10 +262,13 @@ func (o *EoRAOptions) Block(orig *model.Model, i int, comp *model.Block, st *cal
 		adapters = append(adapters, a)
 		n := float64(max(stats.N, 1))
 		layers = append(layers, EoRALayer{Name: name, Rank: r, ErrorBefore: e.ErrorBefore / n, ErrorAfter: e.ErrorAfter / n})
+		if err := step(ctx, beat, name); err != nil {
+			return nil, nil, nil, nil, err
+		}
 	}
 	var next *calib.Streams
 	if i+1 < len(orig.Blocks) {
-		if next, err = calib.Advance(orig, ob, &nb, st); err != nil {
+		if next, err = pass.Next(); err != nil {
 			return nil, nil, nil, nil, err
 		}
 	}

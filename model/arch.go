@@ -48,6 +48,7 @@ var archs = map[string]arch{
 	"gemma3_text": {ropeTheta: 1e6, eps: 1e-6, tied: true, headDim: 256, parse: (*parser).gemma3, rope: (*parser).gemma3Rope},
 	"mixtral":     {ropeTheta: 1e6, eps: 1e-5, parse: (*parser).mixtral},
 	"qwen3_moe":   {eps: 1e-6, parse: (*parser).qwen3moe},
+	"qwen2_moe":   {eps: 1e-6, parse: (*parser).qwen2moe},
 }
 
 // unsupportedHint adds to the refusal of a model type what to do instead.
@@ -55,8 +56,8 @@ func unsupportedHint(modelType string) string {
 	switch modelType {
 	case "gemma3":
 		return "; this is Gemma 3's vision-language config: its text model (text_config, model_type gemma3_text) is supported"
-	case "qwen2_moe", "olmoe", "dbrx", "jamba":
-		return "; of the mixture-of-experts models only mixtral and qwen3_moe are supported"
+	case "olmoe", "dbrx", "jamba":
+		return "; of the mixture-of-experts models only mixtral, qwen2_moe and qwen3_moe are supported"
 	case "phi3small", "phimoe", "phi4mm", "phi4_multimodal":
 		return "; of the Phi family only phi3 (Phi-3 mini/medium, Phi-4) is supported"
 	}

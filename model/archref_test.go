@@ -40,6 +40,7 @@ type refArch struct {
 	// Mixtral, Qwen3-MoE.
 	experts, topK, moeInter int
 	normTopK                bool
+	sharedInter             int // Qwen2-MoE's shared expert
 }
 
 // refArchs are the checkpoints the tests build: GQA, head_dim apart from
@@ -58,6 +59,8 @@ var refArchs = map[string]refArch{
 		eps: 1e-5, theta: 1e6, window: 7, experts: 4, topK: 2, moeInter: 48, normTopK: true},
 	"qwen3_moe": {typ: "qwen3_moe", hidden: 64, inter: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 32, vocab: 79,
 		eps: 1e-6, theta: 10000, experts: 4, topK: 2, moeInter: 40},
+	"qwen2_moe": {typ: "qwen2_moe", hidden: 64, inter: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 16, vocab: 73,
+		eps: 1e-6, theta: 10000, bias: true, experts: 4, topK: 2, moeInter: 32, sharedInter: 56},
 }
 
 // refTensors draws the checkpoint's tensors (HF names and shapes) from seed.
@@ -103,6 +106,10 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 			lin("self_attn.q_proj", q, h, false)
 			lin("self_attn.k_proj", kv, h, false)
 			lin("self_attn.v_proj", kv, h, false)
+		case "qwen2_moe": // Qwen2MoeAttention: biases on q, k, v only; no q/k norms
+			lin("self_attn.q_proj", q, h, true)
+			lin("self_attn.k_proj", kv, h, true)
+			lin("self_attn.v_proj", kv, h, true)
 		default: // the draw order keeps the checkpoints of testdata/refgen/transformers
 			lin("self_attn.q_proj", q, h, a.bias)
 			lin("self_attn.k_proj", kv, h, a.bias)
@@ -114,7 +121,7 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 			put(p+"self_attn.q_norm.weight", []int{a.headDim}, 0.1, normMean)
 			put(p+"self_attn.k_norm.weight", []int{a.headDim}, 0.1, normMean)
 		}
-		lin("self_attn.o_proj", h, q, a.bias)
+		lin("self_attn.o_proj", h, q, a.bias && a.typ != "qwen2_moe")
 		switch a.typ {
 		case "mixtral": // MixtralSparseMoeBlock: gate, experts.<e>.w1 (gate), w2 (down), w3 (up)
 			put(p+"block_sparse_moe.gate.weight", []int{a.experts, h}, 1/math.Sqrt(float64(h)), 0)
@@ -123,12 +130,18 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 				lin(fmt.Sprintf("block_sparse_moe.experts.%d.w2", e), h, a.moeInter, false)
 				lin(fmt.Sprintf("block_sparse_moe.experts.%d.w3", e), a.moeInter, h, false)
 			}
-		case "qwen3_moe": // Qwen3MoeSparseMoeBlock: gate, experts.<e>.{gate,up,down}_proj
+		case "qwen3_moe", "qwen2_moe": // Qwen3MoeSparseMoeBlock: gate, experts.<e>.{gate,up,down}_proj
 			put(p+"mlp.gate.weight", []int{a.experts, h}, 1/math.Sqrt(float64(h)), 0)
 			for e := range a.experts {
 				lin(fmt.Sprintf("mlp.experts.%d.gate_proj", e), a.moeInter, h, false)
 				lin(fmt.Sprintf("mlp.experts.%d.up_proj", e), a.moeInter, h, false)
 				lin(fmt.Sprintf("mlp.experts.%d.down_proj", e), h, a.moeInter, false)
+			}
+			if a.sharedInter > 0 { // Qwen2MoeSparseMoeBlock: shared_expert, shared_expert_gate
+				lin("mlp.shared_expert.gate_proj", a.sharedInter, h, false)
+				lin("mlp.shared_expert.up_proj", a.sharedInter, h, false)
+				lin("mlp.shared_expert.down_proj", h, a.sharedInter, false)
+				lin("mlp.shared_expert_gate", 1, h, false)
 			}
 		default:
 			lin("mlp.down_proj", h, a.inter, false)
@@ -169,6 +182,13 @@ func refConfig(a refArch, v5 bool) map[string]any {
 		c["architectures"] = []string{"MixtralForCausalLM"}
 		c["hidden_act"], c["sliding_window"], c["num_local_experts"], c["num_experts_per_tok"] = "silu", a.window, a.experts, a.topK
 		c["router_jitter_noise"], c["output_router_logits"], c["router_aux_loss_coef"] = 0.0, false, 0.001
+	case "qwen2_moe":
+		c["architectures"] = []string{"Qwen2MoeForCausalLM"}
+		c["hidden_act"], c["use_sliding_window"], c["sliding_window"], c["max_window_layers"] = "silu", false, nil, a.layers
+		c["num_experts"], c["num_experts_per_tok"], c["moe_intermediate_size"], c["norm_topk_prob"] = a.experts, a.topK, a.moeInter, a.normTopK
+		c["shared_expert_intermediate_size"], c["decoder_sparse_step"], c["mlp_only_layers"] = a.sharedInter, 1, []int{}
+		c["output_router_logits"], c["router_aux_loss_coef"] = false, 0.001
+		delete(c, "head_dim") // Qwen2MoeConfig has none: hidden_size / num_attention_heads
 	case "qwen3_moe":
 		c["architectures"] = []string{"Qwen3MoeForCausalLM"}
 		c["hidden_act"], c["attention_bias"], c["use_sliding_window"], c["sliding_window"], c["max_window_layers"] = "silu", a.bias, false, nil, a.layers
@@ -305,7 +325,7 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 			qs = linear(xn, w("self_attn.q_proj.weight"), w("self_attn.q_proj.bias"), q)
 			ks = linear(xn, w("self_attn.k_proj.weight"), w("self_attn.k_proj.bias"), kv)
 			vs = linear(xn, w("self_attn.v_proj.weight"), w("self_attn.v_proj.bias"), kv)
-			if a.typ != "mixtral" {
+			if a.typ != "mixtral" && a.typ != "qwen2_moe" {
 				qs, ks = norm(qs, w("self_attn.q_norm.weight")), norm(ks, w("self_attn.k_norm.weight"))
 			}
 		}
@@ -463,7 +483,8 @@ func sortedNames[V any](m map[string]V) []string {
 	return s
 }
 
-// refMoE is MixtralSparseMoeBlock / Qwen3MoeSparseMoeBlock on the rows of x:
+// refMoE is MixtralSparseMoeBlock / Qwen3MoeSparseMoeBlock /
+// Qwen2MoeSparseMoeBlock on the rows of x:
 // softmax over the router logits, the top-k experts, their weights
 // renormalised (Mixtral; Qwen3-MoE with norm_topk_prob), Σ w · down(silu(gate
 // x) · up x).
@@ -522,6 +543,36 @@ func refMoE(a refArch, t map[string][]float64, p string, x []float64) []float64 
 					s += d[o*a.moeInter+k] * act[k]
 				}
 				out[r*h+o] += prob[e] / norm * s
+			}
+		}
+	}
+	if a.sharedInter > 0 {
+		// Qwen2MoeSparseMoeBlock: + sigmoid(shared_expert_gate x) ·
+		// shared_expert(x), on every row.
+		g, u, d := t[p+"mlp.shared_expert.gate_proj.weight"], t[p+"mlp.shared_expert.up_proj.weight"], t[p+"mlp.shared_expert.down_proj.weight"]
+		sg := t[p+"mlp.shared_expert_gate.weight"]
+		for r := 0; r < len(x)/h; r++ {
+			xr := x[r*h : (r+1)*h]
+			z := 0.0
+			for i := range h {
+				z += sg[i] * xr[i]
+			}
+			scale := 1 / (1 + math.Exp(-z))
+			act := make([]float64, a.sharedInter)
+			for k := range act {
+				var gs, us float64
+				for i := range h {
+					gs += g[k*h+i] * xr[i]
+					us += u[k*h+i] * xr[i]
+				}
+				act[k] = gs / (1 + math.Exp(-gs)) * us
+			}
+			for o := range h {
+				s := 0.0
+				for k, v := range act {
+					s += d[o*a.sharedInter+k] * v
+				}
+				out[r*h+o] += scale * s
 			}
 		}
 	}

@@ -68,7 +68,7 @@ type Config struct {
 	// Gemma is Gemma 3's text model (see gemma3.go), nil otherwise.
 	Gemma *GemmaConfig
 	// MoE is the routing of a mixture-of-experts model (moe.go: Mixtral,
-	// Qwen3-MoE), nil for dense MLPs.
+	// Qwen3-MoE; qwen2moe.go: Qwen2-MoE), nil for dense MLPs.
 	MoE *MoEConfig
 
 	Raw map[string]json.RawMessage
@@ -116,7 +116,7 @@ func (e *ConfigError) Error() string {
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SupportedModelTypes lists the model_type values rankzip runs.
-var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text", "mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
+var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
 
 // ReadConfig reads and validates dir/config.json.
 func ReadConfig(dir string) (*Config, error) {
@@ -560,6 +560,9 @@ func (c *Config) NumParams() int64 {
 	block := norms + h*q + 2*h*kv + q*h + 3*h*i
 	if e := c.MoE; e != nil {
 		block += int64(e.Experts)*(3*h*int64(e.Inter)+h) - 3*h*i
+		if e.SharedInter > 0 { // Qwen2-MoE's shared expert and its gate
+			block += 3*h*int64(e.SharedInter) + h
+		}
 	}
 	if c.QKVBias {
 		block += q + 2*kv

@@ -58,7 +58,7 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 	}
 	pos := []int{d.n}
 	for l, b := range m.Blocks {
-		h = m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+		h = m.runBlock(b, h, pos, func(b *Block, x, q []float32, rope *rope) []float32 {
 			if b.MLA != nil {
 				d.keys[l] = append(d.keys[l], b.MLA.latents(m.Backend, x, 1, rope, c.RMSNormEps)...)
 				return d.attendMLA(b.MLA, q, l)
@@ -66,7 +66,7 @@ func (d *Decoder) Step(id int32) ([]float32, error) {
 			d.keys[l] = append(d.keys[l], cacheRow(m, b.K, x, rope, b.KNorm)...)
 			d.vals[l] = append(d.vals[l], cacheRow(m, b.V, x, nil, nil)...)
 			return d.attend(b, q, l)
-		}, nil)
+		})
 	}
 	d.n++
 	return m.Logits(h), nil

@@ -116,18 +116,56 @@ func (m *Model) Logits(h *States) []float32 {
 // tap, if not nil, sees the input of every group of linear layers, in order,
 // and may stop the block early (see Tap).
 func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
+	r := m.StartBlock(b, h)
+	for !r.Done() {
+		if tap != nil {
+			x, rows, cols := r.Input()
+			if !tap(r.Site(), x, rows, cols) {
+				return nil
+			}
+		}
+		r.Step(b)
+	}
+	return r.Output()
+}
+
+// BlockRun is a block's forward pass over a batch that stops at the input
+// of each group of linear layers (each Site) and resumes from there, so that
+// calibration can take a site's statistics over every batch, replace the
+// linears that read it, and go on without recomputing the block up to the
+// site. Step may be given a different block each time (the same block with
+// linears already run replaced): a step uses only the layers after the site
+// it starts from.
+type BlockRun struct {
+	m      *Model
+	h      *States // block input
+	pos    []int
+	attend attendFunc
+	site   Site      // where the run stopped
+	done   bool      // the block output is ready
+	x      []float32 // input of site (rows×cols)
+	cols   int
+	out    *States // residual stream after attention (from OInput on)
+}
+
+// attendFunc turns the normalised input x and rotated queries q of block b
+// into the attention output: it computes keys and values itself, over the
+// batch or into a cache (rope rotates rows at the run's positions).
+type attendFunc func(b *Block, x, q []float32, rope *rope) []float32
+
+// StartBlock starts block b on the batch h (positions from 0 in each
+// sequence) and stops at AttnInput; h is unchanged.
+func (m *Model) StartBlock(b *Block, h *States) *BlockRun {
 	pos := make([]int, 0, h.Rows())
 	for s := 0; s+1 < len(h.Starts); s++ {
 		for p := range h.Starts[s+1] - h.Starts[s] {
 			pos = append(pos, p)
 		}
 	}
-	if b.MLA != nil {
-		return m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+	return m.startBlock(b, h, pos, func(b *Block, x, q []float32, rope *rope) []float32 {
+		if b.MLA != nil {
 			return m.mlaAttention(b, x, q, rope, h.Starts)
-		}, tap)
-	}
-	return m.runBlock(b, h, pos, func(x, q []float32, rope *rope) []float32 {
+		}
 		rows := h.Rows()
 		kk := make([]float32, rows*b.K.Out())
 		v := make([]float32, rows*b.V.Out())
@@ -138,90 +176,152 @@ func (m *Model) RunBlock(b *Block, h *States, tap Tap) *States {
 		att := make([]float32, len(q))
 		attention(m.Backend, att, q, kk, v, h.Starts, m.Config, b)
 		return att
-	}, tap)
+	})
 }
 
-// runBlock is one decoder layer on the rows of h at the given positions;
-// attend turns the normalised input x and the rotated queries of these rows
-// into the attention output: it computes keys and values itself, over the
-// batch or into a cache (rope rotates rows at pos).
-func (m *Model) runBlock(b *Block, h *States, pos []int, attend func(x, q []float32, rope *rope) []float32, tap Tap) *States {
-	c, k := m.Config, m.Backend
+// runBlock is one decoder layer on the rows of h at the given positions,
+// attending through attend.
+func (m *Model) runBlock(b *Block, h *States, pos []int, attend attendFunc) *States {
+	r := m.startBlock(b, h, pos, attend)
+	for !r.Done() {
+		r.Step(b)
+	}
+	return r.Output()
+}
+
+func (m *Model) startBlock(b *Block, h *States, pos []int, attend attendFunc) *BlockRun {
 	rows, dim := h.Rows(), h.Dim
-	qd := b.Q.Out()
+	r := &BlockRun{m: m, h: h, pos: pos, attend: attend, site: AttnInput, x: make([]float32, rows*dim), cols: dim}
+	m.Config.norm(r.x, h.X, b.AttnNorm, rows, dim)
+	return r
+}
 
-	x := make([]float32, rows*dim)
-	c.norm(x, h.X, b.AttnNorm, rows, dim)
-	if tap != nil && !tap(AttnInput, x, rows, dim) {
-		return nil
-	}
-	q := make([]float32, rows*qd)
-	b.Q.Apply(k, q, x, rows)
-	var rope *rope
-	if a := b.MLA; a != nil {
-		// Only the rope part of each MLA query head rotates, interleaved.
-		rope = newRopeFreq(a.RopeFreq, pos)
-		rope.interleaved(q, qd/(a.NopeDim+a.RopeDim), a.NopeDim+a.RopeDim, a.NopeDim)
-	} else {
-		c.headNorm(q, b.QNorm)
-		rope = newRopeFreq(c.blockInvFreq(b), pos)
-		rope.apply(q, qd/c.HeadDim, c.HeadDim)
-	}
-	att := attend(x, q, rope)
-	if tap != nil && !tap(OInput, att, rows, b.O.In()) {
-		return nil
-	}
-	out := &States{X: make([]float32, rows*dim), Dim: dim, Starts: h.Starts}
-	b.O.Apply(k, out.X, att, rows)
-	if b.PostAttnNorm != nil {
-		c.norm(out.X, out.X, b.PostAttnNorm, rows, dim)
-	}
-	for i := range out.X {
-		out.X[i] += h.X[i]
-	}
+// Site is where the run stopped; meaningless once Done.
+func (r *BlockRun) Site() Site { return r.site }
 
-	c.norm(x, out.X, b.MLPNorm, rows, dim)
-	if tap != nil && !tap(MLPInput, x, rows, dim) {
+// Done reports whether the block has run to its end.
+func (r *BlockRun) Done() bool { return r.done }
+
+// Input is the rows×cols input of the site the run stopped at. It is the
+// run's own buffer: read it before the next Step, never keep it.
+func (r *BlockRun) Input() (x []float32, rows, cols int) { return r.x, r.h.Rows(), r.cols }
+
+// Output is the block's output once Done (nil before).
+func (r *BlockRun) Output() *States {
+	if !r.done {
 		return nil
 	}
-	if b.MoE != nil {
-		y := make([]float32, rows*dim)
-		b.MoE.forward(m, y, x, rows, dim)
-		for i := range out.X {
-			out.X[i] += y[i]
+	return r.out
+}
+
+// Keep moves the buffers a paused run holds (the site's input and the
+// residual stream) into memory that alloc returns, such as memory-mapped
+// files, so that many paused runs need not stay resident. After Keep the
+// run no longer refers to the buffers it held before; the block input h is
+// not moved (it is the caller's).
+func (r *BlockRun) Keep(alloc func(n int) ([]float32, error)) error {
+	move := func(x []float32) ([]float32, error) {
+		if x == nil {
+			return nil, nil
 		}
-		return out
+		y, err := alloc(len(x))
+		if err != nil {
+			return nil, err
+		}
+		copy(y, x)
+		return y, nil
 	}
-	inter := b.Gate.Out()
-	gate := make([]float32, rows*inter)
-	up := make([]float32, rows*inter)
-	b.Gate.Apply(k, gate, x, rows)
-	b.Up.Apply(k, up, x, rows)
-	if c.Act == "gelu_pytorch_tanh" {
-		parallelFor(len(gate), 1<<14, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				gate[i] = geluTanh(gate[i]) * up[i]
-			}
-		})
-	} else {
-		parallelFor(len(gate), 1<<14, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				g := gate[i]
-				gate[i] = g / (1 + float32(math.Exp(-float64(g)))) * up[i]
-			}
-		})
+	x, err := move(r.x)
+	if err != nil {
+		return err
 	}
-	if tap != nil && !tap(DownInput, gate, rows, inter) {
-		return nil
+	var out *States
+	if r.out != nil {
+		o, err := move(r.out.X)
+		if err != nil {
+			return err
+		}
+		out = &States{X: o, Dim: r.out.Dim, Starts: r.out.Starts}
 	}
-	b.Down.Apply(k, x, gate, rows)
-	if b.PostFFNNorm != nil {
-		c.norm(x, x, b.PostFFNNorm, rows, dim)
+	r.x, r.out = x, out
+	return nil
+}
+
+// Step runs the layers of b that read the current site, up to the next
+// site or the block's end.
+func (r *BlockRun) Step(b *Block) {
+	m := r.m
+	c, k := m.Config, m.Backend
+	rows, dim := r.h.Rows(), r.h.Dim
+	switch {
+	case r.done:
+		panic("model: Step of a finished block run")
+	case r.site == AttnInput:
+		qd := b.Q.Out()
+		q := make([]float32, rows*qd)
+		b.Q.Apply(k, q, r.x, rows)
+		var rope *rope
+		if a := b.MLA; a != nil {
+			// Only the rope part of each MLA query head rotates, interleaved.
+			rope = newRopeFreq(a.RopeFreq, r.pos)
+			rope.interleaved(q, qd/(a.NopeDim+a.RopeDim), a.NopeDim+a.RopeDim, a.NopeDim)
+		} else {
+			c.headNorm(q, b.QNorm)
+			rope = newRopeFreq(c.blockInvFreq(b), r.pos)
+			rope.apply(q, qd/c.HeadDim, c.HeadDim)
+		}
+		r.x, r.cols, r.site = r.attend(b, r.x, q, rope), b.O.In(), OInput
+	case r.site == OInput:
+		out := &States{X: make([]float32, rows*dim), Dim: dim, Starts: r.h.Starts}
+		b.O.Apply(k, out.X, r.x, rows)
+		if b.PostAttnNorm != nil {
+			c.norm(out.X, out.X, b.PostAttnNorm, rows, dim)
+		}
+		for i := range out.X {
+			out.X[i] += r.h.X[i]
+		}
+		x := make([]float32, rows*dim)
+		c.norm(x, out.X, b.MLPNorm, rows, dim)
+		r.out, r.x, r.cols, r.site = out, x, dim, MLPInput
+	case r.site == MLPInput && b.MoE != nil:
+		y := make([]float32, rows*dim)
+		b.MoE.forward(m, y, r.x, rows, dim)
+		for i := range r.out.X {
+			r.out.X[i] += y[i]
+		}
+		r.x, r.done = nil, true
+	case r.site == MLPInput:
+		inter := b.Gate.Out()
+		gate := make([]float32, rows*inter)
+		up := make([]float32, rows*inter)
+		b.Gate.Apply(k, gate, r.x, rows)
+		b.Up.Apply(k, up, r.x, rows)
+		if c.Act == "gelu_pytorch_tanh" {
+			parallelFor(len(gate), 1<<14, func(lo, hi int) {
+				for i := lo; i < hi; i++ {
+					gate[i] = geluTanh(gate[i]) * up[i]
+				}
+			})
+		} else {
+			parallelFor(len(gate), 1<<14, func(lo, hi int) {
+				for i := lo; i < hi; i++ {
+					g := gate[i]
+					gate[i] = g / (1 + float32(math.Exp(-float64(g)))) * up[i]
+				}
+			})
+		}
+		r.x, r.cols, r.site = gate, inter, DownInput
+	default: // DownInput
+		y := make([]float32, rows*dim)
+		b.Down.Apply(k, y, r.x, rows)
+		if b.PostFFNNorm != nil {
+			c.norm(y, y, b.PostFFNNorm, rows, dim)
+		}
+		for i := range r.out.X {
+			r.out.X[i] += y[i]
+		}
+		r.x, r.done = nil, true
 	}
-	for i := range out.X {
-		out.X[i] += x[i]
-	}
-	return out
 }
 
 // rmsNorm writes x / sqrt(mean(x²) + eps) · w for each row of src into dst.

@@ -100,7 +100,8 @@ func (m *Model) NumParams() int64 {
 	return n
 }
 
-// Linear returns the block's linear layer by module name (see Modules).
+// Linear returns the block's linear layer by module name (see Modules; a
+// mixture-of-experts block's experts by their Config.TargetModules names).
 func (b *Block) Linear(module string) *Linear {
 	switch module {
 	case "self_attn.q_proj":
@@ -117,6 +118,9 @@ func (b *Block) Linear(module string) *Linear {
 		return &b.Up
 	case "mlp.down_proj":
 		return &b.Down
+	}
+	if b.MoE != nil {
+		return b.MoE.linear(module) // mlp.experts.<e>.<gate|up|down>_proj
 	}
 	return nil
 }

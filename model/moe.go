@@ -28,13 +28,21 @@ import (
 // mlp.experts.gate_up_proj [experts, 2·inter, hidden], mlp.experts.down_proj
 // [experts, hidden, inter]); exports write the Hub layout.
 //
-// Supported: the forward pass, decoding, load, dense export, and stages on
-// the attention projections (targets self_attn.*). Refused, naming the
-// architecture: compressing the experts or the router (mlp.* targets),
-// fisher (no backward through the router), Palu, MLA and the GPTQ layout.
+// Supported: the forward pass, decoding, load, dense export (Densify
+// multiplies factored experts back), the low-rank and quantization stages on
+// the attention projections and on every expert's linears (target names
+// mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE architecture;
+// compress/moe.go calibrates each expert on the tokens routed to it), and
+// the other stages on the attention (targets self_attn.*). The router is
+// never a target. Refused, naming the architecture: fisher (no backward
+// through the router), Palu, MLA, the GPTQ layout, and a native checkpoint
+// of compressed experts (not implemented: their layout is the Hub's dense
+// one).
 // Refused in config.json: Qwen3-MoE's decoder_sparse_step other than 1 and
 // mlp_only_layers (dense MLP layers among the sparse ones), sliding windows
-// on Qwen3-MoE.
+// on Qwen3-MoE, and routing options the forward pass does not honour
+// (moe_routing.go: expert choice, sigmoid scores, group-limited top-k,
+// scaled or shared experts).
 
 // MoEConfig is a mixture-of-experts model's routing.
 type MoEConfig struct {
@@ -46,6 +54,9 @@ type MoEConfig struct {
 	// down tensors.
 	Prefix string
 	Names  [3]string
+	// SharedInter is the intermediate size of Qwen2-MoE's shared expert
+	// (qwen2moe.go), 0 when there is none.
+	SharedInter int
 }
 
 // MoE is a block's router and experts.
@@ -54,6 +65,10 @@ type MoE struct {
 	Experts []Expert
 	TopK    int
 	Norm    bool
+	// Shared is Qwen2-MoE's shared expert, which every row goes through,
+	// scaled by sigmoid(SharedGate x) (SharedGate 1×hidden); nil when none.
+	Shared     *Expert
+	SharedGate *Dense
 }
 
 // Expert is one SiLU-gated MLP.
@@ -64,6 +79,9 @@ func (e *MoE) NumParams() int64 {
 	n := e.Router.NumParams()
 	for _, x := range e.Experts {
 		n += x.Gate.NumParams() + x.Up.NumParams() + x.Down.NumParams()
+	}
+	if s := e.Shared; s != nil {
+		n += s.Gate.NumParams() + s.Up.NumParams() + s.Down.NumParams() + e.SharedGate.NumParams()
 	}
 	return n
 }
@@ -77,6 +95,7 @@ func (p *parser) mixtral(c *Config) {
 	c.MoE = &MoEConfig{Experts: p.positive("num_local_experts"), TopK: p.positive("num_experts_per_tok"),
 		Inter: c.IntermediateSize, NormTopK: true, Prefix: "block_sparse_moe.", Names: [3]string{"w1", "w3", "w2"}}
 	p.checkTopK(c.MoE, "num_local_experts")
+	p.moeRouting(false)
 }
 
 // qwen3moe reads Qwen3-MoE's own config fields.
@@ -86,6 +105,13 @@ func (p *parser) qwen3moe(c *Config) {
 		Inter: p.positive("moe_intermediate_size"), NormTopK: p.boolean("norm_topk_prob", false),
 		Prefix: "mlp.", Names: [3]string{"gate_proj", "up_proj", "down_proj"}}
 	p.checkTopK(c.MoE, "num_experts")
+	p.moeRouting(false)
+	p.sparseEveryLayer()
+}
+
+// sparseEveryLayer refuses Qwen-MoE configs with dense MLP layers among the
+// sparse ones.
+func (p *parser) sparseEveryLayer() {
 	if s := p.optInt("decoder_sparse_step"); s > 1 {
 		p.fail("decoder_sparse_step", fmt.Errorf("%d: dense MLP layers between sparse ones are not supported (only 1)", s))
 	}
@@ -124,7 +150,7 @@ func moeSpecs(c *Config, p string) []tensorSpec {
 			specs = append(specs, tensorSpec{name: moeName(c, p, e, j), shape: []int{out, in}})
 		}
 	}
-	return specs
+	return append(specs, sharedSpecs(c, p)...)
 }
 
 // fusedMoENames are transformers 5's fused expert tensors of layer prefix p.
@@ -174,6 +200,7 @@ func newMoE(c *Config, p string, tensors map[string][]float32) *MoE {
 		}
 		m.Experts = append(m.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
 	}
+	m.Shared, m.SharedGate = newShared(c, p, tensors)
 	return m
 }
 
@@ -186,28 +213,30 @@ func addMoE(c *Config, b *Block, p string, add func(string, []int, []float32) er
 		for j, l := range []Linear{x.Gate, x.Up, x.Down} {
 			d, ok := l.(*Dense)
 			if !ok || d.Bias != nil {
-				return fmt.Errorf("save model: %s is %T; experts are written dense, without bias", moeName(c, p, e, j), l)
+				return fmt.Errorf("save model: %s is %T: a checkpoint layout for compressed experts is not implemented; experts are written dense, without bias (export dense)", moeName(c, p, e, j), l)
 			}
 			if err := add(moeName(c, p, e, j), []int{d.out, d.in}, d.Weight); err != nil {
 				return err
 			}
 		}
 	}
-	return nil
+	return addShared(c, b.MoE, p, add)
 }
 
-// forward writes into y (rows×hidden) the MoE output for the normalised
-// input x: each row through its top-k experts, weighted.
-func (e *MoE) forward(m *Model, y, x []float32, rows, dim int) {
+// Routed is a row sent to an expert and its weight in the row's output.
+type Routed struct {
+	Row    int
+	Weight float32
+}
+
+// Route returns, for each expert, the rows of the normalised input x
+// (rows×hidden) that the router sends to it, in row order, with their
+// weights: softmax over all experts, the top k, renormalised when Norm.
+func (e *MoE) Route(m *Model, x []float32, rows int) [][]Routed {
 	n := len(e.Experts)
 	logits := make([]float32, rows*n)
 	e.Router.Apply(m.Backend, logits, x, rows)
-	// Per row: softmax, the top k, their (renormalised) weights.
-	type pick struct {
-		row int
-		w   float32
-	}
-	routed := make([][]pick, n)
+	routed := make([][]Routed, n)
 	p := make([]float64, n)
 	idx := make([]int, n)
 	for r := range rows {
@@ -235,36 +264,146 @@ func (e *MoE) forward(m *Model, y, x []float32, rows, dim int) {
 			}
 		}
 		for _, i := range top {
-			routed[i] = append(routed[i], pick{r, float32(p[i] / norm)})
+			routed[i] = append(routed[i], Routed{r, float32(p[i] / norm)})
 		}
 	}
+	return routed
+}
+
+// Gather copies the rows of x (rows×dim) that picks name into a k×dim
+// matrix, in the order of picks.
+func Gather(x []float32, dim int, picks []Routed) []float32 {
+	xs := make([]float32, len(picks)*dim)
+	for j, pk := range picks {
+		copy(xs[j*dim:(j+1)*dim], x[pk.Row*dim:(pk.Row+1)*dim])
+	}
+	return xs
+}
+
+// Hidden returns silu(gate x)·up x for the k×hidden rows xs: the input of
+// the expert's down projection (k×inter).
+func (ex Expert) Hidden(m *Model, xs []float32, k int) []float32 {
+	inter := ex.Gate.Out()
+	gate, up := make([]float32, k*inter), make([]float32, k*inter)
+	ex.Gate.Apply(m.Backend, gate, xs, k)
+	ex.Up.Apply(m.Backend, up, xs, k)
+	for t, g := range gate {
+		gate[t] = g / (1 + float32(math.Exp(-float64(g)))) * up[t]
+	}
+	return gate
+}
+
+// forward writes into y (rows×hidden) the MoE output for the normalised
+// input x: each row through its top-k experts, weighted.
+func (e *MoE) forward(m *Model, y, x []float32, rows, dim int) {
 	clear(y)
-	for i, picks := range routed {
+	for i, picks := range e.Route(m, x, rows) {
 		if len(picks) == 0 {
 			continue
 		}
 		k := len(picks)
-		xs := make([]float32, k*dim)
-		for j, pk := range picks {
-			copy(xs[j*dim:(j+1)*dim], x[pk.row*dim:(pk.row+1)*dim])
-		}
 		ex := e.Experts[i]
-		inter := ex.Gate.Out()
-		gate, up := make([]float32, k*inter), make([]float32, k*inter)
-		ex.Gate.Apply(m.Backend, gate, xs, k)
-		ex.Up.Apply(m.Backend, up, xs, k)
-		for t, g := range gate {
-			gate[t] = g / (1 + float32(math.Exp(-float64(g)))) * up[t]
-		}
 		out := make([]float32, k*dim)
-		ex.Down.Apply(m.Backend, out, gate, k)
+		ex.Down.Apply(m.Backend, out, ex.Hidden(m, Gather(x, dim, picks), k), k)
 		for j, pk := range picks {
-			row := y[pk.row*dim : (pk.row+1)*dim]
+			row := y[pk.Row*dim : (pk.Row+1)*dim]
 			for t, v := range out[j*dim : (j+1)*dim] {
-				row[t] += pk.w * v
+				row[t] += pk.Weight * v
 			}
 		}
 	}
+	e.addShared(m, y, x, rows, dim)
+}
+
+// expertLinears are the module names of an expert's gate, up and down
+// projections in compression targets ("mlp.experts.3.down_proj"), the same
+// for every MoE architecture: Mixtral's w1, w3 and w2 are named so too.
+var expertLinears = [3]string{"gate_proj", "up_proj", "down_proj"}
+
+// ExpertModule is the target name of expert e's module j (0 gate, 1 up,
+// 2 down).
+func ExpertModule(e, j int) string {
+	return fmt.Sprintf("mlp.experts.%d.%s", e, expertLinears[j])
+}
+
+// ParseExpertModule reads a name ExpertModule wrote; ok is false for any
+// other name.
+func ParseExpertModule(name string) (e, j int, ok bool) {
+	rest, found := strings.CutPrefix(name, "mlp.experts.")
+	if !found {
+		return 0, 0, false
+	}
+	num, lin, found := strings.Cut(rest, ".")
+	j = slices.Index(expertLinears[:], lin)
+	if !found || j < 0 {
+		return 0, 0, false
+	}
+	if _, err := fmt.Sscanf(num, "%d", &e); err != nil || fmt.Sprint(e) != num {
+		return 0, 0, false
+	}
+	return e, j, true
+}
+
+// TargetModules are the module names a compression stage may target in a
+// block of config c: Modules, or for a mixture of experts the attention
+// projections and every expert's three linears (attention first, then
+// expert by expert); the router is never a target.
+func (c *Config) TargetModules() []string {
+	if c.MoE == nil {
+		return Modules
+	}
+	mods := slices.Clone(attnModules)
+	for e := range c.MoE.Experts {
+		for j := range 3 {
+			mods = append(mods, ExpertModule(e, j))
+		}
+	}
+	return mods
+}
+
+// linear returns the expert linear named by a target module name, nil for
+// any other name.
+func (e *MoE) linear(module string) *Linear {
+	i, j, ok := ParseExpertModule(module)
+	if !ok || i >= len(e.Experts) {
+		return nil
+	}
+	return []*Linear{&e.Experts[i].Gate, &e.Experts[i].Up, &e.Experts[i].Down}[j]
+}
+
+// densify returns e with its factored experts multiplied back into dense
+// ones (see Densify); e itself when none is factored.
+func (e *MoE) densify(m *Model) *MoE {
+	if e == nil {
+		return nil
+	}
+	out := e.Clone()
+	changed := false
+	for i := range out.Experts {
+		for _, l := range []*Linear{&out.Experts[i].Gate, &out.Experts[i].Up, &out.Experts[i].Down} {
+			if f, ok := (*l).(*Factored); ok {
+				w := make([]float32, f.B.out*f.A.in)
+				m.Backend.Sgemm(false, false, f.B.out, f.A.in, f.A.out, 1, f.B.Weight, f.B.in, f.A.Weight, f.A.in, 0, w, f.A.in)
+				*l = NewDense(f.B.out, f.A.in, w, f.B.Bias)
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return e
+	}
+	return out
+}
+
+// Clone returns a copy of e whose experts can be replaced without changing
+// e (the tensors stay shared); nil for nil.
+func (e *MoE) Clone() *MoE {
+	if e == nil {
+		return nil
+	}
+	c := *e
+	c.Experts = slices.Clone(e.Experts)
+	return &c
 }
 
 // attnModules are the linears Modules names that a MoE block has.
@@ -307,7 +446,8 @@ func readFusedExperts(c *Config, ck *safetensors.Checkpoint, dir string, specs [
 
 // CheckTargets refuses, naming the architecture, block modules that a stage
 // cannot compress in models of config c: the MLP (router and experts) of a
-// mixture-of-experts model, whose attention projections it can.
+// mixture-of-experts model, whose attention projections it can. The stages
+// that handle experts (compress/moe.go) check TargetModules instead.
 func (c *Config) CheckTargets(mods []string) error {
 	if c.MoE == nil {
 		return nil

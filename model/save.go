@@ -341,6 +341,7 @@ func Densify(m *Model) *Model {
 				*nb.Linear(mod) = NewDense(f.B.out, f.A.in, w, f.B.Bias)
 			}
 		}
+		nb.MoE = b.MoE.densify(m)
 		out.Blocks[i] = &nb
 	}
 	return &out

@@ -103,6 +103,9 @@ func build(d *Data) (*page, error) {
 		if l.Dense {
 			r.Rank = "dense"
 		}
+		if l.Unrouted {
+			r.Rank = "dense (no token routed)" // an expert without calibration statistics
+		}
 		pg.Layers = append(pg.Layers, r)
 	}
 	return pg, nil

@@ -40,6 +40,9 @@ type Input struct {
 	// independent (original calibration mode); default 4. In sequential
 	// mode each block needs the one before it.
 	Parallel int `json:"parallel,omitempty"`
+	// Device "cuda" sends the job's activities to GPUTaskQueue, which only
+	// workers with a GPU poll; otherwise they go to TaskQueue.
+	Device string `json:"device,omitempty"`
 }
 
 // Stages of a job, in order, as the progress query reports them.
@@ -147,7 +150,12 @@ func activityOptions(in Input) workflow.ActivityOptions {
 	if attempts <= 0 {
 		attempts = 8
 	}
+	queue := "" // the workflow's: TaskQueue
+	if in.Device == "cuda" {
+		queue = GPUTaskQueue
+	}
 	return workflow.ActivityOptions{
+		TaskQueue:           queue,
 		StartToCloseTimeout: 24 * time.Hour,
 		HeartbeatTimeout:    hb,
 		WaitForCancellation: true,
@@ -417,10 +425,25 @@ func exportAndEvaluate(ctx workflow.Context, job recipe.Job, res *Result, update
 	res.Files = res.Export.Files
 
 	update(StageEvaluate)
-	if err := workflow.ExecuteActivity(ctx, a.Evaluate, activities.EvaluateInput{Job: job, Export: res.Export}).Get(ctx, &res.Quality); err != nil {
+	if err := workflow.ExecuteActivity(onHost(ctx, res.Export.HostQueue), a.Evaluate, activities.EvaluateInput{Job: job, Export: res.Export}).Get(ctx, &res.Quality); err != nil {
 		return *res, stepError("evaluate", err)
 	}
 	return *res, nil
+}
+
+// hostWait is how long an activity waits for a worker of the host whose
+// files it needs (ScheduleToStartTimeout; a timeout is not retried).
+const hostWait = time.Hour
+
+// onHost sends ctx's activities to a host's queue (HostTaskQueue), when
+// queue is set.
+func onHost(ctx workflow.Context, queue string) workflow.Context {
+	if queue == "" {
+		return ctx
+	}
+	o := workflow.GetActivityOptions(ctx)
+	o.TaskQueue, o.ScheduleToStartTimeout = queue, hostWait
+	return workflow.WithActivityOptions(ctx, o)
 }
 
 // stepError names the step that failed and keeps the activity's error type

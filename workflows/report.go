@@ -94,7 +94,7 @@ func stepName(p *Progress) string {
 // result says why instead.
 func writeReport(ctx workflow.Context, in Input, res *Result) {
 	var a *activities.Activities
-	ctx = workflow.WithActivityOptions(ctx, activityOptions(in))
+	ctx = onHost(workflow.WithActivityOptions(ctx, activityOptions(in)), res.Export.HostQueue)
 	d := ReportData(*res, in.Job)
 	d.Created = workflow.Now(ctx)
 	var out activities.ReportOutput

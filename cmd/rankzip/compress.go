@@ -78,6 +78,9 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 		if l.Dense {
 			r = "dense"
 		}
+		if l.Unrouted {
+			r = "dense, no calibration token routed" // an expert left dense
+		}
 		fmt.Fprintf(stdout, "%-34s %5dx%-5d %6s %14.6g\n", l.Name, l.Out, l.In, r, l.PredictedError)
 	}
 	asked := fmt.Sprintf("asked %.4f", o.KeepParams)

@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/recipe"
 	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
@@ -172,11 +173,23 @@ func submit(ctx context.Context, s *session, job *recipe.Job, hb time.Duration) 
 		TaskQueue:                workflows.TaskQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
-	}, workflows.CompressModel, workflows.Input{Job: *job, HeartbeatTimeout: hb})
+	}, workflows.CompressModel, workflows.Input{Job: *job, HeartbeatTimeout: hb, Device: jobDevice(s.device)})
 	if err != nil {
 		return false, fmt.Errorf("submit job %s: %w", job.ID, err)
 	}
 	return resumed, nil
+}
+
+// jobDevice is the device a job asks for: "cuda" (its activities go to the
+// GPU queue) or "" (any worker).
+func jobDevice(device string) string {
+	if device == "" {
+		device = os.Getenv(kernels.DeviceEnv)
+	}
+	if device == "cuda" {
+		return device
+	}
+	return ""
 }
 
 // follow draws the job's progress until it ends and returns its result.

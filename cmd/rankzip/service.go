@@ -17,38 +17,50 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/internal/temporalconf"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
 )
 
 // serviceFlags say where the Temporal service is: --temporal (or
-// TEMPORAL_ADDRESS) for a cluster, else the embedded server of --state.
+// TEMPORAL_ADDRESS, or a Temporal profile's address, with its TLS and API
+// key: see internal/temporalconf) for a cluster, else the embedded server of
+// --state.
 type serviceFlags struct {
-	address   string
-	namespace string
-	state     string
-	port      int
-	device    string
-	store     string
+	temporal *temporalconf.Flags
+	state    string
+	port     int
+	device   string
+	store    string
 }
 
 func addServiceFlags(fs *flag.FlagSet) *serviceFlags {
 	f := &serviceFlags{}
-	fs.StringVar(&f.address, "temporal", "", "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS; none: the embedded server)")
-	fs.StringVar(&f.namespace, "namespace", "", "Temporal namespace (default $TEMPORAL_NAMESPACE or \"default\")")
+	f.temporal = temporalconf.Register(fs) // no address: the embedded server
 	fs.StringVar(&f.state, "state", "", "state directory (default $RANKZIP_STATE_DIR or ~/.local/state/rankzip)")
-	fs.StringVar(&f.device, "device", "", deviceUsage+" (the in-process worker's)")
+	fs.StringVar(&f.device, "device", "", deviceUsage+" (the in-process worker's; cuda also sends the job's activities to the GPU task queue, which only workers with a GPU poll)")
 	fs.StringVar(&f.store, "store", "", "artifact store of the in-process worker: a directory or s3://bucket/prefix (endpoint and credentials from the AWS SDK's environment: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE...) (default $RANKZIP_STORE, else the state directory's store/)")
 	fs.IntVar(&f.port, "port", 0, "embedded server: use ports PORT to PORT+7 (default $RANKZIP_PORT, else the ports recorded in the state directory, chosen free at its first start)")
 	return f
 }
 
-func (f *serviceFlags) hostPort() string {
-	if f.address != "" {
-		return f.address
+// conf is the Temporal client configuration (of the environment and
+// profile alone where the command registered no flags for it, as demo); an
+// unreadable one has no address here and connect reports it.
+func (f *serviceFlags) conf() (*temporalconf.Config, error) {
+	if f.temporal == nil {
+		return (&temporalconf.Flags{}).Load()
 	}
-	return os.Getenv("TEMPORAL_ADDRESS")
+	return f.temporal.Load()
+}
+
+func (f *serviceFlags) hostPort() string {
+	c, err := f.conf()
+	if err != nil {
+		return ""
+	}
+	return c.Address()
 }
 
 // storeLoc is the artifact store: --store, $RANKZIP_STORE, else the state
@@ -64,11 +76,8 @@ func (f *serviceFlags) storeLoc() string {
 }
 
 func (f *serviceFlags) ns() string {
-	if f.namespace != "" {
-		return f.namespace
-	}
-	if ns := os.Getenv("TEMPORAL_NAMESPACE"); ns != "" {
-		return ns
+	if c, err := f.conf(); err == nil {
+		return c.Namespace()
 	}
 	return embeddedNamespace
 }
@@ -78,10 +87,11 @@ func (f *serviceFlags) ns() string {
 type session struct {
 	c        client.Client
 	embedded *embedded // nil when connected to another process's server or a cluster
-	w        worker.Worker
+	ws       []worker.Worker
 	log      *slog.Logger
 	logFile  *os.File
-	external bool     // a cluster named by --temporal or TEMPORAL_ADDRESS
+	external bool     // a cluster named by --temporal, TEMPORAL_ADDRESS or a Temporal profile
+	device   string   // the job's device: "cuda" sends its activities to the GPU queue
 	owner    *errBusy // the process whose embedded server this session uses, if another's
 }
 
@@ -102,18 +112,26 @@ const attachWait = time.Minute
 // worker of the given mode) unless another rankzip process runs it; then it
 // connects to that process's server, waiting for it to come up.
 func (f *serviceFlags) connect(mode workerMode) (*session, error) {
-	s := &session{log: slog.New(slog.DiscardHandler)}
-	opts := client.Options{Namespace: f.ns(), Logger: tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))}
-	if hp := f.hostPort(); hp != "" {
+	s := &session{log: slog.New(slog.DiscardHandler), device: f.device}
+	tc, err := f.conf()
+	if err != nil {
+		return nil, err
+	}
+	opts := client.Options{Namespace: tc.Namespace()}
+	if tc.Address() != "" {
 		s.external = true
-		opts.HostPort = hp
+		if opts, err = tc.ClientOptions(); err != nil {
+			return nil, err
+		}
+		opts.Logger = tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))
 		c, err := client.Dial(opts)
 		if err != nil {
-			return nil, fmt.Errorf("connect to Temporal at %s: %w", hp, err)
+			return nil, fmt.Errorf("connect to Temporal (%s): %w", tc, err)
 		}
 		s.c = c
 		return s, nil
 	}
+	opts.Logger = tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))
 	forced, err := forcedPort(f.port)
 	if err != nil {
 		return nil, err
@@ -160,10 +178,6 @@ func (f *serviceFlags) connect(mode workerMode) (*session, error) {
 	if s.embedded == nil || mode == noWorker {
 		return s, nil
 	}
-	wo := worker.Options{MaxConcurrentActivityExecutionSize: 1}
-	if mode == queryWorker {
-		wo.LocalActivityWorkerOnly = true
-	}
 	st, err := store.Open(f.storeLoc())
 	if err != nil {
 		s.Close()
@@ -174,19 +188,35 @@ func (f *serviceFlags) connect(mode workerMode) (*session, error) {
 		s.Close()
 		return nil, err
 	}
-	s.w = worker.New(s.c, workflows.TaskQueue, wo)
-	workflows.Register(s.w, &activities.Activities{Store: st, Backend: k, Log: s.log})
-	if err := s.w.Start(); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("start worker: %w", err)
+	a := &activities.Activities{Store: st, Backend: k, Log: s.log}
+	if mode == queryWorker {
+		w := worker.New(s.c, workflows.TaskQueue, worker.Options{LocalActivityWorkerOnly: true})
+		workflows.Register(w, a)
+		s.ws = []worker.Worker{w}
+	} else {
+		host, err := temporalconf.HostID("")
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		if s.ws, err = workflows.NewWorkers(s.c, a, k.Name() == "cuda", host, 1); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	for _, w := range s.ws {
+		if err := w.Start(); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("start worker: %w", err)
+		}
 	}
 	return s, nil
 }
 
 // Close stops the worker, the client and the embedded server.
 func (s *session) Close() {
-	if s.w != nil {
-		s.w.Stop()
+	for _, w := range s.ws {
+		w.Stop()
 	}
 	if s.c != nil {
 		s.c.Close()

@@ -1,9 +1,16 @@
 // Command worker runs rankzip's workflows and activities for a Temporal
-// cluster: start any number of them, on hosts that see the model, data and
-// store directories at the same paths, and submit jobs with
+// cluster: start any number of them, on hosts that see the recipe's model
+// and data at the same paths, sharing one store (an S3 bucket, or a
+// directory on a shared filesystem), and submit jobs with
 // `rankzip submit RECIPE --temporal HOST:PORT` (or `rankzip run`).
 //
-//	worker --temporal HOST:PORT [--namespace NS] --store DIR [--device auto|cpu|cuda] [--concurrency N] [--connect-timeout D]
+//	worker --temporal HOST:PORT [--namespace NS] [--tls-* ...] --store DIR|s3://B/P [--device auto|cpu|cuda] [--host-id ID] [--concurrency N] [--connect-timeout D]
+//
+// The connection is configured as Temporal's CLI does it (a profile of
+// temporal.toml, TEMPORAL_ADDRESS, TEMPORAL_TLS_*, TEMPORAL_API_KEY...,
+// then flags: see internal/temporalconf). A worker polls the general task
+// queue, the GPU queue when its backend is a GPU, and its host's queue, where
+// the steps that read a job's exported directory run.
 //
 // Logs are JSON lines (log/slog) on stderr.
 package main
@@ -22,6 +29,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/internal/temporalconf"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
@@ -39,11 +47,11 @@ func main() {
 func run(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	address := fs.String("temporal", os.Getenv("TEMPORAL_ADDRESS"), "Temporal frontend HOST:PORT (default $TEMPORAL_ADDRESS)")
-	namespace := fs.String("namespace", "default", "Temporal namespace")
+	tf := temporalconf.Register(fs)
+	hostID := fs.String("host-id", "", "name of this host's task queue: workers with the same id must see the same local files (default $RANKZIP_HOST_ID, else the host name)")
 	storeDir := fs.String("store", os.Getenv("RANKZIP_STORE"), "artifact store shared by every worker of a job: a directory (a shared filesystem) or s3://bucket/prefix (endpoint and credentials from the AWS SDK's environment: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE...; downloads cached under $RANKZIP_STORE_CACHE, else the user cache directory) (default $RANKZIP_STORE)")
 	device := fs.String("device", "", "compute device: auto, cpu or cuda (default $RANKZIP_DEVICE, else auto: the GPU where built with -tags cuda and one answers)")
-	concurrency := fs.Int("concurrency", 1, "activities run at once (each holds a model and a block's statistics in memory)")
+	concurrency := fs.Int("concurrency", 1, "activities run at once from each task queue polled (each holds a model and a block's statistics in memory)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	connectTimeout := fs.Duration("connect-timeout", time.Minute, "how long to retry connecting to Temporal at start")
 	if err := fs.Parse(args); err != nil {
@@ -52,9 +60,17 @@ func run(args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if *address == "" || *storeDir == "" {
+	tc, err := tf.Load()
+	if err != nil {
+		return err
+	}
+	if tc.Address() == "" || *storeDir == "" {
 		fs.Usage()
-		return errors.New("--temporal and --store are required")
+		return errors.New("--temporal (or TEMPORAL_ADDRESS, or a Temporal profile's address) and --store are required")
+	}
+	host, err := temporalconf.HostID(*hostID)
+	if err != nil {
+		return err
 	}
 	if *concurrency < 1 {
 		return fmt.Errorf("--concurrency %d must be at least 1", *concurrency)
@@ -69,18 +85,22 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	// The cluster may still be starting: retry for a while.
+	opts, err := tc.ClientOptions()
+	if err != nil {
+		return err
+	}
+	opts.Logger = tlog.NewStructuredLogger(log.With("component", "temporal"))
 	var c client.Client
 	deadline := time.Now().Add(*connectTimeout)
 	for {
-		c, err = client.Dial(client.Options{HostPort: *address, Namespace: *namespace,
-			Logger: tlog.NewStructuredLogger(log.With("component", "temporal"))})
+		c, err = client.Dial(opts)
 		if err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("connect to Temporal at %s: %w", *address, err)
+			return fmt.Errorf("connect to Temporal (%s): %w", tc, err)
 		}
-		log.Warn("cannot connect to Temporal yet; retrying", "temporal", *address, "error", err.Error())
+		log.Warn("cannot connect to Temporal yet; retrying", "temporal", tc, "error", err.Error())
 		time.Sleep(time.Second)
 	}
 	defer c.Close()
@@ -88,13 +108,24 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	w := worker.New(c, workflows.TaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: *concurrency})
-	workflows.Register(w, &activities.Activities{Store: st, Backend: k, Log: log})
-	log.Info("worker started", "temporal", *address, "namespace", *namespace, "task_queue", workflows.TaskQueue,
-		"store", st.Root(), "concurrency", *concurrency, "backend", kernels.Describe(k))
-	if err := w.Run(worker.InterruptCh()); err != nil {
+	gpu := k.Name() == "cuda"
+	ws, err := workflows.NewWorkers(c, &activities.Activities{Store: st, Backend: k, Log: log}, gpu, host, *concurrency)
+	if err != nil {
 		return err
 	}
-	log.Info("worker stopped")
+	queues := []string{workflows.TaskQueue, workflows.HostTaskQueue(host, gpu)}
+	if gpu {
+		queues = append(queues, workflows.GPUTaskQueue)
+	}
+	for _, w := range ws {
+		if err := w.Start(); err != nil {
+			return fmt.Errorf("start worker: %w", err)
+		}
+		defer w.Stop()
+	}
+	log.Info("worker started", "temporal", tc, "task_queues", queues,
+		"store", st.Root(), "concurrency", *concurrency, "backend", kernels.Describe(k))
+	<-worker.InterruptCh()
+	log.Info("worker stopping")
 	return nil
 }
