@@ -80,7 +80,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		if err := a.Store.GetJSON(in.Plan, &plan); err != nil {
 			return a.storeError(err)
 		}
-		st, err := a.Store.GetStreams(in.Streams)
+		st, err := getStreams(a.Store, in.Streams)
 		if err != nil {
 			return a.storeError(err)
 		}
@@ -95,7 +95,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		if done := a.factored(resume, factoredKey); done != nil {
 			// The factors of this block were stored before the previous
 			// attempt stopped: only the next streams are missing.
-			if comp, err = a.Store.GetBlock(done.Factors, orig); err == nil {
+			if comp, err = getLayers(a.Store, done.Factors, orig); err == nil {
 				out.Factors, out.Layers = done.Factors, done.Layers
 				a.log().Info("block factors found, skipping the factorisation", "job", job.ID, "block", in.Index, "factors", out.Factors.SHA256[:12])
 			} else {
@@ -109,7 +109,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 			if comp, out.Layers, next, err = plan.Block(ctx, m, in.Index, st, blockBeat(set, p)); err != nil {
 				return stepError(ctx, fmt.Errorf("block %d: %w", in.Index, err))
 			}
-			if out.Factors, err = a.Store.PutBlock(store.Key("factors", key), orig, comp); err != nil {
+			if out.Factors, err = putLayers(a.Store, store.Key("factors", key), orig, comp); err != nil {
 				return a.storeError(err)
 			}
 			done := &Factored{Factors: out.Factors, Layers: out.Layers}
@@ -130,7 +130,7 @@ func (a *Activities) Block(ctx context.Context, in BlockInput) (BlockOutput, err
 		if next != nil && !in.NoNext {
 			p.Phase = "store streams"
 			set(p)
-			if out.Next, err = a.Store.PutStreams(jobKey("streams", job, in.Index+1, out.Factors.SHA256), next); err != nil {
+			if out.Next, err = putStreams(a.Store, jobKey("streams", job, in.Index+1, out.Factors.SHA256), next); err != nil {
 				return a.storeError(err)
 			}
 		}

@@ -130,7 +130,7 @@ func splitAdapters(comp *model.Model) (*model.Model, []gptq.Adapter) {
 		nb := *b
 		for _, mod := range b.Modules() {
 			if ad, ok := (*nb.Linear(mod)).(*gptq.Adapted); ok {
-				adapters = append(adapters, gptq.Adapter{Module: fmt.Sprintf("model.layers.%d.%s", i, mod), A: ad.A, B: ad.B})
+				adapters = append(adapters, gptq.Adapter{Module: model.ModuleName(i, mod), A: ad.A, B: ad.B})
 				*nb.Linear(mod) = ad.Base
 			}
 		}
@@ -215,7 +215,7 @@ func Densify(m *model.Model) (*model.Model, error) {
 			l := b.Linear(mod)
 			d, err := denseOf(k, *l)
 			if err != nil {
-				return nil, fmt.Errorf("model.layers.%d.%s: %w", i, mod, err)
+				return nil, fmt.Errorf("%s: %w", model.ModuleName(i, mod), err)
 			}
 			*l = d
 		}

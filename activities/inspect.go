@@ -110,7 +110,7 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 		if out.Plan, err = a.Store.PutJSON(jobKey("plan", job), plan); err != nil {
 			return a.storeError(err)
 		}
-		if out.Streams, err = a.Store.PutStreams(jobKey("streams", job, 0), st); err != nil {
+		if out.Streams, err = putStreams(a.Store, jobKey("streams", job, 0), st); err != nil {
 			return a.storeError(err)
 		}
 		out.Blocks = len(m.Blocks)
@@ -128,7 +128,7 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 					return err
 				}
 				st = next
-				ref, err := a.Store.PutStreams(jobKey("streams", job, i), st)
+				ref, err := putStreams(a.Store, jobKey("streams", job, i), st)
 				if err != nil {
 					return a.storeError(err)
 				}
@@ -170,7 +170,7 @@ func (a *Activities) inspectStreams(ctx context.Context, job recipe.Job, key str
 	if err := canceled(ctx); err != nil {
 		return err
 	}
-	if out.Streams, err = a.Store.PutStreams(jobKey("streams", job, 0), st); err != nil {
+	if out.Streams, err = putStreams(a.Store, jobKey("streams", job, 0), st); err != nil {
 		return a.storeError(err)
 	}
 	out.Blocks = len(m.Blocks)

@@ -16,7 +16,7 @@ import (
 // StagePlan is the stored plan of a palu, rtn, gptq or eora stage: its
 // options, validated against the model the stages before it made.
 type StagePlan struct {
-	Method string                 `json:"method"`
+	Method recipe.Method          `json:"method"`
 	Palu   *compress.PaluPlan     `json:"palu,omitempty"`
 	Quant  *compress.QuantOptions `json:"quant,omitempty"`
 	EoRA   *compress.EoRAOptions  `json:"eora,omitempty"`
@@ -84,16 +84,11 @@ func shas(refs []store.Ref) []string {
 
 // priorBlock returns block i of the original model with the artifacts of
 // the earlier stages applied in order.
-func (a *Activities) priorBlock(job recipe.Job, m *model.Model, i int, prior []store.Ref) (*model.Block, error) {
+func (a *Activities) priorBlock(m *model.Model, i int, prior []store.Ref) (*model.Block, error) {
 	b := m.Blocks[i]
-	for j, ref := range prior {
+	for _, ref := range prior {
 		var err error
-		if LowRank(job.Recipe, j) {
-			b, err = a.Store.GetBlock(ref, b)
-		} else {
-			b, err = getLayers(a.Store, ref, b)
-		}
-		if err != nil {
+		if b, err = getLayers(a.Store, ref, b); err != nil {
 			return nil, a.storeError(err)
 		}
 	}
@@ -116,7 +111,7 @@ func (a *Activities) assemble(job recipe.Job, m *model.Model, stages [][]store.R
 			prior[j] = stages[j][i]
 		}
 		var err error
-		if out.Blocks[i], err = a.priorBlock(job, m, i, prior); err != nil {
+		if out.Blocks[i], err = a.priorBlock(m, i, prior); err != nil {
 			return nil, err
 		}
 	}
@@ -157,7 +152,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		where := fmt.Sprintf("stages[%d] (%s)", in.Stage, r.Stages[in.Stage].Method)
 		plan := StagePlan{Method: r.Stages[in.Stage].Method}
 		switch plan.Method {
-		case "palu":
+		case recipe.MethodPalu:
 			o, err := PaluOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -172,7 +167,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				}
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
-		case "rtn", "gptq":
+		case recipe.MethodRTN, recipe.MethodGPTQ:
 			o, err := QuantOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -181,7 +176,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
 			plan.Quant = &o
-		case "eora":
+		case recipe.MethodEoRA:
 			o, err := EoRAOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -190,7 +185,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return badInput(fmt.Errorf("%s: %w", where, err))
 			}
 			plan.EoRA = &o
-		case "mla":
+		case recipe.MethodMLA:
 			o, err := MLAOptions(r, in.Stage)
 			if err != nil {
 				return badInput(err)
@@ -251,11 +246,11 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if err := a.Store.GetJSON(in.Plan, &plan); err != nil {
 			return a.storeError(err)
 		}
-		base, err := a.priorBlock(job, m, in.Index, in.Prior)
+		base, err := a.priorBlock(m, in.Index, in.Prior)
 		if err != nil {
 			return err
 		}
-		st, err := a.Store.GetStreams(in.Streams)
+		st, err := getStreams(a.Store, in.Streams)
 		if err != nil {
 			return a.storeError(err)
 		}
@@ -267,7 +262,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		// The streams' original side runs through the stage's input model,
 		// except for eora, whose reference is the original model.
 		ref, refBlock := &cur, base
-		if plan.Method == "eora" {
+		if plan.Method == recipe.MethodEoRA {
 			ref, refBlock = m, m.Blocks[in.Index]
 		}
 		if err := canceled(ctx); err != nil {
@@ -307,7 +302,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if next != nil {
 			p.Phase = "store streams"
 			set(p)
-			if out.Next, err = a.Store.PutStreams(store.Key("stage-streams", key), next); err != nil {
+			if out.Next, err = putStreams(a.Store, store.Key("stage-streams", key), next); err != nil {
 				return a.storeError(err)
 			}
 		}
@@ -338,7 +333,7 @@ func runStage(ctx context.Context, plan StagePlan, cur, orig *model.Model, i int
 		}
 		rep.Palu = map[string][]int{}
 		for _, mod := range recipe.PaluModules {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+			name := model.ModuleName(i, mod)
 			rep.Palu[name] = plan.Palu.Ranks[name]
 		}
 		return b, rep, next, nil

@@ -20,7 +20,7 @@ import (
 // LowRank reports whether stage i of r is a low-rank stage (svd or lord).
 func LowRank(r recipe.Recipe, i int) bool {
 	m := r.Stages[i].Method
-	return m == "svd" || m == "lord"
+	return m == recipe.MethodSVD || m == recipe.MethodLoRD
 }
 
 // CompressOptions maps the low-rank stage of a canonical recipe to the
@@ -37,10 +37,10 @@ func CompressOptions(r recipe.Recipe) (compress.Options, error) {
 			Batch:      r.Calibration.Batch,
 		}
 		switch s.Method {
-		case "svd":
+		case recipe.MethodSVD:
 			o.Method = s.Variant
 			return o, nil
-		case "lord":
+		case recipe.MethodLoRD:
 			o.Method = "lord"
 			return o, nil
 		}
@@ -51,7 +51,7 @@ func CompressOptions(r recipe.Recipe) (compress.Options, error) {
 // PaluOptions maps palu stage i of a canonical recipe to compress's options.
 func PaluOptions(r recipe.Recipe, i int) (compress.PaluOptions, error) {
 	s := r.Stages[i]
-	if s.Method != "palu" {
+	if s.Method != recipe.MethodPalu {
 		return compress.PaluOptions{}, fmt.Errorf("stages[%d] is %s, not palu", i, s.Method)
 	}
 	o := compress.PaluOptions{KVKeep: s.KVKeep, RankSearch: s.RankSearch, Mode: calib.Mode(r.Calibration.Mode), Batch: r.Calibration.Batch,
@@ -68,7 +68,7 @@ func PaluOptions(r recipe.Recipe, i int) (compress.PaluOptions, error) {
 // MLAOptions maps mla stage i of a canonical recipe to compress's options.
 func MLAOptions(r recipe.Recipe, i int) (compress.MLAOptions, error) {
 	s := r.Stages[i]
-	if s.Method != "mla" {
+	if s.Method != recipe.MethodMLA {
 		return compress.MLAOptions{}, fmt.Errorf("stages[%d] is %s, not mla", i, s.Method)
 	}
 	o := compress.MLAOptions{RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: mla.Rotation(s.Rotation), FreqFold: s.FreqFold,
@@ -83,10 +83,10 @@ func MLAOptions(r recipe.Recipe, i int) (compress.MLAOptions, error) {
 // options.
 func QuantOptions(r recipe.Recipe, i int) (compress.QuantOptions, error) {
 	s := r.Stages[i]
-	if s.Method != "rtn" && s.Method != "gptq" {
+	if s.Method != recipe.MethodRTN && s.Method != recipe.MethodGPTQ {
 		return compress.QuantOptions{}, fmt.Errorf("stages[%d] is %s, not rtn or gptq", i, s.Method)
 	}
-	o := compress.QuantOptions{Method: s.Method, Bits: s.Bits, Damp: s.Damp, Targets: s.Targets,
+	o := compress.QuantOptions{Method: string(s.Method), Bits: s.Bits, Damp: s.Damp, Targets: s.Targets,
 		Mode: calib.Mode(r.Calibration.Mode), Batch: r.Calibration.Batch}
 	if s.GroupSize != nil {
 		o.GroupSize = *s.GroupSize
@@ -103,7 +103,7 @@ func QuantOptions(r recipe.Recipe, i int) (compress.QuantOptions, error) {
 // EoRAOptions maps eora stage i of a canonical recipe to compress's options.
 func EoRAOptions(r recipe.Recipe, i int) (compress.EoRAOptions, error) {
 	s := r.Stages[i]
-	if s.Method != "eora" {
+	if s.Method != recipe.MethodEoRA {
 		return compress.EoRAOptions{}, fmt.Errorf("stages[%d] is %s, not eora", i, s.Method)
 	}
 	return compress.EoRAOptions{Rank: s.Rank, Ranks: s.RankOverrides, Targets: s.Targets,
@@ -113,7 +113,7 @@ func EoRAOptions(r recipe.Recipe, i int) (compress.EoRAOptions, error) {
 // QuantStage returns the index of the recipe's rtn or gptq stage, or -1.
 func QuantStage(r recipe.Recipe) int {
 	for i, s := range r.Stages {
-		if s.Method == "rtn" || s.Method == "gptq" {
+		if s.Method == recipe.MethodRTN || s.Method == recipe.MethodGPTQ {
 			return i
 		}
 	}

@@ -9,7 +9,6 @@ package compress
 import (
 	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 
@@ -23,7 +22,7 @@ import (
 var Methods = []string{"whiten", "asvd", "plain", "lord"}
 
 // Searches lists the rank searches.
-var Searches = []string{"uniform", "global", "sensitivity", "local"}
+var Searches = model.LowRankSearches
 
 // Options describe one low-rank stage.
 type Options struct {
@@ -62,33 +61,10 @@ type Result struct {
 
 // modulesOf returns the block modules the globs select, in block order.
 func modulesOf(targets []string) ([]string, error) {
-	if len(targets) == 0 {
-		return slices.Clone(model.Modules), nil
-	}
-	var mods []string
-	var problems []string
-	for _, g := range targets {
-		if _, err := path.Match(g, ""); err != nil {
-			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
-			continue
-		}
-		hit := false
-		for _, m := range model.Modules {
-			if ok, _ := path.Match(g, m); ok {
-				hit = true
-				if !slices.Contains(mods, m) {
-					mods = append(mods, m)
-				}
-			}
-		}
-		if !hit {
-			problems = append(problems, fmt.Sprintf("target %q matches no module (modules: %s)", g, strings.Join(model.Modules, ", ")))
-		}
-	}
+	mods, problems := model.MatchModules(targets)
 	if len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "; "))
 	}
-	slices.SortFunc(mods, func(a, b string) int { return slices.Index(model.Modules, a) - slices.Index(model.Modules, b) })
 	return mods, nil
 }
 

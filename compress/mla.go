@@ -46,7 +46,7 @@ type MLAResult struct {
 }
 
 // DefaultRotation is the rotation a recipe gets unless it says otherwise.
-const DefaultRotation = mla.RotateScores
+const DefaultRotation = mla.Rotation(model.DefaultRotation)
 
 // Check validates o against m and the calibration sequences and fills in
 // its defaults.
@@ -88,7 +88,7 @@ func (o *MLAOptions) Check(m *model.Model, seqs [][]int32) error {
 		for _, mod := range []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"} {
 			l := b.Linear(mod)
 			if _, ok := (*l).(*model.Dense); !ok {
-				problems = append(problems, fmt.Sprintf("model.layers.%d.%s is %T: mla needs separate dense q, k and v projections", i, mod, *l))
+				problems = append(problems, fmt.Sprintf("%s is %T: mla needs separate dense q, k and v projections", model.ModuleName(i, mod), *l))
 			}
 		}
 	}
@@ -189,7 +189,7 @@ func convertBlock(m *model.Model, i int, orig *model.Block, stats *calib.SiteSta
 	c := m.Config
 	a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
 	var err error
-	name := fmt.Sprintf("model.layers.%d.self_attn.", i)
+	name := model.LayerPrefix(i) + "self_attn."
 	if a.Q, a.QBias, err = weight(orig.Q, name+"q_proj"); err != nil {
 		return nil, MLALayer{}, err
 	}

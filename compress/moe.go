@@ -3,7 +3,6 @@ package compress
 import (
 	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 
@@ -40,13 +39,13 @@ func targetModules(c *model.Config, targets []string) ([]string, error) {
 	hit := map[string]bool{}
 	var problems []string
 	for _, g := range targets {
-		if _, err := path.Match(g, ""); err != nil {
+		if err := model.CheckGlob(g); err != nil {
 			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
 			continue
 		}
 		n := 0
 		for _, m := range all {
-			if ok, _ := path.Match(g, m); ok {
+			if model.GlobMatches(g, m) {
 				hit[m] = true
 				n++
 			}
@@ -97,7 +96,7 @@ func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Stream
 		}
 		for _, mod := range group {
 			e, _, _ := model.ParseExpertModule(mod)
-			if err := fn(fmt.Sprintf("model.layers.%d.%s", i, mod), mod, stats[e]); err != nil {
+			if err := fn(model.ModuleName(i, mod), mod, stats[e]); err != nil {
 				return err
 			}
 		}

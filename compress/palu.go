@@ -41,7 +41,7 @@ type PaluResult struct {
 var paluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
 
 // PaluSearches lists Palu's rank searches.
-var PaluSearches = []string{"uniform", "spectrum", "fisher"}
+var PaluSearches = model.PaluSearches
 
 func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 	var problems []string
@@ -139,7 +139,7 @@ func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOption
 	var names []string
 	for i := range m.Blocks {
 		for _, mod := range paluModules {
-			names = append(names, fmt.Sprintf("model.layers.%d.%s", i, mod))
+			names = append(names, model.ModuleName(i, mod))
 		}
 	}
 	ranks := make(map[string][]int, len(names))

@@ -83,7 +83,7 @@ func (o *QuantOptions) Validate(m *model.Model) error {
 			}
 			for i, b := range m.Blocks {
 				if _, ok := (*b.Linear(mod)).(*model.Dense); !ok {
-					problems = append(problems, fmt.Sprintf("model.layers.%d.%s is %T; quantization needs a dense layer", i, mod, *b.Linear(mod)))
+					problems = append(problems, fmt.Sprintf("%s is %T; quantization needs a dense layer", model.ModuleName(i, mod), *b.Linear(mod)))
 				}
 			}
 		}

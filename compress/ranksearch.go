@@ -15,11 +15,8 @@ import (
 )
 
 // DefaultRankSearch is the rank search of a keep_params budget when none is
-// named, for every entry point (compress.Options and recipes alike). The
-// whole-model sensitivity search gives the lowest KL on stories260K
-// (TestSensitivityBeatsUniform, TestLocalSearchAgainstSensitivity); the
-// local search is linear in depth but not as good there.
-const DefaultRankSearch = "sensitivity"
+// named (model.DefaultLowRankSearch says why).
+const DefaultRankSearch = model.DefaultLowRankSearch
 
 // allocate chooses a rank (or dense) for every targeted matrix. A global
 // search first needs each matrix's whitened spectrum, taken from the
@@ -29,7 +26,7 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 	for i := range m.Blocks {
 		for _, mod := range mods {
 			out, in := dims(m, mod)
-			mats = append(mats, rank.Matrix{Name: fmt.Sprintf("model.layers.%d.%s", i, mod), Out: out, In: in})
+			mats = append(mats, rank.Matrix{Name: model.ModuleName(i, mod), Out: out, In: in})
 		}
 	}
 	choices := make(map[string]rank.Choice, len(mats))
@@ -91,7 +88,7 @@ func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options
 		var stats *calib.SiteStats
 		site := model.Site(-1)
 		for _, mod := range mods {
-			name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+			name := model.ModuleName(i, mod)
 			if s := siteOf(mod); s != site {
 				if stats, err = calib.Collect(m, b, b, st, s); err != nil {
 					return fmt.Errorf("calibrate %s: %w", name, err)

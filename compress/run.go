@@ -128,7 +128,7 @@ func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Strea
 		if isExpert(mod) {
 			continue // below, once the attention is done (moe.go)
 		}
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		if s := siteOf(mod); s != site {
 			// Statistics of this site see the linears compressed before it.
 			if stats, err = pass.Stats(s); err != nil {

@@ -3,7 +3,6 @@ package compress
 import (
 	"context"
 	"fmt"
-	"path"
 
 	"github.com/rankzip/rankzip/calib"
 	"github.com/rankzip/rankzip/methods/eora"
@@ -62,7 +61,7 @@ func (p *PaluPlan) Block(ctx context.Context, m *model.Model, i int, st *calib.S
 		return nil, nil, err
 	}
 	for _, mod := range paluModules {
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		ranks, ok := p.Ranks[name]
 		if !ok {
 			return nil, nil, fmt.Errorf("palu plan has no ranks for %s", name)
@@ -124,7 +123,7 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 		if isExpert(mod) {
 			continue // below, once the attention is done (moe.go)
 		}
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		if s := siteOf(mod); s != site {
 			if stats, err = pass.Stats(s); err != nil {
 				return nil, nil, nil, fmt.Errorf("calibrate %s: %w", name, err)
@@ -180,7 +179,7 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 		return fmt.Errorf("eora: %w", err)
 	}
 	for g := range o.Ranks {
-		if _, err := path.Match(g, ""); err != nil {
+		if err := model.CheckGlob(g); err != nil {
 			return fmt.Errorf("eora: rank pattern %q: %w", g, err)
 		}
 	}
@@ -218,7 +217,7 @@ func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp 
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
-		name := fmt.Sprintf("model.layers.%d.%s", i, mod)
+		name := model.ModuleName(i, mod)
 		cl := *nb.Linear(mod)
 		if _, dense := cl.(*model.Dense); dense {
 			continue // nothing to compensate
@@ -249,7 +248,7 @@ func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp 
 		}
 		r := o.Rank
 		for g, v := range o.Ranks {
-			if ok, _ := path.Match(g, mod); ok {
+			if model.GlobMatches(g, mod) {
 				r = v
 			}
 		}

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
-	"strings"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -39,7 +37,7 @@ var ErrBackward = errors.New("backward")
 func (m *Model) GradientNames() []string {
 	var names []string
 	for i := range m.Blocks {
-		p := "model.layers." + strconv.Itoa(i) + "."
+		p := LayerPrefix(i)
 		for _, mod := range Modules {
 			names = append(names, p+mod)
 		}
@@ -216,7 +214,7 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 			nb.postAttn, nb.postFFN = n.normVec(b.PostAttnNorm), n.normVec(b.PostFFNNorm)
 		}
 		for _, mod := range Modules {
-			d, err := lin(*b.Linear(mod), fmt.Sprintf("model.layers.%d.%s", i, mod))
+			d, err := lin(*b.Linear(mod), ModuleName(i, mod))
 			if err != nil {
 				return nil, err
 			}
@@ -270,13 +268,8 @@ func (n *net[T]) param(name string) (*dense[T], *vec[T]) {
 	if name == "model.norm" {
 		return nil, n.norm
 	}
-	rest, ok := strings.CutPrefix(name, "model.layers.")
-	if !ok {
-		return nil, nil
-	}
-	idx, mod, ok := strings.Cut(rest, ".")
-	i, err := strconv.Atoi(idx)
-	if !ok || err != nil || i < 0 || i >= len(n.blocks) || strconv.Itoa(i) != idx {
+	i, mod, ok := ParseModuleName(name)
+	if !ok || i >= len(n.blocks) {
 		return nil, nil
 	}
 	b := n.blocks[i]

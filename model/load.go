@@ -168,7 +168,7 @@ func expectedTensors(c *Config) []tensorSpec {
 		specs = append(specs, tensorSpec{name: "lm_head.weight", shape: []int{c.VocabSize, h}})
 	}
 	for l := range c.NumLayers {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := LayerPrefix(l)
 		for _, n := range blockNorms(c) {
 			specs = append(specs, tensorSpec{name: p + n.name + ".weight", shape: []int{normSize(c, n)}})
 		}
@@ -340,7 +340,7 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 		m.LMHead = NewDense(cfg.VocabSize, cfg.HiddenSize, tensors["lm_head.weight"], nil)
 	}
 	for l := range cfg.NumLayers {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := LayerPrefix(l)
 		b := &Block{}
 		for _, n := range blockNorms(cfg) {
 			*n.get(b) = tensors[p+n.name+".weight"]

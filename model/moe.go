@@ -422,7 +422,7 @@ func readFusedExperts(c *Config, ck *safetensors.Checkpoint, dir string, specs [
 		return readTensor(ck, dir, tensorSpec{name: name, shape: shape})
 	}
 	for l := range c.NumLayers {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := LayerPrefix(l)
 		ok, err := readFusedMoE(c, p, info, read, tensors)
 		if err != nil {
 			return nil, err

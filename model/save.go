@@ -88,7 +88,7 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		}
 	}
 	for l, b := range m.Blocks {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := LayerPrefix(l)
 		for _, n := range blockNorms(c) {
 			if err := add(p+n.name+".weight", []int{normSize(c, n)}, *n.get(b)); err != nil {
 				return err
@@ -131,13 +131,8 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 					return fmt.Errorf("save model: %s%s is quantized, which only rankzip's native layout holds (or gptq.Export)", p, mod)
 				}
 				quantized[p+mod] = QuantSpec{Bits: d.Bits, Groups: d.Groups()}
-				// Codes and zero points as integers, scales in float32: the
-				// layer is stored exactly whatever dtype the rest gets.
-				tensors = append(tensors,
-					safetensors.WriteTensor{Name: p + mod + ".q", DType: safetensors.U8, Shape: []int{d.out, d.in}, Data: d.Q},
-					safetensors.WriteTensor{Name: p + mod + ".scales", DType: safetensors.F32, Shape: []int{d.Groups(), d.out}, Data: f32Bytes(d.Scales)},
-					safetensors.WriteTensor{Name: p + mod + ".zeros", DType: safetensors.I32, Shape: []int{d.Groups(), d.out}, Data: i32Bytes(d.Zeros)},
-					safetensors.WriteTensor{Name: p + mod + ".g_idx", DType: safetensors.I32, Shape: []int{d.in}, Data: i32Bytes(d.GIdx)})
+				// Exact whatever dtype the rest gets, as in a block-diff file.
+				tensors = append(tensors, quantizedTensors(p+mod, d)...)
 				err = add(p+mod+".bias", []int{d.out}, d.Bias)
 			case *Factored:
 				if palu {

@@ -13,20 +13,20 @@ import (
 )
 
 // Methods lists every stage method a recipe may name, in pipeline order.
-var Methods = []string{"svd", "lord", "palu", "mla", "rtn", "gptq", "eora"}
+var Methods = []Method{MethodSVD, MethodLoRD, MethodPalu, MethodMLA, MethodRTN, MethodGPTQ, MethodEoRA}
 
 // Implemented lists the stage methods that run today.
-var Implemented = []string{"svd", "lord", "palu", "mla", "rtn", "gptq", "eora"}
+var Implemented = []Method{MethodSVD, MethodLoRD, MethodPalu, MethodMLA, MethodRTN, MethodGPTQ, MethodEoRA}
 
 // methodKeys are the keys each method accepts besides "method".
-var methodKeys = map[string][]string{
-	"svd":  {"variant", "targets", "keep_params", "rank", "rank_search", "alpha"},
-	"lord": {"targets", "keep_params", "rank", "rank_search"},
-	"palu": {"kv_keep", "group_size", "rank_search", "latent_bits", "latent_group_size", "hadamard"},
-	"mla":  {"kv_lora_rank", "qk_rope_head_dim", "rorope", "rotation", "freqfold", "bkv"},
-	"rtn":  {"bits", "group_size", "sym", "act_order", "damp", "targets"},
-	"gptq": {"bits", "group_size", "sym", "act_order", "damp", "targets"},
-	"eora": {"rank", "targets", "rank_overrides"},
+var methodKeys = map[Method][]string{
+	MethodSVD:  {"variant", "targets", "keep_params", "rank", "rank_search", "alpha"},
+	MethodLoRD: {"targets", "keep_params", "rank", "rank_search"},
+	MethodPalu: {"kv_keep", "group_size", "rank_search", "latent_bits", "latent_group_size", "hadamard"},
+	MethodMLA:  {"kv_lora_rank", "qk_rope_head_dim", "rorope", "rotation", "freqfold", "bkv"},
+	MethodRTN:  {"bits", "group_size", "sym", "act_order", "damp", "targets"},
+	MethodGPTQ: {"bits", "group_size", "sym", "act_order", "damp", "targets"},
+	MethodEoRA: {"rank", "targets", "rank_overrides"},
 }
 
 // stageKeys is the union of methodKeys and "method".
@@ -102,12 +102,12 @@ func parse(data []byte) (*Recipe, []string) {
 	for i, s := range r.Stages {
 		where := fmt.Sprintf("stages[%d] (line %d)", i, s.line)
 		if s.Method == "" {
-			problems = append(problems, fmt.Sprintf("%s: missing key \"method\" (one of %s)", where, strings.Join(Methods, ", ")))
+			problems = append(problems, fmt.Sprintf("%s: missing key \"method\" (one of %s)", where, joinMethods(Methods)))
 			continue
 		}
 		known, ok := methodKeys[s.Method]
 		if !ok {
-			problems = append(problems, fmt.Sprintf("%s: method %q unknown (want one of %s)", where, s.Method, strings.Join(Methods, ", ")))
+			problems = append(problems, fmt.Sprintf("%s: method %q unknown (want one of %s)", where, s.Method, joinMethods(Methods)))
 			continue
 		}
 		for _, k := range s.keys {

@@ -67,7 +67,7 @@ type Export struct {
 // Stage is one compression stage. It holds the keys of every method; a
 // method accepts only its own (see methodKeys).
 type Stage struct {
-	Method string `yaml:"method" json:"method"`
+	Method Method `yaml:"method" json:"method"`
 
 	// svd, lord
 	Variant    string   `yaml:"variant,omitempty" json:"variant,omitempty"`

@@ -2,13 +2,10 @@ package recipe
 
 import (
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 
-	"github.com/rankzip/rankzip/compress"
-	"github.com/rankzip/rankzip/methods/mla"
-	"github.com/rankzip/rankzip/methods/palu"
+	"github.com/rankzip/rankzip/methods/params"
 	"github.com/rankzip/rankzip/model"
 )
 
@@ -37,10 +34,10 @@ func (v *validator) mla(where string, s *Stage) {
 	}
 	switch {
 	case s.Rotation == "" && *s.RoRoPE:
-		s.Rotation = string(compress.DefaultRotation)
+		s.Rotation = model.DefaultRotation
 	case s.Rotation == "":
-		s.Rotation = string(mla.RotateNone)
-	case !*s.RoRoPE && s.Rotation != string(mla.RotateNone):
+		s.Rotation = "none"
+	case !*s.RoRoPE && s.Rotation != "none":
 		v.add("%s: rotation %s contradicts rorope: false (which keeps the first heads' own RoPE dims)", where, s.Rotation)
 	}
 	if s.FreqFold == 0 {
@@ -49,7 +46,7 @@ func (v *validator) mla(where string, s *Stage) {
 	if s.BKV == nil {
 		s.BKV = ptr(true)
 	}
-	if !slices.Contains([]mla.Rotation{mla.RotateNone, mla.RotateKeys, mla.RotateScores}, mla.Rotation(s.Rotation)) {
+	if !slices.Contains(model.Rotations, s.Rotation) {
 		v.add("%s: rotation %q unknown (want none, keys or scores)", where, s.Rotation)
 		return
 	}
@@ -65,9 +62,9 @@ func (v *validator) mla(where string, s *Stage) {
 		v.add("%s: %v", where, err)
 		return
 	}
-	a := &mla.Attention{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, InvFreq: c.InvFreq()}
-	o := mla.Options{RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: mla.Rotation(s.Rotation), FreqFold: s.FreqFold, BKV: *s.BKV, SeqLen: 1}
-	if err := o.Check(a); err != nil {
+	p := params.MLA{Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, Freqs: len(c.InvFreq()),
+		RopeDim: s.QKRopeHeadDim, LoraRank: s.KVLoraRank, Rotation: s.Rotation, FreqFold: s.FreqFold, SeqLen: 1}
+	if err := p.Check(); err != nil {
 		for _, e := range strings.Split(err.Error(), "\n") {
 			v.add("%s: %s", where, e)
 		}
@@ -85,9 +82,9 @@ func (v *validator) mla(where string, s *Stage) {
 func (r *Recipe) Changed(i int) []string {
 	s := r.Stages[i]
 	switch s.Method {
-	case "palu":
+	case MethodPalu:
 		return PaluModules
-	case "mla":
+	case MethodMLA:
 		return MLAModules
 	}
 	return s.Targets
@@ -106,8 +103,8 @@ func (v *validator) palu(where string, s *Stage) {
 			s.RankSearch = "spectrum" // the architecture has no backward pass (Qwen3, Gemma 3)
 		}
 	}
-	if !slices.Contains(compress.PaluSearches, s.RankSearch) {
-		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.PaluSearches, ", "))
+	if !slices.Contains(model.PaluSearches, s.RankSearch) {
+		v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(model.PaluSearches, ", "))
 	}
 	switch s.LatentBits {
 	case 0:
@@ -147,7 +144,7 @@ func (v *validator) palu(where string, s *Stage) {
 	if s.GroupSize != nil {
 		want = *s.GroupSize
 	}
-	g, err := palu.GroupHeads(v.cfg.NumKVHeads, want)
+	g, err := params.PaluGroupHeads(v.cfg.NumKVHeads, want)
 	if err != nil {
 		v.add("%s: group_size %d must divide the model's %d KV heads", where, want, v.cfg.NumKVHeads)
 	} else {
@@ -216,7 +213,7 @@ func (v *validator) quant(i int, where string, s *Stage) {
 		return
 	}
 	for _, m := range s.Targets {
-		if _, in := Dims(v.cfg, m); in%gs != 0 {
+		if _, in := v.cfg.ModuleShape(m); in%gs != 0 {
 			v.add("%s: group_size %d does not divide the %d input features of %s (use 0 for one group per output channel, or leave it out of targets)", where, gs, in, m)
 		}
 	}
@@ -233,20 +230,14 @@ func (v *validator) eora(where string, s *Stage) {
 		s.Targets = mods
 	}
 	for g, r := range s.RankOverrides {
-		if _, err := path.Match(g, ""); err != nil {
+		if err := model.CheckGlob(g); err != nil {
 			v.add("%s: rank_overrides pattern %q is not a valid glob: %v", where, g, err)
 			continue
 		}
 		if r <= 0 {
 			v.add("%s: rank_overrides %q: rank %d must be positive", where, g, r)
 		}
-		hit := false
-		for _, m := range s.Targets {
-			if ok, _ := path.Match(g, m); ok {
-				hit = true
-			}
-		}
-		if !hit {
+		if !slices.ContainsFunc(s.Targets, func(m string) bool { return model.GlobMatches(g, m) }) {
 			v.add("%s: rank_overrides pattern %q matches none of the targets (%s)", where, g, strings.Join(s.Targets, ", "))
 		}
 	}
@@ -255,7 +246,7 @@ func (v *validator) eora(where string, s *Stage) {
 	for _, m := range s.Targets {
 		var hits []string
 		for g := range s.RankOverrides {
-			if ok, _ := path.Match(g, m); ok {
+			if model.GlobMatches(g, m) {
 				hits = append(hits, g)
 			}
 		}
@@ -268,7 +259,7 @@ func (v *validator) eora(where string, s *Stage) {
 
 // targets expands a stage's target globs; ok is false when one is bad.
 func (v *validator) targets(where string, s *Stage) ([]string, bool) {
-	mods, errs := Modules(s.Targets)
+	mods, errs := model.MatchModules(s.Targets)
 	for _, e := range errs {
 		v.add("%s: %s", where, e)
 	}
@@ -302,20 +293,20 @@ func (v *validator) combine() {
 	for i, s := range st {
 		where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
 		switch s.Method {
-		case "palu":
+		case MethodPalu:
 			for _, m := range PaluModules {
 				if j := v.changedBefore(i, m); j >= 0 {
 					v.add("%s needs dense k_proj and v_proj, but stages[%d] (%s) targets %s: leave the KV projections out of its targets", where, j, st[j].Method, m)
 					break
 				}
 			}
-		case "eora":
+		case MethodEoRA:
 			// Palu's grouped projections are not compensated (their latent
 			// cache has no place for a correction): left out of the default
 			// targets, refused when named.
 			var keep []string
 			for _, m := range s.Targets {
-				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == "palu" {
+				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == MethodPalu {
 					if slices.Contains(s.keys, "targets") {
 						v.add("%s cannot compensate %s: stages[%d] (palu) made it a grouped latent projection, which eora does not correct; leave it out of the targets", where, m, j)
 					}
@@ -327,7 +318,7 @@ func (v *validator) combine() {
 			if !slices.ContainsFunc(s.Targets, func(m string) bool { return v.changedBefore(i, m) >= 0 }) {
 				v.add("%s: none of its targets (%s) is compressed by an earlier stage: there is no error to compensate", where, strings.Join(s.Targets, ", "))
 			}
-		case "mla":
+		case MethodMLA:
 			for _, m := range MLAModules {
 				if j := v.changedBefore(i, m); j >= 0 {
 					v.add("%s needs dense q_proj, k_proj and v_proj, but stages[%d] (%s) targets %s: leave the attention projections out of its targets", where, j, st[j].Method, m)
@@ -339,9 +330,9 @@ func (v *validator) combine() {
 			}
 		}
 		switch s.Method {
-		case "rtn", "gptq":
+		case MethodRTN, MethodGPTQ:
 			for j := range i {
-				if st[j].Method == "palu" && v.r.Export.Format == "gptq" {
+				if st[j].Method == MethodPalu && v.r.Export.Format == "gptq" {
 					v.add("%s after stages[%d] (palu) cannot be exported as gptq, whose layout has no place for Palu's grouped KV projections: use native", where, j)
 				}
 			}
@@ -355,15 +346,15 @@ func (v *validator) exportFits() {
 	quant, lowRank, paluAt, mlaAt := -1, -1, -1, -1
 	for i, s := range v.r.Stages {
 		switch s.Method {
-		case "rtn", "gptq", "eora":
+		case MethodRTN, MethodGPTQ, MethodEoRA:
 			if quant < 0 {
 				quant = i
 			}
-		case "svd", "lord":
+		case MethodSVD, MethodLoRD:
 			lowRank = i
-		case "palu":
+		case MethodPalu:
 			paluAt = i
-		case "mla":
+		case MethodMLA:
 			mlaAt = i
 		}
 	}
@@ -393,7 +384,7 @@ func (v *validator) exportFits() {
 			v.add("export.format dense cannot express the quantized latent cache of stages[%d] (palu, latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)
 		}
 	case "gptq":
-		if quant < 0 || (v.r.Stages[quant].Method == "eora") {
+		if quant < 0 || (v.r.Stages[quant].Method == MethodEoRA) {
 			v.add("export.format gptq needs an rtn or gptq stage (the GPTQ layout holds quantized layers)")
 			return
 		}
@@ -409,7 +400,7 @@ func (v *validator) exportFits() {
 		}
 		var unfit []string
 		for _, m := range v.r.Stages[quant].Targets {
-			if out, in := Dims(v.cfg, m); out%32 != 0 || in%32 != 0 {
+			if out, in := v.cfg.ModuleShape(m); out%32 != 0 || in%32 != 0 {
 				unfit = append(unfit, fmt.Sprintf("%s (%d×%d)", m, out, in))
 			}
 		}

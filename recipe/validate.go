@@ -9,13 +9,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/rankzip/rankzip/calib"
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 	"github.com/rankzip/rankzip/tokenizer"
@@ -117,7 +115,7 @@ func (v *validator) run() {
 	v.calibration()
 	v.evaluation()
 	if len(r.Stages) == 0 {
-		v.add("missing key \"stages\": at least one stage (implemented: %s)", strings.Join(Implemented, ", "))
+		v.add("missing key \"stages\": at least one stage (implemented: %s)", joinMethods(Implemented))
 	}
 	v.order()
 	for i := range r.Stages {
@@ -370,13 +368,13 @@ func Truncate(seqs [][]int32, n int) [][]int32 {
 }
 
 // stage classes, in the order they must come.
-func class(method string) int {
+func class(method Method) int {
 	switch method {
-	case "svd", "lord":
+	case MethodSVD, MethodLoRD:
 		return 0
-	case "palu", "mla":
+	case MethodPalu, MethodMLA:
 		return 1
-	case "rtn", "gptq":
+	case MethodRTN, MethodGPTQ:
 		return 2
 	}
 	return 3 // eora
@@ -405,11 +403,11 @@ func (v *validator) order() {
 		if c == 2 {
 			quant = true
 		}
-		if s.Method == "eora" && !quant {
+		if s.Method == MethodEoRA && !quant {
 			v.add("stages[%d] (eora) compensates quantization error: it needs an rtn or gptq stage before it", i)
 		}
 		if !slices.Contains(Implemented, s.Method) {
-			v.add("stages[%d]: method %s is not implemented yet (implemented: %s)", i, s.Method, strings.Join(Implemented, ", "))
+			v.add("stages[%d]: method %s is not implemented yet (implemented: %s)", i, s.Method, joinMethods(Implemented))
 		}
 	}
 }
@@ -417,21 +415,21 @@ func (v *validator) order() {
 func (v *validator) stage(i int, s *Stage) {
 	where := fmt.Sprintf("stages[%d] (%s)", i, s.Method)
 	switch s.Method {
-	case "svd", "lord":
+	case MethodSVD, MethodLoRD:
 		v.lowRank(where, s)
-	case "palu":
+	case MethodPalu:
 		v.palu(where, s)
-	case "mla":
+	case MethodMLA:
 		v.mla(where, s)
-	case "rtn", "gptq":
+	case MethodRTN, MethodGPTQ:
 		v.quant(i, where, s)
-	case "eora":
+	case MethodEoRA:
 		v.eora(where, s)
 	}
 }
 
 func (v *validator) lowRank(where string, s *Stage) {
-	if s.Method == "svd" {
+	if s.Method == MethodSVD {
 		if s.Variant == "" {
 			s.Variant = "whiten"
 		}
@@ -467,10 +465,10 @@ func (v *validator) lowRank(where string, s *Stage) {
 	}
 	if s.Rank == 0 {
 		if s.RankSearch == "" {
-			s.RankSearch = compress.DefaultRankSearch // the same default as compress.Options
+			s.RankSearch = model.DefaultLowRankSearch // the same default as compress.Options
 		}
-		if !slices.Contains(compress.Searches, s.RankSearch) {
-			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(compress.Searches, ", "))
+		if !slices.Contains(model.LowRankSearches, s.RankSearch) {
+			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(model.LowRankSearches, ", "))
 		}
 	}
 	if v.cfg == nil || !ok {
@@ -478,7 +476,7 @@ func (v *validator) lowRank(where string, s *Stage) {
 	}
 	need, full := 0, 0
 	for _, m := range mods {
-		out, in := Dims(v.cfg, m)
+		out, in := v.cfg.ModuleShape(m)
 		need = max(need, in)
 		full = max(full, min(out, in))
 	}
@@ -531,52 +529,6 @@ func SafetensorsDType(dtype string) safetensors.DType {
 		return safetensors.F16
 	}
 	return safetensors.F32
-}
-
-// Modules expands target globs to the block modules they select, in block
-// order; no targets select all seven. It returns a problem per glob that is
-// malformed or matches nothing.
-func Modules(targets []string) ([]string, []string) {
-	if len(targets) == 0 {
-		return slices.Clone(model.Modules), nil
-	}
-	var mods, problems []string
-	for _, g := range targets {
-		if _, err := path.Match(g, ""); err != nil {
-			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
-			continue
-		}
-		hit := false
-		for _, m := range model.Modules {
-			if ok, _ := path.Match(g, m); ok {
-				hit = true
-				if !slices.Contains(mods, m) {
-					mods = append(mods, m)
-				}
-			}
-		}
-		if !hit {
-			problems = append(problems, fmt.Sprintf("target %q matches no module (modules: %s)", g, strings.Join(model.Modules, ", ")))
-		}
-	}
-	slices.SortFunc(mods, func(a, b string) int { return slices.Index(model.Modules, a) - slices.Index(model.Modules, b) })
-	return mods, problems
-}
-
-// Dims returns (out, in) of a block module under config c.
-func Dims(c *model.Config, module string) (out, in int) {
-	h, q, kv, i := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim, c.IntermediateSize
-	switch module {
-	case "self_attn.q_proj":
-		return q, h
-	case "self_attn.k_proj", "self_attn.v_proj":
-		return kv, h
-	case "self_attn.o_proj":
-		return h, q
-	case "mlp.gate_proj", "mlp.up_proj":
-		return i, h
-	}
-	return h, i // mlp.down_proj
 }
 
 // digest hashes the inputs and derives the workflow id.

@@ -9,6 +9,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/recipe"
 )
 
 // figure is one plot of the page.
@@ -136,8 +137,8 @@ func (pg *page) figures() error {
 	if len(d.Layers) > 0 {
 		method := "low-rank"
 		for _, s := range d.Recipe.Stages {
-			if s.Method == "svd" || s.Method == "lord" {
-				method = s.Method
+			if s.Method == recipe.MethodSVD || s.Method == recipe.MethodLoRD {
+				method = string(s.Method)
 				break
 			}
 		}

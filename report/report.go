@@ -15,12 +15,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/recipe"
 )
 
@@ -101,22 +101,6 @@ func ReadJSON(path string) (*Data, error) {
 	return &d, nil
 }
 
-// layerOf splits "model.layers.3.mlp.up_proj" into 3 and "mlp.up_proj".
-func layerOf(name string) (int, string, bool) {
-	const p = "layers."
-	i := strings.Index(name, p)
-	if i < 0 {
-		return 0, "", false
-	}
-	rest := name[i+len(p):]
-	num, mod, ok := strings.Cut(rest, ".")
-	n, err := strconv.Atoi(num)
-	if !ok || err != nil {
-		return 0, "", false
-	}
-	return n, mod, true
-}
-
 // series is a named set of (layer, value) points.
 type series struct {
 	name string
@@ -129,7 +113,7 @@ func byModule[T any](items []T, name func(T) string, value func(T) (float64, boo
 	var out []series
 	idx := map[string]int{}
 	for _, it := range items {
-		l, mod, ok := layerOf(name(it))
+		l, mod, ok := model.ParseModuleName(name(it))
 		if !ok {
 			continue
 		}
@@ -163,7 +147,7 @@ func paluSeries(p map[string][]int) []series {
 	}
 	var items []kv
 	for _, n := range names {
-		l, mod, ok := layerOf(n)
+		l, mod, ok := model.ParseModuleName(n)
 		if !ok {
 			continue
 		}
@@ -179,7 +163,7 @@ func paluSeries(p map[string][]int) []series {
 		}
 		return strings.Compare(a.mod, b.mod)
 	})
-	return byModule(items, func(k kv) string { return fmt.Sprintf("model.layers.%d.%s", k.layer, k.mod) },
+	return byModule(items, func(k kv) string { return model.ModuleName(k.layer, k.mod) },
 		func(k kv) (float64, bool) { return float64(k.sum), true })
 }
 

@@ -23,11 +23,11 @@ func testBlockRoundTripMoE(t *testing.T, s *Store) {
 	comp := *orig
 	q := orig.Q.(*model.Dense)
 	comp.Q = &model.Factored{A: model.NewDense(2, q.In(), make([]float32, 2*q.In()), nil), B: model.NewDense(q.Out(), 2, make([]float32, 2*q.Out()), nil)}
-	ref, err := s.PutBlock(Key("block", 0), orig, &comp)
+	ref, err := putBlock(s, Key("block", 0), orig, &comp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.GetBlock(ref, orig)
+	got, err := getBlock(s, ref, orig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -357,7 +357,7 @@ func TestS3CorruptObject(t *testing.T) {
 		if has(s.remote.objectName(leaf.SHA256)) {
 			t.Error("the corrupt object was not removed")
 		}
-		if _, err := reader.GetStreams(leaf); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := getStreams(reader, leaf); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("read of the removed object: %v", err)
 		}
 		if again, err := s.Put(leafKey, tensor); err != nil || again != leaf {

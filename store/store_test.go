@@ -150,11 +150,11 @@ func testStreamsRoundTrip(t *testing.T, s *Store) {
 		{Mode: calib.Sequential, Orig: []*model.States{a, b}, Comp: []*model.States{b, a}},
 		{Mode: calib.Original, Orig: []*model.States{a}},
 	} {
-		ref, err := s.PutStreams(Key("streams", st.Mode, len(st.Orig), st.Comp != nil && st.Comp[0] == b), st)
+		ref, err := putStreams(s, Key("streams", st.Mode, len(st.Orig), st.Comp != nil && st.Comp[0] == b), st)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := s.GetStreams(ref)
+		got, err := getStreams(s, ref)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,11 +193,11 @@ func testBlockRoundTrip(t *testing.T, s *Store) {
 	comp.Gate = &model.Factored{A: dense(2, 4, false), B: dense(6, 2, false)}
 	comp.K = &model.Factored{A: dense(1, 4, false), B: dense(2, 1, true)}
 	comp.Down = dense(4, 6, true)
-	ref, err := s.PutBlock(Key("block", 0), orig, &comp)
+	ref, err := putBlock(s, Key("block", 0), orig, &comp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.GetBlock(ref, orig)
+	got, err := getBlock(s, ref, orig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/rankzip/rankzip/activities"
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/recipe"
 	"github.com/rankzip/rankzip/report"
 	"github.com/rankzip/rankzip/store"
@@ -98,11 +97,11 @@ type StageArtifacts struct {
 
 // Result is the result of CompressModel.
 type Result struct {
-	ID        string           `json:"id"`
-	Output    string           `json:"output"`
-	Files     []recipe.File    `json:"files"`
-	Artifacts Artifacts        `json:"artifacts"`
-	Layers    []compress.Layer `json:"layers"` // per-layer ranks of a low-rank stage, in model order
+	ID        string             `json:"id"`
+	Output    string             `json:"output"`
+	Files     []recipe.File      `json:"files"`
+	Artifacts Artifacts          `json:"artifacts"`
+	Layers    []activities.Layer `json:"layers"` // per-layer ranks of a low-rank stage, in model order
 	// Stages reports every palu, rtn, gptq and eora stage: per block, in
 	// the order of the recipe's stages (nil for a low-rank stage).
 	Stages  [][]activities.StageReport `json:"stages,omitempty"`
@@ -240,7 +239,7 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 	}
 	stages := job.Recipe.Stages
 	prog.Blocks = ins.Blocks
-	prog.Steps, prog.Method = len(stages), stages[0].Method
+	prog.Steps, prog.Method = len(stages), string(stages[0].Method)
 	res.Artifacts.Plan = ins.Plan
 	update(StageBlocks)
 	if !activities.LowRank(job.Recipe, 0) {
@@ -250,6 +249,21 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 		return exportAndEvaluate(ctx, job, &res, update)
 	}
 
+	if err := lowRankBlocks(ctx, in, ins, prog, &res, update, blockDone); err != nil {
+		return res, err
+	}
+	if len(stages) > 1 {
+		if err := laterStages(ctx, in, ins, 1, prog, &res, update, blockDone); err != nil {
+			return res, err
+		}
+	}
+	return exportAndEvaluate(ctx, job, &res, update)
+}
+
+// lowRankBlocks runs the first stage, a low-rank one, block by block,
+// recording each block's factors and per-layer ranks in res in block order.
+func lowRankBlocks(ctx workflow.Context, in Input, ins activities.InspectOutput, prog *Progress, res *Result,
+	update func(string), blockDone func(time.Duration)) error {
 	// record takes the output of block i, in block order.
 	record := func(i int, b activities.BlockOutput, took time.Duration) {
 		if b.Skipped {
@@ -272,62 +286,70 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 		update(StageBlocks)
 	}
 	if len(ins.BlockStreams) == ins.Blocks {
-		// Independent blocks: a window of Parallel activities at a time,
-		// which any number of workers share.
-		par := in.Parallel
-		if par <= 0 {
-			par = 4
-		}
-		res.Artifacts.Streams = ins.BlockStreams
-		type running struct {
-			f     workflow.Future
-			start time.Time
-		}
-		var window []running
-		next := 0
-		for i := range ins.Blocks {
-			for next < ins.Blocks && len(window) < par {
-				window = append(window, running{workflow.ExecuteActivity(ctx, a.Block, activities.BlockInput{
-					Job: job, Plan: ins.Plan, Streams: ins.BlockStreams[next], Index: next, Blocks: ins.Blocks, NoNext: true,
-				}), workflow.Now(ctx)})
-				next++
-			}
-			var b activities.BlockOutput
-			if err := window[0].f.Get(ctx, &b); err != nil {
-				return res, stepError(fmt.Sprintf("block %d", i), err)
-			}
-			// Blocks overlap: count the time since the later of this
-			// block's start and the previous block's end.
-			took := workflow.Now(ctx).Sub(window[0].start)
-			if last := prog.Updated; last.After(window[0].start) {
-				took = workflow.Now(ctx).Sub(last)
-			}
-			window = window[1:]
-			record(i, b, took)
-		}
-	} else {
-		streams := ins.Streams
-		for i := range ins.Blocks {
-			res.Artifacts.Streams = append(res.Artifacts.Streams, streams)
-			t0 := workflow.Now(ctx)
-			var b activities.BlockOutput
-			err := workflow.ExecuteActivity(ctx, a.Block, activities.BlockInput{
-				Job: job, Plan: ins.Plan, Streams: streams, Index: i, Blocks: ins.Blocks,
-			}).Get(ctx, &b)
-			if err != nil {
-				return res, stepError(fmt.Sprintf("block %d", i), err)
-			}
-			streams = b.Next
-			record(i, b, workflow.Now(ctx).Sub(t0))
-		}
+		return parallelBlocks(ctx, in, ins, prog, res, record)
 	}
+	return sequentialBlocks(ctx, in.Job, ins, res, record)
+}
 
-	if len(stages) > 1 {
-		if err := laterStages(ctx, in, ins, 1, prog, &res, update, blockDone); err != nil {
-			return res, err
-		}
+// parallelBlocks runs independent blocks (original calibration mode): a
+// window of Parallel activities at a time, which any number of workers share.
+func parallelBlocks(ctx workflow.Context, in Input, ins activities.InspectOutput, prog *Progress, res *Result,
+	record func(int, activities.BlockOutput, time.Duration)) error {
+	var a *activities.Activities
+	par := in.Parallel
+	if par <= 0 {
+		par = 4
 	}
-	return exportAndEvaluate(ctx, job, &res, update)
+	res.Artifacts.Streams = ins.BlockStreams
+	type running struct {
+		f     workflow.Future
+		start time.Time
+	}
+	var window []running
+	next := 0
+	for i := range ins.Blocks {
+		for next < ins.Blocks && len(window) < par {
+			window = append(window, running{workflow.ExecuteActivity(ctx, a.Block, activities.BlockInput{
+				Job: in.Job, Plan: ins.Plan, Streams: ins.BlockStreams[next], Index: next, Blocks: ins.Blocks, NoNext: true,
+			}), workflow.Now(ctx)})
+			next++
+		}
+		var b activities.BlockOutput
+		if err := window[0].f.Get(ctx, &b); err != nil {
+			return stepError(fmt.Sprintf("block %d", i), err)
+		}
+		// Blocks overlap: count the time since the later of this
+		// block's start and the previous block's end.
+		took := workflow.Now(ctx).Sub(window[0].start)
+		if last := prog.Updated; last.After(window[0].start) {
+			took = workflow.Now(ctx).Sub(last)
+		}
+		window = window[1:]
+		record(i, b, took)
+	}
+	return nil
+}
+
+// sequentialBlocks runs the blocks in order, each on the calibration
+// streams the block before it made (sequential calibration mode).
+func sequentialBlocks(ctx workflow.Context, job recipe.Job, ins activities.InspectOutput, res *Result,
+	record func(int, activities.BlockOutput, time.Duration)) error {
+	var a *activities.Activities
+	streams := ins.Streams
+	for i := range ins.Blocks {
+		res.Artifacts.Streams = append(res.Artifacts.Streams, streams)
+		t0 := workflow.Now(ctx)
+		var b activities.BlockOutput
+		err := workflow.ExecuteActivity(ctx, a.Block, activities.BlockInput{
+			Job: job, Plan: ins.Plan, Streams: streams, Index: i, Blocks: ins.Blocks,
+		}).Get(ctx, &b)
+		if err != nil {
+			return stepError(fmt.Sprintf("block %d", i), err)
+		}
+		streams = b.Next
+		record(i, b, workflow.Now(ctx).Sub(t0))
+	}
+	return nil
 }
 
 // laterStages runs the palu, rtn, gptq and eora stages from stage first on:
@@ -345,7 +367,7 @@ func laterStages(ctx workflow.Context, in Input, ins activities.InspectOutput, f
 	}
 	for s := first; s < len(stages); s++ {
 		method := stages[s].Method
-		prog.Step, prog.Method, prog.Block = s, method, 0
+		prog.Step, prog.Method, prog.Block = s, string(method), 0
 		update(StageBlocks)
 		var plan activities.PlanStageOutput
 		if err := workflow.ExecuteActivity(ctx, a.PlanStage, activities.PlanStageInput{Job: job, Stage: s, Prior: prior}).Get(ctx, &plan); err != nil {

@@ -86,7 +86,7 @@ func (b *block) run(ctx context.Context, in activities.BlockInput) (activities.B
 func done(in activities.BlockInput) activities.BlockOutput {
 	n := string(rune('0' + in.Index))
 	return activities.BlockOutput{Index: in.Index, Factors: ref("f" + n), Next: ref("s" + string(rune('1'+in.Index))),
-		Layers: []compress.Layer{{Name: "model.layers." + n + ".mlp.up_proj", Out: 8, In: 4, Rank: 2}}}
+		Layers: []activities.Layer{{Name: "model.layers." + n + ".mlp.up_proj", Out: 8, In: 4, Rank: 2}}}
 }
 
 func TestCompressModel(t *testing.T) {

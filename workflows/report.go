@@ -31,7 +31,7 @@ func ReportData(res Result, job recipe.Job) report.Data {
 		}
 		s := report.Stage{Index: i}
 		if i < len(job.Recipe.Stages) {
-			s.Method = job.Recipe.Stages[i].Method
+			s.Method = string(job.Recipe.Stages[i].Method)
 		}
 		for _, b := range blocks {
 			s.Quant = append(s.Quant, b.Quant...)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path"
 	"path/filepath"
 	"strings"
 
@@ -82,12 +81,7 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 	// the long run rather than at export.
 	var unfit []string
 	for _, mod := range m.Blocks[0].Modules() {
-		hit := len(o.Targets) == 0
-		for _, g := range o.Targets {
-			if ok, _ := path.Match(g, mod); ok {
-				hit = true
-			}
-		}
+		hit := len(o.Targets) == 0 || model.AnyGlobMatches(o.Targets, mod)
 		if l := *m.Blocks[0].Linear(mod); hit && (l.Out()%32 != 0 || l.In()%32 != 0) {
 			unfit = append(unfit, fmt.Sprintf("%s (%d×%d)", mod, l.Out(), l.In()))
 		}
@@ -116,9 +110,8 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 	// Per-layer errors of the checkpoint as read back.
 	fmt.Fprintf(stdout, "%-34s %11s %6s %14s %10s %12s\n", "layer", "shape", "groups", "calib err", "rel err", "readback err")
 	for _, l := range res.Layers {
-		var layer, i int
-		fmt.Sscanf(l.Name, "model.layers.%d.", &layer)
-		mod := strings.TrimPrefix(l.Name, fmt.Sprintf("model.layers.%d.", layer))
+		var i int
+		layer, mod, _ := model.ParseModuleName(l.Name) // compress's own names
 		a, err := compress.EffectiveWeight(k, *res.Model.Blocks[layer].Linear(mod))
 		if err != nil {
 			return fmt.Errorf("%s: %w", l.Name, err)

@@ -1,7 +1,6 @@
 package mla
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/methods/internal/matx"
+	"github.com/rankzip/rankzip/methods/params"
 )
 
 // Rotation is how the RoPE dims to keep are chosen.
@@ -65,39 +65,8 @@ type Result struct {
 
 // Check validates a conversion of a layer shaped like a before any work.
 func (o Options) Check(a *Attention) error {
-	d, D := a.HeadDim, a.KVHeads*a.HeadDim
-	var errs []error
-	if a.KVHeads <= 0 || a.Heads%a.KVHeads != 0 {
-		errs = append(errs, fmt.Errorf("%d query heads are not a multiple of %d KV heads", a.Heads, a.KVHeads))
-	}
-	if d <= 0 || d%2 != 0 || len(a.InvFreq) != d/2 {
-		errs = append(errs, fmt.Errorf("head_dim %d with %d RoPE frequencies: want an even head_dim and head_dim/2 frequencies", d, len(a.InvFreq)))
-	}
-	if o.RopeDim < 2 || o.RopeDim%2 != 0 || o.RopeDim > D {
-		errs = append(errs, fmt.Errorf("qk_rope_head_dim %d must be even, at least 2 and at most n_kv × head_dim = %d", o.RopeDim, D))
-	}
-	if o.LoraRank < 1 || o.LoraRank > 2*D {
-		errs = append(errs, fmt.Errorf("kv_lora_rank %d must be in [1, 2 × n_kv × head_dim = %d]", o.LoraRank, 2*D))
-	}
-	h := d / 2
-	f := o.FreqFold
-	switch {
-	case f < 1 || h <= 0 || h%f != 0:
-		errs = append(errs, fmt.Errorf("freqfold %d must divide head_dim/2 = %d", f, h))
-	case o.Rotation == RotateKeys && (o.RopeDim/2*f)%h != 0:
-		errs = append(errs, fmt.Errorf("rotation keys keeps the same number of RoPE pairs per group of %d frequencies: qk_rope_head_dim/2 = %d × freqfold %d must be a multiple of head_dim/2 = %d",
-			f, o.RopeDim/2, f, h))
-	}
-	switch o.Rotation {
-	case RotateNone, RotateKeys:
-	case RotateScores:
-		if o.SeqLen < 1 {
-			errs = append(errs, fmt.Errorf("rotation scores needs the calibration sequence length"))
-		}
-	default:
-		errs = append(errs, fmt.Errorf("rotation %q unknown (want none, keys or scores)", o.Rotation))
-	}
-	return errors.Join(errs...)
+	return params.MLA{Heads: a.Heads, KVHeads: a.KVHeads, HeadDim: a.HeadDim, Freqs: len(a.InvFreq),
+		RopeDim: o.RopeDim, LoraRank: o.LoraRank, Rotation: string(o.Rotation), FreqFold: o.FreqFold, SeqLen: o.SeqLen}.Check()
 }
 
 // Convert turns the GQA layer a into MLA, calibrated on s.

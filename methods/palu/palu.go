@@ -9,6 +9,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/methods/params"
 	"github.com/rankzip/rankzip/methods/svd"
 )
 
@@ -16,27 +17,12 @@ import (
 var ErrShape = errors.New("palu: dimension mismatch")
 
 // DefaultGroupHeads is G-LRD's default group size.
-const DefaultGroupHeads = 4
+const DefaultGroupHeads = params.DefaultPaluGroupHeads
 
 // GroupHeads returns the number of KV heads per group: want when it divides
 // kvHeads, and for want = 0 the largest divisor of kvHeads not above
 // DefaultGroupHeads.
-func GroupHeads(kvHeads, want int) (int, error) {
-	if kvHeads <= 0 {
-		return 0, fmt.Errorf("palu: %d KV heads", kvHeads)
-	}
-	if want == 0 {
-		for g := min(DefaultGroupHeads, kvHeads); g >= 1; g-- {
-			if kvHeads%g == 0 {
-				return g, nil
-			}
-		}
-	}
-	if want < 0 || want > kvHeads || kvHeads%want != 0 {
-		return 0, fmt.Errorf("palu: group_size %d does not divide the %d KV heads", want, kvHeads)
-	}
-	return want, nil
-}
+func GroupHeads(kvHeads, want int) (int, error) { return params.PaluGroupHeads(kvHeads, want) }
 
 // Group is the factorisation of one group of heads.
 type Group struct {

@@ -69,7 +69,7 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 			return fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
 		}
 		quantized = append(quantized, nil)
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := model.LayerPrefix(l)
 		if err := errors.Join(add(p+"input_layernorm.weight", []int{h}, b.AttnNorm), add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)); err != nil {
 			return err
 		}
@@ -220,7 +220,7 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 		m.LMHead = model.NewDense(vocab, h, head, nil)
 	}
 	for l := range cfg.NumLayers {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := model.LayerPrefix(l)
 		b := &model.Block{}
 		if b.AttnNorm, err = get(p+"input_layernorm.weight", h); err != nil {
 			return nil, err
@@ -265,7 +265,7 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 				}
 				lin = model.NewDense(info.Shape[0], info.Shape[1], w, bias)
 			}
-			if out, in := shapeOf(cfg, mod); lin.Out() != out || lin.In() != in {
+			if out, in := cfg.ModuleShape(mod); lin.Out() != out || lin.In() != in {
 				return nil, fmt.Errorf("load gptq: %s: %s is %d×%d, config.json implies %d×%d", dir, name, lin.Out(), lin.In(), out, in)
 			}
 			*b.Linear(mod) = lin
@@ -290,20 +290,4 @@ func equalShape(a, b []int) bool {
 		}
 	}
 	return true
-}
-
-// shapeOf is a module's (out, in) under config c.
-func shapeOf(c *model.Config, module string) (out, in int) {
-	h, q, kv := c.HiddenSize, c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
-	switch module {
-	case "self_attn.q_proj":
-		return q, h
-	case "self_attn.k_proj", "self_attn.v_proj":
-		return kv, h
-	case "self_attn.o_proj":
-		return h, q
-	case "mlp.gate_proj", "mlp.up_proj":
-		return c.IntermediateSize, h
-	}
-	return h, c.IntermediateSize
 }

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
@@ -24,25 +23,9 @@ type Adapter struct {
 // Rank is r.
 func (a Adapter) Rank() int { return a.A.Out() }
 
-// Adapted is a linear layer with a LoRA correction added to its output.
-type Adapted struct {
-	Base model.Linear
-	A, B *model.Dense
-}
-
-func (l *Adapted) In() int  { return l.Base.In() }
-func (l *Adapted) Out() int { return l.Base.Out() }
-func (l *Adapted) NumParams() int64 {
-	return l.Base.NumParams() + l.A.NumParams() + l.B.NumParams()
-}
-
-func (l *Adapted) Apply(k kernels.Backend, y, x []float32, rows int) {
-	l.Base.Apply(k, y, x, rows)
-	r := l.A.Out()
-	t := make([]float32, rows*r)
-	l.A.Apply(k, t, x, rows)
-	k.Sgemm(false, true, rows, l.Out(), r, 1, t, r, l.B.Weight, r, 1, y, l.Out())
-}
+// Adapted is a linear layer with a LoRA correction added to its output
+// (model.Adapted, where every linear layer type lives).
+type Adapted = model.Adapted
 
 // peftPrefix is how PEFT names the tensors of a wrapped causal LM.
 const peftPrefix = "base_model.model."
@@ -222,12 +205,10 @@ func ApplyAdapters(m *model.Model, adapters []Adapter) (*model.Model, error) {
 		out.Blocks[i] = &nb
 	}
 	for _, a := range adapters {
-		var layer int
-		var mod string
-		if _, err := fmt.Sscanf(a.Module, "model.layers.%d.", &layer); err != nil || layer < 0 || layer >= len(m.Blocks) {
+		layer, mod, ok := model.ParseModuleName(a.Module)
+		if !ok || layer >= len(m.Blocks) {
 			return nil, fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, len(m.Blocks))
 		}
-		mod = strings.TrimPrefix(a.Module, fmt.Sprintf("model.layers.%d.", layer))
 		p := out.Blocks[layer].Linear(mod)
 		if p == nil {
 			return nil, fmt.Errorf("adapter for %q: unknown module %q", a.Module, mod)

@@ -128,7 +128,7 @@ func Write(dir string, o Options, k kernels.Backend) error {
 	}
 	shards = append(shards, top)
 	for l := range s.Layers {
-		p := fmt.Sprintf("model.layers.%d.", l)
+		p := model.LayerPrefix(l)
 		shards = append(shards, []tensor{
 			norm(p + "input_layernorm.weight"),
 			linear(p+"self_attn.q_proj.weight", s.Heads*headDim, s.Hidden),
