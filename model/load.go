@@ -424,9 +424,13 @@ func (r *Reader) readTensors(specs []tensorSpec) (floats map[string][]float32, i
 // blocks (Block reads them).
 func (r *Reader) Model(k kernels.Backend) (*Model, error) {
 	cfg := r.Config
-	tensors, _, err := r.readTensors(topSpecs(cfg))
+	specs := topSpecs(cfg)
+	tensors, _, err := r.readTensors(specs)
 	if err != nil {
 		return nil, err
+	}
+	for _, s := range specs {
+		r.ck.Release(s.name)
 	}
 	m := &Model{Config: cfg, Embed: tensors["model.embed_tokens.weight"], Norm: tensors["model.norm.weight"], Backend: k}
 	if !cfg.TieWordEmbeddings {
@@ -438,6 +442,7 @@ func (r *Reader) Model(k kernels.Backend) (*Model, error) {
 		if err != nil {
 			return nil, err
 		}
+		r.ck.Release("lm_head.weight")
 		if !slices.Equal(head, m.Embed) {
 			return nil, fmt.Errorf("checkpoint %s: tensor \"lm_head.weight\" differs from model.embed_tokens.weight but config.json sets tie_word_embeddings", r.dir)
 		}
