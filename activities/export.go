@@ -315,12 +315,8 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 		}
 		return nil
 	})
-	back, err := LoadExport(tmp, m.Backend)
-	if err != nil {
-		return ExportOutput{}, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
-	}
-	if err := sameModel(m, back, exact); err != nil {
-		return ExportOutput{}, badInput(fmt.Errorf("export: the written checkpoint differs from the compressed model: %w", err))
+	if err := checkExport(tmp, m, exact); err != nil {
+		return ExportOutput{}, err
 	}
 	// Move the checkpoint into place. An existing output must be an earlier
 	// export of this job (validated at submission, checked again here).
@@ -373,38 +369,81 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 	return out, nil
 }
 
-// sameModel checks a checkpoint read back against the model written: the
-// same layer types and ranks and, on the first few tokens, the same logits
-// (exactly in float32, within rounding otherwise).
-func sameModel(want, got *model.Model, exact bool) error {
-	if len(want.Blocks) != len(got.Blocks) {
-		return fmt.Errorf("%d blocks, want %d", len(got.Blocks), len(want.Blocks))
+// checkExport reads the checkpoint written in dir back and checks it
+// against m, the model written. A GPTQ checkpoint or one with an EoRA
+// adapter is read whole (gptq.Load, gptq.ApplyAdapters); any other is read
+// and checked one block at a time, so the check holds one block of the
+// checkpoint in float32 whatever the model's depth.
+func checkExport(dir string, m *model.Model, exact bool) error {
+	differs := func(err error) error {
+		return badInput(fmt.Errorf("export: the written checkpoint differs from the compressed model: %w", err))
 	}
-	for i := range want.Blocks {
-		if (want.Blocks[i].MLA == nil) != (got.Blocks[i].MLA == nil) || want.Blocks[i].NumParams() != got.Blocks[i].NumParams() {
-			return fmt.Errorf("layer %d: latent attention %v with %d parameters, want %v with %d", i,
-				got.Blocks[i].MLA != nil, got.Blocks[i].NumParams(), want.Blocks[i].MLA != nil, want.Blocks[i].NumParams())
+	_, aerr := os.Stat(filepath.Join(dir, AdapterDir, "adapter_config.json"))
+	if gptq.IsCheckpoint(dir) || aerr == nil {
+		back, err := LoadExport(dir, m.Backend)
+		if err != nil {
+			return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
 		}
-		for _, mod := range want.Blocks[i].Modules() {
-			w, g := *want.Blocks[i].Linear(mod), *got.Blocks[i].Linear(mod)
-			if fmt.Sprintf("%T", w) != fmt.Sprintf("%T", g) || w.NumParams() != g.NumParams() {
-				return fmt.Errorf("layer %d %s is %T with %d parameters, want %T with %d", i, mod, g, g.NumParams(), w, w.NumParams())
-			}
+		if err := sameModel(m, back, exact); err != nil {
+			return differs(err)
 		}
+		return nil
+	}
+	r, err := model.Open(dir)
+	if err != nil {
+		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+	}
+	defer r.Close()
+	got, err := r.Model(m.Backend)
+	if err != nil {
+		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+	}
+	if err := sameByBlock(m, got, r.Config.NumLayers, r.Block, exact); err != nil {
+		return differs(err)
+	}
+	return nil
+}
+
+// sameModel checks a checkpoint read back whole against the model written,
+// as sameByBlock does.
+func sameModel(want, got *model.Model, exact bool) error {
+	block := func(i int) (*model.Block, error) { return got.Blocks[i], nil }
+	return sameByBlock(want, got, len(got.Blocks), block, exact)
+}
+
+// sameByBlock checks a checkpoint read back against the model written: the
+// same layer types and ranks and, on the first few tokens, the same logits
+// (exactly in float32, within rounding otherwise). got holds the
+// checkpoint's embeddings and head; block reads its blocks, one at a time,
+// each run on its own hidden states beside want's.
+func sameByBlock(want, got *model.Model, blocks int, block func(int) (*model.Block, error), exact bool) error {
+	if len(want.Blocks) != blocks {
+		return fmt.Errorf("%d blocks, want %d", blocks, len(want.Blocks))
 	}
 	n := min(16, want.Config.MaxPositions)
 	seq := make([]int32, n)
 	for i := range seq {
 		seq[i] = int32((i*7919 + 1) % want.Config.VocabSize)
 	}
-	lw, err := want.Forward([][]int32{seq})
+	hw, err := want.EmbedTokens([][]int32{seq})
 	if err != nil {
 		return err
 	}
-	lg, err := got.Forward([][]int32{seq})
+	hg, err := got.EmbedTokens([][]int32{seq})
 	if err != nil {
 		return err
 	}
+	for i, wb := range want.Blocks {
+		gb, err := block(i)
+		if err != nil {
+			return err
+		}
+		if err := sameLayers(i, wb, gb); err != nil {
+			return err
+		}
+		hw, hg = want.RunBlock(wb, hw, nil), got.RunBlock(gb, hg, nil)
+	}
+	lw, lg := want.Logits(hw), got.Logits(hg)
 	if exact {
 		if !slices.Equal(lw, lg) {
 			return fmt.Errorf("float32 logits differ")
@@ -419,6 +458,22 @@ func sameModel(want, got *model.Model, exact bool) error {
 	}
 	if rel := math.Sqrt(num / max(den, 1e-30)); !(rel < 0.1) {
 		return fmt.Errorf("logits differ by %.3g (relative) after rounding", rel)
+	}
+	return nil
+}
+
+// sameLayers checks that block got, read back as layer i, has the layer
+// types and parameter counts of want.
+func sameLayers(i int, want, got *model.Block) error {
+	if (want.MLA == nil) != (got.MLA == nil) || want.NumParams() != got.NumParams() {
+		return fmt.Errorf("layer %d: latent attention %v with %d parameters, want %v with %d", i,
+			got.MLA != nil, got.NumParams(), want.MLA != nil, want.NumParams())
+	}
+	for _, mod := range want.Modules() {
+		w, g := *want.Linear(mod), *got.Linear(mod)
+		if fmt.Sprintf("%T", w) != fmt.Sprintf("%T", g) || w.NumParams() != g.NumParams() {
+			return fmt.Errorf("layer %d %s is %T with %d parameters, want %T with %d", i, mod, g, g.NumParams(), w, w.NumParams())
+		}
 	}
 	return nil
 }

@@ -166,3 +166,42 @@ func TestLoadBadCheckpoints(t *testing.T) {
 }
 
 const dirMarker = "<dir>"
+
+// TestReaderBlocksMatchLoad reads a bf16 checkpoint one block at a time,
+// letting each block's mapped pages go, and checks every block against Load.
+func TestReaderBlocksMatchLoad(t *testing.T) {
+	m, err := Synthetic(tiny, 7, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := Save(m, dir, safetensors.BF16); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := Load(dir, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for l := range r.Config.NumLayers {
+		for range 2 { // a second read comes back from the file after Release
+			b, err := r.Block(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mod := range Modules {
+				got, want := (*b.Linear(mod)).(*Dense).Weight, (*whole.Blocks[l].Linear(mod)).(*Dense).Weight
+				if e := relErr(got, want); e != 0 {
+					t.Errorf("block %d %s: relative error %.3g against Load, want 0", l, mod, e)
+				}
+			}
+		}
+	}
+	if _, err := r.Block(r.Config.NumLayers); err == nil || !strings.Contains(err.Error(), "block 2 of a model with 2") {
+		t.Errorf("Block past the last: error %v, want one naming the block", err)
+	}
+}

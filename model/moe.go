@@ -6,8 +6,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-
-	"github.com/rankzip/rankzip/model/safetensors"
 )
 
 // Mixture-of-experts blocks: Mixtral (model_type mixtral; transformers'
@@ -408,41 +406,6 @@ func (e *MoE) Clone() *MoE {
 
 // attnModules are the linears Modules names that a MoE block has.
 var attnModules = slices.Clone(Modules[:4])
-
-// readFusedExperts reads every layer that holds transformers 5's fused
-// experts into tensors (under the Hub names) and returns specs without that
-// layer's Hub expert tensors but with the fused ones, so that the loader
-// neither misses the former nor calls the latter unexpected.
-func readFusedExperts(c *Config, ck *safetensors.Checkpoint, dir string, specs []tensorSpec, tensors map[string][]float32) ([]tensorSpec, error) {
-	info := func(name string) ([]int, bool) {
-		i, ok := ck.Info(name)
-		return i.Shape, ok
-	}
-	read := func(name string, shape []int) ([]float32, error) {
-		return readTensor(ck, dir, tensorSpec{name: name, shape: shape})
-	}
-	for l := range c.NumLayers {
-		p := LayerPrefix(l)
-		ok, err := readFusedMoE(c, p, info, read, tensors)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			continue
-		}
-		hub := map[string]bool{}
-		for _, s := range moeSpecs(c, p) {
-			hub[s.name] = true
-		}
-		specs = slices.DeleteFunc(specs, func(s tensorSpec) bool { return hub[s.name] })
-		router, gu, dn := fusedMoENames(p)
-		// Read above; listed (optional, so not read again) for the check of unexpected tensors.
-		for _, n := range []string{router, gu, dn} {
-			specs = append(specs, tensorSpec{name: n, optional: true, fusedMoE: true})
-		}
-	}
-	return specs, nil
-}
 
 // CheckTargets refuses, naming the architecture, block modules that a stage
 // cannot compress in models of config c: the MLP (router and experts) of a

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -42,154 +43,201 @@ var (
 )
 
 func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
-	if palu {
-		if paluArch[m.Config.ModelType] == "" {
-			return fmt.Errorf("save model: Palu's layout exists for llama, mistral and qwen2, not %q", m.Config.ModelType)
-		}
+	if palu && paluArch[m.Config.ModelType] == "" {
+		return fmt.Errorf("save model: Palu's layout exists for llama, mistral and qwen2, not %q", m.Config.ModelType)
+	}
+	switch dtype {
+	case safetensors.F32, safetensors.F16, safetensors.BF16:
+	default:
+		return fmt.Errorf("save model: cannot write float tensors as %q (want F32, F16 or BF16)", string(dtype))
 	}
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
-	c := m.Config
 	mla, err := mlaLayout(m)
 	if err != nil {
 		return err
 	}
-	ranks := map[string]int{}           // factored modules for the native section
-	grouped := map[string][]int{}       // Palu modules for the native section
-	quantized := map[string]QuantSpec{} // quantized modules for the native section
-	latentBits, latentGroup := -1, 0
-	var tensors []safetensors.WriteTensor
-	add := func(name string, shape []int, v []float32) error {
-		if v == nil {
-			return nil
-		}
-		data, err := safetensors.EncodeFloat32(v, dtype)
-		if err != nil {
-			return fmt.Errorf("save model: tensor %q: %w", name, err)
-		}
-		tensors = append(tensors, safetensors.WriteTensor{Name: name, DType: dtype, Shape: shape, Data: data})
-		return nil
-	}
-	h := c.HiddenSize
-	if err := add("model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed); err != nil {
-		return err
-	}
-	if err := add("model.norm.weight", []int{h}, m.Norm); err != nil {
-		return err
-	}
-	if !c.TieWordEmbeddings {
-		head, ok := m.LMHead.(*Dense)
-		if !ok {
-			return fmt.Errorf("save model: lm_head is %T, not dense", m.LMHead)
-		}
-		if err := add("lm_head.weight", []int{c.VocabSize, h}, head.Weight); err != nil {
-			return err
-		}
-	}
-	for l, b := range m.Blocks {
-		p := LayerPrefix(l)
-		for _, n := range blockNorms(c) {
-			if err := add(p+n.name+".weight", []int{normSize(c, n)}, *n.get(b)); err != nil {
-				return err
-			}
-		}
-		if b.MoE != nil {
-			if err := addMoE(c, b, p, add); err != nil {
-				return err
-			}
-		}
-		var fused map[string]bool
-		if c.Fused {
-			var err error
-			if fused, err = addFused(b, p, add); err != nil {
-				return err
-			}
-		}
-		if a := b.MLA; a != nil {
-			ap := p + "self_attn."
-			if a.KVB.Bias != nil {
-				return fmt.Errorf("save model: %skv_b_proj has a bias, which the DeepSeek layout does not hold", ap)
-			}
-			if err := errors.Join(add(ap+"kv_a_proj_with_mqa.weight", []int{a.KVA.out, a.KVA.in}, a.KVA.Weight),
-				add(ap+"kv_a_proj_with_mqa.bias", []int{a.KVA.out}, a.KVA.Bias),
-				add(ap+"kv_a_layernorm.weight", []int{len(a.KVANorm)}, a.KVANorm),
-				add(ap+"kv_b_proj.weight", []int{a.KVB.out, a.KVB.in}, a.KVB.Weight)); err != nil {
-				return err
-			}
-		}
-		for _, mod := range b.Modules() {
-			if fused[mod] {
-				continue
-			}
-			var err error
-			switch d := (*b.Linear(mod)).(type) {
-			case *Dense:
-				err = errors.Join(add(p+mod+".weight", []int{d.out, d.in}, d.Weight), add(p+mod+".bias", []int{d.out}, d.Bias))
-			case *Quantized:
-				if palu || mla != nil {
-					return fmt.Errorf("save model: %s%s is quantized, which only rankzip's native layout holds (or gptq.Export)", p, mod)
-				}
-				quantized[p+mod] = QuantSpec{Bits: d.Bits, Groups: d.Groups()}
-				// Exact whatever dtype the rest gets, as in a block-diff file.
-				tensors = append(tensors, quantizedTensors(p+mod, d)...)
-				err = add(p+mod+".bias", []int{d.out}, d.Bias)
-			case *Factored:
-				if palu {
-					return fmt.Errorf("save model: %s%s is low-rank factored, which Palu's layout cannot hold (use the native layout)", p, mod)
-				}
-				if d.A.Bias != nil {
-					return fmt.Errorf("save model: %s%s: factor A has a bias", p, mod)
-				}
-				ranks[p+mod] = d.Rank()
-				err = errors.Join(add(p+mod+".A.weight", []int{d.A.out, d.A.in}, d.A.Weight),
-					add(p+mod+".B.weight", []int{d.B.out, d.B.in}, d.B.Weight), add(p+mod+".bias", []int{d.B.out}, d.B.Bias))
-			case *Grouped:
-				var rs []int
-				names := &Config{PaluLayout: palu}
-				err = add(downName(names, p+mod), []int{d.Down.out, d.Down.in}, d.Down.Weight)
-				if !palu {
-					err = errors.Join(err, add(p+mod+".bias", []int{d.Out()}, d.Bias))
-				}
-				for j, u := range d.Ups {
-					rs = append(rs, u.in)
-					err = errors.Join(err, add(upName(names, p+mod, j, "weight"), []int{u.out, u.in}, u.Weight))
-					if palu && d.Bias != nil {
-						err = errors.Join(err, add(upName(names, p+mod, j, "bias"), []int{u.out}, d.Bias[j*u.out:(j+1)*u.out]))
-					}
-				}
-				if palu && d.LatentBits > 0 {
-					return fmt.Errorf("save model: %s%s quantizes its latents to %d bits, which Palu's layout cannot say (use the native layout)", p, mod, d.LatentBits)
-				}
-				grouped[p+mod] = rs
-				if latentBits >= 0 && (latentBits != d.LatentBits || latentGroup != d.LatentGroup) && len(grouped) > 1 {
-					return fmt.Errorf("save model: %s%s quantizes its latent differently from the other Palu layers", p, mod)
-				}
-				latentBits, latentGroup = d.LatentBits, d.LatentGroup
-			default:
-				return fmt.Errorf("save model: %s%s is %T, which has no checkpoint layout", p, mod, d)
-			}
-			if err != nil {
-				return err
-			}
-		}
-	}
-	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
-		return err
-	}
-	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
-	set := c.DTypeSettings(torch)
-	set[NativeSection] = nil
 	if palu && mla != nil {
 		return fmt.Errorf("save model: latent attention (MLA) has no place in Palu's layout")
 	}
-	if palu {
-		if len(grouped) == 0 {
+	s := &saver{c: m.Config, dtype: dtype, palu: palu, mla: mla != nil, ranks: map[string]int{},
+		grouped: map[string][]int{}, quantized: map[string]QuantSpec{}, latentBits: -1}
+	if err := s.addTop(m); err != nil {
+		return err
+	}
+	for l, b := range m.Blocks {
+		if err := s.addBlock(LayerPrefix(l), b); err != nil {
+			return err
+		}
+	}
+	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), s.tensors, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	return s.writeConfig(m, dir, mla)
+}
+
+// saver collects the tensors of a checkpoint and what its config.json must
+// say about them.
+type saver struct {
+	c     *Config
+	dtype safetensors.DType
+	palu  bool // Palu's own layout
+	mla   bool // the DeepSeek layout of latent attention
+
+	tensors   []safetensors.WriteTensor
+	ranks     map[string]int       // factored modules for the native section
+	grouped   map[string][]int     // Palu modules for the native section
+	quantized map[string]QuantSpec // quantized modules for the native section
+	// The Palu latents' quantization, shared by every Palu module (-1: none seen).
+	latentBits, latentGroup int
+}
+
+// add adds float tensor name, converted to the checkpoint's dtype as it is
+// written (no encoded copy of the model is held); nil adds nothing.
+func (s *saver) add(name string, shape []int, v []float32) error {
+	if v == nil {
+		return nil
+	}
+	dt := s.dtype
+	s.tensors = append(s.tensors, safetensors.WriteTensor{Name: name, DType: dt, Shape: shape,
+		Fill: func(w io.Writer) error { return safetensors.WriteFloat32(w, v, dt) }})
+	return nil
+}
+
+// addTop adds the embeddings, the final norm and an untied LM head.
+func (s *saver) addTop(m *Model) error {
+	c, h := s.c, s.c.HiddenSize
+	if err := errors.Join(s.add("model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed), s.add("model.norm.weight", []int{h}, m.Norm)); err != nil {
+		return err
+	}
+	if c.TieWordEmbeddings {
+		return nil
+	}
+	head, ok := m.LMHead.(*Dense)
+	if !ok {
+		return fmt.Errorf("save model: lm_head is %T, not dense", m.LMHead)
+	}
+	return s.add("lm_head.weight", []int{c.VocabSize, h}, head.Weight)
+}
+
+// addBlock adds the tensors of block b, whose names start with p.
+func (s *saver) addBlock(p string, b *Block) error {
+	c := s.c
+	for _, n := range blockNorms(c) {
+		if err := s.add(p+n.name+".weight", []int{normSize(c, n)}, *n.get(b)); err != nil {
+			return err
+		}
+	}
+	if b.MoE != nil {
+		if err := addMoE(c, b, p, s.add); err != nil {
+			return err
+		}
+	}
+	var fused map[string]bool
+	if c.Fused {
+		var err error
+		if fused, err = addFused(b, p, s.add); err != nil {
+			return err
+		}
+	}
+	if a := b.MLA; a != nil {
+		ap := p + "self_attn."
+		if a.KVB.Bias != nil {
+			return fmt.Errorf("save model: %skv_b_proj has a bias, which the DeepSeek layout does not hold", ap)
+		}
+		if err := errors.Join(s.add(ap+"kv_a_proj_with_mqa.weight", []int{a.KVA.out, a.KVA.in}, a.KVA.Weight),
+			s.add(ap+"kv_a_proj_with_mqa.bias", []int{a.KVA.out}, a.KVA.Bias),
+			s.add(ap+"kv_a_layernorm.weight", []int{len(a.KVANorm)}, a.KVANorm),
+			s.add(ap+"kv_b_proj.weight", []int{a.KVB.out, a.KVB.in}, a.KVB.Weight)); err != nil {
+			return err
+		}
+	}
+	for _, mod := range b.Modules() {
+		if fused[mod] {
+			continue
+		}
+		if err := s.addLinear(p, mod, *b.Linear(mod)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addLinear adds module mod of the block with prefix p in the layout of its
+// type, and records what config.json must say about it.
+func (s *saver) addLinear(p, mod string, l Linear) error {
+	switch d := l.(type) {
+	case *Dense:
+		return errors.Join(s.add(p+mod+".weight", []int{d.out, d.in}, d.Weight), s.add(p+mod+".bias", []int{d.out}, d.Bias))
+	case *Quantized:
+		if s.palu || s.mla {
+			return fmt.Errorf("save model: %s%s is quantized, which only rankzip's native layout holds (or gptq.Export)", p, mod)
+		}
+		s.quantized[p+mod] = QuantSpec{Bits: d.Bits, Groups: d.Groups()}
+		// Exact whatever dtype the rest gets, as in a block-diff file.
+		s.tensors = append(s.tensors, quantizedTensors(p+mod, d)...)
+		return s.add(p+mod+".bias", []int{d.out}, d.Bias)
+	case *Factored:
+		if s.palu {
+			return fmt.Errorf("save model: %s%s is low-rank factored, which Palu's layout cannot hold (use the native layout)", p, mod)
+		}
+		if d.A.Bias != nil {
+			return fmt.Errorf("save model: %s%s: factor A has a bias", p, mod)
+		}
+		s.ranks[p+mod] = d.Rank()
+		return errors.Join(s.add(p+mod+".A.weight", []int{d.A.out, d.A.in}, d.A.Weight),
+			s.add(p+mod+".B.weight", []int{d.B.out, d.B.in}, d.B.Weight), s.add(p+mod+".bias", []int{d.B.out}, d.B.Bias))
+	case *Grouped:
+		return s.addGrouped(p+mod, d)
+	}
+	return fmt.Errorf("save model: %s%s is %T, which has no checkpoint layout", p, mod, l)
+}
+
+// addGrouped adds a Palu-factored module: the shared down projection and
+// one up projection per group, in rankzip's or Palu's names.
+func (s *saver) addGrouped(name string, d *Grouped) error {
+	if s.palu && d.LatentBits > 0 {
+		return fmt.Errorf("save model: %s quantizes its latents to %d bits, which Palu's layout cannot say (use the native layout)", name, d.LatentBits)
+	}
+	var rs []int
+	names := &Config{PaluLayout: s.palu}
+	err := s.add(downName(names, name), []int{d.Down.out, d.Down.in}, d.Down.Weight)
+	if !s.palu {
+		err = errors.Join(err, s.add(name+".bias", []int{d.Out()}, d.Bias))
+	}
+	for j, u := range d.Ups {
+		rs = append(rs, u.in)
+		err = errors.Join(err, s.add(upName(names, name, j, "weight"), []int{u.out, u.in}, u.Weight))
+		if s.palu && d.Bias != nil {
+			err = errors.Join(err, s.add(upName(names, name, j, "bias"), []int{u.out}, d.Bias[j*u.out:(j+1)*u.out]))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	s.grouped[name] = rs
+	if s.latentBits >= 0 && (s.latentBits != d.LatentBits || s.latentGroup != d.LatentGroup) && len(s.grouped) > 1 {
+		return fmt.Errorf("save model: %s quantizes its latent differently from the other Palu layers", name)
+	}
+	s.latentBits, s.latentGroup = d.LatentBits, d.LatentGroup
+	return nil
+}
+
+// writeConfig writes config.json for the tensors added: Palu's own keys,
+// the DeepSeek MLA keys, or rankzip's native section.
+func (s *saver) writeConfig(m *Model, dir string, mla *mlaSave) error {
+	c := s.c
+	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[s.dtype]
+	set := c.DTypeSettings(torch)
+	set[NativeSection] = nil
+	if s.palu {
+		if len(s.grouped) == 0 {
 			return fmt.Errorf("save model: no Palu-factored layer to write in Palu's layout")
 		}
 		set["model_type"] = "palu" + c.ModelType
 		set["architectures"] = []string{paluArch[c.ModelType]}
-		set["head_wise_ranks"] = grouped
+		set["head_wise_ranks"] = s.grouped
 		if _, ok := c.Raw["original_model_name_or_path"]; !ok {
 			set["original_model_name_or_path"] = ""
 			if raw, ok := c.Raw["_name_or_path"]; ok {
@@ -204,7 +252,7 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		set["architectures"] = []string{baseArch[c.ModelType]}
 	}
 	if mla != nil {
-		mla.settings(m, set, ranks)
+		mla.settings(m, set, s.ranks)
 		// Refuse now, not at load time, a config our own loader would refuse.
 		data, err := configJSON(c, set)
 		if err != nil {
@@ -213,23 +261,32 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		if _, err := ParseConfig(filepath.Join(dir, "config.json"), data); err != nil {
 			return fmt.Errorf("save model: the DeepSeek config written for this model does not load back: %w", err)
 		}
-	} else if len(ranks) > 0 || len(grouped) > 0 || len(quantized) > 0 {
-		sec := map[string]any{"format": "native"}
-		if len(ranks) > 0 {
-			sec["ranks"] = ranks
-		}
-		if len(quantized) > 0 {
-			sec["quantized"] = quantized
-		}
-		if len(grouped) > 0 {
-			sec["palu"] = grouped
-			if latentBits > 0 {
-				sec["palu_latent_bits"], sec["palu_latent_group_size"] = latentBits, latentGroup
-			}
-		}
+	} else if sec := s.nativeSection(); sec != nil {
 		set[NativeSection] = sec
 	}
 	return WriteConfig(dir, c, set)
+}
+
+// nativeSection is config.json's rankzip section naming every factored,
+// quantized and Palu module; nil when every layer is in the original layout.
+func (s *saver) nativeSection() map[string]any {
+	if len(s.ranks) == 0 && len(s.grouped) == 0 && len(s.quantized) == 0 {
+		return nil
+	}
+	sec := map[string]any{"format": "native"}
+	if len(s.ranks) > 0 {
+		sec["ranks"] = s.ranks
+	}
+	if len(s.quantized) > 0 {
+		sec["quantized"] = s.quantized
+	}
+	if len(s.grouped) > 0 {
+		sec["palu"] = s.grouped
+		if s.latentBits > 0 {
+			sec["palu_latent_bits"], sec["palu_latent_group_size"] = s.latentBits, s.latentGroup
+		}
+	}
+	return sec
 }
 
 func f32Bytes(v []float32) []byte {

@@ -208,6 +208,13 @@ func (c *Checkpoint) Float32(name string) ([]float32, error) {
 	return f.Float32(name)
 }
 
+// Release lets the mapped pages of tensor name go, as File.Release does.
+func (c *Checkpoint) Release(name string) {
+	if f, ok := c.byName[name]; ok {
+		f.Release(name)
+	}
+}
+
 // Close closes every file of the checkpoint.
 func (c *Checkpoint) Close() error {
 	var errs []error

@@ -3,6 +3,7 @@ package safetensors
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 )
 
@@ -104,6 +105,25 @@ func EncodeFloat32(vals []float32, dt DType) ([]byte, error) {
 		return b, nil
 	}
 	return nil, fmt.Errorf("safetensors: cannot encode float32 as %s (want F32, F16 or BF16)", dtypeString(dt))
+}
+
+// WriteFloat32 writes vals to w as little-endian dt elements, as
+// EncodeFloat32 encodes them, through a small buffer: a tensor is written
+// without an encoded copy of the whole of it.
+func WriteFloat32(w io.Writer, vals []float32, dt DType) error {
+	const chunk = 16 << 10 // elements per write
+	for len(vals) > 0 {
+		n := min(chunk, len(vals))
+		b, err := EncodeFloat32(vals[:n], dt)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		vals = vals[n:]
+	}
+	return nil
 }
 
 // DecodeFloat32 decodes little-endian dt elements from b into a new []float32

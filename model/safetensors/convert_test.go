@@ -1,7 +1,9 @@
 package safetensors
 
 import (
+	"bytes"
 	"encoding/binary"
+	"io"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -357,5 +359,30 @@ func BenchmarkDecodeBF16(b *testing.B) {
 		if _, err := DecodeFloat32(raw, BF16); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestWriteFloat32MatchesEncode checks the chunked writer against
+// EncodeFloat32 across a chunk boundary, in every float dtype.
+func TestWriteFloat32MatchesEncode(t *testing.T) {
+	vals := make([]float32, 40000) // more than two 16Ki-element chunks
+	for i := range vals {
+		vals[i] = float32(i%977)*0.37 - 100
+	}
+	for _, dt := range []DType{F32, F16, BF16} {
+		want, err := EncodeFloat32(vals, dt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := WriteFloat32(&got, vals, dt); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Errorf("%s: WriteFloat32 wrote %d bytes that differ from EncodeFloat32's %d", dt, got.Len(), len(want))
+		}
+	}
+	if err := WriteFloat32(io.Discard, vals, I32); err == nil {
+		t.Error("WriteFloat32 as I32: no error")
 	}
 }

@@ -110,6 +110,19 @@ func (f *File) Float32(name string) ([]float32, error) {
 	return DecodeFloat32(b, t.DType)
 }
 
+// Release lets the mapped pages of tensor name leave the process's resident
+// set, once the caller has converted or copied what it needs: they are read
+// again from the file if the tensor is used later. It is a hint (nothing
+// happens where the file is read, not mapped), and never invalidates a
+// slice from Bytes.
+func (f *File) Release(name string) {
+	t, ok := f.hdr.tensors[name]
+	if !ok || !f.mmap || f.data == nil {
+		return
+	}
+	releasePages(f.data, int(t.Offset), int(t.Offset+t.Length)) // a hint: an error changes nothing
+}
+
 // Close unmaps the file. Slices returned by Bytes must not be used afterwards.
 // Closing twice returns the first result.
 func (f *File) Close() error {
