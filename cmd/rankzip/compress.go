@@ -33,7 +33,7 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 	export := fs.String("export", "native", "native (factored A/B tensors) | dense (factors multiplied back)")
 	dtype := fs.String("dtype", "F32", "stored dtype: F32 | BF16 | F16")
 	spill := fs.String("spill-dir", "", "keep calibration hidden states in memory-mapped files in DIR instead of memory")
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *modelDir == "" || *calibPath == "" || *out == "" {

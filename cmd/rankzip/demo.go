@@ -44,7 +44,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	device := addDeviceFlag(fs)
 	seed := fs.Uint64("seed", 1, "seed of the generated model and data")
 	ui := addUIFlags(fs, nil)
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	dir := filepath.Join(stateDir(*state), "demo")

@@ -30,7 +30,7 @@ func runMLA(args []string, stdout, stderr io.Writer) error {
 	bkv := fs.Bool("bkv", true, "balance keys against values before the joint PCA")
 	mode := fs.String("mode", "sequential", "calibration statistics: sequential | original")
 	dtype := fs.String("dtype", "BF16", "dtype of the written tensors: F32 | BF16 | F16")
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *modelDir == "" || *calibPath == "" || *out == "" || *ropeDim == 0 || *loraRank == 0 {

@@ -45,7 +45,7 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 	dtype := fs.String("dtype", "F16", "dtype of the unquantized tensors: F16 | BF16 | F32")
 	spill := fs.String("spill-dir", "", "keep calibration hidden states in memory-mapped files in DIR instead of memory")
 	eoraRank := fs.Int("eora-rank", 0, "also fit EoRA corrections of this rank and write them as a PEFT adapter in OUT/eora")
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *modelDir == "" || *calibPath == "" || *out == "" {
