@@ -23,7 +23,11 @@
 //	synth      a synthetic checkpoint of a real shape, for timing at real size
 //	tokenize   text to token ids and back with a tokenizer.json
 //
-// Commands that compute take --device auto|cpu|cuda.
+// compress, quantize and mla are one-stage recipes run in this process: their
+// flags set the recipe keys they name and the recipe package validates them
+// and fills in its defaults, as for run (onestage.go). Every command takes
+// its flags before or after its positional arguments; commands that compute
+// take --device auto|cpu|cuda.
 package main
 
 import (
