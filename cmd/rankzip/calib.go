@@ -10,6 +10,12 @@ import (
 )
 
 func runCalib(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || (args[0] == "import" && (hasFlag(args[1:], "h") || hasFlag(args[1:], "help")))) {
+		// Both forms of calib import, each with its real flags.
+		runCalibIDs([]string{"-h"}, stdout, stderr)
+		fmt.Fprintln(stderr)
+		return runCalibText([]string{"-h"}, stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "import" {
 		fmt.Fprintln(stderr, `usage: rankzip calib import --from X.jsonl --out X.parquet`)
 		return errUsage
@@ -17,10 +23,15 @@ func runCalib(args []string, stdout, stderr io.Writer) error {
 	if hasFlag(args[1:], "tokenizer") {
 		return runCalibText(args[1:], stdout, stderr)
 	}
+	return runCalibIDs(args[1:], stdout, stderr)
+}
+
+// runCalibIDs: "calib import --from X.jsonl --out X.parquet".
+func runCalibIDs(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("calib import", "calib import --from X.jsonl --out X.parquet", stderr)
 	from := fs.String("from", "", `JSONL file, one {"input_ids": [...]} object per line`)
 	out := fs.String("out", "", "Parquet file to write (input_ids LIST<INT32>)")
-	if err := parse(fs, args[1:], 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *from == "" || *out == "" {

@@ -9,70 +9,100 @@ import (
 	"os/signal"
 	"strings"
 
-	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/activities"
 	"github.com/rankzip/rankzip/compress"
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/safetensors"
+	"github.com/rankzip/rankzip/recipe"
 )
 
 func runCompress(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("compress", "compress --model DIR --calib FILE.parquet --out DIR [flags]", stderr)
-	modelDir := fs.String("model", "", "checkpoint directory")
-	device := addDeviceFlag(fs)
-	calibPath := fs.String("calib", "", "calibration set (Parquet, column input_ids)")
-	sequences := fs.Int("sequences", 0, "use the first N calibration sequences (0: all)")
-	out := fs.String("out", "", "output checkpoint directory")
-	method := fs.String("method", "whiten", "whiten | asvd | plain | lord")
-	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "mlp.*,self_attn.o_proj" (default: all seven linears)`)
-	keep := fs.Float64("keep-params", 0.8, "fraction of the targeted parameters to keep, in (0, 1]")
-	rankFlag := fs.Int("rank", 0, "fixed rank for every targeted matrix instead of a budget (capped at min(out, in))")
-	search := fs.String("rank-search", "sensitivity", "uniform | global | sensitivity")
-	alpha := fs.Float64("alpha", 0.5, "ASVD scaling exponent")
-	mode := fs.String("mode", "sequential", "calibration statistics: sequential | original")
-	export := fs.String("export", "native", "native (factored A/B tensors) | dense (factors multiplied back)")
-	dtype := fs.String("dtype", "F32", "stored dtype: F32 | BF16 | F16")
-	spill := fs.String("spill-dir", "", "keep calibration hidden states in memory-mapped files in DIR instead of memory")
-	if err := parse(fs, args, 0); err != nil {
+	o, job, err := compressFlags(args, stderr)
+	if err != nil {
 		return err
 	}
-	if *modelDir == "" || *calibPath == "" || *out == "" {
-		fmt.Fprintln(stderr, "rankzip compress: --model, --calib and --out are required")
-		fs.Usage()
-		return errUsage
-	}
-	dt := safetensors.DType(strings.ToUpper(*dtype))
-	if dt != safetensors.F32 && dt != safetensors.BF16 && dt != safetensors.F16 {
-		return fmt.Errorf("--dtype %q: want F32, BF16 or F16", *dtype)
-	}
-	if *export != "native" && *export != "dense" {
-		return fmt.Errorf("--export %q: want native or dense", *export)
-	}
-	o := compress.Options{Method: *method, KeepParams: *keep, Rank: *rankFlag, RankSearch: *search, Alpha: *alpha, Mode: calib.Mode(*mode), Spill: *spill}
-	if *targets != "" {
-		o.Targets = strings.Split(*targets, ",")
-	}
+	return compressJob(o, job, stdout, stderr)
+}
 
-	k, err := kernels.Select(*device)
+// compressFlags builds and validates the one-stage job of the command line.
+func compressFlags(args []string, stderr io.Writer) (*oneStage, *recipe.Job, error) {
+	fs := newFlags("compress", "compress --model DIR --calib FILE.parquet --out DIR [--keep-params F | --rank R] [flags]", stderr)
+	o := addOneStageFlags(fs, "output checkpoint directory")
+	method := fs.String("method", "svd", "svd | lord (recipe: method)")
+	variant := fs.String("variant", "", "svd's whitening: whiten | asvd | plain (recipe: variant; default whiten)")
+	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "mlp.*,self_attn.o_proj" (recipe: targets; default all seven linears)`)
+	keep := fs.Float64("keep-params", 0, "fraction of the targeted parameters to keep, in (0, 1] (recipe: keep_params)")
+	rankFlag := fs.Int("rank", 0, "fixed rank for every targeted matrix instead of a budget (recipe: rank)")
+	search := fs.String("rank-search", "", "how a budget is shared out: "+strings.Join(compress.Searches, " | ")+" (recipe: rank_search; default the recipe's)")
+	alpha := fs.Float64("alpha", 0, fmt.Sprintf("ASVD scaling exponent (recipe: alpha; default %g with --variant asvd)", recipe.DefaultAlpha))
+	export := fs.String("export", "", "native (factored A/B tensors) | dense (factors multiplied back) (recipe: export.format; default native)")
+	if _, err := parse(fs, args, 0); err != nil {
+		return nil, nil, err
+	}
+	if err := o.required(fs, stderr); err != nil {
+		return nil, nil, err
+	}
+	st := recipe.Stage{Method: recipe.Method(*method), Variant: *variant, Targets: splitTargets(*targets), KeepParams: *keep, Rank: *rankFlag, RankSearch: *search, Alpha: *alpha}
+	if *method == "whiten" || *method == "asvd" || *method == "plain" {
+		fmt.Fprintf(stderr, "rankzip compress: --method %s is deprecated; write --method svd --variant %s\n", *method, *method)
+		st.Method, st.Variant = "svd", *method
+	}
+	r, err := o.recipe(st, *export, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	job, err := o.job(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	return o, job, nil
+}
+
+// compressJob runs the low-rank stage of a one-stage job and exports it.
+func compressJob(o *oneStage, job *recipe.Job, stdout, stderr io.Writer) error {
+	opts, err := activities.CompressOptions(job.Recipe)
 	if err != nil {
 		return err
 	}
-	m, err := model.Load(*modelDir, k)
-	if err != nil {
-		return err
-	}
-	seqs, err := calibSequences(m, *calibPath, *sequences)
+	opts.Spill = o.spill
+	in, err := o.load(job)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	res, err := compress.Run(ctx, m, seqs, o, func(i, n int) { fmt.Fprintf(stderr, "\rblock %d/%d", i, n) })
+	res, err := compress.Run(ctx, in.m, in.seqs, opts, func(i, n int) { fmt.Fprintf(stderr, "\rblock %d/%d", i, n) })
 	fmt.Fprintln(stderr)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%-34s %11s %6s %14s\n", "layer", "shape", "rank", "predicted err")
+	printLowRank(stdout, res, opts)
+	final := res.Model
+	format := job.Recipe.Export.Format
+	if format == "dense" {
+		if final, err = activities.Densify(final); err != nil {
+			return err
+		}
+	}
+	out, dt := job.Recipe.Output, recipe.SafetensorsDType(job.Recipe.Export.DType)
+	if err := model.Save(final, out, dt); err != nil {
+		return err
+	}
+	// Read the export back and check it runs like the model in memory.
+	back, err := model.Load(out, in.k)
+	if err != nil {
+		return fmt.Errorf("read back %s: %w", out, err)
+	}
+	if err := checkReadBack(out, final, back, in.seqs, dt); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (%s, %s), read back and checked\n", out, format, job.Recipe.Export.DType)
+	return nil
+}
+
+// printLowRank prints the rank and predicted error of every layer.
+func printLowRank(w io.Writer, res *compress.Result, o compress.Options) {
+	fmt.Fprintf(w, "%-34s %11s %6s %14s\n", "layer", "shape", "rank", "predicted err")
 	for _, l := range res.Layers {
 		r := fmt.Sprint(l.Rank)
 		if l.Dense {
@@ -81,31 +111,13 @@ func runCompress(args []string, stdout, stderr io.Writer) error {
 		if l.Unrouted {
 			r = "dense, no calibration token routed" // an expert left dense
 		}
-		fmt.Fprintf(stdout, "%-34s %5dx%-5d %6s %14.6g\n", l.Name, l.Out, l.In, r, l.PredictedError)
+		fmt.Fprintf(w, "%-34s %5dx%-5d %6s %14.6g\n", l.Name, l.Out, l.In, r, l.PredictedError)
 	}
 	asked := fmt.Sprintf("asked %.4f", o.KeepParams)
 	if o.Rank > 0 {
 		asked = fmt.Sprintf("rank %d asked", o.Rank)
 	}
-	fmt.Fprintf(stdout, "targeted parameters kept: %d of %d (%.4f, %s)\n", res.Params, res.Total, float64(res.Params)/float64(res.Total), asked)
-
-	final := res.Model
-	if *export == "dense" {
-		final = model.Densify(final)
-	}
-	if err := model.Save(final, *out, dt); err != nil {
-		return err
-	}
-	// Read the export back and check it runs like the model in memory.
-	back, err := model.Load(*out, k)
-	if err != nil {
-		return fmt.Errorf("read back %s: %w", *out, err)
-	}
-	if err := checkReadBack(*out, final, back, seqs, dt); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "wrote %s (%s, %s), read back and checked\n", *out, *export, dt)
-	return nil
+	fmt.Fprintf(w, "targeted parameters kept: %d of %d (%.4f, %s)\n", res.Params, res.Total, float64(res.Params)/float64(res.Total), asked)
 }
 
 // checkReadBack compares the logits of a checkpoint read back from dir with

@@ -44,7 +44,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	device := addDeviceFlag(fs)
 	seed := fs.Uint64("seed", 1, "seed of the generated model and data")
 	ui := addUIFlags(fs, nil)
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	dir := filepath.Join(stateDir(*state), "demo")
@@ -54,34 +54,76 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "rankzip demo in %s (backend %s)\n\n", dir, k.Name())
 
-	gen, err := model.Synthetic(demoModel, *seed, k)
+	f32Dir, evalPath, err := demoData(dir, *seed, k, stdout)
 	if err != nil {
 		return err
 	}
-	f32Dir, bf16Dir := filepath.Join(dir, "model"), filepath.Join(dir, "model-bf16")
-	if err := model.Save(gen, f32Dir, safetensors.F32); err != nil {
-		return err
-	}
-	calibSeqs, err := model.Sample(gen, 32, demoSeqLen, 1, *seed)
-	if err != nil {
-		return err
-	}
-	evalSeqs, err := model.Sample(gen, 16, demoSeqLen, 1, *seed+1)
-	if err != nil {
-		return err
-	}
-	calibPath, evalPath := filepath.Join(dir, "calib.parquet"), filepath.Join(dir, "eval.parquet")
-	if err := calib.Write(calibPath, calibSeqs); err != nil {
-		return err
-	}
-	if err := calib.Write(evalPath, evalSeqs); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "1. generated a Llama model and sampled %d calibration and %d evaluation sequences of %d tokens from it\n\n", len(calibSeqs), len(evalSeqs), demoSeqLen)
-	if err := inspect(f32Dir, stdout); err != nil {
+	if err := demoBF16(f32Dir, filepath.Join(dir, "model-bf16"), evalPath, k, stdout); err != nil {
 		return err
 	}
 
+	// 4. A full recipe as a durable job on the embedded Temporal server.
+	recipePath, outDir := filepath.Join(dir, "recipe.yaml"), filepath.Join(dir, "compressed")
+	if err := os.WriteFile(recipePath, []byte(demoRecipe), 0o666); err != nil {
+		return err
+	}
+	// The demo owns its output; blocks computed by an earlier demo are
+	// found in the artifact store.
+	if err := os.RemoveAll(outDir); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\n4. compressing with the recipe %s as a durable job (embedded Temporal server, state in %s)\n\n%s\n", recipePath, stateDir(*state), demoRecipe)
+	sf := &serviceFlags{state: *state, device: *device}
+	uiOf[sf] = ui
+	res, err := runJob(sf, recipePath, fullWorker, 0, stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	if err := printResult(stdout, res, false); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nThe same command again resumes after a crash; see the job with: rankzip status %s --state %s\n", res.ID, stateDir(*state))
+	return nil
+}
+
+// demoData generates the demo's model (step 1) in dir/model and samples its
+// calibration and evaluation data from it.
+func demoData(dir string, seed uint64, k kernels.Backend, stdout io.Writer) (f32Dir, evalPath string, err error) {
+	gen, err := model.Synthetic(demoModel, seed, k)
+	if err != nil {
+		return "", "", err
+	}
+	f32Dir = filepath.Join(dir, "model")
+	if err := model.Save(gen, f32Dir, safetensors.F32); err != nil {
+		return "", "", err
+	}
+	calibSeqs, err := model.Sample(gen, 32, demoSeqLen, 1, seed)
+	if err != nil {
+		return "", "", err
+	}
+	evalSeqs, err := model.Sample(gen, 16, demoSeqLen, 1, seed+1)
+	if err != nil {
+		return "", "", err
+	}
+	calibPath := filepath.Join(dir, "calib.parquet")
+	evalPath = filepath.Join(dir, "eval.parquet")
+	if err := calib.Write(calibPath, calibSeqs); err != nil {
+		return "", "", err
+	}
+	if err := calib.Write(evalPath, evalSeqs); err != nil {
+		return "", "", err
+	}
+	fmt.Fprintf(stdout, "1. generated a Llama model and sampled %d calibration and %d evaluation sequences of %d tokens from it\n\n", len(calibSeqs), len(evalSeqs), demoSeqLen)
+	if err := inspect(f32Dir, stdout); err != nil {
+		return "", "", err
+	}
+	return f32Dir, evalPath, nil
+}
+
+// demoBF16 exports a bfloat16 copy of the model (step 2) and evaluates both
+// (step 3).
+func demoBF16(f32Dir, bf16Dir, evalPath string, k kernels.Backend, stdout io.Writer) error {
 	orig, err := model.Load(f32Dir, k)
 	if err != nil {
 		return err
@@ -113,29 +155,6 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "%-10s %10.4f %12s %12s\n", "float32", base.PPL, "-", "-")
 	fmt.Fprintf(stdout, "%-10s %10.4f %12.3g %12.4f\n", "bfloat16", cmp.PPL, *cmp.KL, *cmp.Top1Agree)
 	fmt.Fprintf(stdout, "\nTry: rankzip eval --model %s --data %s --baseline %s\n", bf16Dir, evalPath, f32Dir)
-
-	// 4. A full recipe as a durable job on the embedded Temporal server.
-	recipePath, outDir := filepath.Join(dir, "recipe.yaml"), filepath.Join(dir, "compressed")
-	if err := os.WriteFile(recipePath, []byte(demoRecipe), 0o666); err != nil {
-		return err
-	}
-	// The demo owns its output; blocks computed by an earlier demo are
-	// found in the artifact store.
-	if err := os.RemoveAll(outDir); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "\n4. compressing with the recipe %s as a durable job (embedded Temporal server, state in %s)\n\n%s\n", recipePath, stateDir(*state), demoRecipe)
-	sf := &serviceFlags{state: *state, device: *device}
-	uiOf[sf] = ui
-	res, err := runJob(sf, recipePath, fullWorker, 0, stdout)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout)
-	if err := printResult(stdout, res, false); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "\nThe same command again resumes after a crash; see the job with: rankzip status %s --state %s\n", res.ID, stateDir(*state))
 	return nil
 }
 

@@ -347,43 +347,11 @@ func startEmbedded(dir string, forced int) (e *embedded, err error) {
 	fmt.Fprintf(lock, "%d %s\n", os.Getpid(), hostPort)
 	lock.Sync()
 
-	dbFile := filepath.Join(dir, "temporal.db")
-	sqlCfg := &config.SQL{
-		PluginName:   sqliteplugin.PluginName,
-		DatabaseName: dbFile,
-		// The plugin turns plain keys into _pragma=key=value; "_journal_mode"
-		// would be silently ignored.
-		ConnectAttributes: map[string]string{"mode": "rwc", "journal_mode": "wal", "synchronous": "2"},
-	}
-	if _, err := os.Stat(dbFile); errors.Is(err, os.ErrNotExist) {
-		if err := sqlite.SetupSchema(sqlCfg); err != nil {
-			os.Remove(dbFile)
-			return nil, fmt.Errorf("embedded temporal: create %s: %w", dbFile, err)
-		}
-	}
-	ns, err := sqlite.NewNamespaceConfig("active", embeddedNamespace, false, nil)
+	sqlCfg, err := openDatabase(dir)
 	if err != nil {
-		return nil, fmt.Errorf("embedded temporal: %w", err)
+		return nil, err
 	}
-	if err := sqlite.CreateNamespaces(sqlCfg, ns); err != nil {
-		return nil, fmt.Errorf("embedded temporal: %w", err)
-	}
-	svc := func(i int) config.Service {
-		return config.Service{RPC: config.RPC{GRPCPort: ports.GRPC[i], MembershipPort: ports.Membership[i], BindOnIP: "127.0.0.1"}}
-	}
-	cfg := &config.Config{}
-	cfg.Global.Membership = config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"}
-	// No metrics (nil: a no-op handler): one listener fewer.
-	cfg.Persistence = config.Persistence{DefaultStore: "sqlite", VisibilityStore: "sqlite", NumHistoryShards: 1,
-		DataStores: map[string]config.DataStore{"sqlite": {SQL: sqlCfg}}}
-	cfg.ClusterMetadata = &cluster.Config{FailoverVersionIncrement: 10, MasterClusterName: "active", CurrentClusterName: "active",
-		ClusterInformation: map[string]cluster.ClusterInformation{"active": {Enabled: true, InitialFailoverVersion: 1, RPCAddress: hostPort}}}
-	cfg.DCRedirectionPolicy = config.DCRedirectionPolicy{Policy: "noop"}
-	cfg.Services = map[string]config.Service{"frontend": svc(0), "history": svc(1), "matching": svc(2), "worker": svc(3)}
-	cfg.Archival = config.Archival{History: config.HistoryArchival{State: "disabled"}, Visibility: config.VisibilityArchival{State: "disabled"}}
-	cfg.NamespaceDefaults = config.NamespaceDefaults{Archival: config.ArchivalNamespaceDefaults{
-		History: config.HistoryArchivalNamespaceDefaults{State: "disabled"}, Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"}}}
-	cfg.PublicClient = config.PublicClient{HostPort: hostPort}
+	cfg := serverConfig(ports, hostPort, sqlCfg)
 
 	// The server ends the process (zap's Fatal: os.Exit) when it cannot
 	// listen or join its membership ring, having written only to its log.
@@ -427,6 +395,55 @@ func startEmbedded(dir string, forced int) (e *embedded, err error) {
 	}
 	ok = true
 	return &embedded{srv: srv, lock: lock, hostPort: hostPort}, nil
+}
+
+// openDatabase creates the server's SQLite database in dir, with its schema
+// and the namespace, unless it exists, and returns its configuration.
+func openDatabase(dir string) (*config.SQL, error) {
+	dbFile := filepath.Join(dir, "temporal.db")
+	sqlCfg := &config.SQL{
+		PluginName:   sqliteplugin.PluginName,
+		DatabaseName: dbFile,
+		// The plugin turns plain keys into _pragma=key=value; "_journal_mode"
+		// would be silently ignored.
+		ConnectAttributes: map[string]string{"mode": "rwc", "journal_mode": "wal", "synchronous": "2"},
+	}
+	if _, err := os.Stat(dbFile); errors.Is(err, os.ErrNotExist) {
+		if err := sqlite.SetupSchema(sqlCfg); err != nil {
+			os.Remove(dbFile)
+			return nil, fmt.Errorf("embedded temporal: create %s: %w", dbFile, err)
+		}
+	}
+	ns, err := sqlite.NewNamespaceConfig("active", embeddedNamespace, false, nil)
+	if err != nil {
+		return nil, fmt.Errorf("embedded temporal: %w", err)
+	}
+	if err := sqlite.CreateNamespaces(sqlCfg, ns); err != nil {
+		return nil, fmt.Errorf("embedded temporal: %w", err)
+	}
+	return sqlCfg, nil
+}
+
+// serverConfig configures the four services of one embedded server on
+// 127.0.0.1 and ports, persisting in sqlCfg, with no archival and no metrics.
+func serverConfig(ports serverPorts, hostPort string, sqlCfg *config.SQL) *config.Config {
+	svc := func(i int) config.Service {
+		return config.Service{RPC: config.RPC{GRPCPort: ports.GRPC[i], MembershipPort: ports.Membership[i], BindOnIP: "127.0.0.1"}}
+	}
+	cfg := &config.Config{}
+	cfg.Global.Membership = config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"}
+	// No metrics (nil: a no-op handler): one listener fewer.
+	cfg.Persistence = config.Persistence{DefaultStore: "sqlite", VisibilityStore: "sqlite", NumHistoryShards: 1,
+		DataStores: map[string]config.DataStore{"sqlite": {SQL: sqlCfg}}}
+	cfg.ClusterMetadata = &cluster.Config{FailoverVersionIncrement: 10, MasterClusterName: "active", CurrentClusterName: "active",
+		ClusterInformation: map[string]cluster.ClusterInformation{"active": {Enabled: true, InitialFailoverVersion: 1, RPCAddress: hostPort}}}
+	cfg.DCRedirectionPolicy = config.DCRedirectionPolicy{Policy: "noop"}
+	cfg.Services = map[string]config.Service{"frontend": svc(0), "history": svc(1), "matching": svc(2), "worker": svc(3)}
+	cfg.Archival = config.Archival{History: config.HistoryArchival{State: "disabled"}, Visibility: config.VisibilityArchival{State: "disabled"}}
+	cfg.NamespaceDefaults = config.NamespaceDefaults{Archival: config.ArchivalNamespaceDefaults{
+		History: config.HistoryArchivalNamespaceDefaults{State: "disabled"}, Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"}}}
+	cfg.PublicClient = config.PublicClient{HostPort: hostPort}
+	return cfg
 }
 
 // Stop stops the server and releases the lock.

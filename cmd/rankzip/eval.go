@@ -25,7 +25,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	adapter := fs.String("adapter", "", "PEFT LoRA adapter directory (as rankzip quantize --eora-rank writes) applied to the model")
 	dump := fs.String("dump-logits", "", "write the model's logits as float32 LE [sequences x positions x vocab] to FILE")
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *modelDir == "" || *data == "" {

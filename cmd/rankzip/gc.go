@@ -19,7 +19,7 @@ func runGC(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("gc", "gc [--state DIR] [--dry-run]", stderr)
 	sf := addServiceFlags(fs)
 	dryRun := fs.Bool("dry-run", false, "print what would be freed, remove nothing")
-	if _, err := parseArgs(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if sf.hostPort() != "" {

@@ -22,7 +22,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	promptText := fs.String("prompt", "", "prompt text, tokenized with the model's tokenizer.json (with its BOS); prints the prompt and its continuation as text")
 	maxNew := fs.Int("max-new", 32, "tokens to generate")
 	stop := fs.Int("stop", -1, "stop after this token id (default: the config's eos_token_id, else the tokenizer's EOS with --prompt)")
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	given := map[string]bool{}

@@ -23,7 +23,11 @@
 //	synth      a synthetic checkpoint of a real shape, for timing at real size
 //	tokenize   text to token ids and back with a tokenizer.json
 //
-// Commands that compute take --device auto|cpu|cuda.
+// compress, quantize and mla are one-stage recipes run in this process: their
+// flags set the recipe keys they name and the recipe package validates them
+// and fills in its defaults, as for run (onestage.go). Every command takes
+// its flags before or after its positional arguments; commands that compute
+// take --device auto|cpu|cuda.
 package main
 
 import (
@@ -142,18 +146,34 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags and rejects stray positional arguments beyond want.
-func parse(fs *flag.FlagSet, args []string, want int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+// parse parses the flags of a command, placed before or after its
+// positional arguments (`inspect DIR --json` as well as `inspect --json
+// DIR`; after "--" everything is positional), and wants exactly want
+// positional arguments, which it returns.
+func parse(fs *flag.FlagSet, args []string, want int) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, errUsage
 		}
-		return errUsage
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
-	if fs.NArg() != want {
-		fmt.Fprintf(fs.Output(), "rankzip %s: expected %d positional argument(s), got %d: %q\n", fs.Name(), want, fs.NArg(), fs.Args())
+	if len(pos) != want {
+		fmt.Fprintf(fs.Output(), "rankzip %s: expected %d positional argument(s), got %d: %q\n", fs.Name(), want, len(pos), pos)
 		fs.Usage()
-		return errUsage
+		return nil, errUsage
 	}
-	return nil
+	return pos, nil
 }

@@ -7,14 +7,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 
-	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/activities"
 	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/model/gptq"
-	"github.com/rankzip/rankzip/model/safetensors"
+	"github.com/rankzip/rankzip/recipe"
 )
 
 // loadModel loads a checkpoint: a GPTQ one (config.json with a gptq
@@ -27,90 +26,102 @@ func loadModel(dir string, k kernels.Backend) (*model.Model, error) {
 }
 
 func runQuantize(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("quantize", "quantize --model DIR --calib FILE.parquet --out DIR [flags]", stderr)
-	modelDir := fs.String("model", "", "checkpoint directory")
-	device := addDeviceFlag(fs)
-	calibPath := fs.String("calib", "", "calibration set (Parquet, column input_ids)")
-	sequences := fs.Int("sequences", 0, "use the first N calibration sequences (0: all)")
-	out := fs.String("out", "", "output GPTQ v1 checkpoint directory")
-	method := fs.String("method", "gptq", "rtn | gptq")
-	bits := fs.Int("bits", 4, "bits per weight: 2, 3, 4 or 8")
-	group := fs.Int("group-size", 128, "columns per group: 32, 64, 128, or -1 for one group per output channel")
-	sym := fs.Bool("sym", false, "symmetric quantization")
-	actOrder := fs.Bool("act-order", false, "GPTQ act-order (desc_act) with static groups")
-	damp := fs.Float64("damp", 0, "GPTQ relative damping (0: 0.01)")
-	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "self_attn.*" (default: all seven linears)`)
-	mode := fs.String("mode", "sequential", "calibration statistics: sequential | original")
-	dtype := fs.String("dtype", "F16", "dtype of the unquantized tensors: F16 | BF16 | F32")
-	spill := fs.String("spill-dir", "", "keep calibration hidden states in memory-mapped files in DIR instead of memory")
-	eoraRank := fs.Int("eora-rank", 0, "also fit EoRA corrections of this rank and write them as a PEFT adapter in OUT/eora")
-	if err := parse(fs, args, 0); err != nil {
-		return err
-	}
-	if *modelDir == "" || *calibPath == "" || *out == "" {
-		fmt.Fprintln(stderr, "rankzip quantize: --model, --calib and --out are required")
-		fs.Usage()
-		return errUsage
-	}
-	dt := safetensors.DType(strings.ToUpper(*dtype))
-	if dt != safetensors.F32 && dt != safetensors.BF16 && dt != safetensors.F16 {
-		return fmt.Errorf("--dtype %q: want F16, BF16 or F32", *dtype)
-	}
-	if *eoraRank < 0 {
-		return fmt.Errorf("--eora-rank must be >= 0, got %d", *eoraRank)
-	}
-	o := compress.QuantOptions{Method: *method, Bits: *bits, GroupSize: *group, Sym: *sym, ActOrder: *actOrder, Damp: *damp, Mode: calib.Mode(*mode), Spill: *spill}
-	if *targets != "" {
-		o.Targets = strings.Split(*targets, ",")
-	}
-	// Check what the export will need before the long run.
-	qc, err := gptq.NewQuantizeConfig(*bits, *group, false, *sym)
+	o, job, err := quantizeFlags(args, stderr)
 	if err != nil {
 		return err
 	}
+	return quantizeJob(o, job, stdout, stderr)
+}
 
-	k, err := kernels.Select(*device)
+// quantizeFlags builds and validates the one-stage job of the command line.
+func quantizeFlags(args []string, stderr io.Writer) (*oneStage, *recipe.Job, error) {
+	fs := newFlags("quantize", "quantize --model DIR --calib FILE.parquet --out DIR --bits B [flags]", stderr)
+	o := addOneStageFlags(fs, "output GPTQ v1 checkpoint directory")
+	method := fs.String("method", "gptq", "rtn | gptq (recipe: method)")
+	bits := fs.Int("bits", 0, "bits per weight: 2, 3, 4 or 8 (recipe: bits)")
+	group := fs.Int("group-size", 0, fmt.Sprintf("columns per group: 32, 64, 128, or 0 for one group per output channel (recipe: group_size; default %d)", recipe.DefaultQuantGroupSize))
+	sym := fs.Bool("sym", true, "symmetric quantization; --sym=false for asymmetric (recipe: sym)")
+	actOrder := fs.Bool("act-order", false, "GPTQ act-order (desc_act) with static groups (recipe: act_order)")
+	damp := fs.Float64("damp", 0, fmt.Sprintf("GPTQ relative damping (recipe: damp; default %g)", recipe.DefaultDamp))
+	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "self_attn.*" (recipe: targets; default all seven linears)`)
+	eoraRank := fs.Int("eora-rank", 0, "add an eora stage of this rank (recipe: a second stage {method: eora, rank: R}) and write its PEFT adapter in OUT/eora")
+	if _, err := parse(fs, args, 0); err != nil {
+		return nil, nil, err
+	}
+	if err := o.required(fs, stderr); err != nil {
+		return nil, nil, err
+	}
+	group0 := group
+	if !isSet(fs, "group-size") {
+		group0 = nil // the recipe's default
+	}
+	stages := []recipe.Stage{{Method: recipe.Method(*method), Bits: *bits, GroupSize: group0, Sym: optBool(fs, "sym", *sym),
+		ActOrder: optBool(fs, "act-order", *actOrder), Damp: *damp, Targets: splitTargets(*targets)}}
+	if isSet(fs, "eora-rank") {
+		stages = append(stages, recipe.Stage{Method: "eora", Rank: *eoraRank})
+	}
+	r, err := o.recipe(stages[0], "gptq", stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.Stages = stages
+	job, err := o.job(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	return o, job, nil
+}
+
+// quantizeJob runs the rtn or gptq stage of a job (and its eora stage, if
+// any) and exports a GPTQ v1 checkpoint.
+func quantizeJob(o *oneStage, job *recipe.Job, stdout, stderr io.Writer) error {
+	r := job.Recipe
+	opts, err := activities.QuantOptions(r, 0)
 	if err != nil {
 		return err
 	}
-	m, err := model.Load(*modelDir, k)
+	opts.Spill = o.spill
+	qc, err := gptq.NewQuantizeConfig(opts.Bits, opts.GroupSize, false, opts.Sym)
 	if err != nil {
 		return err
 	}
-	// The GPTQ v1 packing needs out and in multiples of 32: say so before
-	// the long run rather than at export.
-	var unfit []string
-	for _, mod := range m.Blocks[0].Modules() {
-		hit := len(o.Targets) == 0 || model.AnyGlobMatches(o.Targets, mod)
-		if l := *m.Blocks[0].Linear(mod); hit && (l.Out()%32 != 0 || l.In()%32 != 0) {
-			unfit = append(unfit, fmt.Sprintf("%s (%d×%d)", mod, l.Out(), l.In()))
-		}
-	}
-	if len(unfit) > 0 {
-		return fmt.Errorf("the GPTQ v1 format packs only layers whose out and in are multiples of 32; leave these out of --targets: %s", strings.Join(unfit, ", "))
-	}
-	seqs, err := calibSequences(m, *calibPath, *sequences)
+	in, err := o.load(job)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	res, err := compress.RunQuant(ctx, m, seqs, o, func(i, n int) { fmt.Fprintf(stderr, "\rblock %d/%d", i, n) })
+	res, err := compress.RunQuant(ctx, in.m, in.seqs, opts, func(i, n int) { fmt.Fprintf(stderr, "\rblock %d/%d", i, n) })
 	fmt.Fprintln(stderr)
 	if err != nil {
 		return err
 	}
-	if err := gptq.Export(res.Model, *out, dt, qc); err != nil {
+	out, dt := r.Output, recipe.SafetensorsDType(r.Export.DType)
+	if err := gptq.Export(res.Model, out, dt, qc); err != nil {
 		return err
 	}
-	back, err := gptq.Load(*out, k)
+	back, err := gptq.Load(out, in.k)
 	if err != nil {
-		return fmt.Errorf("read back %s: %w", *out, err)
+		return fmt.Errorf("read back %s: %w", out, err)
 	}
-	// Per-layer errors of the checkpoint as read back.
-	fmt.Fprintf(stdout, "%-34s %11s %6s %14s %10s %12s\n", "layer", "shape", "groups", "calib err", "rel err", "readback err")
+	if err := printQuantLayers(stdout, in.k, res, back); err != nil {
+		return err
+	}
+	if err := checkReadBack(out, res.Model, back, in.seqs, dt); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (GPTQ v1, %d bits, group size %d, %s), read back and checked\n", out, opts.Bits, qc.GroupSize, r.Export.DType)
+	if len(r.Stages) < 2 {
+		return nil
+	}
+	return eoraStage(ctx, o, job, res.Model, in, stdout)
+}
+
+// printQuantLayers prints the errors of every quantized layer, with the
+// largest difference of its weight as read back from the checkpoint.
+func printQuantLayers(w io.Writer, k kernels.Backend, res *compress.QuantResult, back *model.Model) error {
+	fmt.Fprintf(w, "%-34s %11s %6s %14s %10s %12s\n", "layer", "shape", "groups", "calib err", "rel err", "readback err")
 	for _, l := range res.Layers {
-		var i int
 		layer, mod, _ := model.ParseModuleName(l.Name) // compress's own names
 		a, err := compress.EffectiveWeight(k, *res.Model.Blocks[layer].Linear(mod))
 		if err != nil {
@@ -122,31 +133,36 @@ func runQuantize(args []string, stdout, stderr io.Writer) error {
 		}
 		maxd := 0.0
 		ra, rb := a.RawMatrix().Data, b.RawMatrix().Data
-		for i = range ra {
+		for i := range ra {
 			maxd = max(maxd, abs(ra[i]-rb[i]))
 		}
-		fmt.Fprintf(stdout, "%-34s %5dx%-5d %6d %14.6g %10.5f %12.3g\n", l.Name, l.Out, l.In, l.Groups, l.CalibError, l.RelError, maxd)
+		fmt.Fprintf(w, "%-34s %5dx%-5d %6d %14.6g %10.5f %12.3g\n", l.Name, l.Out, l.In, l.Groups, l.CalibError, l.RelError, maxd)
 	}
-	if err := checkReadBack(*out, res.Model, back, seqs, dt); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "wrote %s (GPTQ v1, %d bits, group size %d, %s), read back and checked\n", *out, *bits, qc.GroupSize, dt)
-	if *eoraRank == 0 {
-		return nil
-	}
-	e, err := compress.RunEoRA(ctx, res.Model, m, seqs, compress.EoRAOptions{Rank: *eoraRank, Mode: calib.Mode(*mode), Spill: *spill})
+	return nil
+}
+
+// eoraStage fits the job's EoRA corrections (stage 1) to the quantized model
+// and writes them as a PEFT adapter beside the checkpoint.
+func eoraStage(ctx context.Context, o *oneStage, job *recipe.Job, quantized *model.Model, in loaded, w io.Writer) error {
+	eo, err := activities.EoRAOptions(job.Recipe, 1)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%-34s %5s %14s %14s\n", "eora layer", "rank", "err before", "err after")
-	for _, l := range e.Layers {
-		fmt.Fprintf(stdout, "%-34s %5d %14.6g %14.6g\n", l.Name, l.Rank, l.ErrorBefore, l.ErrorAfter)
-	}
-	adir := filepath.Join(*out, "eora")
-	if err := gptq.WriteAdapter(adir, gptq.BesideBase, e.Adapters, dt); err != nil {
+	eo.Spill = o.spill
+	e, err := compress.RunEoRA(ctx, quantized, in.m, in.seqs, eo)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s (PEFT LoRA adapter; rankzip eval --model %s --adapter %s)\n", adir, *out, adir)
+	fmt.Fprintf(w, "%-34s %5s %14s %14s\n", "eora layer", "rank", "err before", "err after")
+	for _, l := range e.Layers {
+		fmt.Fprintf(w, "%-34s %5d %14.6g %14.6g\n", l.Name, l.Rank, l.ErrorBefore, l.ErrorAfter)
+	}
+	out := job.Recipe.Output
+	adir := filepath.Join(out, activities.AdapterDir)
+	if err := gptq.WriteAdapter(adir, gptq.BesideBase, e.Adapters, recipe.SafetensorsDType(job.Recipe.Export.DType)); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "wrote %s (PEFT LoRA adapter; rankzip eval --model %s --adapter %s)\n", adir, out, adir)
 	return nil
 }
 

@@ -28,7 +28,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	sf := addServiceFlags(fs)
 	htmlOut := fs.String("html", "", "write the HTML report to FILE (default: "+report.HTMLFile+" in the job's output directory; - for stdout)")
 	asJSON := fs.Bool("json", false, "print the report's data as JSON (and write HTML only when --html is given)")
-	pos, err := parseArgs(fs, args, 1)
+	pos, err := parse(fs, args, 1)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ func runRun(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	serverOnly := fs.Bool("no-worker", false, "embedded server only: leave the work to cmd/worker processes (--temporal 127.0.0.1:PORT)")
 	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s): how soon the work of a dead worker is retried")
-	pos, err := parseArgs(fs, args, 1)
+	pos, err := parse(fs, args, 1)
 	if err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func runSubmit(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("submit", "submit RECIPE --temporal HOST:PORT [flags]", stderr)
 	sf := addServiceFlags(fs)
 	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s)")
-	pos, err := parseArgs(fs, args, 1)
+	pos, err := parse(fs, args, 1)
 	if err != nil {
 		return err
 	}

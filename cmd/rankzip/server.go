@@ -12,7 +12,7 @@ func runServer(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("server", "server [--ui] [--ui-port P] [--state DIR] [--port N]", stderr)
 	sf := addServiceFlags(fs)
 	addUIFlags(fs, sf)
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if sf.hostPort() != "" {

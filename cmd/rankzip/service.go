@@ -258,32 +258,6 @@ func (s *session) where() string {
 	return "the embedded server (" + s.embedded.hostPort + ")"
 }
 
-// parseArgs parses flags placed before or after the positional arguments
-// (`run recipe.yaml --state DIR`) and wants exactly want of them.
-func parseArgs(fs *flag.FlagSet, args []string, want int) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, errUsage
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-	if len(pos) != want {
-		fmt.Fprintf(fs.Output(), "rankzip %s: expected %d positional argument(s), got %d: %q\n", fs.Name(), want, len(pos), pos)
-		fs.Usage()
-		return nil, errUsage
-	}
-	return pos, nil
-}
-
 // signalContext is cancelled by SIGINT or SIGTERM.
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

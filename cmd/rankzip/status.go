@@ -80,7 +80,7 @@ func describe(ctx context.Context, s *session, id string) (jobStatus, error) {
 // openJob parses the arguments of a command on one job (its ID and flags)
 // and connects to the service it runs on.
 func openJob(fs *flag.FlagSet, sf *serviceFlags, args []string) (*session, string, error) {
-	pos, err := parseArgs(fs, args, 1)
+	pos, err := parse(fs, args, 1)
 	if err != nil {
 		return nil, "", err
 	}

@@ -24,7 +24,7 @@ func runSynth(args []string, stdout, stderr io.Writer) error {
 	seed := fs.Uint64("seed", 1, "random seed: the same seed writes the same bytes")
 	dtype := fs.String("dtype", "bfloat16", "weights' dtype: bfloat16, float16 or float32")
 	device := addDeviceFlag(fs)
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	sh, ok := synth.Shapes[*shape]

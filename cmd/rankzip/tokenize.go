@@ -20,7 +20,7 @@ func runTokenize(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	dir := fs.String("tokenizer", "", "directory with tokenizer.json (and, if present, tokenizer_config.json), e.g. the model's")
 	noSpecial := fs.Bool("no-special", false, "encode without the special tokens the post-processor adds (BOS/EOS); with --decode, drop special tokens from the text")
 	decode := fs.Bool("decode", false, `read {"input_ids": [...]} lines and write {"text": ...} lines`)
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *dir == "" {
@@ -103,7 +103,7 @@ func runCalibText(args []string, stdout, stderr io.Writer) error {
 	noPack := fs.Bool("no-pack", false, "one document per sequence (with the tokenizer's special tokens), truncated to --seq-len, instead of packing documents with EOS between them")
 	out := fs.String("out", "", "Parquet file to write (input_ids LIST<INT32>)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := parse(fs, args, 0); err != nil {
+	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *from == "" || *out == "" || *dir == "" {
