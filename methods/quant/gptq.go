@@ -44,17 +44,59 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 		return Result{}, fmt.Errorf("quant: gptq: gram: %w", ErrNonFinite)
 	}
 
-	// Diagonal of H, dead columns, order.
-	cr := c.RawSymmetric()
 	hScale := 2 / float64(n)
-	diag := make([]float64, in)
-	dead := make([]bool, in)
-	nDead := 0
+	diag, dead, nDead, err := hessianDiag(c, hScale)
+	if err != nil {
+		return Result{}, err
+	}
+	perm := processingOrder(diag, cfg.ActOrder)
+	var mean float64
+	for _, d := range diag {
+		mean += d
+	}
+	mean /= float64(in)
+	u, damp, err := dampedFactor(k, c, hScale, perm, dead, cfg.damp(), mean)
+	if err != nil {
+		return Result{}, err
+	}
+
+	res := newResult(out, in, groups, size, cfg)
+	res.Damp, res.Dead = damp, nDead
+	if cfg.ActOrder {
+		res.Perm = perm
+	}
+	static := !cfg.DynamicGroups || groups == 1
+	if static {
+		if err := res.staticParams(w, groups, size); err != nil {
+			return Result{}, err
+		}
+	}
+	work := permuteColumns(w, perm)
+	errH, err := res.quantizeBlocks(k, work, u, perm, size, static, cfg.Bits)
+	if err != nil {
+		return Result{}, err
+	}
+	res.unpermute(work, perm)
+	if !matx.FiniteDense(res.Dequant) {
+		return Result{}, fmt.Errorf("quant: gptq: quantized weight: %w", ErrNonFinite)
+	}
+	res.CalibError = calibError(w, res.Dequant, dead, damp*mean, errH, hScale)
+	return res, nil
+}
+
+// hessianDiag returns the diagonal of H = hScale·C, with the inputs that
+// have no energy (dead, their diagonal set to 1 as in the reference) and
+// their count. A negative diagonal, or a dead input that still correlates
+// with another, is ErrNotPSD.
+func hessianDiag(c *mat.SymDense, hScale float64) (diag []float64, dead []bool, nDead int, err error) {
+	cr := c.RawSymmetric()
+	in := cr.N
+	diag, dead = make([]float64, in), make([]bool, in)
 	for j := range in {
 		d := hScale * cr.Data[j*cr.Stride+j]
 		switch {
 		case d < 0:
-			return Result{}, fmt.Errorf("quant: gptq: C[%d][%d] = %g: %w", j, j, cr.Data[j*cr.Stride+j], ErrNotPSD)
+			return nil, nil, 0, fmt.Errorf("quant: gptq: C[%d][%d] = %g: %w", j, j, cr.Data[j*cr.Stride+j], ErrNotPSD)
 		case d == 0:
 			dead[j] = true
 			nDead++
@@ -65,16 +107,22 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 	for i := range in {
 		for j := i + 1; j < in; j++ {
 			if (dead[i] || dead[j]) && cr.Data[i*cr.Stride+j] != 0 {
-				return Result{}, fmt.Errorf("quant: gptq: input %d has no energy but C[%d][%d] = %g: %w",
+				return nil, nil, 0, fmt.Errorf("quant: gptq: input %d has no energy but C[%d][%d] = %g: %w",
 					i, i, j, cr.Data[i*cr.Stride+j], ErrNotPSD)
 			}
 		}
 	}
-	perm := make([]int, in)
+	return diag, dead, nDead, nil
+}
+
+// processingOrder is the order GPTQ quantizes the columns in: their own,
+// or with act-order by decreasing diagonal of H (stable, so ties keep it).
+func processingOrder(diag []float64, actOrder bool) []int {
+	perm := make([]int, len(diag))
 	for j := range perm {
 		perm[j] = j
 	}
-	if cfg.ActOrder {
+	if actOrder {
 		slices.SortStableFunc(perm, func(a, b int) int {
 			switch {
 			case diag[a] > diag[b]:
@@ -85,52 +133,48 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			return 0
 		})
 	}
-	var mean float64
-	for _, d := range diag {
-		mean += d
-	}
-	mean /= float64(in)
+	return perm
+}
 
-	// U, the upper Cholesky factor of the damped H⁻¹ in the permuted order,
-	// damping raised tenfold while the factorisation fails.
-	damp := cfg.damp()
-	var u *mat.Dense
+// dampedFactor returns U, the upper Cholesky factor of the damped H⁻¹ in
+// the permuted order, and the damping (relative to mean, the mean diagonal
+// of H) that made it succeed: raised tenfold while the factorisation fails.
+func dampedFactor(k kernels.Backend, c *mat.SymDense, hScale float64, perm []int, dead []bool, damp, mean float64) (*mat.Dense, float64, error) {
 	for try := 0; ; try++ {
-		u, err = upperInverseCholesky(k, c, hScale, perm, dead, damp*mean)
+		u, err := upperInverseCholesky(k, c, hScale, perm, dead, damp*mean)
 		if err == nil {
-			break
+			return u, damp, nil
 		}
 		if !errors.Is(err, kernels.ErrNotPSD) {
-			return Result{}, fmt.Errorf("quant: gptq: Cholesky of H: %w", err)
+			return nil, 0, fmt.Errorf("quant: gptq: Cholesky of H: %w", err)
 		}
 		if try == dampTries-1 {
-			return Result{}, fmt.Errorf("quant: gptq: Cholesky of H fails up to damping %g·mean(diag H): %w (%w)", damp, ErrNotPSD, err)
+			return nil, 0, fmt.Errorf("quant: gptq: Cholesky of H fails up to damping %g·mean(diag H): %w (%w)", damp, ErrNotPSD, err)
 		}
 		damp *= 10
 	}
+}
 
-	res := newResult(out, in, groups, size, cfg)
-	res.Damp, res.Dead = damp, nDead
-	if cfg.ActOrder {
-		res.Perm = perm
-	}
+// staticParams sets every group's parameters from the original weights of
+// the original columns (static groups).
+func (res *Result) staticParams(w *mat.Dense, groups, size int) error {
 	wr := w.RawMatrix()
-	lo, hi := make([]float64, out), make([]float64, out)
-	static := !cfg.DynamicGroups || groups == 1
-	if static {
-		// Static groups: parameters from the original weights of the
-		// original columns.
-		for g := range groups {
-			groupRange(lo, hi, func(i int) []float64 {
-				return wr.Data[i*wr.Stride+g*size : i*wr.Stride+(g+1)*size]
-			})
-			if err := res.setParams(g, lo, hi); err != nil {
-				return Result{}, fmt.Errorf("quant: gptq: group %d: %w", g, err)
-			}
+	lo, hi := make([]float64, wr.Rows), make([]float64, wr.Rows)
+	for g := range groups {
+		groupRange(lo, hi, func(i int) []float64 {
+			return wr.Data[i*wr.Stride+g*size : i*wr.Stride+(g+1)*size]
+		})
+		if err := res.setParams(g, lo, hi); err != nil {
+			return fmt.Errorf("quant: gptq: group %d: %w", g, err)
 		}
 	}
+	return nil
+}
 
-	// The working copy of W, columns in processing order.
+// permuteColumns returns a copy of w with its columns in processing order.
+func permuteColumns(w *mat.Dense, perm []int) *mat.Dense {
+	wr := w.RawMatrix()
+	out, in := wr.Rows, wr.Cols
 	work := mat.NewDense(out, in, nil)
 	kr := work.RawMatrix()
 	for i := range out {
@@ -140,16 +184,21 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			dst[p] = src[j]
 		}
 	}
+	return work
+}
 
-	// Per block: its columns, transposed (one column a row), are quantized
-	// and updated in blk; codes and dequantized values go to qblk and dblk
-	// and then, transposed back, to qwork and to the block's columns of work
-	// (no longer needed), so every write is contiguous; the columns return
-	// to their original order at the end.
-	ur := u.RawMatrix()
-	maxq := float64(int(1)<<cfg.Bits - 1)
-	var errH float64 // ‖E‖²_F
-	qwork := make([]uint8, out*in)
+// quantizeBlocks quantizes work (columns in processing order) block by
+// block and returns ‖E‖²_F, the error in H's metric. Per block: its columns,
+// transposed (one column a row), are quantized and updated in blk; codes and
+// dequantized values go to qblk and dblk and then, transposed back, to
+// res.Q (in processing order until unpermute) and to the block's columns of
+// work (no longer needed), so every write is contiguous.
+func (res *Result) quantizeBlocks(k kernels.Backend, work, u *mat.Dense, perm []int, size int, static bool, bits int) (float64, error) {
+	kr, ur := work.RawMatrix(), u.RawMatrix()
+	out, in := kr.Rows, kr.Cols
+	maxq := float64(int(1)<<bits - 1)
+	var errH float64
+	lo, hi := make([]float64, out), make([]float64, out)
 	blk := make([]float64, BlockSize*out)
 	errs := make([]float64, BlockSize*out)
 	dblk := make([]float64, BlockSize*out)
@@ -160,8 +209,7 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 		transpose(blk, out, kr.Data[i1:], kr.Stride, out, cnt)
 		for j := range cnt {
 			col := i1 + j
-			orig := perm[col]
-			g := orig / size
+			g := perm[col] / size
 			if !static && col%size == 0 {
 				// Dynamic groups (no act-order, so col = orig): parameters
 				// from the group's weights as they stand at the start of
@@ -171,7 +219,7 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 					return kr.Data[i*kr.Stride+col : i*kr.Stride+col+size]
 				})
 				if err := res.setParams(g, lo, hi); err != nil {
-					return Result{}, fmt.Errorf("quant: gptq: group %d: %w", g, err)
+					return 0, fmt.Errorf("quant: gptq: group %d: %w", g, err)
 				}
 			}
 			scales := res.Scales.RawRowView(g)
@@ -202,26 +250,35 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			k.Dgemm(true, false, -1, e, u.Slice(i1, i2, i2, in).(*mat.Dense), 1, work.Slice(0, out, i2, in).(*mat.Dense))
 		}
 		transpose(kr.Data[i1:], kr.Stride, dblk, out, cnt, out)
-		transpose(qwork[i1:], in, qblk, out, cnt, out)
+		transpose(res.Q[i1:], in, qblk, out, cnt, out)
 	}
-	dqr := res.Dequant.RawMatrix()
+	return errH, nil
+}
+
+// unpermute puts the dequantized weights (in work) and the codes (in res.Q)
+// back in the columns' original order.
+func (res *Result) unpermute(work *mat.Dense, perm []int) {
+	kr, dqr := work.RawMatrix(), res.Dequant.RawMatrix()
+	out, in := kr.Rows, kr.Cols
+	codes := make([]uint8, in)
 	for i := range out {
-		src, codes := kr.Data[i*kr.Stride:i*kr.Stride+in], qwork[i*in:(i+1)*in]
-		dst, qdst := dqr.Data[i*dqr.Stride:i*dqr.Stride+in], res.Q[i*in:(i+1)*in]
+		src, qrow := kr.Data[i*kr.Stride:i*kr.Stride+in], res.Q[i*in:(i+1)*in]
+		dst := dqr.Data[i*dqr.Stride : i*dqr.Stride+in]
+		copy(codes, qrow)
 		for p, j := range perm {
-			dst[j], qdst[j] = src[p], codes[p]
+			dst[j], qrow[j] = src[p], codes[p]
 		}
 	}
-	if !matx.FiniteDense(res.Dequant) {
-		return Result{}, fmt.Errorf("quant: gptq: quantized weight: %w", ErrNonFinite)
-	}
-	// tr(ΔW H ΔWᵀ) = ‖E‖²_F for the damped H = (2/N) C + D, D diagonal
-	// (δ, plus 1 on dead inputs), so tr(ΔW C ΔWᵀ) follows in O(out·in)
-	// instead of a product with C.
-	delta := damp * mean
+}
+
+// calibError is tr(ΔW C ΔWᵀ) from ‖E‖²_F = tr(ΔW H ΔWᵀ) for the damped
+// H = hScale·C + D, D diagonal (δ, plus 1 on dead inputs): O(out·in) instead
+// of a product with C.
+func calibError(w, dequant *mat.Dense, dead []bool, delta, errH, hScale float64) float64 {
+	wr, dqr := w.RawMatrix(), dequant.RawMatrix()
 	errD := 0.0
-	for i := range out {
-		for j, v := range wr.Data[i*wr.Stride : i*wr.Stride+in] {
+	for i := range wr.Rows {
+		for j, v := range wr.Data[i*wr.Stride : i*wr.Stride+wr.Cols] {
 			e := v - dqr.Data[i*dqr.Stride+j]
 			dj := delta
 			if dead[j] {
@@ -230,8 +287,7 @@ func GPTQ(k kernels.Backend, w *mat.Dense, c *mat.SymDense, n int, cfg Config) (
 			errD += dj * e * e
 		}
 	}
-	res.CalibError = math.Max(0, (errH-errD)/hScale)
-	return res, nil
+	return math.Max(0, (errH-errD)/hScale)
 }
 
 // upperInverseCholesky returns the upper triangular U with Uᵀ U = H⁻¹, where
