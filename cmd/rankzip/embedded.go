@@ -16,16 +16,14 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
-	"go.temporal.io/server/common/authorization"
-	"go.temporal.io/server/common/cluster"
 	"go.temporal.io/server/common/config"
-	"go.temporal.io/server/common/dynamicconfig"
 	tlog "go.temporal.io/server/common/log"
 	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
 	"go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
+
+	"github.com/rankzip/rankzip/internal/temporalserver"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -371,22 +369,7 @@ func startEmbedded(dir string, forced int) (e *embedded, err error) {
 		}
 		hook.started()
 	}()
-	authorizer, err := authorization.GetAuthorizerFromConfig(&cfg.Global.Authorization)
-	if err != nil {
-		return nil, fmt.Errorf("embedded temporal: %w", err)
-	}
-	claims, err := authorization.GetClaimMapperFromConfig(&cfg.Global.Authorization, logger)
-	if err != nil {
-		return nil, fmt.Errorf("embedded temporal: %w", err)
-	}
-	srv, err := temporal.NewServer(
-		temporal.WithConfig(cfg),
-		temporal.ForServices(temporal.DefaultServices),
-		temporal.WithLogger(logger),
-		temporal.WithAuthorizer(authorizer),
-		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claims }),
-		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{}),
-	)
+	srv, err := temporalserver.New(cfg, logger)
 	if err != nil {
 		return nil, fmt.Errorf("embedded temporal: %w", err)
 	}
@@ -425,25 +408,9 @@ func openDatabase(dir string) (*config.SQL, error) {
 }
 
 // serverConfig configures the four services of one embedded server on
-// 127.0.0.1 and ports, persisting in sqlCfg, with no archival and no metrics.
+// 127.0.0.1 and ports, persisting in sqlCfg.
 func serverConfig(ports serverPorts, hostPort string, sqlCfg *config.SQL) *config.Config {
-	svc := func(i int) config.Service {
-		return config.Service{RPC: config.RPC{GRPCPort: ports.GRPC[i], MembershipPort: ports.Membership[i], BindOnIP: "127.0.0.1"}}
-	}
-	cfg := &config.Config{}
-	cfg.Global.Membership = config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"}
-	// No metrics (nil: a no-op handler): one listener fewer.
-	cfg.Persistence = config.Persistence{DefaultStore: "sqlite", VisibilityStore: "sqlite", NumHistoryShards: 1,
-		DataStores: map[string]config.DataStore{"sqlite": {SQL: sqlCfg}}}
-	cfg.ClusterMetadata = &cluster.Config{FailoverVersionIncrement: 10, MasterClusterName: "active", CurrentClusterName: "active",
-		ClusterInformation: map[string]cluster.ClusterInformation{"active": {Enabled: true, InitialFailoverVersion: 1, RPCAddress: hostPort}}}
-	cfg.DCRedirectionPolicy = config.DCRedirectionPolicy{Policy: "noop"}
-	cfg.Services = map[string]config.Service{"frontend": svc(0), "history": svc(1), "matching": svc(2), "worker": svc(3)}
-	cfg.Archival = config.Archival{History: config.HistoryArchival{State: "disabled"}, Visibility: config.VisibilityArchival{State: "disabled"}}
-	cfg.NamespaceDefaults = config.NamespaceDefaults{Archival: config.ArchivalNamespaceDefaults{
-		History: config.HistoryArchivalNamespaceDefaults{State: "disabled"}, Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"}}}
-	cfg.PublicClient = config.PublicClient{HostPort: hostPort}
-	return cfg
+	return temporalserver.Config("127.0.0.1", hostPort, ports.GRPC, ports.Membership, sqlCfg)
 }
 
 // Stop stops the server and releases the lock.

@@ -11,16 +11,14 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"time"
 
-	"go.temporal.io/server/common/authorization"
-	"go.temporal.io/server/common/cluster"
 	"go.temporal.io/server/common/config"
-	"go.temporal.io/server/common/dynamicconfig"
 	tlog "go.temporal.io/server/common/log"
 	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
 	"go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
+
+	"github.com/rankzip/rankzip/internal/temporalserver"
 )
 
 // Namespace is the namespace the server creates.
@@ -68,21 +66,7 @@ func Start(dir string, o Options) (*Server, error) {
 	if err := sqlite.CreateNamespaces(sqlCfg, ns); err != nil {
 		return nil, err
 	}
-	svc := func(i int) config.Service {
-		return config.Service{RPC: config.RPC{GRPCPort: ports[i], MembershipPort: ports[4+i], BindOnIP: ip}}
-	}
-	cfg := &config.Config{}
-	cfg.Global.Membership = config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: ip}
-	cfg.Persistence = config.Persistence{DefaultStore: "sqlite", VisibilityStore: "sqlite", NumHistoryShards: 1,
-		DataStores: map[string]config.DataStore{"sqlite": {SQL: sqlCfg}}}
-	cfg.ClusterMetadata = &cluster.Config{FailoverVersionIncrement: 10, MasterClusterName: "active", CurrentClusterName: "active",
-		ClusterInformation: map[string]cluster.ClusterInformation{"active": {Enabled: true, InitialFailoverVersion: 1, RPCAddress: hostPort}}}
-	cfg.DCRedirectionPolicy = config.DCRedirectionPolicy{Policy: "noop"}
-	cfg.Services = map[string]config.Service{"frontend": svc(0), "history": svc(1), "matching": svc(2), "worker": svc(3)}
-	cfg.Archival = config.Archival{History: config.HistoryArchival{State: "disabled"}, Visibility: config.VisibilityArchival{State: "disabled"}}
-	cfg.NamespaceDefaults = config.NamespaceDefaults{Archival: config.ArchivalNamespaceDefaults{
-		History: config.HistoryArchivalNamespaceDefaults{State: "disabled"}, Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"}}}
-	cfg.PublicClient = config.PublicClient{HostPort: hostPort}
+	cfg := temporalserver.Config(ip, hostPort, [4]int(ports[:4]), [4]int(ports[4:8]), sqlCfg)
 	if c := o.TLS; c != nil {
 		// The frontend requires a client certificate; the server's own
 		// system worker presents one (the client's: any signed by the CA).
@@ -94,22 +78,7 @@ func Start(dir string, o Options) (*Server, error) {
 		cfg.Global.TLS.SystemWorker = config.WorkerTLS{CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile, Client: client}
 	}
 	logger := tlog.NewZapLogger(tlog.BuildZapLogger(tlog.Config{Level: "error", OutputFile: filepath.Join(dir, "server.log")}))
-	authorizer, err := authorization.GetAuthorizerFromConfig(&cfg.Global.Authorization)
-	if err != nil {
-		return nil, err
-	}
-	claims, err := authorization.GetClaimMapperFromConfig(&cfg.Global.Authorization, logger)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := temporal.NewServer(
-		temporal.WithConfig(cfg),
-		temporal.ForServices(temporal.DefaultServices),
-		temporal.WithLogger(logger),
-		temporal.WithAuthorizer(authorizer),
-		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claims }),
-		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{}),
-	)
+	srv, err := temporalserver.New(cfg, logger)
 	if err != nil {
 		return nil, fmt.Errorf("testcluster: %w", err)
 	}
