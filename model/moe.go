@@ -426,3 +426,51 @@ func (c *Config) CheckTargets(mods []string) error {
 	}
 	return fmt.Errorf("model_type %s is a mixture of experts: compressing its experts and router (%s) is not supported yet; target self_attn.*", c.ModelType, strings.Join(mlp, ", "))
 }
+
+// MatchTargets expands target globs as MatchModules does, and for a mixture
+// of experts among TargetModules (so "mlp.*" selects every expert's linears
+// and "mlp.experts.*.down_proj" their down projections); no targets select
+// the attention projections there. A glob that selects only the router is
+// refused by name: the router is never compressed.
+func (c *Config) MatchTargets(targets []string) (mods, problems []string) {
+	if c == nil || c.MoE == nil {
+		return MatchModules(targets)
+	}
+	all := c.TargetModules()
+	if len(targets) == 0 {
+		return slices.Clone(attnModules), nil
+	}
+	hit := map[string]bool{}
+	for _, g := range targets {
+		if err := CheckGlob(g); err != nil {
+			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
+			continue
+		}
+		n := 0
+		for _, m := range all {
+			if GlobMatches(g, m) {
+				hit[m] = true
+				n++
+			}
+		}
+		switch {
+		case n > 0:
+		case GlobMatches(g, "mlp.gate") || GlobMatches(g, c.MoE.Prefix+"gate"):
+			problems = append(problems, fmt.Sprintf("target %q names the router (mlp.gate) of model_type %s, which is never compressed (it stays dense): target the experts, mlp.experts.<e>.gate_proj, up_proj or down_proj", g, c.ModelType))
+		default:
+			problems = append(problems, fmt.Sprintf("target %q matches no module of model_type %s (modules: %s, and mlp.experts.<e>.gate_proj, up_proj and down_proj for e in 0..%d; the router mlp.gate stays dense)",
+				g, c.ModelType, strings.Join(attnModules, ", "), c.MoE.Experts-1))
+		}
+	}
+	for _, m := range all {
+		if hit[m] {
+			mods = append(mods, m)
+		}
+	}
+	return mods, problems
+}
+
+// HasExperts tells whether mods names an expert's linear.
+func HasExperts(mods []string) bool {
+	return slices.ContainsFunc(mods, func(m string) bool { _, _, ok := ParseExpertModule(m); return ok })
+}
