@@ -397,7 +397,7 @@ func (v *validator) exportFits() {
 		// to a PEFT adapter beside it.
 		for i, s := range v.r.Stages {
 			if expertMethod(s.Method) && model.HasExperts(s.Targets) {
-				v.add("export.format native cannot hold the compressed experts of stages[%d] (%s): a native checkpoint of compressed experts is not implemented (a mixture of experts is saved in its Hub layout, dense experts only); use export.format dense", i, s.Method)
+				v.add("export.format native cannot hold the compressed experts of stages[%d] (%s): a native checkpoint of compressed experts is not implemented (a mixture of experts is saved in its Hub layout, dense experts only); use export.format dense (rankzip compress --export dense)", i, s.Method)
 				break
 			}
 		}
