@@ -410,7 +410,8 @@ var attnModules = slices.Clone(Modules[:4])
 // CheckTargets refuses, naming the architecture, block modules that a stage
 // cannot compress in models of config c: the MLP (router and experts) of a
 // mixture-of-experts model, whose attention projections it can. The stages
-// that handle experts (compress/moe.go) check TargetModules instead.
+// that handle experts (svd, rtn, gptq: compress/moe.go) match targets with
+// MatchTargets instead.
 func (c *Config) CheckTargets(mods []string) error {
 	if c.MoE == nil {
 		return nil
@@ -424,7 +425,7 @@ func (c *Config) CheckTargets(mods []string) error {
 	if len(mlp) == 0 {
 		return nil
 	}
-	return fmt.Errorf("model_type %s is a mixture of experts: compressing its experts and router (%s) is not supported yet; target self_attn.*", c.ModelType, strings.Join(mlp, ", "))
+	return fmt.Errorf("model_type %s is a mixture of experts: this stage does not compress its experts or router (%s), only self_attn.*; svd, rtn and gptq take expert targets (mlp.experts.*)", c.ModelType, strings.Join(mlp, ", "))
 }
 
 // MatchTargets expands target globs as MatchModules does, and for a mixture
