@@ -211,7 +211,12 @@ func Densify(m *model.Model) (*model.Model, error) {
 	out := model.Densify(m)
 	k := m.Backend
 	for i, b := range out.Blocks {
-		for _, mod := range b.Modules() { // a MoE block's experts are dense; an MLA block has no k/v
+		mods := b.Modules() // an MLA block has no k/v
+		if b.MoE != nil {
+			b.MoE = b.MoE.Clone() // out shares m's experts until here
+			mods = m.Config.TargetModules()
+		}
+		for _, mod := range mods {
 			l := b.Linear(mod)
 			d, err := denseOf(k, *l)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/rankzip/rankzip/model/safetensors"
@@ -19,6 +20,9 @@ import (
 //	quantized  <m>.q U8 [out, in], <m>.scales F32 [groups, out], <m>.zeros I32, <m>.g_idx I32 [in], <m>.bias F32
 //	grouped    <m>.down F32 [latent, in], <m>.up.<j> F32 [out/G, r_j], <m>.bias F32
 //	adapter    <m>.lora_A F32 [r, in], <m>.lora_B F32 [out, r]   (wraps the layer the stage started from)
+//
+// A mixture-of-experts block's expert linears are stored under their target
+// names, mlp.experts.<e>.gate_proj, up_proj and down_proj (diffModules).
 //
 // A diff of factored and dense layers only (the low-rank stages) has metadata
 // {"rankzip": "block"}, the layer types read from the tensor names; any other
@@ -136,7 +140,7 @@ func WriteBlockDiff(path string, base, comp *Block) error {
 	}
 	metas := map[string]layerMeta{}
 	lowRank := md["mla"] == ""
-	for _, mod := range Modules {
+	for _, mod := range diffModules(base) {
 		if md["mla"] != "" && (mod == "self_attn.q_proj" || mod == "self_attn.k_proj" || mod == "self_attn.v_proj") {
 			continue // stored above
 		}
@@ -161,6 +165,30 @@ func WriteBlockDiff(path string, base, comp *Block) error {
 		md["rankzip"], md["layers"] = "layers", string(meta)
 	}
 	return safetensors.WriteFile(path, w.ts, md)
+}
+
+// diffModules are the modules a block diff of b may hold: Modules, then, in
+// a mixture-of-experts block, every expert's linears (its Modules entries
+// for a dense MLP are nil there and never written).
+func diffModules(b *Block) []string {
+	if b.MoE == nil {
+		return Modules
+	}
+	mods := slices.Clone(Modules)
+	for e := range b.MoE.Experts {
+		for j := range 3 {
+			mods = append(mods, ExpertModule(e, j))
+		}
+	}
+	return mods
+}
+
+// withOwnExperts returns a copy of b whose experts can be replaced without
+// changing b's.
+func withOwnExperts(b *Block) Block {
+	c := *b
+	c.MoE = b.MoE.Clone()
+	return c
 }
 
 // blockReader reads the tensors of a block-diff file and counts them, so
@@ -236,9 +264,12 @@ func ReadBlockDiff(path string, base *Block) (*Block, error) {
 // lowRank reads the factored and dense layers of a "block" file, whose
 // layer types the tensor names say.
 func (r *blockReader) lowRank(orig *Block) (*Block, error) {
-	b := *orig
-	for _, mod := range orig.Modules() { // a MoE block has no mlp linears, an MLA block no k/v
+	b := withOwnExperts(orig)
+	for _, mod := range diffModules(orig) {
 		o := *orig.Linear(mod)
+		if o == nil {
+			continue // a MoE block's dense-MLP names, an MLA block's k/v
+		}
 		l, err := r.factoredOrDense(mod, o.Out(), o.In())
 		if err != nil {
 			return nil, err
@@ -298,13 +329,13 @@ func (r *blockReader) layers(base *Block, md map[string]string) (*Block, error) 
 	if json.Unmarshal([]byte(md["layers"]), &metas) != nil {
 		return nil, fmt.Errorf("store: %s is not a layers artifact", r.f.Path())
 	}
-	b := *base
+	b := withOwnExperts(base)
 	if raw, ok := md["mla"]; ok {
 		if err := r.mla(&b, raw); err != nil {
 			return nil, err
 		}
 	}
-	for _, mod := range Modules {
+	for _, mod := range diffModules(base) {
 		meta, ok := metas[mod]
 		if !ok {
 			continue

@@ -84,6 +84,12 @@ func MatchModules(targets []string) (mods, problems []string) {
 // ModuleShape is (out, in) of a block module under config c, as a checkpoint
 // stores it (latent attention's q_proj and o_proj where c has MLA).
 func (c *Config) ModuleShape(module string) (out, in int) {
+	if _, j, ok := ParseExpertModule(module); ok && c.MoE != nil {
+		if j == 2 {
+			return c.HiddenSize, c.MoE.Inter // down_proj
+		}
+		return c.MoE.Inter, c.HiddenSize
+	}
 	out, in, _ = linearShape(c, module)
 	return out, in
 }

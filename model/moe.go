@@ -410,7 +410,8 @@ var attnModules = slices.Clone(Modules[:4])
 // CheckTargets refuses, naming the architecture, block modules that a stage
 // cannot compress in models of config c: the MLP (router and experts) of a
 // mixture-of-experts model, whose attention projections it can. The stages
-// that handle experts (compress/moe.go) check TargetModules instead.
+// that handle experts (svd, rtn, gptq: compress/moe.go) match targets with
+// MatchTargets instead.
 func (c *Config) CheckTargets(mods []string) error {
 	if c.MoE == nil {
 		return nil
@@ -424,5 +425,53 @@ func (c *Config) CheckTargets(mods []string) error {
 	if len(mlp) == 0 {
 		return nil
 	}
-	return fmt.Errorf("model_type %s is a mixture of experts: compressing its experts and router (%s) is not supported yet; target self_attn.*", c.ModelType, strings.Join(mlp, ", "))
+	return fmt.Errorf("model_type %s is a mixture of experts: this stage does not compress its experts or router (%s), only self_attn.*; svd, rtn and gptq take expert targets (mlp.experts.*)", c.ModelType, strings.Join(mlp, ", "))
+}
+
+// MatchTargets expands target globs as MatchModules does, and for a mixture
+// of experts among TargetModules (so "mlp.*" selects every expert's linears
+// and "mlp.experts.*.down_proj" their down projections); no targets select
+// the attention projections there. A glob that selects only the router is
+// refused by name: the router is never compressed.
+func (c *Config) MatchTargets(targets []string) (mods, problems []string) {
+	if c == nil || c.MoE == nil {
+		return MatchModules(targets)
+	}
+	all := c.TargetModules()
+	if len(targets) == 0 {
+		return slices.Clone(attnModules), nil
+	}
+	hit := map[string]bool{}
+	for _, g := range targets {
+		if err := CheckGlob(g); err != nil {
+			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
+			continue
+		}
+		n := 0
+		for _, m := range all {
+			if GlobMatches(g, m) {
+				hit[m] = true
+				n++
+			}
+		}
+		switch {
+		case n > 0:
+		case GlobMatches(g, "mlp.gate") || GlobMatches(g, c.MoE.Prefix+"gate"):
+			problems = append(problems, fmt.Sprintf("target %q names the router (mlp.gate) of model_type %s, which is never compressed (it stays dense): target the experts, mlp.experts.<e>.gate_proj, up_proj or down_proj", g, c.ModelType))
+		default:
+			problems = append(problems, fmt.Sprintf("target %q matches no module of model_type %s (modules: %s, and mlp.experts.<e>.gate_proj, up_proj and down_proj for e in 0..%d; the router mlp.gate stays dense)",
+				g, c.ModelType, strings.Join(attnModules, ", "), c.MoE.Experts-1))
+		}
+	}
+	for _, m := range all {
+		if hit[m] {
+			mods = append(mods, m)
+		}
+	}
+	return mods, problems
+}
+
+// HasExperts tells whether mods names an expert's linear.
+func HasExperts(mods []string) bool {
+	return slices.ContainsFunc(mods, func(m string) bool { _, _, ok := ParseExpertModule(m); return ok })
 }

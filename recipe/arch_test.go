@@ -49,7 +49,14 @@ func TestArchRecipes(t *testing.T) {
 		{"qwen3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type qwen3"},
 		{"gemma3_text", `  - {method: palu, kv_keep: 0.5}`, `{format: palu}`, "Palu's layout exists for llama, mistral and qwen2, not model_type gemma3_text"},
 		{"phi3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "model_type phi3"},
-		{"mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}`, `{format: native}`, "model_type mixtral is a mixture of experts"},
+		{"mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (svd)"},
+		{"mixtral", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (gptq)"},
+		{"mixtral", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type mixtral"},
+		{"mixtral", `  - {method: svd, targets: ["mlp.gate"], keep_params: 0.8}`, `{format: dense}`, `target "mlp.gate" names the router (mlp.gate) of model_type mixtral, which is never compressed`},
+		{"mixtral", `  - {method: svd, targets: ["mlp.down_proj"], keep_params: 0.8}`, `{format: dense}`, `target "mlp.down_proj" matches no module of model_type mixtral`},
+		{"mixtral", `  - {method: svd, targets: ["mlp.experts.*.down_proj"], keep_params: 0.8, rank_search: global}`, `{format: dense}`, "rank_search global is not implemented for expert targets"},
+		{"mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8, rank_search: sensitivity}`, `{format: dense}`, "rank_search sensitivity is not implemented for expert targets"},
+		{"mixtral", `  - {method: lord, targets: ["mlp.*"], keep_params: 0.8}`, `{format: dense}`, "model_type mixtral"},
 		{"mixtral", `  - {method: palu, kv_keep: 0.5}`, `{format: native}`, "not supported for model_type mixtral"},
 	} {
 		_, err := Load(archRecipe(t, tc.typ, tc.stages, tc.export))
@@ -65,6 +72,23 @@ func TestArchRecipes(t *testing.T) {
 		if got := job.Recipe.Stages[0].Targets; !slices.Equal(got, model.Modules[:4]) {
 			t.Errorf("mixtral %s: default targets %v, want the attention", stage, got)
 		}
+	}
+	// svd, rtn and gptq take expert targets, exported dense: mlp.* is every
+	// expert's linears (never the router), and experts search uniformly.
+	job, err := Load(archRecipe(t, "mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}
+  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*"]}`, `{format: dense}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := job.Recipe.Stages[0]; len(s.Targets) != 4*3 || s.Targets[0] != "mlp.experts.0.gate_proj" || s.Targets[11] != "mlp.experts.3.down_proj" || s.RankSearch != "uniform" {
+		t.Errorf("mixtral svd on mlp.*: targets %v, rank_search %q; want the 12 expert linears, uniform", s.Targets, s.RankSearch)
+	}
+	job, err = Load(archRecipe(t, "mixtral", `  - {method: rtn, bits: 8, group_size: 0, targets: ["mlp.experts.*.down_proj"]}`, `{format: dense}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := job.Recipe.Stages[0].Targets; !slices.Equal(got, []string{"mlp.experts.0.down_proj", "mlp.experts.1.down_proj", "mlp.experts.2.down_proj", "mlp.experts.3.down_proj"}) {
+		t.Errorf("mixtral rtn on mlp.experts.*.down_proj: targets %v", got)
 	}
 	for _, typ := range []string{"qwen3", "gemma3_text"} {
 		job, err := Load(archRecipe(t, typ, `  - {method: palu, kv_keep: 0.5}`, `{format: native}`))

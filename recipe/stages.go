@@ -257,22 +257,38 @@ func (v *validator) eora(where string, s *Stage) {
 	}
 }
 
-// targets expands a stage's target globs; ok is false when one is bad.
+// targets expands a stage's target globs; ok is false when one is bad. In
+// a mixture of experts, svd, rtn and gptq take the experts' linears
+// (model.Config.MatchTargets; compress/moe.go), the other stages only the
+// attention projections.
 func (v *validator) targets(where string, s *Stage) ([]string, bool) {
+	c := v.cfg
+	if c != nil && c.MoE != nil && expertMethod(s.Method) {
+		mods, errs := c.MatchTargets(s.Targets)
+		for _, e := range errs {
+			v.add("%s: %s", where, e)
+		}
+		return mods, len(errs) == 0
+	}
 	mods, errs := model.MatchModules(s.Targets)
 	for _, e := range errs {
 		v.add("%s: %s", where, e)
 	}
-	if c := v.cfg; c != nil && c.MoE != nil && len(s.Targets) == 0 {
+	if c != nil && c.MoE != nil && len(s.Targets) == 0 {
 		mods = slices.DeleteFunc(mods, func(m string) bool { return c.CheckTargets([]string{m}) != nil }) // default: the attention
 	}
-	if c := v.cfg; c != nil && len(errs) == 0 {
+	if c != nil && len(errs) == 0 {
 		if err := c.CheckTargets(mods); err != nil {
 			v.add("%s: %v", where, err)
 			return nil, false
 		}
 	}
 	return mods, len(errs) == 0
+}
+
+// expertMethod tells whether a stage of method m can compress experts.
+func expertMethod(m Method) bool {
+	return m == MethodSVD || m == MethodRTN || m == MethodGPTQ
 }
 
 // changedBefore returns the index of a stage before i that changes module,
@@ -379,6 +395,12 @@ func (v *validator) exportFits() {
 	case "native":
 		// Holds factored, Palu and quantized layers; eora's corrections go
 		// to a PEFT adapter beside it.
+		for i, s := range v.r.Stages {
+			if expertMethod(s.Method) && model.HasExperts(s.Targets) {
+				v.add("export.format native cannot hold the compressed experts of stages[%d] (%s): a native checkpoint of compressed experts is not implemented (a mixture of experts is saved in its Hub layout, dense experts only); use export.format dense (rankzip compress --export dense)", i, s.Method)
+				break
+			}
+		}
 	case "dense":
 		if paluAt >= 0 && v.r.Stages[paluAt].LatentBits != 0 {
 			v.add("export.format dense cannot express the quantized latent cache of stages[%d] (palu, latent_bits %d): use native", paluAt, v.r.Stages[paluAt].LatentBits)

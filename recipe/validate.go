@@ -463,6 +463,17 @@ func (v *validator) lowRank(where string, s *Stage) {
 	case !(s.KeepParams > 0 && s.KeepParams <= 1):
 		v.add("%s: keep_params %v must be in (0, 1]", where, s.KeepParams)
 	}
+	if s.Rank == 0 && ok && model.HasExperts(mods) {
+		// Experts are calibrated one by one on their routed tokens; the
+		// global, sensitivity and local searches calibrate by site
+		// (compress/moe.go).
+		if s.RankSearch == "" {
+			s.RankSearch = "uniform"
+		}
+		if s.RankSearch != "uniform" {
+			v.add("%s: rank_search %s is not implemented for expert targets (mlp.experts.*): use rank_search uniform or a fixed rank", where, s.RankSearch)
+		}
+	}
 	if s.Rank == 0 {
 		if s.RankSearch == "" {
 			s.RankSearch = model.DefaultLowRankSearch // the same default as compress.Options

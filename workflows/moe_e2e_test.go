@@ -1,0 +1,172 @@
+package workflows_test
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/kernels"
+	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/safetensors"
+	"github.com/rankzip/rankzip/recipe"
+)
+
+// moeJob saves a tiny random Qwen3-MoE (2 blocks, 4 experts top-2, the
+// stories260K vocabulary so that its calibration set applies) whose block 0
+// router scores every expert equally, so the stable top-2 routes every token
+// to experts 0 and 1 and experts 2 and 3 of block 0 get none; it writes a
+// recipe with the given stages and export and loads it.
+func moeJob(t *testing.T, dir, stages, export string) *recipe.Job {
+	t.Helper()
+	fx := needFixtures(t)
+	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "qwen3_moe", Hidden: 64, Intermediate: 48, Layers: 2, Heads: 4, KVHeads: 2,
+		HeadDim: 32, Vocab: 512, MaxPositions: 256, Experts: 4, TopK: 2}, 3, kernels.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := m.Blocks[0]
+	b.MoE = b.MoE.Clone()
+	r := b.MoE.Router
+	b.MoE.Router = model.NewDense(r.Out(), r.In(), make([]float32, len(r.Weight)), nil)
+	if err := model.Save(m, filepath.Join(dir, "model"), safetensors.F32); err != nil {
+		t.Fatal(err)
+	}
+	text := fmt.Sprintf(`
+model: model
+calibration: {data: %s, sequences: 16, seq_len: 64}
+evaluation: {data: %s, sequences: 4}
+output: out
+stages:
+%s
+export: %s
+`, filepath.Join(fx, "samples/calib.parquet"), filepath.Join(fx, "samples/eval.parquet"), stages, export)
+	p := filepath.Join(dir, "recipe.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err := recipe.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// Whitened SVD of every expert's down projection (uniform ranks, 80% of
+// their parameters kept) through the workflow, exported dense: the
+// checkpoint loads in the Hub layout and its logits equal the in-process
+// compress.Run result's; block 0's experts 2 and 3, which no calibration
+// token reaches, are reported unrouted and left dense.
+func TestEndToEndMoEExperts(t *testing.T) {
+	dir := t.TempDir()
+	j := moeJob(t, dir, `  - {method: svd, variant: whiten, targets: ["mlp.experts.*.down_proj"], keep_params: 0.8, rank_search: uniform}`, `{format: dense}`)
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, comp, _ := direct(t, j)
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
+	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}, {3, 3, 150, 42, 8, 511, 60, 7}}
+	got, err := back.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := comp.Forward(seqs)
+	base, _ := orig.Forward(seqs)
+	// Tolerance: the dense export multiplies the factors back in float32.
+	if e := relErr32(got, want); !(e < 1e-5) {
+		t.Errorf("exported logits differ from compress.Run's by %.2e relative (tolerance 1e-5)", e)
+	}
+	t.Logf("exported vs compress.Run logits: %.2e relative; compressed vs original: %.2e", relErr32(got, want), relErr32(want, base))
+	if e := relErr32(want, base); !(e > 1e-4) {
+		t.Errorf("compressed logits differ from the original's by only %.2e: nothing was compressed", e)
+	}
+	var factored, unrouted []string
+	for _, l := range res.Layers {
+		if !strings.Contains(l.Name, ".mlp.experts.") || !strings.HasSuffix(l.Name, ".down_proj") {
+			t.Errorf("layer %s reported: want only the experts' down projections", l.Name)
+		}
+		switch {
+		case l.Unrouted && l.Dense:
+			unrouted = append(unrouted, l.Name)
+		case !l.Dense && l.Rank > 0:
+			factored = append(factored, l.Name)
+		}
+	}
+	wantUnrouted := "model.layers.0.mlp.experts.2.down_proj model.layers.0.mlp.experts.3.down_proj"
+	if strings.Join(unrouted, " ") != wantUnrouted || len(factored) != 6 {
+		t.Errorf("unrouted %v (want %s), %d factored (want 6)", unrouted, wantUnrouted, len(factored))
+	}
+	checkQuality(t, j, res, orig, comp)
+}
+
+// GPTQ of every expert's gate projection after the SVD of their down
+// projections, through the stage activities (block diffs of quantized
+// experts), exported dense: the dequantized checkpoint's logits equal the
+// in-process result's, and block 0's unrouted experts stay dense.
+func TestEndToEndMoEExpertsGPTQ(t *testing.T) {
+	dir := t.TempDir()
+	j := moeJob(t, dir, `
+  - {method: svd, targets: ["mlp.experts.*.down_proj"], keep_params: 0.8}
+  - {method: gptq, bits: 4, group_size: 32, targets: ["mlp.experts.*.gate_proj"]}`, `{format: dense}`)
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, comp, _ := direct(t, j)
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
+	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
+	got, err := back.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := comp.Forward(seqs)
+	t.Logf("exported vs in-process logits: %.2e relative", relErr32(got, want))
+	if e := relErr32(got, want); !(e < 1e-5) {
+		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
+	}
+	var quantized, unrouted int
+	for _, b := range res.Stages[1] {
+		for _, l := range b.Quant {
+			if l.Unrouted {
+				unrouted++
+			} else if strings.HasSuffix(l.Name, ".gate_proj") {
+				quantized++
+			}
+		}
+	}
+	if quantized != 6 || unrouted != 2 {
+		t.Errorf("%d quantized and %d unrouted gate projections reported, want 6 and 2", quantized, unrouted)
+	}
+	for i, b := range comp.Blocks {
+		for e, x := range b.MoE.Experts {
+			_, q := x.Gate.(*model.Quantized)
+			if q != (i > 0 || e < 2) {
+				t.Errorf("in-process block %d expert %d gate_proj is %T", i, e, x.Gate)
+			}
+		}
+	}
+}
+
+// relErr32 is ‖a−b‖/‖b‖ over every logit, in float64.
+func relErr32(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for k := range b {
+		d := float64(a[k]) - float64(b[k])
+		num += d * d
+		den += float64(b[k]) * float64(b[k])
+	}
+	return math.Sqrt(num / den)
+}
