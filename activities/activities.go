@@ -87,6 +87,7 @@ type Activities struct {
 	textMu sync.Mutex // one tokenization of text data at a time
 }
 
+// cachedModel is a model's top tensors, without its blocks.
 type cachedModel struct {
 	dir, digest string
 	m           *model.Model
@@ -204,21 +205,73 @@ func ModelDigest(job recipe.Job) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// model returns the job's original model, loading it once per worker.
+// model returns the job's whole original model, read for the caller alone:
+// the stages that need every block at once (rank search, planning, export,
+// evaluation) hold it for their duration, and nothing keeps it afterwards.
 func (a *Activities) model(job recipe.Job) (*model.Model, error) {
-	dir, digest := job.Recipe.Model, ModelDigest(job)
-	// The files are checked on every use, also when the model is cached: a
+	return a.modelBlocks(job, func(int) bool { return true })
+}
+
+// blockModel returns the job's original model with only block i read: its
+// other blocks are nil. The block activities hold one block's weights
+// whatever the model's depth.
+func (a *Activities) blockModel(job recipe.Job, i int) (*model.Model, error) {
+	m, err := a.modelBlocks(job, func(l int) bool { return l == i })
+	if err == nil && (i < 0 || i >= len(m.Blocks)) {
+		return nil, badInput(fmt.Errorf("block %d of a model with %d blocks", i, len(m.Blocks)))
+	}
+	return m, err
+}
+
+// topModel returns the job's original model with no block read (all nil):
+// the embeddings, final norm and LM head.
+func (a *Activities) topModel(job recipe.Job) (*model.Model, error) {
+	return a.modelBlocks(job, func(int) bool { return false })
+}
+
+// modelBlocks returns the original model with the blocks read that want
+// asks for, the others nil. The embeddings, final norm and LM head are read
+// once per worker; the blocks on every call, from the checkpoint's mapped
+// files.
+func (a *Activities) modelBlocks(job recipe.Job, want func(l int) bool) (*model.Model, error) {
+	// The files are checked on every use, also when the top is cached: a
 	// job whose inputs disappeared or changed fails at its next step.
 	if err := checkInputs(job.Model); err != nil {
 		return nil, err
 	}
+	r, err := model.Open(job.Recipe.Model)
+	if err != nil {
+		return nil, inputError(fmt.Errorf("load model: %w", err))
+	}
+	defer r.Close()
+	top, err := a.top(job, r)
+	if err != nil {
+		return nil, err
+	}
+	m := *top
+	m.Blocks = make([]*model.Block, r.Config.NumLayers)
+	for l := range m.Blocks {
+		if !want(l) {
+			continue
+		}
+		if m.Blocks[l], err = r.Block(l); err != nil {
+			return nil, inputError(fmt.Errorf("load model: %w", err))
+		}
+	}
+	return &m, nil
+}
+
+// top returns the job's model without blocks (embeddings, norm, head),
+// read through r once per worker.
+func (a *Activities) top(job recipe.Job, r *model.Reader) (*model.Model, error) {
+	dir, digest := job.Recipe.Model, ModelDigest(job)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if c := a.cached; c != nil && c.dir == dir && c.digest == digest {
 		return c.m, nil
 	}
 	a.cached = nil
-	m, err := model.Load(dir, a.backend())
+	m, err := r.Model(a.backend())
 	if err != nil {
 		return nil, inputError(fmt.Errorf("load model: %w", err))
 	}

@@ -530,3 +530,29 @@ func TestHeartbeatStopsWhenWorkStalls(t *testing.T) {
 		t.Errorf("%d beats once the work moved again, want the ticker to resume", n)
 	}
 }
+
+// A block activity reads only its own block: the others stay unread, and an
+// index outside the model is bad input naming the model's depth.
+func TestBlockModelReadsOneBlock(t *testing.T) {
+	job, acts := fixture(t)
+	m, err := acts.blockModel(job, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Blocks) < 2 || m.Embed == nil || m.LMHead == nil {
+		t.Fatalf("block model with %d blocks, embeddings %v, head %v", len(m.Blocks), m.Embed != nil, m.LMHead != nil)
+	}
+	for l, b := range m.Blocks {
+		if (b != nil) != (l == 1) {
+			t.Errorf("block %d read: %v, want only block 1", l, b != nil)
+		}
+	}
+	for _, i := range []int{-1, len(m.Blocks)} {
+		_, _, err := exec[BlockOutput](t, acts, nil, acts.Block, BlockInput{Job: job, Index: i})
+		var ae *temporal.ApplicationError
+		want := fmt.Sprintf("block %d of a model with %d blocks", i, len(m.Blocks))
+		if !errors.As(err, &ae) || ae.Type() != BadInput || !strings.Contains(err.Error(), want) {
+			t.Errorf("block %d: error %v, want BadInput %q", i, err, want)
+		}
+	}
+}

@@ -150,7 +150,7 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 // inspectStreams embeds the calibration sequences for a job whose first
 // stage is not low-rank.
 func (a *Activities) inspectStreams(ctx context.Context, job recipe.Job, key string, out *InspectOutput) error {
-	m, err := a.model(job)
+	m, err := a.topModel(job)
 	if err != nil {
 		return err
 	}

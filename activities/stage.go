@@ -235,12 +235,9 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 	set, stop := a.heartbeat(ctx, p, a.stallAfter())
 	defer stop()
 	err := a.guard(func() error {
-		m, err := a.model(job)
+		m, err := a.blockModel(job, in.Index)
 		if err != nil {
 			return err
-		}
-		if in.Index < 0 || in.Index >= len(m.Blocks) {
-			return badInput(fmt.Errorf("block %d of a model with %d blocks", in.Index, len(m.Blocks)))
 		}
 		var plan StagePlan
 		if err := a.Store.GetJSON(in.Plan, &plan); err != nil {
