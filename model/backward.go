@@ -762,34 +762,12 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	if err := n.m.CheckTokens(seqs); err != nil {
 		return 0, 0, err
 	}
-	starts := []int{0}
-	var pos []int
-	tokens := 0
-	for _, s := range seqs {
-		starts = append(starts, starts[len(starts)-1]+len(s))
-		for p := range s {
-			pos = append(pos, p)
-		}
-		tokens += max(0, len(s)-1)
-	}
+	starts, pos, tokens := layout(seqs)
 	if tokens == 0 {
 		return 0, 0, fmt.Errorf("%w: no sequence has two tokens, so there is nothing to predict", ErrBackward)
 	}
 	rows, dim := len(pos), c.HiddenSize
-	h := make([]T, rows*dim)
-	r := 0
-	for _, s := range seqs {
-		for _, id := range s {
-			copy(h[r*dim:(r+1)*dim], n.embed[int(id)*dim:(int(id)+1)*dim])
-			r++
-		}
-	}
-	if c.Gemma != nil {
-		scale := T(float32(math.Sqrt(float64(dim)))) // as Forward, in float32
-		for i := range h {
-			h[i] *= scale
-		}
-	}
+	h := n.embedRows(seqs, rows)
 	rot := newRotary(c.InvFreq(), pos)
 	local := rot
 	if c.Gemma != nil {
@@ -806,10 +784,66 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 		h, acts[i] = n.blockForward(b, h, starts, rotOf(b))
 	}
 
-	// Targets: row r predicts the token of row r+1 of its sequence; -1 for
-	// the last row of each sequence.
+	xf, inv := make([]T, rows*dim), make([]T, rows)
+	normForward(xf, h, n.norm.w, inv, rows, dim, c.RMSNormEps)
+	var dxf []T
+	if grads {
+		dxf = make([]T, rows*dim)
+	}
+	loss := n.headLoss(xf, dxf, targets(seqs, rows), tokens)
+	if !grads {
+		return loss, tokens, nil
+	}
+	dh := make([]T, rows*dim)
+	normBackward(dh, dxf, h, n.norm.w, inv, n.norm.g, rows, dim)
+	for i := len(n.blocks) - 1; i >= 0; i-- {
+		dh = n.blockBackward(n.blocks[i], acts[i], dh, starts, rotOf(n.blocks[i]))
+		acts[i] = nil // free as we go
+	}
+	return loss, tokens, nil
+}
+
+// layout returns where each sequence starts in the stacked rows (and the
+// total at the end), every row's position in its sequence, and how many
+// tokens are predicted (each sequence's length less one).
+func layout(seqs [][]int32) (starts, pos []int, tokens int) {
+	starts = []int{0}
+	for _, s := range seqs {
+		starts = append(starts, starts[len(starts)-1]+len(s))
+		for p := range s {
+			pos = append(pos, p)
+		}
+		tokens += max(0, len(s)-1)
+	}
+	return starts, pos, tokens
+}
+
+// embedRows stacks the embeddings of every token of seqs (scaled by
+// √hidden for Gemma, in float32 as Forward does).
+func (n *net[T]) embedRows(seqs [][]int32, rows int) []T {
+	dim := n.c.HiddenSize
+	h := make([]T, rows*dim)
+	r := 0
+	for _, s := range seqs {
+		for _, id := range s {
+			copy(h[r*dim:(r+1)*dim], n.embed[int(id)*dim:(int(id)+1)*dim])
+			r++
+		}
+	}
+	if n.c.Gemma != nil {
+		scale := T(float32(math.Sqrt(float64(dim))))
+		for i := range h {
+			h[i] *= scale
+		}
+	}
+	return h
+}
+
+// targets returns the token each row predicts: the next one of its
+// sequence, -1 for the last row of each sequence.
+func targets(seqs [][]int32, rows int) []int32 {
 	target := make([]int32, rows)
-	r = 0
+	r := 0
 	for _, s := range seqs {
 		for t := range s {
 			target[r] = -1
@@ -819,17 +853,19 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 			r++
 		}
 	}
-	xf, inv := make([]T, rows*dim), make([]T, rows)
-	normForward(xf, h, n.norm.w, inv, rows, dim, c.RMSNormEps)
-	var dxf []T
-	if grads {
-		dxf = make([]T, rows*dim)
-	}
-	vocab := n.head.out
+	return target
+}
+
+// headLoss runs the LM head on the normed rows xf, headChunk rows at a
+// time, and returns the mean cross-entropy over the tokens predicted. With
+// dxf non-nil it also back-propagates the loss into dxf.
+func (n *net[T]) headLoss(xf, dxf []T, target []int32, tokens int) float64 {
+	dim, vocab := n.c.HiddenSize, n.head.out
+	rows := len(target)
 	rowLoss := make([]float64, rows)
-	cap := 0.0
-	if c.Gemma != nil {
-		cap = c.Gemma.FinalSoftcap
+	softcap := 0.0
+	if n.c.Gemma != nil {
+		softcap = n.c.Gemma.FinalSoftcap
 	}
 	logits := make([]T, min(rows, headChunk)*vocab)
 	for lo := 0; lo < rows; lo += headChunk {
@@ -844,39 +880,10 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 					clear(row) // predicts nothing: no gradient
 					continue
 				}
-				if cap > 0 { // Gemma: logits = cap·tanh(logits/cap)
-					for j, x := range row {
-						row[j] = T(cap * math.Tanh(float64(x)/cap))
-					}
-				}
-				mx := math.Inf(-1)
-				for _, x := range row {
-					mx = max(mx, float64(x))
-				}
-				var sum float64
-				for _, x := range row {
-					sum += math.Exp(float64(x) - mx)
-				}
-				lse := mx + math.Log(sum)
-				rowLoss[lo+i] = lse - float64(row[t])
-				if !grads {
-					continue
-				}
-				// dL/dlogits = (softmax − onehot) / tokens.
-				for j, x := range row {
-					g := math.Exp(float64(x)-lse) / float64(tokens)
-					if j == int(t) {
-						g -= 1 / float64(tokens)
-					}
-					if cap > 0 { // through the soft cap: 1 − tanh²
-						y := float64(x) / cap
-						g *= 1 - y*y
-					}
-					row[j] = T(g)
-				}
+				rowLoss[lo+i] = crossEntropy(row, int(t), softcap, tokens, dxf != nil)
 			}
 		})
-		if grads {
+		if dxf != nil {
 			n.head.backward(n.kb, lg, xf[lo*dim:hi*dim], dxf[lo*dim:hi*dim], hi-lo, false)
 		}
 	}
@@ -884,17 +891,43 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	for _, l := range rowLoss {
 		loss += l
 	}
-	loss /= float64(tokens)
+	return loss / float64(tokens)
+}
+
+// crossEntropy returns the loss of one row of logits predicting token t
+// (after Gemma's soft cap when softcap > 0). With grads it overwrites the
+// row with dL/dlogits = (softmax − onehot) / tokens, through the cap.
+func crossEntropy[T float32 | float64](row []T, t int, softcap float64, tokens int, grads bool) float64 {
+	if softcap > 0 { // Gemma: logits = cap·tanh(logits/cap)
+		for j, x := range row {
+			row[j] = T(softcap * math.Tanh(float64(x)/softcap))
+		}
+	}
+	mx := math.Inf(-1)
+	for _, x := range row {
+		mx = max(mx, float64(x))
+	}
+	var sum float64
+	for _, x := range row {
+		sum += math.Exp(float64(x) - mx)
+	}
+	lse := mx + math.Log(sum)
+	loss := lse - float64(row[t])
 	if !grads {
-		return loss, tokens, nil
+		return loss
 	}
-	dh := make([]T, rows*dim)
-	normBackward(dh, dxf, h, n.norm.w, inv, n.norm.g, rows, dim)
-	for i := len(n.blocks) - 1; i >= 0; i-- {
-		dh = n.blockBackward(n.blocks[i], acts[i], dh, starts, rotOf(n.blocks[i]))
-		acts[i] = nil // free as we go
+	for j, x := range row {
+		g := math.Exp(float64(x)-lse) / float64(tokens)
+		if j == t {
+			g -= 1 / float64(tokens)
+		}
+		if softcap > 0 { // through the soft cap: 1 − tanh²
+			y := float64(x) / softcap
+			g *= 1 - y*y
+		}
+		row[j] = T(g)
 	}
-	return loss, tokens, nil
+	return loss
 }
 
 // normVec is a norm weight in T: w, or 1 + w for Gemma's (1+w) RMSNorm,
