@@ -155,129 +155,173 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, ok := cfg.Raw[QuantizationConfigKey]
-	if !ok {
-		return nil, fmt.Errorf("load gptq: %s/config.json has no %s", dir, QuantizationConfigKey)
-	}
-	var qc QuantizeConfig
-	if err := json.Unmarshal(raw, &qc); err != nil {
-		return nil, fmt.Errorf("load gptq: %s/config.json %s: %w", dir, QuantizationConfigKey, err)
-	}
-	if err := qc.Validate(); err != nil {
-		return nil, fmt.Errorf("load gptq: %s: %w", dir, err)
-	}
-	if err := cfg.Unsupported(model.FeatureGPTQ); err != nil {
-		return nil, fmt.Errorf("load gptq: %s: %w", dir, err)
+	qc, err := quantizeConfig(dir, cfg)
+	if err != nil {
+		return nil, err
 	}
 	ck, err := safetensors.OpenDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer ck.Close()
-	used := map[string]bool{}
-	get := func(name string, shape ...int) ([]float32, error) {
-		info, ok := ck.Info(name)
-		if !ok {
-			return nil, fmt.Errorf("load gptq: %s: missing tensor %q", dir, name)
-		}
-		if len(shape) > 0 && !equalShape(info.Shape, shape) {
-			return nil, fmt.Errorf("load gptq: %s: tensor %q has shape %v, want %v", dir, name, info.Shape, shape)
-		}
-		v, err := ck.Float32(name)
-		if err != nil {
-			return nil, err
-		}
-		for i, x := range v {
-			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-				return nil, fmt.Errorf("load gptq: %s: tensor %q holds %v at flat index %d", dir, name, x, i)
-			}
-		}
-		used[name] = true
-		return v, nil
-	}
-	optional := func(name string, n int) ([]float32, error) {
-		if _, ok := ck.Info(name); !ok {
-			return nil, nil
-		}
-		return get(name, n)
-	}
+	r := &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}
 	h, vocab := cfg.HiddenSize, cfg.VocabSize
 	m := &model.Model{Config: cfg, Backend: k}
-	if m.Embed, err = get("model.embed_tokens.weight", vocab, h); err != nil {
+	if m.Embed, err = r.get("model.embed_tokens.weight", vocab, h); err != nil {
 		return nil, err
 	}
-	if m.Norm, err = get("model.norm.weight", h); err != nil {
+	if m.Norm, err = r.get("model.norm.weight", h); err != nil {
 		return nil, err
 	}
 	if cfg.TieWordEmbeddings {
 		m.LMHead = model.NewDense(vocab, h, m.Embed, nil)
-		used["lm_head.weight"] = true
+		r.used["lm_head.weight"] = true
 	} else {
-		head, err := get("lm_head.weight", vocab, h)
+		head, err := r.get("lm_head.weight", vocab, h)
 		if err != nil {
 			return nil, err
 		}
 		m.LMHead = model.NewDense(vocab, h, head, nil)
 	}
 	for l := range cfg.NumLayers {
-		p := model.LayerPrefix(l)
-		b := &model.Block{}
-		if b.AttnNorm, err = get(p+"input_layernorm.weight", h); err != nil {
+		b, err := r.block(cfg, l)
+		if err != nil {
 			return nil, err
-		}
-		if b.MLPNorm, err = get(p+"post_attention_layernorm.weight", h); err != nil {
-			return nil, err
-		}
-		for _, mod := range model.Modules {
-			name := p + mod
-			var lin model.Linear
-			if _, ok := ck.Info(name + QWeightSuffix); ok {
-				pk, err := Read(ck, name, qc.Bits)
-				if err != nil {
-					return nil, err
-				}
-				ly, err := Unpack(pk)
-				if err != nil {
-					return nil, fmt.Errorf("load gptq: %s: %w", name, err)
-				}
-				for _, s := range []string{QWeightSuffix, QZerosSuffix, ScalesSuffix, GIdxSuffix} {
-					used[name+s] = true
-				}
-				bias, err := optional(name+".bias", ly.Out)
-				if err != nil {
-					return nil, err
-				}
-				if lin, err = model.NewQuantized(ly.Out, ly.In, ly.Bits, ly.Q, ly.Scales, ly.Zeros, ly.GIdx, bias); err != nil {
-					return nil, fmt.Errorf("load gptq: %s: %w", name, err)
-				}
-			} else {
-				info, ok := ck.Info(name + ".weight")
-				if !ok || len(info.Shape) != 2 {
-					return nil, fmt.Errorf("load gptq: %s: %s has neither qweight nor a weight matrix", dir, name)
-				}
-				w, err := get(name+".weight", info.Shape...)
-				if err != nil {
-					return nil, err
-				}
-				bias, err := optional(name+".bias", info.Shape[0])
-				if err != nil {
-					return nil, err
-				}
-				lin = model.NewDense(info.Shape[0], info.Shape[1], w, bias)
-			}
-			if out, in := cfg.ModuleShape(mod); lin.Out() != out || lin.In() != in {
-				return nil, fmt.Errorf("load gptq: %s: %s is %d×%d, config.json implies %d×%d", dir, name, lin.Out(), lin.In(), out, in)
-			}
-			*b.Linear(mod) = lin
 		}
 		m.Blocks = append(m.Blocks, b)
 	}
 	for _, name := range ck.Names() {
-		if !used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
+		if !r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
 			return nil, fmt.Errorf("load gptq: %s: unexpected tensor %q", dir, name)
 		}
 	}
 	return m, nil
+}
+
+// quantizeConfig reads and checks config.json's quantization_config, and
+// that the architecture has the GPTQ layout.
+func quantizeConfig(dir string, cfg *model.Config) (QuantizeConfig, error) {
+	var qc QuantizeConfig
+	raw, ok := cfg.Raw[QuantizationConfigKey]
+	if !ok {
+		return qc, fmt.Errorf("load gptq: %s/config.json has no %s", dir, QuantizationConfigKey)
+	}
+	if err := json.Unmarshal(raw, &qc); err != nil {
+		return qc, fmt.Errorf("load gptq: %s/config.json %s: %w", dir, QuantizationConfigKey, err)
+	}
+	if err := qc.Validate(); err != nil {
+		return qc, fmt.Errorf("load gptq: %s: %w", dir, err)
+	}
+	if err := cfg.Unsupported(model.FeatureGPTQ); err != nil {
+		return qc, fmt.Errorf("load gptq: %s: %w", dir, err)
+	}
+	return qc, nil
+}
+
+// reader reads the tensors of a GPTQ checkpoint and records which it used,
+// so that Load can refuse a tensor nothing claims.
+type reader struct {
+	ck   *safetensors.Checkpoint
+	dir  string
+	bits int
+	used map[string]bool
+}
+
+// get reads a float tensor, checking its shape (when given) and that every
+// value is finite.
+func (r *reader) get(name string, shape ...int) ([]float32, error) {
+	info, ok := r.ck.Info(name)
+	if !ok {
+		return nil, fmt.Errorf("load gptq: %s: missing tensor %q", r.dir, name)
+	}
+	if len(shape) > 0 && !equalShape(info.Shape, shape) {
+		return nil, fmt.Errorf("load gptq: %s: tensor %q has shape %v, want %v", r.dir, name, info.Shape, shape)
+	}
+	v, err := r.ck.Float32(name)
+	if err != nil {
+		return nil, err
+	}
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return nil, fmt.Errorf("load gptq: %s: tensor %q holds %v at flat index %d", r.dir, name, x, i)
+		}
+	}
+	r.used[name] = true
+	return v, nil
+}
+
+// optional reads a tensor of n values, nil when it is absent.
+func (r *reader) optional(name string, n int) ([]float32, error) {
+	if _, ok := r.ck.Info(name); !ok {
+		return nil, nil
+	}
+	return r.get(name, n)
+}
+
+// block reads block l: its two norms and every linear.
+func (r *reader) block(cfg *model.Config, l int) (*model.Block, error) {
+	h := cfg.HiddenSize
+	p := model.LayerPrefix(l)
+	b := &model.Block{}
+	var err error
+	if b.AttnNorm, err = r.get(p+"input_layernorm.weight", h); err != nil {
+		return nil, err
+	}
+	if b.MLPNorm, err = r.get(p+"post_attention_layernorm.weight", h); err != nil {
+		return nil, err
+	}
+	for _, mod := range model.Modules {
+		name := p + mod
+		lin, err := r.linear(name)
+		if err != nil {
+			return nil, err
+		}
+		if out, in := cfg.ModuleShape(mod); lin.Out() != out || lin.In() != in {
+			return nil, fmt.Errorf("load gptq: %s: %s is %d×%d, config.json implies %d×%d", r.dir, name, lin.Out(), lin.In(), out, in)
+		}
+		*b.Linear(mod) = lin
+	}
+	return b, nil
+}
+
+// linear reads layer name: packed 4/8-bit (qweight, qzeros, scales, g_idx)
+// or a dense weight, each with an optional bias.
+func (r *reader) linear(name string) (model.Linear, error) {
+	if _, ok := r.ck.Info(name + QWeightSuffix); !ok {
+		info, ok := r.ck.Info(name + ".weight")
+		if !ok || len(info.Shape) != 2 {
+			return nil, fmt.Errorf("load gptq: %s: %s has neither qweight nor a weight matrix", r.dir, name)
+		}
+		w, err := r.get(name+".weight", info.Shape...)
+		if err != nil {
+			return nil, err
+		}
+		bias, err := r.optional(name+".bias", info.Shape[0])
+		if err != nil {
+			return nil, err
+		}
+		return model.NewDense(info.Shape[0], info.Shape[1], w, bias), nil
+	}
+	pk, err := Read(r.ck, name, r.bits)
+	if err != nil {
+		return nil, err
+	}
+	ly, err := Unpack(pk)
+	if err != nil {
+		return nil, fmt.Errorf("load gptq: %s: %w", name, err)
+	}
+	for _, s := range []string{QWeightSuffix, QZerosSuffix, ScalesSuffix, GIdxSuffix} {
+		r.used[name+s] = true
+	}
+	bias, err := r.optional(name+".bias", ly.Out)
+	if err != nil {
+		return nil, err
+	}
+	lin, err := model.NewQuantized(ly.Out, ly.In, ly.Bits, ly.Q, ly.Scales, ly.Zeros, ly.GIdx, bias)
+	if err != nil {
+		return nil, fmt.Errorf("load gptq: %s: %w", name, err)
+	}
+	return lin, nil
 }
 
 func equalShape(a, b []int) bool {
