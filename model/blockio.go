@@ -174,13 +174,7 @@ func diffModules(b *Block) []string {
 	if b.MoE == nil {
 		return Modules
 	}
-	mods := slices.Clone(Modules)
-	for e := range b.MoE.Experts {
-		for j := range 3 {
-			mods = append(mods, ExpertModule(e, j))
-		}
-	}
-	return mods
+	return appendExperts(slices.Clone(Modules), len(b.MoE.Experts))
 }
 
 // withOwnExperts returns a copy of b whose experts can be replaced without

@@ -350,8 +350,13 @@ func (c *Config) TargetModules() []string {
 	if c.MoE == nil {
 		return Modules
 	}
-	mods := slices.Clone(attnModules)
-	for e := range c.MoE.Experts {
+	return appendExperts(slices.Clone(attnModules), c.MoE.Experts)
+}
+
+// appendExperts appends the three linears of each of n experts, expert by
+// expert, to mods.
+func appendExperts(mods []string, n int) []string {
+	for e := range n {
 		for j := range 3 {
 			mods = append(mods, ExpertModule(e, j))
 		}
