@@ -32,33 +32,14 @@ func targetModules(c *model.Config, targets []string) ([]string, error) {
 	if c.MoE == nil {
 		return modulesOf(targets)
 	}
-	all := c.TargetModules()
 	if len(targets) == 0 {
-		return slices.Clone(all), nil
+		return slices.Clone(c.TargetModules()), nil // attention and every expert
 	}
-	hit := map[string]bool{}
-	var problems []string
-	for _, g := range targets {
-		if err := model.CheckGlob(g); err != nil {
-			problems = append(problems, fmt.Sprintf("target %q is not a valid glob: %v", g, err))
-			continue
-		}
-		n := 0
-		for _, m := range all {
-			if model.GlobMatches(g, m) {
-				hit[m] = true
-				n++
-			}
-		}
-		if n == 0 {
-			problems = append(problems, fmt.Sprintf("target %q matches no module of model_type %s (modules: %s, and mlp.experts.<e>.gate_proj, up_proj and down_proj for e in 0..%d; the router mlp.gate stays dense)",
-				g, c.ModelType, strings.Join(all[:4], ", "), c.MoE.Experts-1))
-		}
-	}
+	mods, problems := c.MatchTargets(targets)
 	if len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "; "))
 	}
-	return slices.DeleteFunc(slices.Clone(all), func(m string) bool { return !hit[m] }), nil
+	return mods, nil
 }
 
 // isExpert tells whether a target module is an expert's linear.

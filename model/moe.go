@@ -462,7 +462,7 @@ func (c *Config) MatchTargets(targets []string) (mods, problems []string) {
 		switch {
 		case n > 0:
 		case GlobMatches(g, "mlp.gate") || GlobMatches(g, c.MoE.Prefix+"gate"):
-			problems = append(problems, fmt.Sprintf("target %q names the router (mlp.gate) of model_type %s, which is never compressed (it stays dense): target the experts, mlp.experts.<e>.gate_proj, up_proj or down_proj", g, c.ModelType))
+			problems = append(problems, fmt.Sprintf("target %q names the router (mlp.gate) of model_type %s, which is never compressed (the router mlp.gate stays dense): target the experts, mlp.experts.<e>.gate_proj, up_proj or down_proj", g, c.ModelType))
 		default:
 			problems = append(problems, fmt.Sprintf("target %q matches no module of model_type %s (modules: %s, and mlp.experts.<e>.gate_proj, up_proj and down_proj for e in 0..%d; the router mlp.gate stays dense)",
 				g, c.ModelType, strings.Join(attnModules, ", "), c.MoE.Experts-1))
