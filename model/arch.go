@@ -18,6 +18,8 @@ import (
 //     sliding and global layers with their own RoPE, q/k norms, norms after
 //     attention and around the MLP, query_pre_attn_scalar, logit
 //     soft-capping.
+//   - gemma2.go: Gemma 3 without q/k norms, with one RoPE and attention
+//     soft-capping.
 //
 // This file holds what they share: the table of config defaults and
 // parsers, the norms of a block by tensor name, and the refusals of the
@@ -46,6 +48,7 @@ var archs = map[string]arch{
 	"qwen3":       {eps: 1e-6, headDim: 128, parse: (*parser).qwen3},
 	"phi3":        {eps: 1e-5, parse: (*parser).phi3},
 	"gemma3_text": {ropeTheta: 1e6, eps: 1e-6, tied: true, headDim: 256, parse: (*parser).gemma3, rope: (*parser).gemma3Rope},
+	"gemma2":      {eps: 1e-6, tied: true, headDim: 256, parse: (*parser).gemma2, rope: (*parser).gemma2Rope},
 	"mixtral":     {ropeTheta: 1e6, eps: 1e-5, parse: (*parser).mixtral},
 	"qwen3_moe":   {eps: 1e-6, parse: (*parser).qwen3moe},
 	"qwen2_moe":   {eps: 1e-6, parse: (*parser).qwen2moe},
@@ -114,6 +117,8 @@ var (
 // blockNorms lists the norms of a block of config c by tensor name.
 func blockNorms(c *Config) []blockNorm {
 	switch {
+	case c.Gemma != nil && !c.QKNorm:
+		return gemmaNorms[:4] // Gemma 2: no q/k norms
 	case c.Gemma != nil:
 		return gemmaNorms
 	case c.QKNorm:
@@ -150,6 +155,8 @@ func (c *Config) Unsupported(f Feature) error {
 		// MLA's absorbed form needs keys linear in the latent; the per-head
 		// norm of each key is not, so no conversion is exact.
 		why = "keys pass through a per-head RMSNorm (k_norm), which is not linear, so keys cannot be a linear map of a shared latent"
+	case c.Gemma != nil && f == FeatureMLA: // Gemma 2
+		why = "the latent attention has neither Gemma's score scale and soft cap nor its sliding layers"
 	case (c.Gemma != nil || c.QKNorm || c.Fused) && f == FeatureGPTQ:
 		// Quantized layers of these models go to the native layout.
 		why = "it is written and read here with Llama's tensors only (no q/k norms, Gemma's norms or fused tensors); use the native export"

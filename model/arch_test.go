@@ -71,6 +71,30 @@ func TestArchForwardMatchesReference(t *testing.T) {
 	}
 }
 
+// Sequences long enough for the attention's matrix path (sequence length ×
+// head_dim above smallAttention) keep the windows and Gemma 2's attention
+// soft cap: Forward equals the reference there too.
+func TestArchLongSequenceMatchesReference(t *testing.T) {
+	for _, name := range []string{"gemma2", "qwen3-sliding"} {
+		m, a, tensors, _ := loadRef(t, name, true)
+		n := smallAttention/a.headDim + 40
+		m.Config.MaxPositions = n // the checkpoints say 128; their RoPE and windows do not depend on it
+		seq := make([]int32, n)
+		for i := range seq {
+			seq[i] = int32((i*7 + 3) % a.vocab)
+		}
+		got, err := m.Forward([][]int32{seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := refRelErr(got, refForward(a, tensors, seq))
+		t.Logf("%s, %d tokens: relative error of the logits %.2e", name, n, e)
+		if !(e < archTol) {
+			t.Errorf("%s: relative error %.3e against the reference over %d tokens", name, e, n)
+		}
+	}
+}
+
 // The sliding windows and the q/k norms matter: without them the logits
 // move far beyond the tolerance (so the reference checks them).
 func TestArchFeaturesMatter(t *testing.T) {
@@ -83,6 +107,11 @@ func TestArchFeaturesMatter(t *testing.T) {
 		{"gemma3_text", func(m *Model) { m.Blocks[0].Sliding = false }},
 		{"gemma3_text", func(m *Model) { m.Config.Gemma.FinalSoftcap = 0 }},
 		{"gemma3_text", func(m *Model) { m.Blocks[1].PostFFNNorm = nil }},
+		{"qwen3-sliding", func(m *Model) { m.Blocks[1].Sliding = false }},
+		{"qwen3-layer-types", func(m *Model) { m.Blocks[0].Sliding = false }},
+		{"qwen3_moe-sliding", func(m *Model) { m.Config.SlidingWindow = 0 }},
+		{"gemma2", func(m *Model) { m.Config.Gemma.AttnSoftcap = 0 }},
+		{"gemma2", func(m *Model) { m.Blocks[2].Sliding = false }},
 	} {
 		m, a, tensors, _ := loadRef(t, c.name, false)
 		seqs := refSequences(a.vocab)
@@ -248,7 +277,9 @@ func TestArchConfigRefusals(t *testing.T) {
 		edit  map[string]any
 		field string
 	}{
-		{"qwen3", false, map[string]any{"use_sliding_window": true}, "use_sliding_window"},
+		{"qwen3", false, map[string]any{"use_sliding_window": true, "sliding_window": 0}, "sliding_window"},
+		{"qwen3", true, map[string]any{"layer_types": []string{"full_attention", "chunked_attention"}}, "layer_types"},
+		{"qwen3-sliding", false, map[string]any{"max_window_layers": -1}, "max_window_layers"},
 		{"qwen3", true, map[string]any{"layer_types": []string{"full_attention", "sliding_attention"}}, "layer_types"},
 		{"qwen3", false, map[string]any{"rope_scaling": map[string]any{"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type"},
 		{"qwen3", false, map[string]any{"hidden_act": "gelu"}, "hidden_act"},
@@ -284,7 +315,12 @@ func TestArchConfigRefusals(t *testing.T) {
 		{"qwen3_moe", false, map[string]any{"shared_expert_intermediate_size": 64}, "shared_expert_intermediate_size"},
 		{"mixtral", true, map[string]any{"n_shared_experts": 1}, "n_shared_experts"},
 		{"gemma3_text", true, map[string]any{"final_logit_softcapping": -1.0}, "final_logit_softcapping"},
-		{"qwen3_moe", false, map[string]any{"use_sliding_window": true}, "use_sliding_window"},
+		{"qwen3_moe", true, map[string]any{"layer_types": []string{"sliding_attention", "sliding_attention"}}, "layer_types"},
+		{"qwen3_moe-sliding", true, map[string]any{"layer_types": []string{"full_attention", "sliding_attention"}}, "layer_types"},
+		{"gemma2", false, map[string]any{"attn_logit_softcapping": -50.0}, "attn_logit_softcapping"},
+		{"gemma2", true, map[string]any{"use_bidirectional_attention": true}, "use_bidirectional_attention"},
+		{"gemma2", false, map[string]any{"hidden_activation": "gelu"}, "hidden_activation"},
+		{"gemma2", true, map[string]any{"rope_parameters": map[string]any{"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "rope_parameters.rope_type"},
 	} {
 		_, err := ParseConfig("config.json", cfg(c.name, c.v5, c.edit))
 		var ce *ConfigError
@@ -309,6 +345,39 @@ func TestArchConfigRefusals(t *testing.T) {
 	if c.RopeTheta != 1e6 || g.LocalRopeTheta != 1e4 || !c.TieWordEmbeddings || g.QueryPreAttnScalar != 256 || g.SlidingWindow != 4096 ||
 		!slices.Equal(g.Sliding, []bool{true, true, true, true}) || c.RMSNormEps != 1e-6 {
 		t.Errorf("gemma3_text defaults: %+v %+v", c, g)
+	}
+	c, err = ParseConfig("config.json", cfg("gemma2", false, map[string]any{"rope_theta": nil, "attn_logit_softcapping": nil,
+		"final_logit_softcapping": nil, "tie_word_embeddings": nil, "query_pre_attn_scalar": nil, "sliding_window": nil}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = c.Gemma
+	if c.RopeTheta != 1e4 || g.LocalRopeTheta != 1e4 || g.AttnSoftcap != 50 || g.FinalSoftcap != 30 || !c.TieWordEmbeddings ||
+		g.QueryPreAttnScalar != 256 || g.SlidingWindow != 4096 || !slices.Equal(g.Sliding, []bool{true, false, true, false}) || c.QKNorm {
+		t.Errorf("gemma2 defaults (Gemma2Config's): %+v %+v", c, g)
+	}
+	c, err = ParseConfig("config.json", cfg("gemma2", true, map[string]any{"attn_logit_softcapping": json.RawMessage("null"),
+		"final_logit_softcapping": json.RawMessage("null")}))
+	if err != nil || c.Gemma.AttnSoftcap != 0 || c.Gemma.FinalSoftcap != 0 {
+		t.Errorf("gemma2 with null soft caps: %v, attention %v, final %v (want none)", err, c.Gemma.AttnSoftcap, c.Gemma.FinalSoftcap)
+	}
+	// Qwen3: sliding_window 4096 by default, from max_window_layers 28 on
+	// (none of 3 layers); layer_types wins over max_window_layers.
+	c, err = ParseConfig("config.json", cfg("qwen3-sliding", false, map[string]any{"sliding_window": nil, "max_window_layers": nil}))
+	if err != nil || c.SlidingWindow != 0 || c.SlidingLayers != nil {
+		t.Errorf("qwen3 with use_sliding_window and defaults: %v, window %d, layers %v (want none sliding)", err, c.SlidingWindow, c.SlidingLayers)
+	}
+	c, err = ParseConfig("config.json", cfg("qwen3-sliding", false, map[string]any{"sliding_window": nil, "max_window_layers": 2}))
+	if err != nil || c.SlidingWindow != 4096 || !slices.Equal(c.SlidingLayers, []bool{false, false, true}) {
+		t.Errorf("qwen3 sliding from layer 2: %v, window %d, layers %v", err, c.SlidingWindow, c.SlidingLayers)
+	}
+	c, err = ParseConfig("config.json", cfg("qwen3-layer-types", false, nil))
+	if err != nil || c.SlidingWindow != 4 || !slices.Equal(c.SlidingLayers, []bool{true, false, true}) {
+		t.Errorf("qwen3 layer_types: %v, window %d, layers %v", err, c.SlidingWindow, c.SlidingLayers)
+	}
+	c, err = ParseConfig("config.json", cfg("qwen3-sliding", true, map[string]any{"use_sliding_window": false, "layer_types": nil}))
+	if err != nil || c.SlidingWindow != 0 || c.SlidingLayers != nil {
+		t.Errorf("qwen3 with use_sliding_window false: %v, window %d, layers %v (want none: the window is dropped)", err, c.SlidingWindow, c.SlidingLayers)
 	}
 	c, err = ParseConfig("config.json", cfg("phi3", false, map[string]any{"rms_norm_eps": nil, "sliding_window": nil}))
 	if err != nil || c.RMSNormEps != 1e-5 || c.SlidingWindow != 0 || c.HeadDim != 16 {
@@ -403,12 +472,13 @@ func TestMoEUnsupportedAndRouting(t *testing.T) {
 }
 
 // The backward passes of Qwen3 (through the per-head q/k norms, with
-// biases, tied embeddings and head_dim apart from hidden/heads) and Gemma 3
-// ((1+w) norms, post norms, GeGLU, scaled embeddings, sliding and global
-// layers with their RoPEs, query_pre_attn_scalar, final soft-capping) agree
-// with finite differences, and their losses with Forward's.
+// biases, tied embeddings and head_dim apart from hidden/heads; with sliding
+// layers), Gemma 3 ((1+w) norms, post norms, GeGLU, scaled embeddings,
+// sliding and global layers with their RoPEs, query_pre_attn_scalar, final
+// soft-capping) and Gemma 2 (attention soft-capping) agree with finite
+// differences, and their losses with Forward's.
 func TestArchBackwardGradCheck(t *testing.T) {
-	for _, name := range []string{"qwen3-bias-tied", "gemma3_text"} {
+	for _, name := range []string{"qwen3-bias-tied", "qwen3-sliding", "gemma3_text", "gemma2"} {
 		m, a, _, _ := loadRef(t, name, false)
 		seqs := refSequences(a.vocab)
 		var names []string
@@ -427,7 +497,7 @@ func TestArchBackwardGradCheck(t *testing.T) {
 		if want := forwardLoss(t, m, seqs); math.Abs(g.Loss-want) > 1e-5*want {
 			t.Errorf("%s: backward loss %v, forward %v", name, g.Loss, want)
 		}
-		if !slices.Contains(m.GradientNames(), "model.layers.1.self_attn.k_norm") {
+		if m.Config.QKNorm && !slices.Contains(m.GradientNames(), "model.layers.1.self_attn.k_norm") {
 			t.Errorf("%s: GradientNames lacks the k norms", name)
 		}
 	}

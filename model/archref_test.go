@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"testing"
 
@@ -29,14 +30,18 @@ import (
 
 // refArch is a tiny random checkpoint of one architecture.
 type refArch struct {
-	typ                                                   string // qwen3, phi3, gemma3_text
+	typ                                                   string // qwen3, phi3, gemma2, gemma3_text, ...
 	hidden, inter, layers, heads, kvHeads, headDim, vocab int
 	eps, theta                                            float64
 	tied, bias                                            bool
-	window                                                int // phi3: every layer; gemma3: sliding layers
-	// Gemma 3.
-	localTheta, linearFactor, qpas, softcap float64
-	sliding                                 []bool
+	window                                                int // phi3, mixtral, qwen3_moe: every layer; else the sliding layers
+	// sliding marks the sliding layers of Gemma 2 and 3 and of Qwen3 (whose
+	// config says so by max_window_layers, the first sliding layer, or by
+	// layer_types when layerTypes is set or in the 5.x form).
+	sliding    []bool
+	layerTypes bool
+	// Gemma 2 and 3 (attnSoftcap: Gemma 2's attention soft cap).
+	localTheta, linearFactor, qpas, softcap, attnSoftcap float64
 	// Mixtral, Qwen3-MoE.
 	experts, topK, moeInter int
 	normTopK                bool
@@ -48,6 +53,15 @@ type refArch struct {
 var refArchs = map[string]refArch{
 	"qwen3": {typ: "qwen3", hidden: 64, inter: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 32, vocab: 97,
 		eps: 1e-6, theta: 10000},
+	"qwen3-sliding": {typ: "qwen3", hidden: 64, inter: 96, layers: 3, heads: 4, kvHeads: 2, headDim: 16, vocab: 71,
+		eps: 1e-6, theta: 10000, window: 5, sliding: []bool{false, true, true}},
+	"qwen3-layer-types": {typ: "qwen3", hidden: 64, inter: 80, layers: 3, heads: 4, kvHeads: 4, headDim: 16, vocab: 67,
+		eps: 1e-6, theta: 10000, window: 4, sliding: []bool{true, false, true}, layerTypes: true},
+	"qwen3_moe-sliding": {typ: "qwen3_moe", hidden: 64, inter: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 16, vocab: 59,
+		eps: 1e-6, theta: 10000, window: 6, experts: 4, topK: 2, moeInter: 40, normTopK: true},
+	"gemma2": {typ: "gemma2", hidden: 64, inter: 128, layers: 4, heads: 4, kvHeads: 2, headDim: 32, vocab: 101,
+		eps: 1e-6, theta: 10000, tied: true, window: 5, qpas: 24, softcap: 30, attnSoftcap: 4,
+		sliding: []bool{true, false, true, false}},
 	"qwen3-bias-tied": {typ: "qwen3", hidden: 48, inter: 80, layers: 2, heads: 6, kvHeads: 3, headDim: 16, vocab: 61,
 		eps: 1e-6, theta: 1e6, tied: true, bias: true},
 	"phi3": {typ: "phi3", hidden: 64, inter: 112, layers: 2, heads: 4, kvHeads: 2, headDim: 16, vocab: 89,
@@ -79,7 +93,7 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 		t[name], shapes[name] = v, shape
 	}
 	normMean := 1.0 // Llama-style norms multiply by w; Gemma's by 1 + w
-	if a.typ == "gemma3_text" {
+	if a.typ == "gemma3_text" || a.typ == "gemma2" {
 		normMean = 0
 	}
 	h, q, kv := a.hidden, a.heads*a.headDim, a.kvHeads*a.headDim
@@ -118,8 +132,10 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 				lin("mlp.gate_proj", a.inter, h, false)
 				lin("mlp.up_proj", a.inter, h, false)
 			}
-			put(p+"self_attn.q_norm.weight", []int{a.headDim}, 0.1, normMean)
-			put(p+"self_attn.k_norm.weight", []int{a.headDim}, 0.1, normMean)
+			if a.typ != "gemma2" { // Gemma2Attention has no q/k norms
+				put(p+"self_attn.q_norm.weight", []int{a.headDim}, 0.1, normMean)
+				put(p+"self_attn.k_norm.weight", []int{a.headDim}, 0.1, normMean)
+			}
 		}
 		lin("self_attn.o_proj", h, q, a.bias && a.typ != "qwen2_moe")
 		switch a.typ {
@@ -146,7 +162,7 @@ func refTensors(a refArch, seed uint64) (map[string][]float64, map[string][]int)
 		default:
 			lin("mlp.down_proj", h, a.inter, false)
 		}
-		if a.typ == "gemma3_text" {
+		if a.typ == "gemma3_text" || a.typ == "gemma2" {
 			put(p+"pre_feedforward_layernorm.weight", []int{h}, 0.1, normMean)
 			put(p+"post_feedforward_layernorm.weight", []int{h}, 0.1, normMean)
 		}
@@ -173,6 +189,12 @@ func refConfig(a refArch, v5 bool) map[string]any {
 	case "qwen3":
 		c["architectures"] = []string{"Qwen3ForCausalLM"}
 		c["hidden_act"], c["attention_bias"], c["use_sliding_window"], c["sliding_window"], c["max_window_layers"] = "silu", a.bias, false, nil, a.layers
+		if a.sliding != nil { // Qwen3Config: sliding from max_window_layers on, unless layer_types says otherwise
+			c["use_sliding_window"], c["sliding_window"], c["max_window_layers"] = true, a.window, slices.Index(a.sliding, true)
+			if a.layerTypes {
+				c["max_window_layers"] = a.layers
+			}
+		}
 	case "phi3":
 		c["architectures"] = []string{"Phi3ForCausalLM"}
 		c["hidden_act"], c["sliding_window"], c["original_max_position_embeddings"] = "silu", a.window, 128
@@ -194,6 +216,13 @@ func refConfig(a refArch, v5 bool) map[string]any {
 		c["hidden_act"], c["attention_bias"], c["use_sliding_window"], c["sliding_window"], c["max_window_layers"] = "silu", a.bias, false, nil, a.layers
 		c["num_experts"], c["num_experts_per_tok"], c["moe_intermediate_size"], c["norm_topk_prob"] = a.experts, a.topK, a.moeInter, a.normTopK
 		c["decoder_sparse_step"], c["mlp_only_layers"], c["output_router_logits"], c["router_aux_loss_coef"] = 1, []int{}, false, 0.001
+		if a.window > 0 { // Qwen3MoeAttention: every layer
+			c["use_sliding_window"], c["sliding_window"] = true, a.window
+		}
+	case "gemma2":
+		c["architectures"] = []string{"Gemma2ForCausalLM"}
+		c["hidden_activation"], c["query_pre_attn_scalar"], c["sliding_window"], c["attention_bias"], c["pad_token_id"] = "gelu_pytorch_tanh", a.qpas, a.window, false, 0
+		c["final_logit_softcapping"], c["attn_logit_softcapping"] = json.Number(fmt.Sprintf("%.1f", a.softcap)), json.Number(fmt.Sprintf("%.1f", a.attnSoftcap))
 	case "gemma3_text":
 		c["architectures"] = []string{"Gemma3ForCausalLM"}
 		c["hidden_activation"], c["query_pre_attn_scalar"], c["sliding_window"] = "gelu_pytorch_tanh", a.qpas, a.window
@@ -202,6 +231,9 @@ func refConfig(a refArch, v5 bool) map[string]any {
 		c["pad_token_id"] = 0
 	}
 	if !v5 {
+		if a.layerTypes {
+			c["layer_types"] = refLayerTypes(a)
+		}
 		c["rope_theta"] = a.theta
 		if a.typ == "gemma3_text" {
 			c["rope_local_base_freq"] = a.localTheta
@@ -210,20 +242,27 @@ func refConfig(a refArch, v5 bool) map[string]any {
 		}
 		return c
 	}
+	if a.sliding != nil {
+		c["layer_types"] = refLayerTypes(a)
+	}
 	if a.typ != "gemma3_text" {
 		c["rope_parameters"] = map[string]any{"rope_type": "default", "rope_theta": a.theta}
 		return c
 	}
-	var types []string
-	for _, s := range a.sliding {
-		types = append(types, map[bool]string{true: "sliding_attention", false: "full_attention"}[s])
-	}
-	c["layer_types"] = types
 	c["rope_parameters"] = map[string]any{
 		"full_attention":    map[string]any{"rope_type": "linear", "factor": json.Number(fmt.Sprintf("%.1f", a.linearFactor)), "rope_theta": a.theta},
 		"sliding_attention": map[string]any{"rope_type": "default", "rope_theta": a.localTheta},
 	}
 	return c
+}
+
+// refLayerTypes is the layer_types of a.
+func refLayerTypes(a refArch) []string {
+	var types []string
+	for _, s := range a.sliding {
+		types = append(types, map[bool]string{true: "sliding_attention", false: "full_attention"}[s])
+	}
+	return types
 }
 
 // writeRefCheckpoint writes the checkpoint of a into dir and returns its tensors.
@@ -261,8 +300,8 @@ func writeRefCheckpoint(t testing.TB, dir string, a refArch, v5 bool, seed uint6
 // refForward returns the logits (len(ids)×vocab) of one sequence.
 func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 	n, h, hd := len(ids), a.hidden, a.headDim
-	gemma := a.typ == "gemma3_text"
-	// Qwen3RMSNorm / Phi3RMSNorm: w · x/√(mean x² + eps); Gemma3RMSNorm: (1 + w) · ...
+	gemma := a.typ == "gemma3_text" || a.typ == "gemma2"
+	// Qwen3RMSNorm / Phi3RMSNorm: w · x/√(mean x² + eps); Gemma2/3RMSNorm: (1 + w) · ...
 	norm := func(x []float64, w []float64) []float64 {
 		d := len(w)
 		out := make([]float64, len(x))
@@ -304,7 +343,7 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 	for r, id := range ids {
 		copy(x[r*h:], t["model.embed_tokens.weight"][int(id)*h:(int(id)+1)*h])
 	}
-	if gemma { // Gemma3TextScaledWordEmbedding: · hidden_size**0.5
+	if gemma { // Gemma3TextScaledWordEmbedding, Gemma2Model's normalizer: · hidden_size**0.5
 		for i := range x {
 			x[i] *= math.Sqrt(float64(h))
 		}
@@ -325,20 +364,22 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 			qs = linear(xn, w("self_attn.q_proj.weight"), w("self_attn.q_proj.bias"), q)
 			ks = linear(xn, w("self_attn.k_proj.weight"), w("self_attn.k_proj.bias"), kv)
 			vs = linear(xn, w("self_attn.v_proj.weight"), w("self_attn.v_proj.bias"), kv)
-			if a.typ != "mixtral" && a.typ != "qwen2_moe" {
+			if a.typ != "mixtral" && a.typ != "qwen2_moe" && a.typ != "gemma2" {
 				qs, ks = norm(qs, w("self_attn.q_norm.weight")), norm(ks, w("self_attn.k_norm.weight"))
 			}
 		}
-		// RoPE, rotate-half: inv_freq = 1/θ^(2i/d), Gemma's global layers
-		// divided by the linear factor; local layers use rope_local_base_freq.
+		// RoPE, rotate-half: inv_freq = 1/θ^(2i/d), Gemma 3's global layers
+		// divided by the linear factor; its local layers use
+		// rope_local_base_freq. Gemma 2 and Qwen3 have one RoPE.
 		theta, factor, window := a.theta, 1.0, 0
-		if gemma {
-			if a.sliding[l] {
-				theta, window = a.localTheta, a.window
-			} else {
-				factor = a.linearFactor
-			}
-		} else if a.typ == "phi3" || a.typ == "mixtral" {
+		switch {
+		case a.typ == "gemma3_text" && a.sliding[l]:
+			theta, window = a.localTheta, a.window
+		case a.typ == "gemma3_text":
+			factor = a.linearFactor
+		case a.sliding != nil && a.sliding[l]: // gemma2, qwen3
+			window = a.window
+		case a.typ == "phi3" || a.typ == "mixtral" || a.typ == "qwen3_moe":
 			window = a.window
 		}
 		rot := func(v []float64, heads int) {
@@ -376,6 +417,9 @@ func refForward(a refArch, t map[string][]float64, ids []int32) []float64 {
 						s += qs[i*q+hh*hd+d] * ks[j*kv+kvh*hd+d]
 					}
 					sc[j] = s * scale
+					if a.attnSoftcap > 0 { // Gemma 2: softcap·tanh(scores/softcap) before the mask
+						sc[j] = a.attnSoftcap * math.Tanh(sc[j]/a.attnSoftcap)
+					}
 					mx = math.Max(mx, sc[j])
 				}
 				sum := 0.0

@@ -127,10 +127,9 @@ type netBlock[T float32 | float64] struct {
 	// pre_feedforward_layernorm. Gemma's norms hold 1 + w (the gradient
 	// with respect to w is the same).
 	postAttn, postFFN          *vec[T]
-	window                     int     // sliding window of the block (0: full causal)
-	scale                      float64 // attention score scale
-	local                      bool    // Gemma 3's local RoPE
-	gelu                       bool    // GeGLU (Gemma 3) instead of SwiGLU
+	scores                     scoring
+	local                      bool // Gemma 3's local RoPE
+	gelu                       bool // GeGLU (Gemma 3) instead of SwiGLU
 	q, k, v, o, gate, up, down *dense[T]
 }
 
@@ -202,10 +201,10 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 			return nil, fmt.Errorf("%w: block %d uses latent attention (MLA), which the backward pass does not support", ErrBackward, i)
 		}
 		c := m.Config
-		nb := &netBlock[T]{attnNorm: n.normVec(b.AttnNorm), mlpNorm: n.normVec(b.MLPNorm), window: c.window(b),
-			scale: float64(c.attnScale()), local: c.Gemma != nil && b.Sliding, gelu: c.Act == "gelu_pytorch_tanh"}
+		nb := &netBlock[T]{attnNorm: n.normVec(b.AttnNorm), mlpNorm: n.normVec(b.MLPNorm),
+			scores: scoring{window: c.window(b), scale: float64(c.attnScale()), softcap: c.attnSoftcap()}, local: c.Gemma != nil && b.Sliding, gelu: c.Act == "gelu_pytorch_tanh"}
 		if c.Gemma == nil {
-			nb.scale = 1 / math.Sqrt(float64(c.HeadDim))
+			nb.scores.scale = 1 / math.Sqrt(float64(c.HeadDim))
 		}
 		if b.QNorm != nil {
 			nb.qNorm, nb.kNorm = n.normVec(b.QNorm), n.normVec(b.KNorm)
@@ -472,11 +471,20 @@ func rotate[T float32 | float64](r *rotary, x []T, rows, heads, headDim int, inv
 	})
 }
 
+// scoring is how a block's attention scores its keys: the window (0: full
+// causal), the scale and the soft cap (0: none; scores = cap·tanh(s/cap)).
+type scoring struct {
+	window         int
+	scale, softcap float64
+}
+
 // probs writes into p[first..i] the causal softmax of query row qi against
-// the keys of rows first..i (stride kvd, columns from off). fast takes the
-// exponentials in float32 (exp32, as Forward does), enough for float32
-// activations and several times cheaper than math.Exp.
-func probs[T float32 | float64](p []float64, qi, kk []T, kvd, off, first, i int, scale float64, fast bool) {
+// the keys of rows first..i (stride kvd, columns from off), and, when the
+// scores are soft-capped and capGrad is not nil, the derivative of each
+// capped score by the scaled one (1 − tanh²) into capGrad[first..i]. fast
+// takes the exponentials in float32 (exp32, as Forward does), enough for
+// float32 activations and several times cheaper than math.Exp.
+func probs[T float32 | float64](p, capGrad []float64, qi, kk []T, kvd, off, first, i int, sc scoring, fast bool) {
 	mx := math.Inf(-1)
 	for j := first; j <= i; j++ {
 		kj := kk[j*kvd+off : j*kvd+off+len(qi)]
@@ -484,7 +492,14 @@ func probs[T float32 | float64](p []float64, qi, kk []T, kvd, off, first, i int,
 		for t, x := range qi {
 			dot += float64(x) * float64(kj[t])
 		}
-		p[j] = dot * scale
+		p[j] = dot * sc.scale
+		if sc.softcap > 0 {
+			th := math.Tanh(p[j] / sc.softcap)
+			p[j] = sc.softcap * th
+			if capGrad != nil {
+				capGrad[j] = 1 - th*th
+			}
+		}
 		mx = max(mx, p[j])
 	}
 	var sum float64
@@ -511,7 +526,7 @@ func firstKey(window, i int) int {
 
 // attend computes causal grouped-query attention in float64 sums, parallel
 // over (sequence, KV head) pairs.
-func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int, window int, scale float64) {
+func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int, sc scoring) {
 	d := c.HeadDim
 	qd, kvd, group := c.NumHeads*d, c.NumKVHeads*d, c.NumHeads/c.NumKVHeads
 	_, fast := any(out).([]float32)
@@ -529,8 +544,8 @@ func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int, win
 			ks, vs := kk[r0*kvd:], v[r0*kvd:]
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				for i := range n {
-					first := firstKey(window, i)
-					probs(p, q[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d], ks, kvd, kvh*d, first, i, scale, fast)
+					first := firstKey(sc.window, i)
+					probs(p, nil, q[(r0+i)*qd+h*d:(r0+i)*qd+(h+1)*d], ks, kvd, kvh*d, first, i, sc, fast)
 					clear(o)
 					for j := first; j <= i; j++ {
 						for t, x := range vs[j*kvd+kvh*d : j*kvd+(kvh+1)*d] {
@@ -551,33 +566,33 @@ func attend[T float32 | float64](c *Config, out, q, kk, v []T, starts []int, win
 // gradients of the rotated queries, keys and values (overwritten). Each
 // (sequence, KV head) pair owns its rows of dk and dv, so the pairs run in
 // parallel without sharing.
-func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv []T, starts []int, window int, scale float64) {
+func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv []T, starts []int, sc scoring) {
 	d := c.HeadDim
 	qd, kvd, group := c.NumHeads*d, c.NumKVHeads*d, c.NumHeads/c.NumKVHeads
 	_, fast := any(dout).([]float32)
 	pairs := (len(starts) - 1) * c.NumKVHeads
 	parallelFor(pairs, 1, func(lo, hi int) {
-		var p, dp, gk, gv []float64
+		var p, dp, capGrad, gk, gv []float64
 		gq := make([]float64, d)
 		for pi := lo; pi < hi; pi++ {
 			s, kvh := pi/c.NumKVHeads, pi%c.NumKVHeads
 			r0, n := starts[s], starts[s+1]-starts[s]
 			if cap(p) < n {
-				p, dp = make([]float64, n), make([]float64, n)
+				p, dp, capGrad = make([]float64, n), make([]float64, n), make([]float64, n)
 			}
 			if cap(gk) < n*d {
 				gk, gv = make([]float64, n*d), make([]float64, n*d)
 			}
-			p, dp, gk, gv = p[:n], dp[:n], gk[:n*d], gv[:n*d]
+			p, dp, capGrad, gk, gv = p[:n], dp[:n], capGrad[:n], gk[:n*d], gv[:n*d]
 			clear(gk)
 			clear(gv)
 			ks, vs := kk[r0*kvd:], v[r0*kvd:]
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				for i := range n {
-					first := firstKey(window, i)
+					first := firstKey(sc.window, i)
 					qi := q[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
 					doi := dout[(r0+i)*qd+h*d : (r0+i)*qd+(h+1)*d]
-					probs(p, qi, ks, kvd, kvh*d, first, i, scale, fast)
+					probs(p, capGrad, qi, ks, kvd, kvh*d, first, i, sc, fast)
 					// dP_j = dO_i·v_j; dS_j = P_j (dP_j − Σ P dP).
 					var sum float64
 					for j := first; j <= i; j++ {
@@ -590,7 +605,10 @@ func attendBackward[T float32 | float64](c *Config, dout, q, kk, v, dq, dk, dv [
 					}
 					clear(gq)
 					for j := first; j <= i; j++ {
-						ds := p[j] * (dp[j] - sum) * scale
+						ds := p[j] * (dp[j] - sum) * sc.scale
+						if sc.softcap > 0 { // through cap·tanh(s/cap)
+							ds *= capGrad[j]
+						}
 						kj := ks[j*kvd+kvh*d : j*kvd+(kvh+1)*d]
 						for t := range d {
 							gq[t] += ds * float64(kj[t])
@@ -649,7 +667,7 @@ func (n *net[T]) blockForward(b *netBlock[T], h []T, starts []int, rot *rotary) 
 	rotate(rot, s.q, rows, c.NumHeads, c.HeadDim, false)
 	rotate(rot, s.k, rows, c.NumKVHeads, c.HeadDim, false)
 	s.att = make([]T, rows*b.q.out)
-	attend(c, s.att, s.q, s.k, s.v, starts, b.window, b.scale)
+	attend(c, s.att, s.q, s.k, s.v, starts, b.scores)
 	s.h1 = make([]T, rows*dim)
 	b.o.forward(kb, s.h1, s.att, rows)
 	if b.postAttn != nil {
@@ -733,7 +751,7 @@ func (n *net[T]) blockBackward(b *netBlock[T], s *saved[T], dout []T, starts []i
 	}
 	b.o.backward(kb, do, s.att, datt, rows, false)
 	dq, dk, dv := make([]T, rows*b.q.out), make([]T, rows*b.k.out), make([]T, rows*b.v.out)
-	attendBackward(c, datt, s.q, s.k, s.v, dq, dk, dv, starts, b.window, b.scale)
+	attendBackward(c, datt, s.q, s.k, s.v, dq, dk, dv, starts, b.scores)
 	rotate(rot, dq, rows, c.NumHeads, c.HeadDim, true)
 	rotate(rot, dk, rows, c.NumKVHeads, c.HeadDim, true)
 	if b.qNorm != nil {

@@ -32,6 +32,9 @@ type Config struct {
 	OBias             bool // bias on o_proj (llama attention_bias)
 	MLPBias           bool // biases on gate, up and down (llama mlp_bias)
 	SlidingWindow     int  // 0: full causal attention
+	// SlidingLayers marks the layers SlidingWindow applies to when only
+	// some slide (Qwen3's layer_types); nil: every layer.
+	SlidingLayers []bool
 
 	// Factored maps module names (model.layers.i.<module>) stored as low-rank
 	// factors by a native export to their ranks (config.json's "rankzip").
@@ -116,7 +119,7 @@ func (e *ConfigError) Error() string {
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // SupportedModelTypes lists the model_type values rankzip runs.
-var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
+var SupportedModelTypes = []string{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "palullama", "palumistral", "paluqwen2"}
 
 // ReadConfig reads and validates dir/config.json.
 func ReadConfig(dir string) (*Config, error) {
@@ -167,7 +170,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	c.DType = p.dtype()
 	c.TieWordEmbeddings = p.boolean("tie_word_embeddings", a.tied) // the default of the architecture's config class
 	c.Act = "silu"
-	if c.ModelType != "gemma3_text" { // Gemma 3 reads hidden_activation (gemma3.go)
+	if !strings.HasPrefix(c.ModelType, "gemma") { // Gemma reads hidden_activation (gemma3.go)
 		if act := p.str("hidden_act", "silu"); act != "silu" {
 			p.fail("hidden_act", fmt.Errorf("unsupported activation %q (only silu)", act))
 		}

@@ -110,7 +110,7 @@ func (d *Decoder) attend(b *Block, q []float32, l int) []float32 {
 		newRopeFreq(c.blockInvFreq(b), pos).apply(keys, kvd/hd, hd)
 	}
 	group := c.NumHeads / c.NumKVHeads
-	scale := c.attnScale()
+	scale, softcap := c.attnScale(), c.attnSoftcap()
 	last := d.n
 	first := 0
 	if w := c.window(b); w > 0 {
@@ -123,14 +123,14 @@ func (d *Decoder) attend(b *Block, q []float32, l int) []float32 {
 		kvh := h / group
 		o := out[h*hd : (h+1)*hd]
 		if !latentValues {
-			attendRow(o, q[h*hd:(h+1)*hd], keys, d.vals[l], kvd, kvh*hd, kvd, kvh*hd, first, last, scale, p)
+			attendRow(o, q[h*hd:(h+1)*hd], keys, d.vals[l], kvd, kvh*hd, kvd, kvh*hd, first, last, scale, softcap, p)
 			continue
 		}
 		// Attend over the value latents of kvh's group, then map the weighted
 		// latent through the rows of the group's up-projection that belong to kvh.
 		j, lo, r := latentGroup(gv, kvh, hd)
 		z := make([]float32, r)
-		weights(p, q[h*hd:(h+1)*hd], keys, kvd, kvh*hd, first, last, scale)
+		weights(p, q[h*hd:(h+1)*hd], keys, kvd, kvh*hd, first, last, scale, softcap)
 		lat := gv.Latent()
 		for t := first; t <= last; t++ {
 			row := d.vals[l][t*lat+lo : t*lat+lo+r]
@@ -213,8 +213,9 @@ func rebuildFromLatent(m *Model, g *Grouped, keys, latents []float32, n int) {
 }
 
 // weights writes into p[first..last] the softmax attention weights of query
-// head qi over the key rows first..last.
-func weights(p, qi, kk []float32, kvd, off, first, last int, scale float32) {
+// head qi over the key rows first..last, the scores capped when softcap > 0
+// (see attnShape).
+func weights(p, qi, kk []float32, kvd, off, first, last int, scale float32, softcap float64) {
 	d := len(qi)
 	mx := float32(math.Inf(-1))
 	for j := first; j <= last; j++ {
@@ -224,6 +225,9 @@ func weights(p, qi, kk []float32, kvd, off, first, last int, scale float32) {
 			dot += x * kj[t]
 		}
 		p[j] = dot * scale
+		if softcap > 0 {
+			p[j] = float32(softcap * math.Tanh(float64(p[j])/softcap))
+		}
 		mx = max(mx, p[j])
 	}
 	var sum float32

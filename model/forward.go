@@ -414,6 +414,7 @@ type attnShape struct {
 	kStride, vStride       int
 	window                 int // 0: full causal
 	scale                  float32
+	softcap                float64 // scores = softcap·tanh(scores/softcap) before the mask; 0: none
 }
 
 // attention computes causal grouped-query attention for each sequence and
@@ -425,7 +426,7 @@ func attention(k kernels.Backend, out, q, kk, v []float32, starts []int, c *Conf
 	d := c.HeadDim
 	kvd := c.NumKVHeads * d
 	mhAttention(k, out, q, kk, v, starts, attnShape{heads: c.NumHeads, kvHeads: c.NumKVHeads, dk: d, dv: d,
-		kStride: kvd, vStride: kvd, window: c.window(b), scale: c.attnScale()})
+		kStride: kvd, vStride: kvd, window: c.window(b), scale: c.attnScale(), softcap: c.attnSoftcap()})
 }
 
 // window is block b's sliding window (0: full causal attention).
@@ -436,7 +437,19 @@ func (c *Config) window(b *Block) int {
 		}
 		return 0
 	}
+	if c.SlidingLayers != nil && !b.Sliding {
+		return 0
+	}
 	return c.SlidingWindow
+}
+
+// layerSlides reports whether layer l is one of the sliding-window layers
+// of a model whose layers differ (Gemma 3; Qwen3 with layer_types).
+func (c *Config) layerSlides(l int) bool {
+	if g := c.Gemma; g != nil {
+		return g.Sliding[l]
+	}
+	return c.SlidingLayers != nil && c.SlidingLayers[l]
 }
 
 // attnScale multiplies the attention scores: head_dim^-½, or Gemma's
@@ -446,6 +459,15 @@ func (c *Config) attnScale() float32 {
 		return float32(1 / math.Sqrt(g.QueryPreAttnScalar))
 	}
 	return float32(1 / math.Sqrt(float64(c.HeadDim)))
+}
+
+// attnSoftcap is the attention scores' soft cap (attn_logit_softcapping;
+// 0: none).
+func (c *Config) attnSoftcap() float64 {
+	if g := c.Gemma; g != nil {
+		return g.AttnSoftcap
+	}
+	return 0
 }
 
 // blockInvFreq is the RoPE inverse frequencies of block b: Gemma 3's local
@@ -482,6 +504,7 @@ func mhAttention(k kernels.Backend, out, q, kk, v []float32, starts []int, s att
 		for h := range s.heads {
 			kvh := h / group
 			k.Sgemm(false, true, n, n, dk, s.scale, q[r0*qs+h*dk:], qs, kk[r0*s.kStride+kvh*dk:], s.kStride, 0, sc, n)
+			capScores(sc, n, s.window, s.softcap)
 			causalSoftmax(sc, n, s.window)
 			k.Sgemm(false, false, n, dv, n, 1, sc, n, v[r0*s.vStride+kvh*dv:], s.vStride, 0, out[r0*ost+h*dv:], ost)
 		}
@@ -501,7 +524,7 @@ func mhAttention(k kernels.Backend, out, q, kk, v []float32, starts []int, s att
 					first = max(0, i-s.window+1)
 				}
 				attendRow(out[(r0+i)*ost+h*dv:(r0+i)*ost+(h+1)*dv], q[(r0+i)*qs+h*dk:(r0+i)*qs+(h+1)*dk],
-					kk[r0*s.kStride:], v[r0*s.vStride:], s.kStride, kvh*dk, s.vStride, kvh*dv, first, i, s.scale, p)
+					kk[r0*s.kStride:], v[r0*s.vStride:], s.kStride, kvh*dk, s.vStride, kvh*dv, first, i, s.scale, s.softcap, p)
 			}
 		}
 	})
@@ -510,9 +533,9 @@ func mhAttention(k kernels.Backend, out, q, kk, v []float32, starts []int, s att
 // attendRow writes into o the attention of one query head qi over the key
 // rows first..last (row stride ks, head columns from ko) and the value rows
 // (stride vs, len(o) columns from vo), using p as scratch of at least
-// last+1 values.
-func attendRow(o, qi, kk, v []float32, ks, ko, vs, vo, first, last int, scale float32, p []float32) {
-	weights(p, qi, kk, ks, ko, first, last, scale)
+// last+1 values; softcap > 0 caps the scores (see attnShape).
+func attendRow(o, qi, kk, v []float32, ks, ko, vs, vo, first, last int, scale float32, softcap float64, p []float32) {
+	weights(p, qi, kk, ks, ko, first, last, scale, softcap)
 	d := len(o)
 	clear(o)
 	for j := first; j <= last; j++ {
@@ -527,6 +550,31 @@ func attendRow(o, qi, kk, v []float32, ks, ko, vs, vo, first, last int, scale fl
 // smallAttention is the largest sequence length × head_dim computed by the
 // plain Go attention path.
 const smallAttention = 8192
+
+// capScores replaces the scores each row i of the n×n sc attends to (see
+// causalSoftmax) by softcap·tanh(score/softcap); softcap 0 leaves them.
+func capScores(sc []float32, n, window int, softcap float64) {
+	if softcap == 0 {
+		return
+	}
+	parallelFor(n, max(1, 8192/n), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			first := 0
+			if window > 0 {
+				first = max(0, i-window+1)
+			}
+			softcapScores(sc[i*n+first:i*n+i+1], softcap)
+		}
+	})
+}
+
+// softcapScores replaces each score x by softcap·tanh(x/softcap), in float64
+// as transformers' float32 division, tanh and product round about the same.
+func softcapScores(x []float32, softcap float64) {
+	for j, v := range x {
+		x[j] = float32(softcap * math.Tanh(float64(v)/softcap))
+	}
+}
 
 // causalSoftmax turns each row i of the n×n scores into softmax over the
 // columns j ≤ i (and j > i-window when window > 0), zeroing the rest.

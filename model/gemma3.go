@@ -29,14 +29,16 @@ import (
 //     rope_parameters.sliding_attention); full_attention layers use the
 //     global one (rope_theta and rope_scaling, or
 //     rope_parameters.full_attention);
-//   - final_logit_softcapping, when set: logits = c·tanh(logits/c).
+//   - final_logit_softcapping, when set: logits = c·tanh(logits/c);
+//   - attn_logit_softcapping must be null: Gemma3Attention does not apply
+//     it (gemma2.go's attention does).
 //
 // Tied embeddings are the default (Gemma3TextConfig's). Supported: every
 // linear-layer stage, the backward pass (fisher ranks; backward.go holds the
 // (1+w) norms as 1 + w, the post norms, GeGLU, the soft cap) and Palu (as
 // Qwen3's, the latent cache rebuilds keys, then k_norm and the layer's
-// RoPE). Refused: attn_logit_softcapping (Gemma 2's attention soft-capping;
-// null in every Gemma 3), use_bidirectional_attention, other activations;
+// RoPE). Refused: attn_logit_softcapping (see above),
+// use_bidirectional_attention, other activations;
 // and, through Config.Unsupported, MLA and the GPTQ v1 layout.
 
 // GemmaConfig is what Gemma 3 adds to the common config.
@@ -48,6 +50,7 @@ type GemmaConfig struct {
 	LocalRopeScaling   *RopeScaling
 	QueryPreAttnScalar float64
 	FinalSoftcap       float64 // 0: none
+	AttnSoftcap        float64 // attention scores' cap (Gemma 2's attn_logit_softcapping); 0: none
 }
 
 // gemmaNorms are a Gemma 3 block's norms by tensor name.
@@ -63,6 +66,24 @@ var gemmaNorms = []blockNorm{
 func (p *parser) gemma3(c *Config) {
 	g := &GemmaConfig{LocalRopeTheta: p.local.LocalTheta, LocalRopeScaling: p.local.LocalScaling}
 	c.Gemma, c.QKNorm = g, true
+	// Gemma3Attention keeps attn_logit_softcapping but never passes it to
+	// the attention (Gemma2Attention does), so transformers ignores it.
+	if v := p.float("attn_logit_softcapping", 0); v != 0 {
+		p.fail("attn_logit_softcapping", fmt.Errorf("%v: transformers' Gemma 3 attention does not apply it (Gemma 2's does), so what the checkpoint means is unclear; set it to null", v))
+	}
+	pattern := 6 // Gemma3TextConfig's sliding_window_pattern
+	if p.has("sliding_window_pattern") && !p.isNull("sliding_window_pattern") {
+		pattern = p.positive("sliding_window_pattern")
+	}
+	p.gemma(c, pattern, 0)
+}
+
+// gemma reads what Gemma 2 and 3 share: the activation, the attention scale,
+// the window and which layers slide (layer_types, else every pattern-th
+// layer global), the final soft cap (finalCap when absent) and the causal
+// mask.
+func (p *parser) gemma(c *Config, pattern int, finalCap float64) {
+	g := c.Gemma
 	if act := p.str("hidden_activation", "gelu_pytorch_tanh"); act != "gelu_pytorch_tanh" {
 		p.fail("hidden_activation", fmt.Errorf("unsupported activation %q (only gelu_pytorch_tanh)", act))
 	}
@@ -75,22 +96,12 @@ func (p *parser) gemma3(c *Config) {
 	if p.has("sliding_window") && !p.isNull("sliding_window") {
 		g.SlidingWindow = p.positive("sliding_window")
 	}
-	if v := p.float("attn_logit_softcapping", 0); v != 0 {
-		p.fail("attn_logit_softcapping", fmt.Errorf("%v: attention soft-capping is not supported (null in Gemma 3)", v))
-	}
-	g.FinalSoftcap = p.float("final_logit_softcapping", 0)
-	if g.FinalSoftcap < 0 {
-		p.fail("final_logit_softcapping", fmt.Errorf("must be positive or null, got %v", g.FinalSoftcap))
-	}
+	g.FinalSoftcap = p.softcap("final_logit_softcapping", finalCap)
 	if p.boolean("use_bidirectional_attention", false) {
 		p.fail("use_bidirectional_attention", errors.New("true: only causal attention is supported"))
 	}
 	types := p.layerTypes(c.NumLayers)
 	if types == nil {
-		pattern := 6 // Gemma3TextConfig's sliding_window_pattern
-		if p.has("sliding_window_pattern") && !p.isNull("sliding_window_pattern") {
-			pattern = p.positive("sliding_window_pattern")
-		}
 		for i := range c.NumLayers {
 			t := "full_attention"
 			if pattern > 0 && (i+1)%pattern != 0 {
@@ -102,6 +113,18 @@ func (p *parser) gemma3(c *Config) {
 	for _, t := range types {
 		g.Sliding = append(g.Sliding, t == "sliding_attention")
 	}
+}
+
+// softcap reads a soft-capping value: def when absent, 0 (none) when null.
+func (p *parser) softcap(key string, def float64) float64 {
+	if p.isNull(key) {
+		return 0
+	}
+	v := p.float(key, def)
+	if v < 0 {
+		p.fail(key, fmt.Errorf("must be positive or null, got %v", v))
+	}
+	return v
 }
 
 // gemma3Rope reads Gemma 3's two RoPEs: 4.x's rope_theta and rope_scaling

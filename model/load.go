@@ -27,7 +27,8 @@ type Block struct {
 	// before their residual adds (Gemma 3; MLPNorm is then
 	// pre_feedforward_layernorm).
 	PostAttnNorm, PostFFNNorm []float32
-	// Sliding marks Gemma 3's sliding_attention layers: window and local RoPE.
+	// Sliding marks the sliding_attention layers of Gemma 3 (window and
+	// local RoPE) and Qwen3 (window).
 	Sliding bool
 	// MoE, when set, replaces Gate, Up and Down (nil) by a router and
 	// experts (Mixtral, Qwen3-MoE).
@@ -492,9 +493,7 @@ func newBlock(cfg *Config, l int, tensors map[string][]float32, ints map[string]
 	for _, n := range blockNorms(cfg) {
 		*n.get(b) = tensors[p+n.name+".weight"]
 	}
-	if g := cfg.Gemma; g != nil {
-		b.Sliding = g.Sliding[l]
-	}
+	b.Sliding = cfg.layerSlides(l)
 	if cfg.Fused {
 		splitFused(cfg, p, tensors)
 	}

@@ -16,7 +16,8 @@ import (
 // experts by p, their weights p renormalised to sum 1 (Mixtral always;
 // Qwen3-MoE when norm_topk_prob), and the output Σ weight_e · expert_e(x),
 // each expert a SiLU-gated MLP. The attention is Mixtral's (Mistral's, with
-// its sliding_window on every layer) or Qwen3's (per-head q/k norms).
+// its sliding_window on every layer) or Qwen3's (per-head q/k norms; with
+// use_sliding_window, sliding_window on every layer, as Qwen3MoeAttention).
 //
 // Tensors, in the layout of the checkpoints on the Hub (which transformers 5
 // converts on load): Mixtral's block_sparse_moe.gate.weight [experts, hidden]
@@ -37,8 +38,8 @@ import (
 // of compressed experts (not implemented: their layout is the Hub's dense
 // one).
 // Refused in config.json: Qwen3-MoE's decoder_sparse_step other than 1 and
-// mlp_only_layers (dense MLP layers among the sparse ones), sliding windows
-// on Qwen3-MoE, and routing options the forward pass does not honour
+// mlp_only_layers (dense MLP layers among the sparse ones), layer_types
+// that disagree with use_sliding_window on Qwen3-MoE, and routing options the forward pass does not honour
 // (moe_routing.go: expert choice, sigmoid scores, group-limited top-k,
 // scaled or shared experts).
 
@@ -98,7 +99,16 @@ func (p *parser) mixtral(c *Config) {
 
 // qwen3moe reads Qwen3-MoE's own config fields.
 func (p *parser) qwen3moe(c *Config) {
-	p.qwen3(c)
+	c.QKNorm = true
+	// Qwen3MoeAttention slides on every layer when the config keeps a
+	// window; it reads neither max_window_layers nor layer_types.
+	c.SlidingWindow = p.qwenWindow()
+	for i, t := range p.layerTypes(c.NumLayers) {
+		if (t == "sliding_attention") != (c.SlidingWindow > 0) {
+			p.fail("layer_types", fmt.Errorf("layer %d is %q, but qwen3_moe's layers all slide when use_sliding_window is true and none otherwise", i, t))
+			return
+		}
+	}
 	c.MoE = &MoEConfig{Experts: p.positive("num_experts"), TopK: p.positive("num_experts_per_tok"),
 		Inter: p.positive("moe_intermediate_size"), NormTopK: p.boolean("norm_topk_prob", false),
 		Prefix: "mlp.", Names: [3]string{"gate_proj", "up_proj", "down_proj"}}

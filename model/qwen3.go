@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Qwen3 (transformers' models/qwen3/modeling_qwen3.py) is Llama with an
@@ -21,21 +22,52 @@ import (
 // Qwen3 layout. Refused (Config.Unsupported): MLA (a key is k_norm(k_proj
 // x), not linear in a shared latent, so no conversion is exact) and the
 // GPTQ v1 layout (written with Llama's tensors only).
-// Refused in config.json: use_sliding_window (Qwen3's sliding layers from
-// max_window_layers on) and sliding_attention layer types.
+//
+// Sliding-window layers (Qwen3Config.__post_init__ and Qwen3Attention,
+// transformers 4.5x to 5.x): sliding_window counts only when
+// use_sliding_window is true (default 4096); layer_types, when given, names
+// each layer, else the layers from max_window_layers on (default 28) slide.
+// A sliding layer attends to the last sliding_window tokens, itself
+// included, with the model's one RoPE. Refused: sliding_attention layers
+// without a window (transformers cannot build their mask either).
 
 // qwen3 reads Qwen3's own config fields.
 func (p *parser) qwen3(c *Config) {
 	c.QKNorm = true
-	if p.boolean("use_sliding_window", false) {
-		p.fail("use_sliding_window", errors.New("true: Qwen3's sliding-window layers (from max_window_layers on) are not supported"))
-	}
-	for i, t := range p.layerTypes(c.NumLayers) {
-		if t != "full_attention" {
-			p.fail("layer_types", fmt.Errorf("layer %d is %q: only full_attention layers are supported for qwen3", i, t))
-			return
+	window := p.qwenWindow()
+	types := p.layerTypes(c.NumLayers)
+	if types == nil && window > 0 {
+		first := 28 // Qwen3Config's max_window_layers
+		if p.has("max_window_layers") && !p.isNull("max_window_layers") {
+			first = p.nonNegative("max_window_layers")
+		}
+		for i := range c.NumLayers {
+			types = append(types, map[bool]string{true: "sliding_attention", false: "full_attention"}[i >= first])
 		}
 	}
+	sliding := make([]bool, len(types))
+	for i, t := range types {
+		sliding[i] = t == "sliding_attention"
+	}
+	switch {
+	case !slices.Contains(sliding, true):
+	case window == 0:
+		p.fail("layer_types", errors.New("has sliding_attention layers but no window: set use_sliding_window true and sliding_window"))
+	default:
+		c.SlidingWindow, c.SlidingLayers = window, sliding
+	}
+}
+
+// qwenWindow is Qwen's sliding_window when use_sliding_window is true (as
+// its config classes keep it), else 0.
+func (p *parser) qwenWindow() int {
+	if !p.boolean("use_sliding_window", false) || p.isNull("sliding_window") {
+		return 0
+	}
+	if !p.has("sliding_window") {
+		return 4096 // the config classes' default
+	}
+	return p.positive("sliding_window")
 }
 
 // layerTypes reads transformers' layer_types (nil when absent), one per layer.

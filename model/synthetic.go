@@ -117,9 +117,7 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 				*n.get(b) = ones(normSize(cfg, n))
 			}
 		}
-		if g := cfg.Gemma; g != nil {
-			b.Sliding = g.Sliding[len(m.Blocks)]
-		}
+		b.Sliding = cfg.layerSlides(len(m.Blocks))
 		if a := cfg.MLA; a != nil {
 			b.MLA = &MLA{LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim, RopeFreq: cfg.MLARopeFreq(),
 				KVA: NewDense(a.LoraRank+a.RopeDim, s.Hidden, gauss((a.LoraRank+a.RopeDim)*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil),
