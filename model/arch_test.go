@@ -175,6 +175,11 @@ func TestArchExportRoundTrip(t *testing.T) {
 			if v5Key != v5 || dtypeKey != v5 {
 				t.Errorf("%s: the export changed the config's form (rope_parameters %v, dtype %v; source 5.x %v)", name, v5Key, dtypeKey, v5)
 			}
+			if got, want := back.Config, m.Config; got.window(back.Blocks[0]) != want.window(m.Blocks[0]) || !slices.Equal(got.SlidingLayers, want.SlidingLayers) ||
+				got.attnSoftcap() != want.attnSoftcap() || got.SlidingWindow != want.SlidingWindow {
+				t.Errorf("%s: the export changed the windows or soft cap: window %d, layers %v, cap %v (source %d, %v, %v)", name,
+					got.SlidingWindow, got.SlidingLayers, got.attnSoftcap(), want.SlidingWindow, want.SlidingLayers, want.attnSoftcap())
+			}
 			if m.NumParams() != m.Config.NumParams() {
 				t.Errorf("%s: %d parameters, config says %d", name, m.NumParams(), m.Config.NumParams())
 			}

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""Reference logits from transformers itself for rankzip's tiny Qwen3, Phi-3
-and Gemma 3 checkpoints (model/archref_test.go builds them, seeded).
+"""Reference logits from transformers itself for rankzip's tiny checkpoints:
+Qwen3 (also with sliding-window layers), Phi-3, Gemma 2 (attention
+soft-capping), Gemma 3, Mixtral, Qwen3-MoE (also sliding) and Qwen2-MoE
+(model/archref_test.go's refArchs builds them, seeded; every entry there is
+written, so a new one needs nothing here).
 
     go test ./model -run TestArchRefgenWrite -args -refgen.write $PWD/ckpt
     python3 model/testdata/refgen/refgen.py ckpt out     # needs torch, transformers
