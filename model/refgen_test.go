@@ -1,6 +1,7 @@
 package model
 
 import (
+	"compress/gzip"
 	"encoding/json"
 	"flag"
 	"math"
@@ -62,6 +63,19 @@ func TestArchRefgenWrite(t *testing.T) {
 	}
 }
 
+// refgenArch is the refArchs entry and config form of a checkpoint
+// directory name ("" when none).
+func refgenArch(dir string) (name string, v5 bool) {
+	for _, n := range sortedNames(refArchs) {
+		for _, form := range []bool{false, true} {
+			if refgenName(n, form) == dir {
+				return n, form
+			}
+		}
+	}
+	return "", false
+}
+
 // refgenResult is one checkpoint's record written by refgen.py.
 type refgenResult struct {
 	Name         string    `json:"name"`
@@ -93,15 +107,7 @@ func TestArchTransformersLogits(t *testing.T) {
 			t.Errorf("%s: transformers failed: %s", r.Name, r.Error)
 			continue
 		}
-		var name string
-		var v5 bool
-		for _, n := range sortedNames(refArchs) {
-			for _, form := range []bool{false, true} {
-				if refgenName(n, form) == r.Name {
-					name, v5 = n, form
-				}
-			}
-		}
+		name, v5 := refgenArch(r.Name)
 		if name == "" {
 			t.Errorf("%s: unknown checkpoint %q", f, r.Name)
 			continue
@@ -142,4 +148,74 @@ func TestArchTransformersLogits(t *testing.T) {
 			t.Errorf("%s: relative error %.3e against transformers %s", r.Name, e, r.Transformers)
 		}
 	}
+}
+
+// pyrefDir holds the logits of pyref.py, the numpy float64 reference.
+const pyrefDir = "testdata/refgen/pyref"
+
+// Forward equals the logits of pyref.py, a float64 reference in numpy that
+// reads each config.json itself (so it checks rankzip's reading of the
+// windows, layer types and soft caps as well as the arithmetic), on every
+// checkpoint in both config forms; and pyref.py agrees with the Go float64
+// reference of archref_test.go.
+func TestArchPythonReferenceLogits(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(pyrefDir, "*.json.gz"))
+	if len(files) != 2*len(refArchs) {
+		t.Errorf("%d files in %s for %d checkpoints in two forms: rerun pyref.py (README.md)", len(files), pyrefDir, len(refArchs))
+	}
+	for _, f := range files {
+		var r struct {
+			Name   string    `json:"name"`
+			Logits []float64 `json:"logits"`
+		}
+		if err := readGzipJSON(f, &r); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		name, v5 := refgenArch(r.Name)
+		if name == "" {
+			t.Errorf("%s: unknown checkpoint %q", f, r.Name)
+			continue
+		}
+		m, a, tensors, _ := loadRef(t, name, v5)
+		seqs := refSequences(a.vocab)
+		got, err := m.Forward(seqs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ref []float64
+		for _, s := range seqs {
+			ref = append(ref, refForward(a, tensors, s)...)
+		}
+		if len(r.Logits) != len(got) {
+			t.Errorf("%s: %d logits from pyref.py, %d here", r.Name, len(r.Logits), len(got))
+			continue
+		}
+		var d, w float64
+		for i, x := range r.Logits {
+			d += (ref[i] - x) * (ref[i] - x)
+			w += x * x
+		}
+		e, eRef := refRelErr(got, r.Logits), math.Sqrt(d/w)
+		t.Logf("%s: rankzip vs pyref.py %.2e; Go float64 reference vs pyref.py %.2e", r.Name, e, eRef)
+		if !(e < archTol) {
+			t.Errorf("%s: relative error %.3e against pyref.py", r.Name, e)
+		}
+		if !(eRef < 1e-9) { // two float64 computations, pyref.py's stored to 10 digits
+			t.Errorf("%s: the Go reference differs from pyref.py by %.3e", r.Name, eRef)
+		}
+	}
+}
+
+// readGzipJSON decodes the gzipped JSON file path into v.
+func readGzipJSON(path string, v any) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		return err
+	}
+	return json.NewDecoder(z).Decode(v)
 }
