@@ -27,6 +27,9 @@ import (
 // on comp's stream and paired, token by token, with orig's for the
 // cross-Gram (the original expert applied to the original input of the
 // same token); in Original mode only orig runs.
+//
+// Qwen2-MoE's shared expert, which every row goes through, gets its
+// statistics over every row, after the routed experts' (the last element).
 func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
 	if orig.MoE == nil || comp.MoE == nil {
 		return nil, fmt.Errorf("the block has no experts")
@@ -36,9 +39,12 @@ func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down b
 	if seq {
 		blk = comp
 	}
-	n := len(orig.MoE.Experts)
-	stats := make([]*SiteStats, n)
-	for e, ex := range orig.MoE.Experts {
+	experts := slices.Clone(orig.MoE.Experts)
+	if orig.MoE.Shared != nil {
+		experts = append(experts, *orig.MoE.Shared)
+	}
+	stats := make([]*SiteStats, len(experts))
+	for e, ex := range experts {
 		dim := ex.Gate.In()
 		if down {
 			dim = ex.Down.In()
@@ -71,8 +77,33 @@ func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down b
 				return nil, fmt.Errorf("expert %d: %w", e, err)
 			}
 		}
+		if s := blk.MoE.Shared; s != nil {
+			if err := addShared(m, stats[len(stats)-1], s, orig.MoE.Shared, xc, xo, h.Rows(), down, seq); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return stats, nil
+}
+
+// addShared adds to st the rows x that the shared expert s sees (xOrig:
+// those its source orig sees, for the cross-Gram); with down, the input of
+// the down projection they make.
+func addShared(m *model.Model, st *SiteStats, s, orig *model.Expert, x, xOrig []float32, rows int, down, seq bool) error {
+	var paired []float32
+	if seq {
+		paired = xOrig
+	}
+	if down {
+		x = s.Hidden(m, x, rows)
+		if seq {
+			paired = orig.Hidden(m, xOrig, rows)
+		}
+	}
+	if err := st.add(m.Backend, x, paired, rows); err != nil {
+		return fmt.Errorf("shared expert: %w", err)
+	}
+	return nil
 }
 
 // mlpInput is the normalised MLP input of block b on h (rows×hidden).

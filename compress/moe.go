@@ -77,6 +77,9 @@ func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Stream
 		}
 		for _, mod := range group {
 			e, _, _ := model.ParseExpertModule(mod)
+			if e == model.SharedExpert { // CollectExperts puts it last
+				e = len(stats) - 1
+			}
 			if err := fn(model.ModuleName(i, mod), mod, stats[e]); err != nil {
 				return err
 			}

@@ -174,7 +174,7 @@ func diffModules(b *Block) []string {
 	if b.MoE == nil {
 		return Modules
 	}
-	return appendExperts(slices.Clone(Modules), len(b.MoE.Experts))
+	return appendExperts(slices.Clone(Modules), len(b.MoE.Experts), b.MoE.Shared != nil)
 }
 
 // withOwnExperts returns a copy of b whose experts can be replaced without

@@ -84,11 +84,15 @@ func MatchModules(targets []string) (mods, problems []string) {
 // ModuleShape is (out, in) of a block module under config c, as a checkpoint
 // stores it (latent attention's q_proj and o_proj where c has MLA).
 func (c *Config) ModuleShape(module string) (out, in int) {
-	if _, j, ok := ParseExpertModule(module); ok && c.MoE != nil {
-		if j == 2 {
-			return c.HiddenSize, c.MoE.Inter // down_proj
+	if e, j, ok := ParseExpertModule(module); ok && c.MoE != nil {
+		inter := c.MoE.Inter
+		if e == SharedExpert {
+			inter = c.MoE.SharedInter
 		}
-		return c.MoE.Inter, c.HiddenSize
+		if j == 2 {
+			return c.HiddenSize, inter // down_proj
+		}
+		return inter, c.HiddenSize
 	}
 	out, in, _ = linearShape(c, module)
 	return out, in

@@ -30,8 +30,9 @@ import (
 // Supported: the forward pass, decoding, load, dense export (Densify
 // multiplies factored experts back), the low-rank and quantization stages on
 // the attention projections and on every expert's linears (target names
-// mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE architecture;
-// compress/moe.go calibrates each expert on the tokens routed to it), and
+// mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE architecture,
+// and Qwen2-MoE's mlp.shared_expert.*; compress/moe.go calibrates each
+// expert on the tokens routed to it, the shared one on every token), and
 // the other stages on the attention (targets self_attn.*). The router is
 // never a target. Refused, naming the architecture: fisher (no backward
 // through the router), Palu, MLA, the GPTQ layout, and a native checkpoint
@@ -328,15 +329,26 @@ func (e *MoE) forward(m *Model, y, x []float32, rows, dim int) {
 // for every MoE architecture: Mixtral's w1, w3 and w2 are named so too.
 var expertLinears = [3]string{"gate_proj", "up_proj", "down_proj"}
 
+// SharedExpert stands for Qwen2-MoE's shared expert where an expert index
+// is expected: its modules are mlp.shared_expert.{gate,up,down}_proj.
+const SharedExpert = -1
+
 // ExpertModule is the target name of expert e's module j (0 gate, 1 up,
-// 2 down).
+// 2 down), or of the shared expert's for e = SharedExpert.
 func ExpertModule(e, j int) string {
+	if e == SharedExpert {
+		return "mlp.shared_expert." + expertLinears[j]
+	}
 	return fmt.Sprintf("mlp.experts.%d.%s", e, expertLinears[j])
 }
 
 // ParseExpertModule reads a name ExpertModule wrote; ok is false for any
 // other name.
 func ParseExpertModule(name string) (e, j int, ok bool) {
+	if lin, found := strings.CutPrefix(name, "mlp.shared_expert."); found {
+		j = slices.Index(expertLinears[:], lin)
+		return SharedExpert, j, j >= 0
+	}
 	rest, found := strings.CutPrefix(name, "mlp.experts.")
 	if !found {
 		return 0, 0, false
@@ -354,34 +366,53 @@ func ParseExpertModule(name string) (e, j int, ok bool) {
 
 // TargetModules are the module names a compression stage may target in a
 // block of config c: Modules, or for a mixture of experts the attention
-// projections and every expert's three linears (attention first, then
-// expert by expert); the router is never a target.
+// projections, every expert's three linears and the shared expert's
+// (attention first, then expert by expert, the shared one last); the router
+// and the shared expert's gate are never targets.
 func (c *Config) TargetModules() []string {
 	if c.MoE == nil {
 		return Modules
 	}
-	return appendExperts(slices.Clone(attnModules), c.MoE.Experts)
+	return appendExperts(slices.Clone(attnModules), c.MoE.Experts, c.MoE.SharedInter > 0)
 }
 
 // appendExperts appends the three linears of each of n experts, expert by
-// expert, to mods.
-func appendExperts(mods []string, n int) []string {
+// expert, then those of the shared expert when shared, to mods.
+func appendExperts(mods []string, n int, shared bool) []string {
 	for e := range n {
 		for j := range 3 {
 			mods = append(mods, ExpertModule(e, j))
 		}
 	}
+	if shared {
+		for j := range 3 {
+			mods = append(mods, ExpertModule(SharedExpert, j))
+		}
+	}
 	return mods
+}
+
+// expert is routed expert i, or the shared one for SharedExpert; nil when
+// there is none.
+func (e *MoE) expert(i int) *Expert {
+	switch {
+	case i == SharedExpert:
+		return e.Shared
+	case i >= 0 && i < len(e.Experts):
+		return &e.Experts[i]
+	}
+	return nil
 }
 
 // linear returns the expert linear named by a target module name, nil for
 // any other name.
 func (e *MoE) linear(module string) *Linear {
 	i, j, ok := ParseExpertModule(module)
-	if !ok || i >= len(e.Experts) {
+	x := e.expert(i)
+	if !ok || x == nil {
 		return nil
 	}
-	return []*Linear{&e.Experts[i].Gate, &e.Experts[i].Up, &e.Experts[i].Down}[j]
+	return []*Linear{&x.Gate, &x.Up, &x.Down}[j]
 }
 
 // densify returns e with its factored experts multiplied back into dense
@@ -392,8 +423,12 @@ func (e *MoE) densify(m *Model) *MoE {
 	}
 	out := e.Clone()
 	changed := false
-	for i := range out.Experts {
-		for _, l := range []*Linear{&out.Experts[i].Gate, &out.Experts[i].Up, &out.Experts[i].Down} {
+	for i := SharedExpert; i < len(out.Experts); i++ {
+		x := out.expert(i)
+		if x == nil {
+			continue
+		}
+		for _, l := range []*Linear{&x.Gate, &x.Up, &x.Down} {
 			if f, ok := (*l).(*Factored); ok {
 				w := make([]float32, f.B.out*f.A.in)
 				m.Backend.Sgemm(false, false, f.B.out, f.A.in, f.A.out, 1, f.B.Weight, f.B.in, f.A.Weight, f.A.in, 0, w, f.A.in)
@@ -416,6 +451,10 @@ func (e *MoE) Clone() *MoE {
 	}
 	c := *e
 	c.Experts = slices.Clone(e.Experts)
+	if e.Shared != nil {
+		s := *e.Shared
+		c.Shared = &s
+	}
 	return &c
 }
 
@@ -474,8 +513,12 @@ func (c *Config) MatchTargets(targets []string) (mods, problems []string) {
 		case GlobMatches(g, "mlp.gate") || GlobMatches(g, c.MoE.Prefix+"gate"):
 			problems = append(problems, fmt.Sprintf("target %q names the router (mlp.gate) of model_type %s, which is never compressed (the router mlp.gate stays dense): target the experts, mlp.experts.<e>.gate_proj, up_proj or down_proj", g, c.ModelType))
 		default:
-			problems = append(problems, fmt.Sprintf("target %q matches no module of model_type %s (modules: %s, and mlp.experts.<e>.gate_proj, up_proj and down_proj for e in 0..%d; the router mlp.gate stays dense)",
-				g, c.ModelType, strings.Join(attnModules, ", "), c.MoE.Experts-1))
+			shared := ""
+			if c.MoE.SharedInter > 0 {
+				shared = ", mlp.shared_expert.gate_proj, up_proj and down_proj"
+			}
+			problems = append(problems, fmt.Sprintf("target %q matches no module of model_type %s (modules: %s, and mlp.experts.<e>.gate_proj, up_proj and down_proj for e in 0..%d%s; the router mlp.gate stays dense)",
+				g, c.ModelType, strings.Join(attnModules, ", "), c.MoE.Experts-1, shared))
 		}
 	}
 	for _, m := range all {

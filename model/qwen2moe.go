@@ -14,7 +14,10 @@ import (
 // y = Σ w_e · expert_e(x) + sigmoid(shared_expert_gate x) · shared_expert(x).
 // Tensors: mlp.shared_expert.{gate,up,down}_proj.weight and
 // mlp.shared_expert_gate.weight [1, hidden], besides Qwen3-MoE's. The
-// shared expert is not a compression target (it stays dense). Refused:
+// shared expert's linears are compression targets as the routed experts'
+// are (mlp.shared_expert.gate_proj, up_proj, down_proj; moe.go's
+// SharedExpert), calibrated on every token; its sigmoid gate stays dense.
+// Refused:
 // use_sliding_window, decoder_sparse_step > 1 and mlp_only_layers.
 
 // qwen2moe reads Qwen2-MoE's own config fields.

@@ -12,7 +12,8 @@ import (
 
 // The recipe runs end to end on every reference checkpoint (the
 // tiny random models checked against transformers): whitened SVD keeping
-// 80% of the MLP parameters (mlp.*: every expert in a mixture of experts),
+// 80% of the MLP parameters (mlp.*: every expert in a mixture of experts,
+// Qwen2-MoE's shared one too),
 // then 4-bit GPTQ, one group per output channel (the 48-wide models have
 // no 32-wide groups), of the attention projections. The KL to the original
 // model is measured on sequences sampled from it, apart from the
@@ -42,23 +43,26 @@ func TestArchRecipeKL(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		experts := 0
+		experts, shared := 0, 0 // routed experts' linears; Qwen2-MoE's shared expert's
 		for _, l := range lr.Layers {
-			if strings.Contains(l.Name, ".mlp.experts.") {
+			switch {
+			case strings.Contains(l.Name, ".mlp.experts."):
 				experts++
+			case strings.Contains(l.Name, ".mlp.shared_expert."):
+				shared++
 			}
 		}
 		lrLogits, _ := lr.Model.Forward(ev)
 		qLogits, _ := q.Model.Forward(ev)
 		v := m.Config.VocabSize
 		klLR, klQ := eval.MeanKL(base, lrLogits, v), eval.MeanKL(base, qLogits, v)
-		t.Logf("%-16s %-12s whiten keep 0.8 on mlp.* (%d matrices, %d experts' linears, %d/%d params): KL %.4f; then gptq 4-bit on self_attn.* (%d matrices): KL %.4f",
-			name, m.Config.ModelType, len(lr.Layers), experts, lr.Params, lr.Total, klLR, len(q.Layers), klQ)
+		t.Logf("%-16s %-12s whiten keep 0.8 on mlp.* (%d matrices, %d experts' and %d shared expert's linears, %d/%d params): KL %.4f; then gptq 4-bit on self_attn.* (%d matrices): KL %.4f",
+			name, m.Config.ModelType, len(lr.Layers), experts, shared, lr.Params, lr.Total, klLR, len(q.Layers), klQ)
 		if !(klLR > 0 && klLR < 0.5 && klQ > 0 && klQ < 0.5) {
 			t.Errorf("%s: KL %.4f then %.4f out of (0, 0.5)", name, klLR, klQ)
 		}
-		if m.Config.MoE != nil && experts != len(lr.Layers) {
-			t.Errorf("%s: %d of %d compressed matrices are experts' linears, want all", name, experts, len(lr.Layers))
+		if m.Config.MoE != nil && (experts+shared != len(lr.Layers) || shared != 3*m.Config.NumLayers*min(1, m.Config.MoE.SharedInter)) {
+			t.Errorf("%s: %d of %d compressed matrices are experts' linears (%d the shared expert's), want all", name, experts+shared, len(lr.Layers), shared)
 		}
 		if m.Config.MoE == nil {
 			continue
@@ -76,8 +80,8 @@ func TestArchRecipeKL(t *testing.T) {
 		qeLogits, _ := qe.Model.Forward(ev)
 		klLA, klQE := eval.MeanKL(base, laLogits, v), eval.MeanKL(base, qeLogits, v)
 		t.Logf("%-16s %-12s whiten keep 0.8 on self_attn.*: KL %.4f; then gptq 4-bit on mlp.experts.* (%d matrices): KL %.4f", name, m.Config.ModelType, klLA, len(qe.Layers), klQE)
-		if !(klLA > 0 && klLA < 0.5 && klQE > 0 && klQE < 0.5) || len(qe.Layers) != len(lr.Layers) {
-			t.Errorf("%s: KL %.4f then %.4f out of (0, 0.5), or %d experts' linears quantized (want %d)", name, klLA, klQE, len(qe.Layers), len(lr.Layers))
+		if !(klLA > 0 && klLA < 0.5 && klQE > 0 && klQE < 0.5) || len(qe.Layers) != experts {
+			t.Errorf("%s: KL %.4f then %.4f out of (0, 0.5), or %d experts' linears quantized (want %d)", name, klLA, klQE, len(qe.Layers), experts)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/rankzip/rankzip/kernels"
 )
@@ -19,8 +20,9 @@ type SyntheticConfig struct {
 	MLA *MLAConfig
 	// ModelType, when set, builds another architecture: "qwen3", "phi3",
 	// "gemma3_text" (Gemma's layers alternate sliding and global), or the
-	// mixtures of experts "mixtral" and "qwen3_moe" (Experts experts of
-	// Intermediate each, TopK per token).
+	// mixtures of experts "mixtral", "qwen3_moe" and "qwen2_moe" (Experts
+	// experts of Intermediate each, TopK per token; Qwen2-MoE's shared
+	// expert of 2·Intermediate).
 	ModelType     string
 	Experts, TopK int
 	HeadDim       int // head_dim when not Hidden/Heads (qwen3, gemma3_text)
@@ -55,12 +57,15 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 	if t := s.ModelType; t != "" {
 		raw["model_type"] = t
 		raw["architectures"] = []string{map[string]string{"qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
-			"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[t]}
+			"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}[t]}
 		switch t {
 		case "mixtral":
 			raw["num_local_experts"], raw["num_experts_per_tok"] = s.Experts, s.TopK
-		case "qwen3_moe":
+		case "qwen3_moe", "qwen2_moe":
 			raw["num_experts"], raw["num_experts_per_tok"], raw["moe_intermediate_size"], raw["norm_topk_prob"] = s.Experts, s.TopK, s.Intermediate, true
+		}
+		if t == "qwen2_moe" {
+			raw["shared_expert_intermediate_size"] = 2 * s.Intermediate
 		}
 		if s.HeadDim > 0 {
 			raw["head_dim"] = s.HeadDim
@@ -136,10 +141,23 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 				}
 				b.MoE.Experts = append(b.MoE.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
 			}
+			if e.SharedInter > 0 {
+				var x [3]Linear
+				for j := range 3 {
+					out, in := sharedShape(cfg, j)
+					x[j] = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
+				}
+				b.MoE.Shared, b.MoE.SharedGate = &Expert{Gate: x[0], Up: x[1], Down: x[2]}, NewDense(1, s.Hidden, gauss(s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil)
+			}
 		}
 		for _, mod := range b.Modules() {
 			out, in, _ := linearShape(cfg, mod)
-			*b.Linear(mod) = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
+			w := gauss(out*in, 1/math.Sqrt(float64(in)))
+			var bias []float32
+			if cfg.QKVBias && slices.Contains(Modules[:3], mod) { // Qwen2-MoE's q, k, v
+				bias = gauss(out, 0.1)
+			}
+			*b.Linear(mod) = NewDense(out, in, w, bias)
 		}
 		m.Blocks = append(m.Blocks, b)
 	}
