@@ -1,6 +1,6 @@
 // Package model reads, runs and writes causal language models in the Hugging
-// Face layout: Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3 (text), Mixtral
-// and Qwen3-MoE, plus the layouts rankzip's stages produce (its native
+// Face layout: Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3 (text),
+// Mixtral, Qwen3-MoE and Qwen2-MoE, plus the layouts rankzip's stages produce (its native
 // factored and quantized layers, Palu's latents, DeepSeek-V3 MLA).
 //
 // Contract:
