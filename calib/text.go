@@ -65,14 +65,8 @@ var errEnough = errors.New("enough rows")
 // Parquet dataset, streaming: a Parquet input is read one page at a time, a
 // text file one line at a time. On any error nothing is written at Out.
 func ImportText(o TextImport) (st TextStats, err error) {
-	if o.Encoder == nil {
-		return st, fmt.Errorf("calib: ImportText: no tokenizer")
-	}
-	if o.SeqLen <= len(o.Prefix) {
-		return st, fmt.Errorf("calib: seq_len %d leaves no room after %d special tokens", o.SeqLen, len(o.Prefix))
-	}
-	if o.Sequences < 0 {
-		return st, fmt.Errorf("calib: sequences %d is negative", o.Sequences)
+	if err := o.check(); err != nil {
+		return st, err
 	}
 	if o.Column == "" {
 		o.Column = "text"
@@ -86,96 +80,21 @@ func ImportText(o TextImport) (st TextStats, err error) {
 			w.Abort()
 		}
 	}()
-
-	var (
-		stream    []int32 // packed ids not yet in a row
-		ids       []int32
-		reservoir [][]int32
-		order     []int64 // input position of each reservoir row
-		rng       = rand.New(rand.NewSource(o.Seed))
-		body      = o.SeqLen - len(o.Prefix)
-		row       = make([]int32, 0, o.SeqLen)
-	)
-	emit := func(r []int32) error {
-		k := st.Rows
-		st.Rows++
-		if o.Sample && o.Sequences > 0 {
-			switch {
-			case len(reservoir) < o.Sequences:
-				reservoir = append(reservoir, append([]int32(nil), r...))
-				order = append(order, k)
-			default:
-				if j := rng.Int63n(k + 1); j < int64(o.Sequences) {
-					reservoir[j] = append(reservoir[j][:0], r...)
-					order[j] = k
-				}
-			}
-			return nil
-		}
-		if err := w.Write(r); err != nil {
-			return err
-		}
-		if o.Sequences > 0 && st.Rows >= int64(o.Sequences) {
-			return errEnough
-		}
-		return nil
-	}
-	doc := func(text string) error {
-		st.Docs++
-		if o.NoPack {
-			ids = o.Encoder.AppendEncode(ids[:0], text, true)
-			st.Tokens += int64(len(ids))
-			if len(ids) == 0 {
-				return nil
-			}
-			if len(ids) > o.SeqLen {
-				ids = ids[:o.SeqLen]
-			}
-			return emit(ids)
-		}
-		n := len(stream)
-		stream = o.Encoder.AppendEncode(stream, text, false)
-		st.Tokens += int64(len(stream) - n)
-		if len(stream) == n {
-			return nil // an empty document adds no EOS either
-		}
-		if o.EOS >= 0 {
-			stream = append(stream, o.EOS)
-		}
-		at := 0
-		for len(stream)-at >= body {
-			row = append(append(row[:0], o.Prefix...), stream[at:at+body]...)
-			at += body
-			if err := emit(row); err != nil {
-				return err
-			}
-		}
-		stream = append(stream[:0], stream[at:]...)
-		return nil
-	}
+	p := &packer{o: o, w: w, rng: rand.New(rand.NewSource(o.Seed)), row: make([]int32, 0, o.SeqLen)}
 	progress := func(done float64) {
 		if o.Progress != nil {
-			o.Progress(done, st.Docs, st.Tokens, st.Rows)
+			o.Progress(done, p.st.Docs, p.st.Tokens, p.st.Rows)
 		}
 	}
-	err = EachText(o.From, o.Column, progress, doc)
+	err = EachText(o.From, o.Column, progress, p.doc)
 	if err != nil && err != errEnough {
-		return st, err
+		return p.st, err
 	}
-	st.Dropped = int64(len(stream))
-	if o.Sample && o.Sequences > 0 {
-		idx := make([]int, len(reservoir))
-		for i := range idx {
-			idx[i] = i
-		}
-		sort.Slice(idx, func(a, b int) bool { return order[idx[a]] < order[idx[b]] })
-		for _, i := range idx {
-			if err := w.Write(reservoir[i]); err != nil {
-				return st, err
-			}
-		}
-		st.Rows = int64(len(reservoir))
+	p.st.Dropped = int64(len(p.stream))
+	if err := p.writeSample(); err != nil {
+		return p.st, err
 	}
+	st = p.st
 	if w.N() == 0 {
 		if st.Docs == 0 {
 			return st, fileError(o.From, nil, "no text documents")
@@ -184,6 +103,120 @@ func ImportText(o TextImport) (st TextStats, err error) {
 	}
 	progress(1)
 	return st, w.Close()
+}
+
+// check rejects an import that cannot make a row.
+func (o TextImport) check() error {
+	if o.Encoder == nil {
+		return fmt.Errorf("calib: ImportText: no tokenizer")
+	}
+	if o.SeqLen <= len(o.Prefix) {
+		return fmt.Errorf("calib: seq_len %d leaves no room after %d special tokens", o.SeqLen, len(o.Prefix))
+	}
+	if o.Sequences < 0 {
+		return fmt.Errorf("calib: sequences %d is negative", o.Sequences)
+	}
+	return nil
+}
+
+// packer turns documents into rows for ImportText: it packs (or truncates)
+// their ids and writes the rows, or keeps a reservoir sample of them.
+type packer struct {
+	o   TextImport
+	w   *Writer
+	st  TextStats
+	rng *rand.Rand
+
+	stream    []int32 // packed ids not yet in a row
+	ids       []int32
+	row       []int32
+	reservoir [][]int32
+	order     []int64 // input position of each reservoir row
+}
+
+// doc adds one document's rows.
+func (p *packer) doc(text string) error {
+	o := &p.o
+	p.st.Docs++
+	if o.NoPack {
+		p.ids = o.Encoder.AppendEncode(p.ids[:0], text, true)
+		p.st.Tokens += int64(len(p.ids))
+		if len(p.ids) == 0 {
+			return nil
+		}
+		if len(p.ids) > o.SeqLen {
+			p.ids = p.ids[:o.SeqLen]
+		}
+		return p.emit(p.ids)
+	}
+	n := len(p.stream)
+	p.stream = o.Encoder.AppendEncode(p.stream, text, false)
+	p.st.Tokens += int64(len(p.stream) - n)
+	if len(p.stream) == n {
+		return nil // an empty document adds no EOS either
+	}
+	if o.EOS >= 0 {
+		p.stream = append(p.stream, o.EOS)
+	}
+	body := o.SeqLen - len(o.Prefix)
+	at := 0
+	for len(p.stream)-at >= body {
+		p.row = append(append(p.row[:0], o.Prefix...), p.stream[at:at+body]...)
+		at += body
+		if err := p.emit(p.row); err != nil {
+			return err
+		}
+	}
+	p.stream = append(p.stream[:0], p.stream[at:]...)
+	return nil
+}
+
+// emit writes row r, or offers it to the reservoir when sampling; it
+// returns errEnough once the rows asked for are written.
+func (p *packer) emit(r []int32) error {
+	o := &p.o
+	k := p.st.Rows
+	p.st.Rows++
+	if o.Sample && o.Sequences > 0 {
+		switch {
+		case len(p.reservoir) < o.Sequences:
+			p.reservoir = append(p.reservoir, append([]int32(nil), r...))
+			p.order = append(p.order, k)
+		default:
+			if j := p.rng.Int63n(k + 1); j < int64(o.Sequences) {
+				p.reservoir[j] = append(p.reservoir[j][:0], r...)
+				p.order[j] = k
+			}
+		}
+		return nil
+	}
+	if err := p.w.Write(r); err != nil {
+		return err
+	}
+	if o.Sequences > 0 && p.st.Rows >= int64(o.Sequences) {
+		return errEnough
+	}
+	return nil
+}
+
+// writeSample writes the reservoir's rows in their input order (when
+// sampling).
+func (p *packer) writeSample() error {
+	if !p.o.Sample || p.o.Sequences <= 0 {
+		return nil
+	}
+	idx := make([]int, len(p.reservoir))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool { return p.order[idx[a]] < p.order[idx[b]] })
+	for _, i := range idx {
+		if err := p.w.Write(p.reservoir[i]); err != nil {
+			return err
+		}
+	}
+	p.st.Rows = int64(len(p.reservoir))
+	return nil
 }
 
 // EachText calls fn with every document of a text dataset: the non-null

@@ -39,17 +39,9 @@ type Options struct {
 	Spill string
 }
 
-// Layer reports what happened to one targeted matrix.
-type Layer struct {
-	Name           string  `json:"name"` // model.layers.i.<module>
-	Out            int     `json:"out"`
-	In             int     `json:"in"`
-	Rank           int     `json:"rank"` // 0 when kept dense
-	Dense          bool    `json:"dense"`
-	PredictedError float64 `json:"predicted_error"` // the method's own calibration error (see methods)
-	// Unrouted: an expert no calibration token was routed to, kept dense.
-	Unrouted bool `json:"unrouted,omitempty"`
-}
+// Layer reports what happened to one targeted matrix (model's type, so
+// that a reader of reports need not import compress).
+type Layer = model.LowRankReport
 
 // Result is the compressed model and a per-layer report.
 type Result struct {

@@ -22,14 +22,8 @@ type EoRAOptions struct {
 	Spill   string         // if set, keep calibration hidden states in memory-mapped files in this directory
 }
 
-// EoRALayer reports one correction: the layer's calibration error
-// tr(ΔW C ΔWᵀ) / N before and after.
-type EoRALayer struct {
-	Name        string  `json:"name"`
-	Rank        int     `json:"rank"`
-	ErrorBefore float64 `json:"error_before"`
-	ErrorAfter  float64 `json:"error_after"`
-}
+// EoRALayer reports one correction (model's type).
+type EoRALayer = model.EoRAReport
 
 // EoRAResult is the compensated model (adapted layers wrapped in
 // gptq.Adapted), the adapters to export, and a per-layer report.

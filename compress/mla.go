@@ -26,16 +26,8 @@ type MLAOptions struct {
 	SeqLen int
 }
 
-// MLALayer reports the conversion of one layer.
-type MLALayer struct {
-	Layer       int
-	RopeShare   float64 // share of the key energy held by the rope dims
-	LatentShare float64 // share of [K_nope/α; V] energy held by the latent
-	Alpha       float64 // BKV scale
-	// RopeFreqIndex gives each rope pair's frequency (an index into the
-	// model's RoPE frequencies).
-	RopeFreqIndex []int
-}
+// MLALayer reports the conversion of one layer (model's type).
+type MLALayer = model.MLAReport
 
 // MLAResult is the converted model.
 type MLAResult struct {

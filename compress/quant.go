@@ -31,20 +31,8 @@ type QuantOptions struct {
 	Spill     string     // if set, keep calibration hidden states in memory-mapped files in this directory
 }
 
-// QuantLayer reports one quantized matrix.
-type QuantLayer struct {
-	Name   string `json:"name"`
-	Out    int    `json:"out"`
-	In     int    `json:"in"`
-	Groups int    `json:"groups"`
-	// CalibError is tr((W − Ŵ) C (W − Ŵ)ᵀ) / N under the Gram C of the
-	// stream the layer sees; RelError divides it by tr(W C Wᵀ) / N.
-	CalibError float64 `json:"calib_error"`
-	RelError   float64 `json:"rel_error"`
-	Damp       float64 `json:"damp,omitempty"` // GPTQ's final relative damping
-	// Unrouted: an expert no calibration token was routed to, kept dense.
-	Unrouted bool `json:"unrouted,omitempty"`
-}
+// QuantLayer reports one quantized matrix (model's type).
+type QuantLayer = model.QuantReport
 
 // QuantResult is the quantized model and a per-layer report.
 type QuantResult struct {

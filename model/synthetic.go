@@ -36,6 +36,34 @@ type SyntheticConfig struct {
 // activations keep their scale, and embeddings with standard deviation 0.25,
 // so the output distribution is far from uniform.
 func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error) {
+	data, err := json.Marshal(syntheticConfig(s))
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConfig("synthetic config", data)
+	if err != nil {
+		return nil, fmt.Errorf("synthetic model: %w", err)
+	}
+	r := randomWeights{rand.New(rand.NewPCG(seed, 0x5eed))}
+	m := &Model{Config: cfg, Embed: r.gauss(s.Vocab*s.Hidden, 0.25), Norm: r.ones(s.Hidden), Backend: k}
+	if cfg.Gemma != nil {
+		for i := range m.Norm {
+			m.Norm[i]--
+		}
+	}
+	if s.Tied {
+		m.LMHead = NewDense(s.Vocab, s.Hidden, m.Embed, nil)
+	} else {
+		m.LMHead = r.linear(s.Vocab, s.Hidden)
+	}
+	for i := range s.Layers {
+		m.Blocks = append(m.Blocks, r.block(cfg, i))
+	}
+	return m, nil
+}
+
+// syntheticConfig is the config.json of a synthetic model.
+func syntheticConfig(s SyntheticConfig) map[string]any {
 	raw := map[string]any{
 		"architectures": []string{"LlamaForCausalLM"}, "model_type": "llama",
 		"hidden_size": s.Hidden, "intermediate_size": s.Intermediate, "num_hidden_layers": s.Layers,
@@ -79,89 +107,81 @@ func Synthetic(s SyntheticConfig, seed uint64, k kernels.Backend) (*Model, error
 			raw["query_pre_attn_scalar"] = max(s.HeadDim, s.Hidden/s.Heads)
 		}
 	}
-	data, err := json.Marshal(raw)
-	if err != nil {
-		return nil, err
+	return raw
+}
+
+// randomWeights draws a synthetic model's weights, in a fixed order.
+type randomWeights struct{ rng *rand.Rand }
+
+// gauss is n Gaussian values of standard deviation std.
+func (r randomWeights) gauss(n int, std float64) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.rng.NormFloat64() * std)
 	}
-	cfg, err := ParseConfig("synthetic config", data)
-	if err != nil {
-		return nil, fmt.Errorf("synthetic model: %w", err)
+	return v
+}
+
+// ones is a norm's n weights near 1.
+func (r randomWeights) ones(n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = 1 + float32(0.1*r.rng.NormFloat64())
 	}
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	gauss := func(n int, std float64) []float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64() * std)
+	return v
+}
+
+// linear is an out×in layer with standard deviation 1/√in.
+func (r randomWeights) linear(out, in int) *Dense {
+	return NewDense(out, in, r.gauss(out*in, 1/math.Sqrt(float64(in))), nil)
+}
+
+// block is layer i of a model of cfg: its norms, then its latent attention
+// (MLA) and experts (MoE) if any, then its linear modules.
+func (r randomWeights) block(cfg *Config, i int) *Block {
+	b := &Block{}
+	for _, n := range blockNorms(cfg) {
+		if cfg.Gemma != nil { // Gemma's norms scale by 1 + w
+			*n.get(b) = r.gauss(normSize(cfg, n), 0.1)
+		} else {
+			*n.get(b) = r.ones(normSize(cfg, n))
 		}
-		return v
 	}
-	ones := func(n int) []float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = 1 + float32(0.1*rng.NormFloat64())
-		}
-		return v
-	}
-	m := &Model{Config: cfg, Embed: gauss(s.Vocab*s.Hidden, 0.25), Norm: ones(s.Hidden), Backend: k}
-	if cfg.Gemma != nil {
-		for i := range m.Norm {
-			m.Norm[i]--
+	b.Sliding = cfg.layerSlides(i)
+	if a := cfg.MLA; a != nil {
+		b.MLA = &MLA{LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim, RopeFreq: cfg.MLARopeFreq(),
+			KVA: r.linear(a.LoraRank+a.RopeDim, cfg.HiddenSize),
+			KVB: r.linear(cfg.NumHeads*(a.NopeDim+a.VDim), a.LoraRank)}
+		if a.LatentNorm {
+			b.MLA.KVANorm = r.ones(a.LoraRank)
 		}
 	}
-	if s.Tied {
-		m.LMHead = NewDense(s.Vocab, s.Hidden, m.Embed, nil)
-	} else {
-		m.LMHead = NewDense(s.Vocab, s.Hidden, gauss(s.Vocab*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil)
-	}
-	for range s.Layers {
-		b := &Block{}
-		for _, n := range blockNorms(cfg) {
-			if cfg.Gemma != nil { // Gemma's norms scale by 1 + w
-				*n.get(b) = gauss(normSize(cfg, n), 0.1)
-			} else {
-				*n.get(b) = ones(normSize(cfg, n))
+	if e := cfg.MoE; e != nil {
+		b.MoE = &MoE{Router: r.linear(e.Experts, cfg.HiddenSize), TopK: e.TopK, Norm: e.NormTopK}
+		for range e.Experts {
+			var x [3]Linear
+			for j := range 3 {
+				x[j] = r.linear(expertShape(cfg, j))
 			}
+			b.MoE.Experts = append(b.MoE.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
 		}
-		b.Sliding = cfg.layerSlides(len(m.Blocks))
-		if a := cfg.MLA; a != nil {
-			b.MLA = &MLA{LoraRank: a.LoraRank, RopeDim: a.RopeDim, NopeDim: a.NopeDim, VDim: a.VDim, RopeFreq: cfg.MLARopeFreq(),
-				KVA: NewDense(a.LoraRank+a.RopeDim, s.Hidden, gauss((a.LoraRank+a.RopeDim)*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil),
-				KVB: NewDense(s.Heads*(a.NopeDim+a.VDim), a.LoraRank, gauss(s.Heads*(a.NopeDim+a.VDim)*a.LoraRank, 1/math.Sqrt(float64(a.LoraRank))), nil)}
-			if a.LatentNorm {
-				b.MLA.KVANorm = ones(a.LoraRank)
+		if e.SharedInter > 0 {
+			var x [3]Linear
+			for j := range 3 {
+				x[j] = r.linear(sharedShape(cfg, j))
 			}
+			b.MoE.Shared, b.MoE.SharedGate = &Expert{Gate: x[0], Up: x[1], Down: x[2]}, r.linear(1, cfg.HiddenSize)
 		}
-		if e := cfg.MoE; e != nil {
-			b.MoE = &MoE{Router: NewDense(e.Experts, s.Hidden, gauss(e.Experts*s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil), TopK: e.TopK, Norm: e.NormTopK}
-			for range e.Experts {
-				var x [3]Linear
-				for j := range 3 {
-					out, in := expertShape(cfg, j)
-					x[j] = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
-				}
-				b.MoE.Experts = append(b.MoE.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
-			}
-			if e.SharedInter > 0 {
-				var x [3]Linear
-				for j := range 3 {
-					out, in := sharedShape(cfg, j)
-					x[j] = NewDense(out, in, gauss(out*in, 1/math.Sqrt(float64(in))), nil)
-				}
-				b.MoE.Shared, b.MoE.SharedGate = &Expert{Gate: x[0], Up: x[1], Down: x[2]}, NewDense(1, s.Hidden, gauss(s.Hidden, 1/math.Sqrt(float64(s.Hidden))), nil)
-			}
-		}
-		for _, mod := range b.Modules() {
-			out, in, _ := linearShape(cfg, mod)
-			w := gauss(out*in, 1/math.Sqrt(float64(in)))
-			var bias []float32
-			if cfg.QKVBias && slices.Contains(Modules[:3], mod) { // Qwen2-MoE's q, k, v
-				bias = gauss(out, 0.1)
-			}
-			*b.Linear(mod) = NewDense(out, in, w, bias)
-		}
-		m.Blocks = append(m.Blocks, b)
 	}
-	return m, nil
+	for _, mod := range b.Modules() {
+		out, in, _ := linearShape(cfg, mod)
+		l := r.linear(out, in)
+		if cfg.QKVBias && slices.Contains(Modules[:3], mod) { // Qwen2-MoE's q, k, v
+			l.Bias = r.gauss(out, 0.1)
+		}
+		*b.Linear(mod) = l
+	}
+	return b
 }
 
 // Sample draws n sequences of length seqLen from m at temperature 1, each

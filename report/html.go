@@ -8,7 +8,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/rankzip/rankzip/compress"
+	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/recipe"
 )
 
@@ -112,7 +112,7 @@ func build(d *Data) (*page, error) {
 }
 
 // keptShare is the share of a layer's parameters its factors keep.
-func keptShare(l compress.Layer) float64 {
+func keptShare(l model.LowRankReport) float64 {
 	if l.Dense || l.Out*l.In == 0 {
 		return 1
 	}
@@ -133,7 +133,7 @@ func (pg *page) figures() error {
 		return nil
 	}
 	d := pg.Data
-	name := func(l compress.Layer) string { return l.Name }
+	name := func(l model.LowRankReport) string { return l.Name }
 	if len(d.Layers) > 0 {
 		method := "low-rank"
 		for _, s := range d.Recipe.Stages {
@@ -143,7 +143,7 @@ func (pg *page) figures() error {
 			}
 		}
 		svg, err := linePlot("Kept rank per layer ("+method+")", "rank",
-			byModule(d.Layers, name, func(l compress.Layer) (float64, bool) {
+			byModule(d.Layers, name, func(l model.LowRankReport) (float64, bool) {
 				if l.Dense {
 					return float64(min(l.Out, l.In)), true
 				}
@@ -153,12 +153,12 @@ func (pg *page) figures() error {
 			return err
 		}
 		svg, err = linePlot("Kept parameters per layer", "% of the matrix's parameters",
-			byModule(d.Layers, name, func(l compress.Layer) (float64, bool) { return 100 * keptShare(l), true }), false)
+			byModule(d.Layers, name, func(l model.LowRankReport) (float64, bool) { return 100 * keptShare(l), true }), false)
 		if err := add("Kept parameters", "r·(out+in) / (out·in) of each matrix; 100% for a matrix kept dense.", svg, err); err != nil {
 			return err
 		}
 		svg, err = linePlot("Predicted calibration error per layer", "error (log)",
-			byModule(d.Layers, name, func(l compress.Layer) (float64, bool) { return l.PredictedError, !l.Dense }), true)
+			byModule(d.Layers, name, func(l model.LowRankReport) (float64, bool) { return l.PredictedError, !l.Dense }), true)
 		if err := add("Predicted calibration error", "The method's own error of each compressed matrix on the calibration statistics.", svg, err); err != nil {
 			return err
 		}
@@ -167,16 +167,16 @@ func (pg *page) figures() error {
 		tag := fmt.Sprintf("stages[%d] %s", s.Index, s.Method)
 		if len(s.Quant) > 0 {
 			svg, err := linePlot("Quantization error per layer ("+tag+")", "relative calibration error (log)",
-				byModule(s.Quant, func(q compress.QuantLayer) string { return q.Name },
-					func(q compress.QuantLayer) (float64, bool) { return q.RelError, true }), true)
+				byModule(s.Quant, func(q model.QuantReport) string { return q.Name },
+					func(q model.QuantReport) (float64, bool) { return q.RelError, true }), true)
 			if err := add("Quantization error", "tr(ΔW C ΔWᵀ) / tr(W C Wᵀ) of each quantized matrix under its calibration Gram C.", svg, err); err != nil {
 				return err
 			}
 		}
 		if len(s.EoRA) > 0 {
 			svg, err := linePlot("EoRA: error after / before per layer ("+tag+")", "ratio",
-				byModule(s.EoRA, func(e compress.EoRALayer) string { return e.Name },
-					func(e compress.EoRALayer) (float64, bool) { return e.ErrorAfter / e.ErrorBefore, e.ErrorBefore > 0 }), false)
+				byModule(s.EoRA, func(e model.EoRAReport) string { return e.Name },
+					func(e model.EoRAReport) (float64, bool) { return e.ErrorAfter / e.ErrorBefore, e.ErrorBefore > 0 }), false)
 			if err := add("EoRA correction", "Calibration error of each corrected matrix after the correction, as a share of the error before.", svg, err); err != nil {
 				return err
 			}

@@ -18,7 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/eval"
 	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/recipe"
@@ -52,7 +51,7 @@ type Data struct {
 	Compressed *eval.Report `json:"compressed,omitempty"`
 
 	// Layers are the low-rank stage's per-layer records (model order).
-	Layers []compress.Layer `json:"layers,omitempty"`
+	Layers []model.LowRankReport `json:"layers,omitempty"`
 	// Stages are the other stages' per-layer records, in recipe order.
 	Stages []Stage `json:"stages,omitempty"`
 	// Timings are the job's steps in order, with the time each took.
@@ -63,12 +62,12 @@ type Data struct {
 
 // Stage is what a palu, mla, rtn, gptq or eora stage did, over all blocks.
 type Stage struct {
-	Index  int                   `json:"index"` // in the recipe's stages
-	Method string                `json:"method"`
-	Quant  []compress.QuantLayer `json:"quant,omitempty"`
-	EoRA   []compress.EoRALayer  `json:"eora,omitempty"`
-	Palu   map[string][]int      `json:"palu,omitempty"` // module → rank per group
-	MLA    []compress.MLALayer   `json:"mla,omitempty"`
+	Index  int                 `json:"index"` // in the recipe's stages
+	Method string              `json:"method"`
+	Quant  []model.QuantReport `json:"quant,omitempty"`
+	EoRA   []model.EoRAReport  `json:"eora,omitempty"`
+	Palu   map[string][]int    `json:"palu,omitempty"` // module → rank per group
+	MLA    []model.MLAReport   `json:"mla,omitempty"`
 }
 
 // Timing is one step of a job: inspect, a recipe stage's blocks, export,

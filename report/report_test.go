@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/eval"
+	"github.com/rankzip/rankzip/model"
 	"github.com/rankzip/rankzip/recipe"
 )
 
@@ -31,9 +31,9 @@ func Sample() *Data {
 	for i := range 4 {
 		for j, m := range []string{"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"} {
 			name := fmt.Sprintf("model.layers.%d.%s", i, m)
-			d.Layers = append(d.Layers, compress.Layer{Name: name, Out: 172, In: 64, Rank: 30 + 3*i - j, PredictedError: 0.01 * float64(i+1+j)})
-			q.Quant = append(q.Quant, compress.QuantLayer{Name: name, Out: 172, In: 64, RelError: 0.002 * float64(i+1)})
-			e.EoRA = append(e.EoRA, compress.EoRALayer{Name: name, Rank: 8, ErrorBefore: 1, ErrorAfter: 0.5 + 0.1*float64(j)})
+			d.Layers = append(d.Layers, model.LowRankReport{Name: name, Out: 172, In: 64, Rank: 30 + 3*i - j, PredictedError: 0.01 * float64(i+1+j)})
+			q.Quant = append(q.Quant, model.QuantReport{Name: name, Out: 172, In: 64, RelError: 0.002 * float64(i+1)})
+			e.EoRA = append(e.EoRA, model.EoRAReport{Name: name, Rank: 8, ErrorBefore: 1, ErrorAfter: 0.5 + 0.1*float64(j)})
 		}
 	}
 	pa := Stage{Index: 3, Method: "palu", Palu: map[string][]int{}}
@@ -41,7 +41,7 @@ func Sample() *Data {
 	for i := range 4 {
 		pa.Palu[fmt.Sprintf("model.layers.%d.self_attn.k_proj", i)] = []int{8 + i, 8}
 		pa.Palu[fmt.Sprintf("model.layers.%d.self_attn.v_proj", i)] = []int{12, 12 - i}
-		ml.MLA = append(ml.MLA, compress.MLALayer{Layer: i, RopeShare: 0.3 + 0.1*float64(i), LatentShare: 0.9})
+		ml.MLA = append(ml.MLA, model.MLAReport{Layer: i, RopeShare: 0.3 + 0.1*float64(i), LatentShare: 0.9})
 	}
 	d.Stages = []Stage{q, e, pa, ml}
 	return d

@@ -46,80 +46,112 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 	if err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
-	// Everything reachable from the live set, and everything recent.
-	keep := map[string]bool{}
-	var queue []string
-	mark := func(sum string) {
-		if _, ok := objects[sum]; ok && !keep[sum] {
-			keep[sum] = true
-			queue = append(queue, sum)
-		}
-	}
-	for sum := range live {
-		mark(sum)
-	}
-	for sum, o := range objects {
-		if !keepSince.IsZero() && !o.mod.Before(keepSince) {
-			mark(sum)
-		}
-	}
-	// names returns the sums a small JSON object names (nil for others).
-	names := func(sum string) ([]string, bool, error) {
-		if objects[sum].size > scanLimit {
-			return nil, false, nil
-		}
-		data, err := s.gcRead(sum)
-		if err != nil {
-			return nil, false, err
-		}
-		var sums []string
-		for _, m := range sumPattern.FindAll(data, -1) {
-			sums = append(sums, string(m))
-		}
-		return sums, json.Valid(data), nil
-	}
-	expand := func() error {
-		for len(queue) > 0 {
-			sum := queue[0]
-			queue = queue[1:]
-			named, _, err := names(sum)
-			if err != nil {
-				return err
-			}
-			for _, m := range named {
-				mark(m)
-			}
-		}
-		return nil
-	}
-	if err := expand(); err != nil {
+	m := &gcMarker{s: s, objects: objects, keep: map[string]bool{}}
+	if err := m.markReachable(live, keepSince); err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
 	records, err := s.gcRecords()
 	if err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
-	// Records of kept artifacts, and reports.
-	for _, r := range records {
-		var ref Ref
-		if json.Unmarshal(r.data, &ref) != nil || keep[ref.SHA256] {
-			continue
-		}
-		if _, ok := objects[ref.SHA256]; !ok {
-			continue
-		}
-		named, isJSON, err := names(ref.SHA256)
-		if err != nil {
-			return rep, fmt.Errorf("store: gc: %w", err)
-		}
-		if isJSON && (len(named) == 0 || slices.ContainsFunc(named, func(m string) bool { return keep[m] })) {
-			mark(ref.SHA256)
-		}
-	}
-	if err := expand(); err != nil {
+	if err := m.markRecorded(records); err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
-	// Key records first, so that no record points at a removed object.
+	if err := s.removeUnkept(m.keep, objects, records, keepSince, dryRun, &rep); err != nil {
+		return rep, fmt.Errorf("store: gc: %w", err)
+	}
+	return rep, nil
+}
+
+// gcMarker finds the objects Collect keeps.
+type gcMarker struct {
+	s       *Store
+	objects map[string]gcObject
+	keep    map[string]bool
+	queue   []string // kept objects whose references are not yet marked
+}
+
+// markReachable keeps everything reachable from the live set, and
+// everything recent.
+func (m *gcMarker) markReachable(live map[string]bool, keepSince time.Time) error {
+	for sum := range live {
+		m.mark(sum)
+	}
+	for sum, o := range m.objects {
+		if !keepSince.IsZero() && !o.mod.Before(keepSince) {
+			m.mark(sum)
+		}
+	}
+	return m.expand()
+}
+
+// markRecorded keeps the objects of key records that are JSON naming a
+// kept object (a block's record) or naming none (a report), with all they
+// reach.
+func (m *gcMarker) markRecorded(records []gcRecord) error {
+	for _, r := range records {
+		var ref Ref
+		if json.Unmarshal(r.data, &ref) != nil || m.keep[ref.SHA256] {
+			continue
+		}
+		if _, ok := m.objects[ref.SHA256]; !ok {
+			continue
+		}
+		named, isJSON, err := m.names(ref.SHA256)
+		if err != nil {
+			return err
+		}
+		if isJSON && (len(named) == 0 || slices.ContainsFunc(named, func(sum string) bool { return m.keep[sum] })) {
+			m.mark(ref.SHA256)
+		}
+	}
+	return m.expand()
+}
+
+// mark keeps an existing object and queues it for expand.
+func (m *gcMarker) mark(sum string) {
+	if _, ok := m.objects[sum]; ok && !m.keep[sum] {
+		m.keep[sum] = true
+		m.queue = append(m.queue, sum)
+	}
+}
+
+// expand marks what the queued objects name, until nothing new is kept.
+func (m *gcMarker) expand() error {
+	for len(m.queue) > 0 {
+		sum := m.queue[0]
+		m.queue = m.queue[1:]
+		named, _, err := m.names(sum)
+		if err != nil {
+			return err
+		}
+		for _, n := range named {
+			m.mark(n)
+		}
+	}
+	return nil
+}
+
+// names returns the sums a small JSON object names (nil for others) and
+// whether it is JSON.
+func (m *gcMarker) names(sum string) ([]string, bool, error) {
+	if m.objects[sum].size > scanLimit {
+		return nil, false, nil
+	}
+	data, err := m.s.gcRead(sum)
+	if err != nil {
+		return nil, false, err
+	}
+	var sums []string
+	for _, match := range sumPattern.FindAll(data, -1) {
+		sums = append(sums, string(match))
+	}
+	return sums, json.Valid(data), nil
+}
+
+// removeUnkept removes (or with dryRun counts) the records and objects not
+// kept: key records first, so that no record points at a removed object.
+func (s *Store) removeUnkept(keep map[string]bool, objects map[string]gcObject, records []gcRecord, keepSince time.Time, dryRun bool, rep *GCReport) error {
 	for _, r := range records {
 		var ref Ref
 		if json.Unmarshal(r.data, &ref) == nil && keep[ref.SHA256] {
@@ -133,7 +165,7 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 			continue
 		}
 		if err := s.gcRemoveRecord(r.name); err != nil {
-			return rep, fmt.Errorf("store: gc: %w", err)
+			return err
 		}
 	}
 	for sum, o := range objects {
@@ -148,10 +180,10 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 			continue
 		}
 		if err := s.gcRemoveObject(sum); err != nil {
-			return rep, fmt.Errorf("store: gc: %w", err)
+			return err
 		}
 	}
-	return rep, nil
+	return nil
 }
 
 // maxClockSkew is the most an S3 server's clock may differ from ours: SigV4

@@ -62,19 +62,8 @@ func (m *bpeModel) idToToken(id int32) (string, bool) {
 
 func (m *bpeModel) size() int { return len(m.idToTok) }
 
+// parseModel reads the "model" of a tokenizer.json: BPE or Unigram.
 func parseModel(raw json.RawMessage, file string) (model, error) {
-	var h struct {
-		Type                    string            `json:"type"`
-		Dropout                 *float64          `json:"dropout"`
-		UnkToken                *string           `json:"unk_token"`
-		ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
-		EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
-		FuseUnk                 bool              `json:"fuse_unk"`
-		ByteFallback            bool              `json:"byte_fallback"`
-		IgnoreMerges            bool              `json:"ignore_merges"`
-		Vocab                   map[string]int32  `json:"vocab"`
-		Merges                  []json.RawMessage `json:"merges"`
-	}
 	var kind struct {
 		Type   string          `json:"type"`
 		Merges json.RawMessage `json:"merges"`
@@ -87,10 +76,27 @@ func parseModel(raw json.RawMessage, file string) (model, error) {
 	}
 	switch kind.Type {
 	case "BPE":
+		return parseBPE(raw, file)
 	case "Unigram":
 		return parseUnigram(raw, file)
 	default:
 		return nil, componentError(file, "model", "type %q not supported (rankzip reads BPE and Unigram tokenizers)", kind.Type)
+	}
+}
+
+// parseBPE reads a BPE model: its vocabulary, special tokens and merges.
+func parseBPE(raw json.RawMessage, file string) (*bpeModel, error) {
+	var h struct {
+		Type                    string            `json:"type"`
+		Dropout                 *float64          `json:"dropout"`
+		UnkToken                *string           `json:"unk_token"`
+		ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
+		EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
+		FuseUnk                 bool              `json:"fuse_unk"`
+		ByteFallback            bool              `json:"byte_fallback"`
+		IgnoreMerges            bool              `json:"ignore_merges"`
+		Vocab                   map[string]int32  `json:"vocab"`
+		Merges                  []json.RawMessage `json:"merges"`
 	}
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return nil, componentError(file, "model", "unreadable: %v", err)
@@ -105,20 +111,8 @@ func parseModel(raw json.RawMessage, file string) (model, error) {
 	if h.EndOfWordSuffix != nil {
 		m.suffix = *h.EndOfWordSuffix
 	}
-	max := int32(-1)
-	for tok, id := range m.vocab {
-		if id < 0 {
-			return nil, componentError(file, "model", "token %q has a negative id", tok)
-		}
-		if id > max {
-			max = id
-		}
-	}
-	m.idToTok = make([]string, max+1)
-	m.present = make([]bool, max+1)
-	for tok, id := range m.vocab {
-		m.idToTok[id] = tok
-		m.present[id] = true
+	if err := m.indexVocab(file); err != nil {
+		return nil, err
 	}
 	if h.UnkToken != nil {
 		id, ok := m.vocab[*h.UnkToken]
@@ -133,27 +127,56 @@ func parseModel(raw json.RawMessage, file string) (model, error) {
 			m.byteIDs[b] = id
 		}
 	}
-	m.merges = make(map[uint64]mergeInfo, len(h.Merges))
-	for rank, r := range h.Merges {
+	if err := m.addMerges(h.Merges, file); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// indexVocab builds the id to token table of the vocabulary.
+func (m *bpeModel) indexVocab(file string) error {
+	max := int32(-1)
+	for tok, id := range m.vocab {
+		if id < 0 {
+			return componentError(file, "model", "token %q has a negative id", tok)
+		}
+		if id > max {
+			max = id
+		}
+	}
+	m.idToTok = make([]string, max+1)
+	m.present = make([]bool, max+1)
+	for tok, id := range m.vocab {
+		m.idToTok[id] = tok
+		m.present[id] = true
+	}
+	return nil
+}
+
+// addMerges records the merges, ranked by their order: each "a b" or
+// [a, b] of two tokens of the vocabulary whose join is one too.
+func (m *bpeModel) addMerges(merges []json.RawMessage, file string) error {
+	m.merges = make(map[uint64]mergeInfo, len(merges))
+	for rank, r := range merges {
 		var a, b string
 		var s string
 		if err := json.Unmarshal(r, &s); err == nil {
 			parts := strings.Split(s, " ")
 			if len(parts) != 2 {
-				return nil, componentError(file, "model", "merge %d %q is not two tokens", rank, s)
+				return componentError(file, "model", "merge %d %q is not two tokens", rank, s)
 			}
 			a, b = parts[0], parts[1]
 		} else {
 			var pair []string
 			if err := json.Unmarshal(r, &pair); err != nil || len(pair) != 2 {
-				return nil, componentError(file, "model", "merge %d is neither \"a b\" nor [a, b]", rank)
+				return componentError(file, "model", "merge %d is neither \"a b\" nor [a, b]", rank)
 			}
 			a, b = pair[0], pair[1]
 		}
 		ia, ok1 := m.vocab[a]
 		ib, ok2 := m.vocab[b]
 		if !ok1 || !ok2 {
-			return nil, componentError(file, "model", "merge %d (%q, %q) uses a token not in the vocabulary", rank, a, b)
+			return componentError(file, "model", "merge %d (%q, %q) uses a token not in the vocabulary", rank, a, b)
 		}
 		merged := a + strings.TrimPrefix(b, m.prefix)
 		if m.prefix == "" {
@@ -161,11 +184,11 @@ func parseModel(raw json.RawMessage, file string) (model, error) {
 		}
 		nid, ok := m.vocab[merged]
 		if !ok {
-			return nil, componentError(file, "model", "merge %d result %q is not in the vocabulary", rank, merged)
+			return componentError(file, "model", "merge %d result %q is not in the vocabulary", rank, merged)
 		}
 		m.merges[pairKey(ia, ib)] = mergeInfo{int32(rank), nid}
 	}
-	return m, nil
+	return nil
 }
 
 // tokenize appends the ids of one pre-tokenized word.
@@ -260,6 +283,20 @@ func (h *mergeHeap) pop() mergeItem {
 
 // mergeWord is BPE::merge_word followed by Word::merge_all.
 func (m *bpeModel) mergeWord(dst []int32, w string) []int32 {
+	syms := m.symbols(w)
+	m.mergeAll(syms)
+	for _, s := range syms {
+		if s.len != 0 {
+			dst = append(dst, s.id)
+		}
+	}
+	return dst
+}
+
+// symbols are the word's characters as tokens (BPE::merge_word): with the
+// continuing-subword prefix and end-of-word suffix, else as bytes (byte
+// fallback), else as unk (fused when the model says so).
+func (m *bpeModel) symbols(w string) []symbol {
 	syms := make([]symbol, 0, len(w))
 	add := func(id int32, n int) {
 		k := len(syms)
@@ -319,7 +356,12 @@ func (m *bpeModel) mergeWord(dst []int32, w string) []int32 {
 	if unkID >= 0 {
 		add(unkID, unkLen)
 	}
+	return syms
+}
 
+// mergeAll applies the merges to syms by rank (Word::merge_all); a merged
+// symbol's right neighbour is left with len 0.
+func (m *bpeModel) mergeAll(syms []symbol) {
 	q := make(mergeHeap, 0, len(syms))
 	for i := 0; i+1 < len(syms); i++ {
 		if mi, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
@@ -355,10 +397,4 @@ func (m *bpeModel) mergeWord(dst []int32, w string) []int32 {
 			}
 		}
 	}
-	for _, s := range syms {
-		if s.len != 0 {
-			dst = append(dst, s.id)
-		}
-	}
-	return dst
 }

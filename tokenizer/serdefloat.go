@@ -21,79 +21,133 @@ var pow10 = func() (t [309]float64) {
 // a power of ten. The result can differ from the correctly rounded value in
 // the last bit, which decides ties between Unigram segmentations.
 func serdeFloat(s string) (float64, error) {
+	d, err := scanSerde(s)
+	switch {
+	case err != nil:
+		return 0, err
+	case d.zero && d.neg:
+		return math.Copysign(0, -1), nil
+	case d.zero:
+		return 0, nil
+	}
+	f, ok := scalePow10(float64(d.sig), d.exp)
+	if !ok {
+		return 0, fmt.Errorf("number %q out of range", s)
+	}
+	if d.neg {
+		f = -f
+	}
+	return f, nil
+}
+
+// serdeDecimal is a JSON number as serde_json scans it: sign, significand
+// (its first 19 or 20 digits, what fits a uint64) and the power of ten
+// scaling it; zero when the exponent underflows.
+type serdeDecimal struct {
+	neg  bool
+	sig  uint64
+	exp  int
+	zero bool
+}
+
+// scanSerde scans s (the whole of it, unless an exponent too small to read
+// makes the number 0, where serde_json stops).
+func scanSerde(s string) (serdeDecimal, error) {
+	var d serdeDecimal
 	bad := fmt.Errorf("invalid number %q", s)
 	i := 0
-	neg := false
 	if i < len(s) && s[i] == '-' {
-		neg = true
+		d.neg = true
 		i++
 	}
 	if i >= len(s) || s[i] < '0' || s[i] > '9' {
-		return 0, bad
+		return d, bad
 	}
+	i, ok := d.significand(s, i)
+	if !ok {
+		return d, bad
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		var err error
+		if i, err = d.exponent(s, i+1); err != nil || d.zero {
+			return d, err
+		}
+	}
+	if i != len(s) {
+		return d, bad
+	}
+	return d, nil
+}
+
+// significand reads the integer digits and fraction starting at s[i] and
+// returns where they end; false for a '.' with no digit after it.
+func (d *serdeDecimal) significand(s string, i int) (int, bool) {
 	const max = math.MaxUint64
 	overflow := func(a, b uint64) bool { return a >= max/10 && (a > max/10 || b > max%10) }
-	var sig uint64
-	exp := 0
 	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
-		d := uint64(s[i] - '0')
-		if exp > 0 || overflow(sig, d) {
-			exp++ // digits past u64 only scale
+		dig := uint64(s[i] - '0')
+		if d.exp > 0 || overflow(d.sig, dig) {
+			d.exp++ // digits past u64 only scale
 			continue
 		}
-		sig = sig*10 + d
+		d.sig = d.sig*10 + dig
 	}
 	if i < len(s) && s[i] == '.' {
 		i++
 		start := i
 		dropping := false
 		for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
-			d := uint64(s[i] - '0')
-			if dropping || overflow(sig, d) {
+			dig := uint64(s[i] - '0')
+			if dropping || overflow(d.sig, dig) {
 				dropping = true
 				continue
 			}
-			sig = sig*10 + d
-			exp--
+			d.sig = d.sig*10 + dig
+			d.exp--
 		}
 		if i == start {
-			return 0, bad
+			return i, false
 		}
 	}
-	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+	return i, true
+}
+
+// exponent reads the exponent after the 'e' at s[i-1] into d.exp and
+// returns where it ends. An exponent past int32 makes the number 0 (d.zero)
+// or, positive with a significand not 0, out of range.
+func (d *serdeDecimal) exponent(s string, i int) (int, error) {
+	posExp := true
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		posExp = s[i] == '+'
 		i++
-		posExp := true
-		if i < len(s) && (s[i] == '+' || s[i] == '-') {
-			posExp = s[i] == '+'
-			i++
-		}
-		if i >= len(s) {
-			return 0, bad
-		}
-		e := 0
-		for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
-			d := int(s[i] - '0')
-			if e >= math.MaxInt32/10 && (e > math.MaxInt32/10 || d > math.MaxInt32%10) {
-				if sig != 0 && posExp {
-					return 0, fmt.Errorf("number %q out of range", s)
-				}
-				if neg {
-					return math.Copysign(0, -1), nil
-				}
-				return 0, nil
+	}
+	if i >= len(s) {
+		return i, fmt.Errorf("invalid number %q", s)
+	}
+	e := 0
+	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
+		dig := int(s[i] - '0')
+		if e >= math.MaxInt32/10 && (e > math.MaxInt32/10 || dig > math.MaxInt32%10) {
+			if d.sig != 0 && posExp {
+				return i, fmt.Errorf("number %q out of range", s)
 			}
-			e = e*10 + d
+			d.zero = true
+			return i, nil
 		}
-		if posExp {
-			exp += e
-		} else {
-			exp -= e
-		}
+		e = e*10 + dig
 	}
-	if i != len(s) {
-		return 0, bad
+	if posExp {
+		d.exp += e
+	} else {
+		d.exp -= e
 	}
-	f := float64(sig)
+	return i, nil
+}
+
+// scalePow10 is f·10^exp by one multiplication or division by pow10 (more
+// divisions by 1e308 first for exponents below -308); false when it
+// overflows.
+func scalePow10(f float64, exp int) (float64, bool) {
 	for {
 		a := exp
 		if a < 0 {
@@ -103,24 +157,20 @@ func serdeFloat(s string) (float64, error) {
 			if exp >= 0 {
 				f *= pow10[a]
 				if math.IsInf(f, 0) {
-					return 0, fmt.Errorf("number %q out of range", s)
+					return 0, false
 				}
 			} else {
 				f /= pow10[a]
 			}
-			break
+			return f, true
 		}
 		if f == 0 {
-			break
+			return f, true
 		}
 		if exp >= 0 {
-			return 0, fmt.Errorf("number %q out of range", s)
+			return 0, false
 		}
 		f /= 1e308
 		exp += 308
 	}
-	if neg {
-		f = -f
-	}
-	return f, nil
 }
