@@ -16,8 +16,9 @@ import (
 // architecture (Mixtral's w1, w3 and w2), so "mlp.*" or
 // "mlp.experts.*.down_proj" select them. The router (mlp.gate) is never a
 // target: it stays dense. Each expert is calibrated on the tokens routed to
-// it (calib.CollectExperts): first the gate and up projections of every
-// expert, then, seeing those compressed, the down projections. An expert
+// it (calib.Pass.Experts, on the block's single calibration pass): first the
+// gate and up projections of every expert, then, seeing those compressed,
+// the down projections. An expert
 // that no calibration token reaches has no statistics: it is left dense
 // and reported (Layer.Unrouted, QuantLayer.Unrouted), never decomposed on
 // an empty Gram. The global and sensitivity rank searches are not
@@ -57,10 +58,9 @@ func expertBlock(comp *model.Block) { comp.MoE = comp.MoE.Clone() }
 
 // forExperts calls fn for every expert module among mods of block i, gate
 // and up projections first and then down projections, each with the
-// statistics of the rows routed to its expert, collected from comp as
-// compressed so far.
-func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Streams, mods []string,
-	fn func(name, mod string, stats *calib.SiteStats) error) error {
+// statistics of the rows routed to its expert, collected by pass (block i's)
+// from the compressed block as compressed so far.
+func forExperts(i int, pass *calib.Pass, mods []string, fn func(name, mod string, stats *calib.SiteStats) error) error {
 	for _, down := range []bool{false, true} {
 		var group []string
 		for _, mod := range mods {
@@ -71,7 +71,7 @@ func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Stream
 		if len(group) == 0 {
 			continue
 		}
-		stats, err := calib.CollectExperts(m, orig, comp, st, down)
+		stats, err := pass.Experts(down)
 		if err != nil {
 			return fmt.Errorf("calibrate the experts of model.layers.%d: %w", i, err)
 		}
@@ -87,9 +87,9 @@ func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Stream
 
 // experts factors the expert linears among p.Modules of block i into comp
 // and returns their report.
-func (p *Plan) experts(m *model.Model, i int, orig, comp *model.Block, st *calib.Streams) ([]Layer, error) {
+func (p *Plan) experts(m *model.Model, i int, orig, comp *model.Block, pass *calib.Pass) ([]Layer, error) {
 	var layers []Layer
-	err := forExperts(m, i, orig, comp, st, p.Modules, func(name, mod string, stats *calib.SiteStats) error {
+	err := forExperts(i, pass, p.Modules, func(name, mod string, stats *calib.SiteStats) error {
 		ch, ok := p.Ranks[name]
 		if !ok {
 			return fmt.Errorf("plan has no rank for %s", name)
@@ -116,9 +116,9 @@ func (p *Plan) experts(m *model.Model, i int, orig, comp *model.Block, st *calib
 
 // experts quantizes the expert linears among mods of block i into comp and
 // returns their report.
-func (o *QuantOptions) experts(m *model.Model, i int, orig, comp *model.Block, st *calib.Streams, mods []string) ([]QuantLayer, error) {
+func (o *QuantOptions) experts(m *model.Model, i int, orig, comp *model.Block, pass *calib.Pass, mods []string) ([]QuantLayer, error) {
 	var layers []QuantLayer
-	err := forExperts(m, i, orig, comp, st, mods, func(name, mod string, stats *calib.SiteStats) error {
+	err := forExperts(i, pass, mods, func(name, mod string, stats *calib.SiteStats) error {
 		w, bias, err := weight(*orig.Linear(mod), name)
 		if err != nil {
 			return err

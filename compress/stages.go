@@ -148,7 +148,7 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 			return nil, nil, nil, err
 		}
 	}
-	ex, err := o.experts(m, i, orig, &comp, st, mods)
+	ex, err := o.experts(m, i, orig, &comp, pass, mods)
 	if err != nil {
 		return nil, nil, nil, err
 	}
