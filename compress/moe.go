@@ -7,7 +7,9 @@ import (
 	"strings"
 
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
 )
 
 // Mixture-of-experts blocks (model/moe.go): every expert's gate, up and
@@ -23,7 +25,8 @@ import (
 // and reported (Layer.Unrouted, QuantLayer.Unrouted), never decomposed on
 // an empty Gram. The global and sensitivity rank searches are not
 // implemented for experts (their passes calibrate by site, not by expert):
-// experts take uniform ranks or a fixed rank.
+// experts take uniform ranks or a fixed rank. EoRA corrects the compressed
+// experts the same way, each on its routed tokens.
 
 // targetModules returns the block modules the globs select for models of
 // config c, in block order: modulesOf for dense MLPs; for a mixture of
@@ -138,6 +141,38 @@ func (o *QuantOptions) experts(m *model.Model, i int, orig, comp *model.Block, p
 		return nil
 	})
 	return layers, err
+}
+
+// experts fits the EoRA corrections of the compressed expert linears among
+// mods of block i of nb (ob the original block) and returns their adapters
+// and report; dense experts are skipped, as every dense layer is, and a
+// compressed expert that no calibration token reaches is reported and left
+// uncompensated.
+func (o *EoRAOptions) experts(k kernels.Backend, i int, ob, nb *model.Block, pass *calib.Pass, mods []string) ([]gptq.Adapter, []EoRALayer, error) {
+	var compressed []string
+	for _, mod := range mods {
+		if isExpert(mod) {
+			if _, dense := (*nb.Linear(mod)).(*model.Dense); !dense {
+				compressed = append(compressed, mod)
+			}
+		}
+	}
+	var adapters []gptq.Adapter
+	var layers []EoRALayer
+	err := forExperts(i, pass, compressed, func(name, mod string, stats *calib.SiteStats) error {
+		if stats.N == 0 {
+			layers = append(layers, EoRALayer{Name: name, Unrouted: true})
+			return nil
+		}
+		a, layer, err := o.compensate(k, name, mod, ob, nb, stats)
+		if err != nil {
+			return err
+		}
+		adapters = append(adapters, a)
+		layers = append(layers, layer)
+		return nil
+	})
+	return adapters, layers, err
 }
 
 // checkExpertSearch refuses the rank searches that experts do not support.

@@ -27,9 +27,10 @@ import (
 // [experts, hidden, inter]); exports write the Hub layout.
 //
 // Supported: the forward pass, decoding, load, dense export (Densify
-// multiplies factored experts back), the low-rank and quantization stages on
-// the attention projections and on every expert's linears (target names
-// mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE architecture;
+// multiplies factored experts back), the low-rank, quantization and EoRA
+// stages on the attention projections and on every expert's linears (target
+// names mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE
+// architecture;
 // compress/moe.go calibrates each expert on the tokens routed to it), and
 // the other stages on the attention (targets self_attn.*). The router is
 // never a target. Refused, naming the architecture: fisher (no backward
@@ -415,7 +416,7 @@ var attnModules = slices.Clone(Modules[:4])
 // CheckTargets refuses, naming the architecture, block modules that a stage
 // cannot compress in models of config c: the MLP (router and experts) of a
 // mixture-of-experts model, whose attention projections it can. The stages
-// that handle experts (svd, rtn, gptq: compress/moe.go) match targets with
+// that handle experts (svd, lord, rtn, gptq, eora: compress/moe.go) match targets with
 // MatchTargets instead.
 func (c *Config) CheckTargets(mods []string) error {
 	if c.MoE == nil {
@@ -430,7 +431,7 @@ func (c *Config) CheckTargets(mods []string) error {
 	if len(mlp) == 0 {
 		return nil
 	}
-	return fmt.Errorf("model_type %s is a mixture of experts: this stage does not compress its experts or router (%s), only self_attn.*; svd, rtn and gptq take expert targets (mlp.experts.*)", c.ModelType, strings.Join(mlp, ", "))
+	return fmt.Errorf("model_type %s is a mixture of experts: this stage does not compress its experts or router (%s), only self_attn.*; svd, lord, rtn, gptq and eora take expert targets (mlp.experts.*)", c.ModelType, strings.Join(mlp, ", "))
 }
 
 // MatchTargets expands target globs as MatchModules does, and for a mixture

@@ -157,6 +157,61 @@ func TestEndToEndMoEExpertsGPTQ(t *testing.T) {
 	}
 }
 
+// LoRD of the experts' up projections, RTN of their down projections and
+// EoRA with its default targets (which take the quantized experts), through
+// the stage activities, exported dense: the checkpoint's logits equal the
+// in-process result's, every routed factored up and quantized down
+// projection got a correction that lowers its error, and block 0's unrouted
+// experts stay dense and uncorrected.
+func TestEndToEndMoEExpertsLoRDEoRA(t *testing.T) {
+	dir := t.TempDir()
+	j := moeJob(t, dir, `
+  - {method: lord, targets: ["mlp.experts.*.up_proj"], rank: 8}
+  - {method: rtn, bits: 3, group_size: 0, targets: ["mlp.experts.*.down_proj"]}
+  - {method: eora, rank: 4}`, `{format: dense}`)
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, comp, adapters := direct(t, j)
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
+	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
+	got, err := back.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := comp.Forward(seqs)
+	base, _ := orig.Forward(seqs)
+	t.Logf("exported vs in-process logits: %.2e relative; compressed vs original: %.2e", relErr32(got, want), relErr32(want, base))
+	// Tolerance: the dense export multiplies factors and adapters back in float32.
+	if e := relErr32(got, want); !(e < 1e-5) {
+		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
+	}
+	var corrected, unrouted []string
+	for _, b := range res.Stages[2] {
+		for _, l := range b.EoRA {
+			if l.Unrouted {
+				unrouted = append(unrouted, l.Name)
+			} else if strings.Contains(l.Name, ".mlp.experts.") && l.ErrorAfter < l.ErrorBefore {
+				corrected = append(corrected, l.Name)
+			}
+		}
+	}
+	// LoRD and RTN left block 0's experts 2 and 3 dense, so EoRA skips
+	// them as dense layers, not as unrouted ones.
+	if len(corrected) != 12 || len(unrouted) != 0 || len(adapters) != 12 {
+		t.Errorf("eora corrected %v, unrouted %v, %d adapters in process; want the 6 routed up and 6 down projections", corrected, unrouted, len(adapters))
+	}
+	for e, x := range comp.Blocks[0].MoE.Experts {
+		if _, dense := x.Down.(*model.Dense); dense != (e >= 2) {
+			t.Errorf("in-process block 0 expert %d down_proj is %T", e, x.Down)
+		}
+	}
+}
+
 // relErr32 is ‖a−b‖/‖b‖ over every logit, in float64.
 func relErr32(a, b []float32) float64 {
 	if len(a) != len(b) {
