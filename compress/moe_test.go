@@ -271,5 +271,8 @@ func TestMoELoRDAndEoRAExperts(t *testing.T) {
 		if got, _ := applied.Forward(ev); relErr(got, want) > 1e-6 {
 			t.Errorf("%s: the adapters applied to the quantized model change the logits by %.2e", typ, relErr(got, want))
 		}
+		if _, ok := q.Model.Blocks[0].MoE.Experts[0].Down.(*model.Quantized); !ok {
+			t.Errorf("%s: ApplyAdapters changed the quantized model's expert to %T", typ, q.Model.Blocks[0].MoE.Experts[0].Down)
+		}
 	}
 }
