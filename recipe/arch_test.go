@@ -18,8 +18,11 @@ func archRecipe(t *testing.T, typ, stages, export string) string {
 	fx := needFixtures(t)
 	s := model.SyntheticConfig{ModelType: typ, Hidden: 64, Intermediate: 128, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 16,
 		Vocab: 512, MaxPositions: 512}
-	if typ == "mixtral" {
+	switch typ {
+	case "mixtral":
 		s.Experts, s.TopK, s.HeadDim = 4, 2, 0
+	case "qwen3_moe":
+		s.Experts, s.TopK, s.Intermediate = 4, 2, 64
 	}
 	m, err := model.Synthetic(s, 1, kernels.Default())
 	if err != nil {
@@ -51,7 +54,9 @@ func TestArchRecipes(t *testing.T) {
 		{"phi3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "model_type phi3"},
 		{"mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (svd)"},
 		{"mixtral", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (gptq)"},
-		{"mixtral", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type mixtral"},
+		{"qwen3_moe", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type qwen3_moe"},
+		{"mixtral", `  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*", "mlp.experts.*"]}
+  - {method: eora, rank: 4}`, `{format: gptq}`, "export.format gptq cannot hold the expert corrections of stages[1] (eora)"},
 		{"mixtral", `  - {method: svd, targets: ["mlp.gate"], keep_params: 0.8}`, `{format: dense}`, `target "mlp.gate" names the router (mlp.gate) of model_type mixtral, which is never compressed`},
 		{"mixtral", `  - {method: svd, targets: ["mlp.down_proj"], keep_params: 0.8}`, `{format: dense}`, `target "mlp.down_proj" matches no module of model_type mixtral`},
 		{"mixtral", `  - {method: svd, targets: ["mlp.experts.*.down_proj"], keep_params: 0.8, rank_search: global}`, `{format: dense}`, "rank_search global is not implemented for expert targets"},
@@ -93,6 +98,16 @@ func TestArchRecipes(t *testing.T) {
 	}
 	if got := job.Recipe.Stages[0].Targets; !slices.Equal(got, []string{"mlp.experts.0.down_proj", "mlp.experts.1.down_proj", "mlp.experts.2.down_proj", "mlp.experts.3.down_proj"}) {
 		t.Errorf("mixtral rtn on mlp.experts.*.down_proj: targets %v", got)
+	}
+	// The GPTQ layout holds Mixtral's quantized experts (and EoRA's
+	// corrections of its attention).
+	job, err = Load(archRecipe(t, "mixtral", `  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*", "mlp.experts.*"]}
+  - {method: eora, rank: 4, targets: ["self_attn.*"]}`, `{format: gptq}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := job.Recipe.Stages[0].Targets; len(got) != 4+4*3 {
+		t.Errorf("mixtral gptq on self_attn.* and mlp.experts.*: targets %v", got)
 	}
 	// lord takes the experts too; eora with no targets corrects the
 	// attention and the experts an earlier stage compressed.

@@ -436,6 +436,11 @@ func (v *validator) exportFits() {
 		if len(unfit) > 0 {
 			v.add("export.format gptq packs only layers whose out and in are multiples of 32 (GPTQ v1): leave %s out of the targets of stages[%d] (%s)", strings.Join(unfit, ", "), quant, v.r.Stages[quant].Method)
 		}
+		for i, s := range v.r.Stages {
+			if s.Method == MethodEoRA && model.HasExperts(s.Targets) {
+				v.add("export.format gptq cannot hold the expert corrections of stages[%d] (eora): a PEFT adapter for experts is not implemented (Mixtral's expert modules are named w1/w2/w3, and transformers 5 fuses the experts); leave mlp.experts.* out of its targets, or use export.format dense", i)
+			}
+		}
 	}
 }
 
