@@ -22,9 +22,20 @@ import (
 // recipe with the given stages and export and loads it.
 func moeJob(t *testing.T, dir, stages, export string) *recipe.Job {
 	t.Helper()
+	return moeJobOf(t, dir, "qwen3_moe", 48, stages, export)
+}
+
+// moeJobOf is moeJob for a model of type typ whose experts have
+// intermediate size inter.
+func moeJobOf(t *testing.T, dir, typ string, inter int, stages, export string) *recipe.Job {
+	t.Helper()
 	fx := needFixtures(t)
-	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "qwen3_moe", Hidden: 64, Intermediate: 48, Layers: 2, Heads: 4, KVHeads: 2,
-		HeadDim: 32, Vocab: 512, MaxPositions: 256, Experts: 4, TopK: 2}, 3, kernels.Default())
+	headDim := 32
+	if typ == "mixtral" {
+		headDim = 0 // hidden / heads
+	}
+	m, err := model.Synthetic(model.SyntheticConfig{ModelType: typ, Hidden: 64, Intermediate: inter, Layers: 2, Heads: 4, KVHeads: 2,
+		HeadDim: headDim, Vocab: 512, MaxPositions: 256, Experts: 4, TopK: 2}, 3, kernels.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +220,53 @@ func TestEndToEndMoEExpertsLoRDEoRA(t *testing.T) {
 		if _, dense := x.Down.(*model.Dense); dense != (e >= 2) {
 			t.Errorf("in-process block 0 expert %d down_proj is %T", e, x.Down)
 		}
+	}
+}
+
+// GPTQ of a Mixtral's attention and of its experts 0 and 1 (routed in both
+// blocks) through the workflow, exported in the GPTQ v1 layout: the
+// checkpoint holds the experts packed under their Hub names, reads back
+// through LoadExport with every targeted expert quantized and the router
+// dense, and its logits equal the in-process result's.
+func TestEndToEndMoEExpertsGPTQLayout(t *testing.T) {
+	dir := t.TempDir()
+	j := moeJobOf(t, dir, "mixtral", 64, `
+  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*", "mlp.experts.0.*", "mlp.experts.1.*"]}`, `{format: gptq, dtype: float32}`)
+	if _, err := runJob(t, j, filepath.Join(dir, "store"), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, comp, _ := direct(t, j)
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
+	for i, b := range back.Blocks {
+		for e, x := range b.MoE.Experts {
+			_, q := x.Down.(*model.Quantized)
+			if q != (e < 2) {
+				t.Errorf("read back block %d expert %d down projection is %T", i, e, x.Down)
+			}
+		}
+	}
+	f, err := safetensors.OpenDir(j.Recipe.Output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, name := range []string{"model.layers.1.block_sparse_moe.experts.1.w2.qweight", "model.layers.1.block_sparse_moe.experts.2.w2.weight", "model.layers.1.block_sparse_moe.gate.weight"} {
+		if _, ok := f.Info(name); !ok {
+			t.Errorf("the checkpoint has no tensor %s", name)
+		}
+	}
+	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
+	got, err := back.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := comp.Forward(seqs)
+	t.Logf("exported vs in-process logits: %.2e relative", relErr32(got, want))
+	if e := relErr32(got, want); !(e < 1e-5) {
+		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
 	}
 }
 
