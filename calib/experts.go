@@ -7,14 +7,18 @@ import (
 	"github.com/rankzip/rankzip/model"
 )
 
-// CollectExperts accumulates, for every expert of a mixture-of-experts
-// block, the statistics of its input over the calibration tokens that the
-// router sends to it (its top-k choice on the stream the compressed block
-// sees): the input of the gate and up projections (the normalised MLP
-// input) when down is false, of the down projection (silu(gate x)·up x)
+// Experts runs every batch on to the mixture-of-experts site (model.MLPInput:
+// the normalised MLP input the router and the experts read) and
+// accumulates, for every expert, the statistics of its input over the
+// calibration tokens that the router sends to it (its top-k choice on the
+// stream the compressed block sees): the input of the gate and up
+// projections (the normalised MLP input) when down is false, of the down
+// projection (silu(gate x)·up x, with comp's gate and up as they are now)
 // when true. The Gram of expert e sums only the rows routed to e; an expert
 // no row reaches gets statistics with N 0, which the caller must not
-// decompose.
+// decompose. Like Stats, it reuses the pass's runs: the batches stay paused
+// at the site, so both calls (gate/up, then down) and Next cost no second
+// run of the attention.
 //
 // The routing weights are not applied: each Gram is of the input the
 // expert's linears see, which is what the whitened SVD's C = Σ x xᵀ and
@@ -23,25 +27,24 @@ import (
 // the block's output instead, and would make the statistics depend on
 // weights that change once the block is compressed.
 //
-// orig and comp are as in Collect: in Sequential mode the rows are routed
-// on comp's stream and paired, token by token, with orig's for the
-// cross-Gram (the original expert applied to the original input of the
-// same token); in Original mode only orig runs.
+// In Sequential mode the rows are routed on comp's stream and paired, token
+// by token, with orig's for the cross-Gram (the original expert applied to
+// the original input of the same token); in Original mode only orig runs.
 //
 // Qwen2-MoE's shared expert, which every row goes through, gets its
 // statistics over every row, after the routed experts' (the last element).
-func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
-	if orig.MoE == nil || comp.MoE == nil {
+func (p *Pass) Experts(down bool) ([]*SiteStats, error) {
+	if p.orig.MoE == nil || p.comp.MoE == nil {
 		return nil, fmt.Errorf("the block has no experts")
 	}
-	seq := st.Mode == Sequential
-	blk := orig
+	seq := p.compRuns != nil
+	blk := p.orig
 	if seq {
-		blk = comp
+		blk = p.comp
 	}
-	experts := slices.Clone(orig.MoE.Experts)
-	if orig.MoE.Shared != nil {
-		experts = append(experts, *orig.MoE.Shared)
+	experts := slices.Clone(p.orig.MoE.Experts)
+	if p.orig.MoE.Shared != nil {
+		experts = append(experts, *p.orig.MoE.Shared)
 	}
 	stats := make([]*SiteStats, len(experts))
 	for e, ex := range experts {
@@ -51,39 +54,64 @@ func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down b
 		}
 		stats[e] = newSiteStats(dim, seq)
 	}
-	for i, h := range st.Orig {
-		xo := mlpInput(m, orig, h)
-		xc := xo
-		if seq {
-			xc = mlpInput(m, comp, st.Comp[i])
+	for i := range p.origRuns {
+		ro, rc := p.runs(i)
+		if !advance(ro, p.orig, model.MLPInput, false) {
+			return nil, fmt.Errorf("calibration pass already past the experts' input")
 		}
-		for e, picks := range blk.MoE.Route(m, xc, h.Rows()) {
-			k := len(picks)
-			if k == 0 {
-				continue
+		xo, rows, dim := ro.Input()
+		xc := xo
+		if rc != nil {
+			if !advance(rc, p.comp, model.MLPInput, false) {
+				return nil, fmt.Errorf("calibration pass already past the compressed experts' input")
 			}
-			xs := model.Gather(xc, h.Dim, picks)
-			var xsOrig []float32
-			if seq {
-				xsOrig = model.Gather(xo, h.Dim, picks)
-			}
-			if down {
-				xs = blk.MoE.Experts[e].Hidden(m, xs, k)
-				if seq {
-					xsOrig = orig.MoE.Experts[e].Hidden(m, xsOrig, k)
-				}
-			}
-			if err := stats[e].add(m.Backend, xs, xsOrig, k); err != nil {
-				return nil, fmt.Errorf("expert %d: %w", e, err)
-			}
+			xc, _, _ = rc.Input()
+		}
+		if err := addRouted(p.m, stats, blk, p.orig, xc, xo, rows, dim, down, seq); err != nil {
+			return nil, err
 		}
 		if s := blk.MoE.Shared; s != nil {
-			if err := addShared(m, stats[len(stats)-1], s, orig.MoE.Shared, xc, xo, h.Rows(), down, seq); err != nil {
+			if err := addShared(p.m, stats[len(stats)-1], s, p.orig.MoE.Shared, xc, xo, rows, down, seq); err != nil {
 				return nil, err
 			}
 		}
+		if p.once {
+			p.drop(i)
+		} else if err := p.pause(i); err != nil {
+			return nil, err
+		}
+		if err := p.done(i); err != nil {
+			return nil, err
+		}
 	}
 	return stats, nil
+}
+
+// addRouted adds to stats one batch of rows×dim MoE inputs: xc routed by
+// blk's router, each expert's rows (through blk's gate and up when down),
+// paired in Sequential mode with the same rows of xo through orig's.
+func addRouted(m *model.Model, stats []*SiteStats, blk, orig *model.Block, xc, xo []float32, rows, dim int, down, seq bool) error {
+	for e, picks := range blk.MoE.Route(m, xc, rows) {
+		k := len(picks)
+		if k == 0 {
+			continue
+		}
+		xs := model.Gather(xc, dim, picks)
+		var xsOrig []float32
+		if seq {
+			xsOrig = model.Gather(xo, dim, picks)
+		}
+		if down {
+			xs = blk.MoE.Experts[e].Hidden(m, xs, k)
+			if seq {
+				xsOrig = orig.MoE.Experts[e].Hidden(m, xsOrig, k)
+			}
+		}
+		if err := stats[e].add(m.Backend, xs, xsOrig, k); err != nil {
+			return fmt.Errorf("expert %d: %w", e, err)
+		}
+	}
+	return nil
 }
 
 // addShared adds to st the rows x that the shared expert s sees (xOrig:
@@ -106,15 +134,12 @@ func addShared(m *model.Model, st *SiteStats, s, orig *model.Expert, x, xOrig []
 	return nil
 }
 
-// mlpInput is the normalised MLP input of block b on h (rows×hidden).
-func mlpInput(m *model.Model, b *model.Block, h *model.States) []float32 {
-	var x []float32
-	m.RunBlock(b, h, func(at model.Site, v []float32, rows, cols int) bool {
-		if at != model.MLPInput {
-			return true
-		}
-		x = slices.Clone(v[:rows*cols])
-		return false
-	})
-	return x
+// CollectExperts is Experts on a pass of its own, for a caller that needs
+// one group of expert statistics only (a Pass that stops at the experts).
+// orig and comp are as in Collect.
+func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
+	p := NewPass(m, orig, comp, st)
+	defer p.Release()
+	p.once = true
+	return p.Experts(down)
 }

@@ -16,7 +16,7 @@ import (
 type EoRAOptions struct {
 	Rank    int            // default rank of every correction
 	Ranks   map[string]int // per-module overrides: glob over module names in a block ("mlp.*") → rank
-	Targets []string       // globs over module names in a block; empty: all seven (dense layers are skipped)
+	Targets []string       // globs over module names in a block; empty: all seven, or every attention and expert linear of a mixture of experts (dense layers are skipped)
 	Mode    calib.Mode     // sequential (default): Grams from the compensated model so far; original: from the original model
 	Batch   int            // calibration sequences per batch (default 16)
 	Spill   string         // if set, keep calibration hidden states in memory-mapped files in this directory

@@ -7,7 +7,9 @@ import (
 	"strings"
 
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
 )
 
 // Mixture-of-experts blocks (model/moe.go): every expert's gate, up and
@@ -16,13 +18,15 @@ import (
 // architecture (Mixtral's w1, w3 and w2), so "mlp.*" or
 // "mlp.experts.*.down_proj" select them. The router (mlp.gate) is never a
 // target: it stays dense. Each expert is calibrated on the tokens routed to
-// it (calib.CollectExperts): first the gate and up projections of every
-// expert, then, seeing those compressed, the down projections. An expert
+// it (calib.Pass.Experts, on the block's single calibration pass): first the
+// gate and up projections of every expert, then, seeing those compressed,
+// the down projections. An expert
 // that no calibration token reaches has no statistics: it is left dense
 // and reported (Layer.Unrouted, QuantLayer.Unrouted), never decomposed on
 // an empty Gram. The global and sensitivity rank searches are not
 // implemented for experts (their passes calibrate by site, not by expert):
-// experts take uniform ranks or a fixed rank.
+// experts take uniform ranks or a fixed rank. EoRA corrects the compressed
+// experts the same way, each on its routed tokens.
 
 // targetModules returns the block modules the globs select for models of
 // config c, in block order: modulesOf for dense MLPs; for a mixture of
@@ -57,10 +61,9 @@ func expertBlock(comp *model.Block) { comp.MoE = comp.MoE.Clone() }
 
 // forExperts calls fn for every expert module among mods of block i, gate
 // and up projections first and then down projections, each with the
-// statistics of the rows routed to its expert, collected from comp as
-// compressed so far.
-func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Streams, mods []string,
-	fn func(name, mod string, stats *calib.SiteStats) error) error {
+// statistics of the rows routed to its expert, collected by pass (block i's)
+// from the compressed block as compressed so far.
+func forExperts(i int, pass *calib.Pass, mods []string, fn func(name, mod string, stats *calib.SiteStats) error) error {
 	for _, down := range []bool{false, true} {
 		var group []string
 		for _, mod := range mods {
@@ -71,7 +74,7 @@ func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Stream
 		if len(group) == 0 {
 			continue
 		}
-		stats, err := calib.CollectExperts(m, orig, comp, st, down)
+		stats, err := pass.Experts(down)
 		if err != nil {
 			return fmt.Errorf("calibrate the experts of model.layers.%d: %w", i, err)
 		}
@@ -90,9 +93,9 @@ func forExperts(m *model.Model, i int, orig, comp *model.Block, st *calib.Stream
 
 // experts factors the expert linears among p.Modules of block i into comp
 // and returns their report.
-func (p *Plan) experts(m *model.Model, i int, orig, comp *model.Block, st *calib.Streams) ([]Layer, error) {
+func (p *Plan) experts(m *model.Model, i int, orig, comp *model.Block, pass *calib.Pass) ([]Layer, error) {
 	var layers []Layer
-	err := forExperts(m, i, orig, comp, st, p.Modules, func(name, mod string, stats *calib.SiteStats) error {
+	err := forExperts(i, pass, p.Modules, func(name, mod string, stats *calib.SiteStats) error {
 		ch, ok := p.Ranks[name]
 		if !ok {
 			return fmt.Errorf("plan has no rank for %s", name)
@@ -119,9 +122,9 @@ func (p *Plan) experts(m *model.Model, i int, orig, comp *model.Block, st *calib
 
 // experts quantizes the expert linears among mods of block i into comp and
 // returns their report.
-func (o *QuantOptions) experts(m *model.Model, i int, orig, comp *model.Block, st *calib.Streams, mods []string) ([]QuantLayer, error) {
+func (o *QuantOptions) experts(m *model.Model, i int, orig, comp *model.Block, pass *calib.Pass, mods []string) ([]QuantLayer, error) {
 	var layers []QuantLayer
-	err := forExperts(m, i, orig, comp, st, mods, func(name, mod string, stats *calib.SiteStats) error {
+	err := forExperts(i, pass, mods, func(name, mod string, stats *calib.SiteStats) error {
 		w, bias, err := weight(*orig.Linear(mod), name)
 		if err != nil {
 			return err
@@ -141,6 +144,38 @@ func (o *QuantOptions) experts(m *model.Model, i int, orig, comp *model.Block, s
 		return nil
 	})
 	return layers, err
+}
+
+// experts fits the EoRA corrections of the compressed expert linears among
+// mods of block i of nb (ob the original block) and returns their adapters
+// and report; dense experts are skipped, as every dense layer is, and a
+// compressed expert that no calibration token reaches is reported and left
+// uncompensated.
+func (o *EoRAOptions) experts(k kernels.Backend, i int, ob, nb *model.Block, pass *calib.Pass, mods []string) ([]gptq.Adapter, []EoRALayer, error) {
+	var compressed []string
+	for _, mod := range mods {
+		if isExpert(mod) {
+			if _, dense := (*nb.Linear(mod)).(*model.Dense); !dense {
+				compressed = append(compressed, mod)
+			}
+		}
+	}
+	var adapters []gptq.Adapter
+	var layers []EoRALayer
+	err := forExperts(i, pass, compressed, func(name, mod string, stats *calib.SiteStats) error {
+		if stats.N == 0 {
+			layers = append(layers, EoRALayer{Name: name, Unrouted: true})
+			return nil
+		}
+		a, layer, err := o.compensate(k, name, mod, ob, nb, stats)
+		if err != nil {
+			return err
+		}
+		adapters = append(adapters, a)
+		layers = append(layers, layer)
+		return nil
+	})
+	return adapters, layers, err
 }
 
 // checkExpertSearch refuses the rank searches that experts do not support.

@@ -3,6 +3,7 @@ package compress
 import (
 	"context"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/rankzip/rankzip/eval"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
+	"github.com/rankzip/rankzip/model/gptq"
 	"github.com/rankzip/rankzip/model/safetensors"
 )
 
@@ -92,7 +94,9 @@ func TestMoECompressExperts(t *testing.T) {
 }
 
 // An expert that no calibration token reaches is left dense and reported,
-// by the low-rank stage and by GPTQ, while the routed ones are compressed.
+// by the low-rank stage and by GPTQ, while the routed ones are compressed;
+// EoRA reports and leaves uncorrected a compressed expert it sees no token
+// of.
 func TestMoEUnroutedExpertStaysDense(t *testing.T) {
 	ctx := context.Background()
 	m, cal, _ := archModel(t, "qwen3_moe")
@@ -136,6 +140,34 @@ func TestMoEUnroutedExpertStaysDense(t *testing.T) {
 	if len(lr.Layers) != 8 || len(q.Layers) != 8 {
 		t.Errorf("reported %d and %d layers, want 8 each", len(lr.Layers), len(q.Layers))
 	}
+
+	// EoRA on experts quantized while routed, with block 0's router then
+	// sending nothing to experts 2 and 3: those are reported and left
+	// uncorrected, the others corrected.
+	qa, err := RunQuant(ctx, m, cal, QuantOptions{Method: "rtn", Bits: 4, GroupSize: 0, Targets: []string{"mlp.experts.*.gate_proj"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qb := *qa.Model.Blocks[0]
+	qb.MoE = qb.MoE.Clone()
+	qb.MoE.Router = b.MoE.Router
+	qm := *qa.Model
+	qm.Blocks = append([]*model.Block{&qb}, qa.Model.Blocks[1:]...)
+	e, err := RunEoRA(ctx, &qm, &mm, cal, EoRAOptions{Rank: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range e.Layers {
+		blk, mod, _ := model.ParseModuleName(l.Name)
+		ex, _, _ := model.ParseExpertModule(mod)
+		_, adapted := (*e.Model.Blocks[blk].Linear(mod)).(*gptq.Adapted)
+		if want := blk == 0 && ex >= 2; l.Unrouted != want || adapted == want || (l.Rank == 0) != want {
+			t.Errorf("eora: %+v adapted %v; want unrouted %v", l, adapted, want)
+		}
+	}
+	if len(e.Layers) != 8 || len(e.Adapters) != 6 {
+		t.Errorf("eora: %d layers, %d adapters; want 8 and 6", len(e.Layers), len(e.Adapters))
+	}
 }
 
 // Expert targets refuse the router, names that are no module, and the rank
@@ -153,6 +185,94 @@ func TestMoETargetErrors(t *testing.T) {
 	} {
 		if _, err := Run(ctx, m, cal, c.o, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("targets %v: %v, want %q", c.o.Targets, err, c.want)
+		}
+	}
+}
+
+// LoRD factors every expert (mlp.*), each on its routed tokens, and EoRA
+// corrects 3-bit RTN experts: with no targets it adapts exactly the
+// quantized expert linears (the router and the dense attention untouched),
+// each correction lowers its calibration error, and the model's KL to the
+// original is finite and below the uncorrected one; the adapters applied to
+// the quantized model give the corrected model's logits.
+func TestMoELoRDAndEoRAExperts(t *testing.T) {
+	ctx := context.Background()
+	for _, typ := range []string{"mixtral", "qwen3_moe"} {
+		m, cal, ev := archModel(t, typ)
+		base, err := m.Forward(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kl := func(mm *model.Model) float64 {
+			t.Helper()
+			logits, err := mm.Forward(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return eval.MeanKL(base, logits, m.Config.VocabSize)
+		}
+
+		lr, err := Run(ctx, m, cal, Options{Method: "lord", Targets: []string{"mlp.*"}, KeepParams: 0.8}, nil)
+		if err != nil {
+			t.Fatalf("%s: lord: %v", typ, err)
+		}
+		if len(lr.Layers) != 2*4*3 {
+			t.Fatalf("%s: lord reports %d layers, want 24 (2 blocks × 4 experts × 3)", typ, len(lr.Layers))
+		}
+		for _, l := range lr.Layers {
+			blk, mod, _ := model.ParseModuleName(l.Name)
+			_, factored := (*lr.Model.Blocks[blk].Linear(mod)).(*model.Factored)
+			if l.Dense || l.Rank == 0 || !factored || !isExpert(mod) {
+				t.Errorf("%s: lord: %+v (factored %v): want a factored expert", typ, l, factored)
+			}
+		}
+		klLoRD := kl(lr.Model)
+		if !(klLoRD > 0 && klLoRD < 0.5) {
+			t.Errorf("%s: lord keep 0.8 on the experts: KL %.4f, want in (0, 0.5)", typ, klLoRD)
+		}
+
+		q, err := RunQuant(ctx, m, cal, QuantOptions{Method: "rtn", Bits: 3, GroupSize: 0, Targets: []string{"mlp.experts.*"}}, nil)
+		if err != nil {
+			t.Fatalf("%s: rtn: %v", typ, err)
+		}
+		e, err := RunEoRA(ctx, q.Model, m, cal, EoRAOptions{Rank: 8})
+		if err != nil {
+			t.Fatalf("%s: eora: %v", typ, err)
+		}
+		if len(e.Adapters) != 2*4*3 || len(e.Layers) != 2*4*3 {
+			t.Fatalf("%s: eora: %d adapters, %d layers; want 24 (every quantized expert linear)", typ, len(e.Adapters), len(e.Layers))
+		}
+		for _, l := range e.Layers {
+			if l.Unrouted || !strings.Contains(l.Name, ".mlp.experts.") || !(l.ErrorAfter < l.ErrorBefore) {
+				t.Errorf("%s: eora: %+v: want an expert whose error the correction lowers", typ, l)
+			}
+		}
+		for i, b := range e.Model.Blocks {
+			if b.MoE.Router != m.Blocks[i].MoE.Router || b.Q != m.Blocks[i].Q {
+				t.Errorf("%s: block %d: eora changed the router or the attention", typ, i)
+			}
+			if _, ok := b.MoE.Experts[1].Up.(*gptq.Adapted); !ok {
+				t.Errorf("%s: block %d: expert 1 up_proj is %T, want adapted", typ, i, b.MoE.Experts[1].Up)
+			}
+			if _, ok := q.Model.Blocks[i].MoE.Experts[1].Up.(*model.Quantized); !ok {
+				t.Errorf("%s: block %d: eora changed the quantized model's expert", typ, i)
+			}
+		}
+		klQ, klE := kl(q.Model), kl(e.Model)
+		t.Logf("%s: lord keep 0.8 on mlp.*: KL %.4f; rtn 3-bit per channel on the experts: KL %.4f, with eora rank 8: KL %.4f", typ, klLoRD, klQ, klE)
+		if math.IsNaN(klE) || math.IsInf(klE, 0) || !(klE < klQ) {
+			t.Errorf("%s: eora KL %.4f, want finite and below the uncorrected %.4f", typ, klE, klQ)
+		}
+		applied, err := gptq.ApplyAdapters(q.Model, e.Adapters)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := e.Model.Forward(ev)
+		if got, _ := applied.Forward(ev); relErr(got, want) > 1e-6 {
+			t.Errorf("%s: the adapters applied to the quantized model change the logits by %.2e", typ, relErr(got, want))
+		}
+		if _, ok := q.Model.Blocks[0].MoE.Experts[0].Down.(*model.Quantized); !ok {
+			t.Errorf("%s: ApplyAdapters changed the quantized model's expert to %T", typ, q.Model.Blocks[0].MoE.Experts[0].Down)
 		}
 	}
 }

@@ -162,7 +162,7 @@ func (p *Plan) Block(ctx context.Context, m *model.Model, i int, st *calib.Strea
 			return nil, nil, nil, err
 		}
 	}
-	ex, err := p.experts(m, i, orig, &comp, st)
+	ex, err := p.experts(m, i, orig, &comp, pass)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/rankzip/rankzip/calib"
+	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/methods/eora"
 	"github.com/rankzip/rankzip/methods/palu"
 	"github.com/rankzip/rankzip/methods/svd"
@@ -148,7 +149,7 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 			return nil, nil, nil, err
 		}
 	}
-	ex, err := o.experts(m, i, orig, &comp, st, mods)
+	ex, err := o.experts(m, i, orig, &comp, pass, mods)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -171,11 +172,8 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 	if len(comp.Blocks) != len(orig.Blocks) || comp.Config.HiddenSize != orig.Config.HiddenSize {
 		return fmt.Errorf("eora: the compressed model (%d layers) and the original (%d layers) differ in shape", len(comp.Blocks), len(orig.Blocks))
 	}
-	mods, err := modulesOf(o.Targets)
+	mods, err := targetModules(comp.Config, o.Targets)
 	if err != nil {
-		return fmt.Errorf("eora: %w", err)
-	}
-	if err := comp.Config.CheckTargets(mods); err != nil {
 		return fmt.Errorf("eora: %w", err)
 	}
 	for g := range o.Ranks {
@@ -202,13 +200,13 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 // adapters and per-layer report, and the streams entering block i+1 (nil
 // after the last block). o must have passed Check.
 func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp *model.Block, st *calib.Streams, beat Beat) (*model.Block, []gptq.Adapter, []EoRALayer, *calib.Streams, error) {
-	mods, err := modulesOf(o.Targets)
+	mods, err := targetModules(orig.Config, o.Targets)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("eora: %w", err)
 	}
-	k := orig.Backend
 	ob := orig.Blocks[i]
 	nb := *comp
+	expertBlock(&nb)
 	pass := calib.NewPass(orig, ob, &nb, st)
 	defer pass.Release()
 	pass.OnBatch(batchStep(ctx, beat, i))
@@ -217,9 +215,11 @@ func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp 
 	var stats *calib.SiteStats
 	site := model.Site(-1)
 	for _, mod := range mods {
+		if isExpert(mod) {
+			continue // below, once the attention is done (moe.go)
+		}
 		name := model.ModuleName(i, mod)
-		cl := *nb.Linear(mod)
-		if _, dense := cl.(*model.Dense); dense {
+		if _, dense := (*nb.Linear(mod)).(*model.Dense); dense {
 			continue // nothing to compensate
 		}
 		if s := siteOf(mod); s != site {
@@ -231,41 +231,21 @@ func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp 
 				return nil, nil, nil, nil, err
 			}
 		}
-		w, _, err := weight(*ob.Linear(mod), name)
+		a, layer, err := o.compensate(orig.Backend, name, mod, ob, &nb, stats)
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
-		if stats.Cross != nil {
-			// The target of a layer that sees the compensated stream (see
-			// RunEoRA).
-			if w, err = svd.CorrectedTarget(k, w, stats.Cross, stats.C); err != nil {
-				return nil, nil, nil, nil, fmt.Errorf("eora: %s: %w", name, err)
-			}
-		}
-		wc, err := EffectiveWeight(k, cl)
-		if err != nil {
-			return nil, nil, nil, nil, fmt.Errorf("eora: %s: %w", name, err)
-		}
-		r := o.Rank
-		for g, v := range o.Ranks {
-			if model.GlobMatches(g, mod) {
-				r = v
-			}
-		}
-		r = min(r, cl.Out(), cl.In())
-		e, err := eora.Compensate(k, w, wc, stats.C, r)
-		if err != nil {
-			return nil, nil, nil, nil, fmt.Errorf("eora: %s: %w", name, err)
-		}
-		a := gptq.Adapter{Module: name, A: denseF32(e.A, nil), B: denseF32(e.B, nil)}
-		*nb.Linear(mod) = &gptq.Adapted{Base: cl, A: a.A, B: a.B}
 		adapters = append(adapters, a)
-		n := float64(max(stats.N, 1))
-		layers = append(layers, EoRALayer{Name: name, Rank: r, ErrorBefore: e.ErrorBefore / n, ErrorAfter: e.ErrorAfter / n})
+		layers = append(layers, layer)
 		if err := step(ctx, beat, name); err != nil {
 			return nil, nil, nil, nil, err
 		}
 	}
+	ea, el, err := o.experts(orig.Backend, i, ob, &nb, pass, mods)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	adapters, layers = append(adapters, ea...), append(layers, el...)
 	var next *calib.Streams
 	if i+1 < len(orig.Blocks) {
 		if next, err = pass.Next(); err != nil {
@@ -273,4 +253,41 @@ func (o *EoRAOptions) Block(ctx context.Context, orig *model.Model, i int, comp 
 		}
 	}
 	return &nb, adapters, layers, next, nil
+}
+
+// compensate fits the EoRA correction of module mod (named name) of nb, a
+// compressed layer, against ob's, on the statistics of its input, and wraps
+// it in nb.
+func (o *EoRAOptions) compensate(k kernels.Backend, name, mod string, ob, nb *model.Block, stats *calib.SiteStats) (gptq.Adapter, EoRALayer, error) {
+	cl := *nb.Linear(mod)
+	w, _, err := weight(*ob.Linear(mod), name)
+	if err != nil {
+		return gptq.Adapter{}, EoRALayer{}, err
+	}
+	if stats.Cross != nil {
+		// The target of a layer that sees the compensated stream (see
+		// RunEoRA).
+		if w, err = svd.CorrectedTarget(k, w, stats.Cross, stats.C); err != nil {
+			return gptq.Adapter{}, EoRALayer{}, fmt.Errorf("eora: %s: %w", name, err)
+		}
+	}
+	wc, err := EffectiveWeight(k, cl)
+	if err != nil {
+		return gptq.Adapter{}, EoRALayer{}, fmt.Errorf("eora: %s: %w", name, err)
+	}
+	r := o.Rank
+	for g, v := range o.Ranks {
+		if model.GlobMatches(g, mod) {
+			r = v
+		}
+	}
+	r = min(r, cl.Out(), cl.In())
+	e, err := eora.Compensate(k, w, wc, stats.C, r)
+	if err != nil {
+		return gptq.Adapter{}, EoRALayer{}, fmt.Errorf("eora: %s: %w", name, err)
+	}
+	a := gptq.Adapter{Module: name, A: denseF32(e.A, nil), B: denseF32(e.B, nil)}
+	*nb.Linear(mod) = &gptq.Adapted{Base: cl, A: a.A, B: a.B}
+	n := float64(max(stats.N, 1))
+	return a, EoRALayer{Name: name, Rank: r, ErrorBefore: e.ErrorBefore / n, ErrorAfter: e.ErrorAfter / n}, nil
 }

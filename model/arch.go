@@ -142,7 +142,7 @@ const (
 func (c *Config) Unsupported(f Feature) error {
 	why := ""
 	switch {
-	case c.MoE != nil && f != FeaturePalu:
+	case c.MoE != nil && f != FeaturePalu && f != FeatureGPTQ: // the GPTQ layout holds experts (model/gptq)
 		why = "the router and experts (mixture of experts) are not handled by it"
 	case c.MoE != nil && f == FeaturePalu:
 		why = "its rank search and layout are not implemented for mixture-of-experts models"

@@ -28,16 +28,18 @@ import (
 // [experts, hidden, inter]); exports write the Hub layout.
 //
 // Supported: the forward pass, decoding, load, dense export (Densify
-// multiplies factored experts back), the low-rank and quantization stages on
-// the attention projections and on every expert's linears (target names
-// mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE architecture,
-// and Qwen2-MoE's mlp.shared_expert.*; compress/moe.go calibrates each
-// expert on the tokens routed to it, the shared one on every token), and
+// multiplies factored experts back), the low-rank, quantization and EoRA
+// stages on the attention projections and on every expert's linears (target
+// names mlp.experts.<e>.gate_proj, up_proj, down_proj for every MoE
+// architecture, and Qwen2-MoE's mlp.shared_expert.*; compress/moe.go
+// calibrates each expert on the tokens routed to it, the shared one on every
+// token), and
 // the other stages on the attention (targets self_attn.*). The router is
 // never a target. Refused, naming the architecture: fisher (no backward
-// through the router), Palu, MLA, the GPTQ layout, and a native checkpoint
-// of compressed experts (not implemented: their layout is the Hub's dense
-// one).
+// through the router), Palu, MLA, and a native checkpoint of compressed
+// experts (not implemented: their layout is the Hub's dense one). The GPTQ
+// layout holds Mixtral's and Qwen2-MoE's quantized experts (model/gptq,
+// through MoELinears); Qwen3-MoE's q/k norms keep it from that layout.
 // Refused in config.json: Qwen3-MoE's decoder_sparse_step other than 1 and
 // mlp_only_layers (dense MLP layers among the sparse ones), layer_types
 // that disagree with use_sliding_window on Qwen3-MoE, and routing options the forward pass does not honour
@@ -464,7 +466,7 @@ var attnModules = slices.Clone(Modules[:4])
 // CheckTargets refuses, naming the architecture, block modules that a stage
 // cannot compress in models of config c: the MLP (router and experts) of a
 // mixture-of-experts model, whose attention projections it can. The stages
-// that handle experts (svd, rtn, gptq: compress/moe.go) match targets with
+// that handle experts (svd, lord, rtn, gptq, eora: compress/moe.go) match targets with
 // MatchTargets instead.
 func (c *Config) CheckTargets(mods []string) error {
 	if c.MoE == nil {
@@ -479,7 +481,7 @@ func (c *Config) CheckTargets(mods []string) error {
 	if len(mlp) == 0 {
 		return nil
 	}
-	return fmt.Errorf("model_type %s is a mixture of experts: this stage does not compress its experts or router (%s), only self_attn.*; svd, rtn and gptq take expert targets (mlp.experts.*)", c.ModelType, strings.Join(mlp, ", "))
+	return fmt.Errorf("model_type %s is a mixture of experts: this stage does not compress its experts or router (%s), only self_attn.*; svd, lord, rtn, gptq and eora take expert targets (mlp.experts.*)", c.ModelType, strings.Join(mlp, ", "))
 }
 
 // MatchTargets expands target globs as MatchModules does, and for a mixture
@@ -532,4 +534,79 @@ func (c *Config) MatchTargets(targets []string) (mods, problems []string) {
 // HasExperts tells whether mods names an expert's linear.
 func HasExperts(mods []string) bool {
 	return slices.ContainsFunc(mods, func(m string) bool { _, _, ok := ParseExpertModule(m); return ok })
+}
+
+// MoELinear is one linear of a mixture-of-experts block as a checkpoint in
+// the Hub layout names it, for writers and readers of other layouts (the
+// GPTQ one: model/gptq).
+type MoELinear struct {
+	// Name is the tensor name without ".weight"
+	// (model.layers.3.block_sparse_moe.experts.1.w2).
+	Name string
+	// Target is the compression target name (mlp.experts.1.down_proj), ""
+	// for the router and Qwen2-MoE's shared expert and its gate, which are
+	// never compressed.
+	Target  string
+	Out, In int
+	Layer   Linear // the block's layer (nil in an EmptyMoE)
+	// Set replaces the block's layer; the router and the shared expert's
+	// gate take a dense layer only.
+	Set func(Linear) error
+}
+
+// EmptyMoE returns a block's router and experts for config c with no
+// layers, for a reader to fill in through MoELinears.
+func (c *Config) EmptyMoE() *MoE {
+	e := &MoE{Experts: make([]Expert, c.MoE.Experts), TopK: c.MoE.TopK, Norm: c.MoE.NormTopK}
+	if c.MoE.SharedInter > 0 {
+		e.Shared = &Expert{}
+	}
+	return e
+}
+
+// MoELinears lists the linears of block b's mixture of experts, whose
+// tensor names start with layer prefix p: the router, every expert's gate,
+// up and down projections, then the shared expert's and its gate when
+// there is one.
+func (c *Config) MoELinears(b *Block, p string) []MoELinear {
+	e := b.MoE
+	dense := func(name string, dst **Dense) func(Linear) error {
+		return func(l Linear) error {
+			d, ok := l.(*Dense)
+			if !ok {
+				return fmt.Errorf("%s is %T: it is always dense", name, l)
+			}
+			*dst = d
+			return nil
+		}
+	}
+	set := func(dst *Linear) func(Linear) error { return func(l Linear) error { *dst = l; return nil } }
+	var out []MoELinear
+	router := p + c.MoE.Prefix + "gate"
+	out = append(out, MoELinear{Name: router, Out: c.MoE.Experts, In: c.HiddenSize, Layer: linearOrNil(e.Router), Set: dense(router, &e.Router)})
+	for i := range e.Experts {
+		x := &e.Experts[i]
+		for j, l := range []*Linear{&x.Gate, &x.Up, &x.Down} {
+			o, in := expertShape(c, j)
+			name := strings.TrimSuffix(moeName(c, p, i, j), ".weight")
+			out = append(out, MoELinear{Name: name, Target: ExpertModule(i, j), Out: o, In: in, Layer: *l, Set: set(l)})
+		}
+	}
+	if s := e.Shared; s != nil {
+		for j, l := range []*Linear{&s.Gate, &s.Up, &s.Down} {
+			o, in := sharedShape(c, j)
+			out = append(out, MoELinear{Name: strings.TrimSuffix(sharedName(p, j), ".weight"), Out: o, In: in, Layer: *l, Set: set(l)})
+		}
+		g := strings.TrimSuffix(sharedGateName(p), ".weight")
+		out = append(out, MoELinear{Name: g, Out: 1, In: c.HiddenSize, Layer: linearOrNil(e.SharedGate), Set: dense(g, &e.SharedGate)})
+	}
+	return out
+}
+
+// linearOrNil is d as a Linear, nil (not a nil *Dense) when d is nil.
+func linearOrNil(d *Dense) Linear {
+	if d == nil {
+		return nil
+	}
+	return d
 }

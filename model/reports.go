@@ -40,6 +40,9 @@ type EoRAReport struct {
 	Rank        int     `json:"rank"`
 	ErrorBefore float64 `json:"error_before"`
 	ErrorAfter  float64 `json:"error_after"`
+	// Unrouted: a compressed expert no calibration token was routed to,
+	// left uncompensated (Rank 0).
+	Unrouted bool `json:"unrouted,omitempty"`
 }
 
 // MLAReport reports the conversion of one layer to latent attention.

@@ -226,7 +226,11 @@ func (v *validator) eora(where string, s *Stage) {
 	case s.Rank < 0:
 		v.add("%s: rank %d must be positive", where, s.Rank)
 	}
-	if mods, ok := v.targets(where, s); ok {
+	if c := v.cfg; c != nil && c.MoE != nil && len(s.Targets) == 0 {
+		// Every attention and expert linear; combine keeps the experts an
+		// earlier stage compressed.
+		s.Targets = slices.Clone(c.TargetModules())
+	} else if mods, ok := v.targets(where, s); ok {
 		s.Targets = mods
 	}
 	for g, r := range s.RankOverrides {
@@ -258,9 +262,9 @@ func (v *validator) eora(where string, s *Stage) {
 }
 
 // targets expands a stage's target globs; ok is false when one is bad. In
-// a mixture of experts, svd, rtn and gptq take the experts' linears
-// (model.Config.MatchTargets; compress/moe.go), the other stages only the
-// attention projections.
+// a mixture of experts, svd, lord, rtn, gptq and eora take the experts'
+// linears (model.Config.MatchTargets; compress/moe.go), the other stages
+// only the attention projections.
 func (v *validator) targets(where string, s *Stage) ([]string, bool) {
 	c := v.cfg
 	if c != nil && c.MoE != nil && expertMethod(s.Method) {
@@ -288,7 +292,7 @@ func (v *validator) targets(where string, s *Stage) ([]string, bool) {
 
 // expertMethod tells whether a stage of method m can compress experts.
 func expertMethod(m Method) bool {
-	return m == MethodSVD || m == MethodRTN || m == MethodGPTQ
+	return m == MethodSVD || m == MethodLoRD || m == MethodRTN || m == MethodGPTQ || m == MethodEoRA
 }
 
 // changedBefore returns the index of a stage before i that changes module,
@@ -322,6 +326,9 @@ func (v *validator) combine() {
 			// targets, refused when named.
 			var keep []string
 			for _, m := range s.Targets {
+				if _, _, expert := model.ParseExpertModule(m); expert && !slices.Contains(s.keys, "targets") && v.changedBefore(i, m) < 0 {
+					continue // by default only the experts an earlier stage compressed
+				}
 				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == MethodPalu {
 					if slices.Contains(s.keys, "targets") {
 						v.add("%s cannot compensate %s: stages[%d] (palu) made it a grouped latent projection, which eora does not correct; leave it out of the targets", where, m, j)
@@ -428,6 +435,11 @@ func (v *validator) exportFits() {
 		}
 		if len(unfit) > 0 {
 			v.add("export.format gptq packs only layers whose out and in are multiples of 32 (GPTQ v1): leave %s out of the targets of stages[%d] (%s)", strings.Join(unfit, ", "), quant, v.r.Stages[quant].Method)
+		}
+		for i, s := range v.r.Stages {
+			if s.Method == MethodEoRA && model.HasExperts(s.Targets) {
+				v.add("export.format gptq cannot hold the expert corrections of stages[%d] (eora): a PEFT adapter for experts is not implemented (Mixtral's expert modules are named w1/w2/w3, and transformers 5 fuses the experts); leave mlp.experts.* out of its targets, or use export.format dense", i)
+			}
 		}
 	}
 }

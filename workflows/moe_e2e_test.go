@@ -22,9 +22,20 @@ import (
 // recipe with the given stages and export and loads it.
 func moeJob(t *testing.T, dir, stages, export string) *recipe.Job {
 	t.Helper()
+	return moeJobOf(t, dir, "qwen3_moe", 48, stages, export)
+}
+
+// moeJobOf is moeJob for a model of type typ whose experts have
+// intermediate size inter.
+func moeJobOf(t *testing.T, dir, typ string, inter int, stages, export string) *recipe.Job {
+	t.Helper()
 	fx := needFixtures(t)
-	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "qwen3_moe", Hidden: 64, Intermediate: 48, Layers: 2, Heads: 4, KVHeads: 2,
-		HeadDim: 32, Vocab: 512, MaxPositions: 256, Experts: 4, TopK: 2}, 3, kernels.Default())
+	headDim := 32
+	if typ == "mixtral" {
+		headDim = 0 // hidden / heads
+	}
+	m, err := model.Synthetic(model.SyntheticConfig{ModelType: typ, Hidden: 64, Intermediate: inter, Layers: 2, Heads: 4, KVHeads: 2,
+		HeadDim: headDim, Vocab: 512, MaxPositions: 256, Experts: 4, TopK: 2}, 3, kernels.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,6 +165,108 @@ func TestEndToEndMoEExpertsGPTQ(t *testing.T) {
 				t.Errorf("in-process block %d expert %d gate_proj is %T", i, e, x.Gate)
 			}
 		}
+	}
+}
+
+// LoRD of the experts' up projections, RTN of their down projections and
+// EoRA with its default targets (which take the quantized experts), through
+// the stage activities, exported dense: the checkpoint's logits equal the
+// in-process result's, every routed factored up and quantized down
+// projection got a correction that lowers its error, and block 0's unrouted
+// experts stay dense and uncorrected.
+func TestEndToEndMoEExpertsLoRDEoRA(t *testing.T) {
+	dir := t.TempDir()
+	j := moeJob(t, dir, `
+  - {method: lord, targets: ["mlp.experts.*.up_proj"], rank: 8}
+  - {method: rtn, bits: 3, group_size: 0, targets: ["mlp.experts.*.down_proj"]}
+  - {method: eora, rank: 4}`, `{format: dense}`)
+	res, err := runJob(t, j, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, comp, adapters := direct(t, j)
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
+	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
+	got, err := back.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := comp.Forward(seqs)
+	base, _ := orig.Forward(seqs)
+	t.Logf("exported vs in-process logits: %.2e relative; compressed vs original: %.2e", relErr32(got, want), relErr32(want, base))
+	// Tolerance: the dense export multiplies factors and adapters back in float32.
+	if e := relErr32(got, want); !(e < 1e-5) {
+		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
+	}
+	var corrected, unrouted []string
+	for _, b := range res.Stages[2] {
+		for _, l := range b.EoRA {
+			if l.Unrouted {
+				unrouted = append(unrouted, l.Name)
+			} else if strings.Contains(l.Name, ".mlp.experts.") && l.ErrorAfter < l.ErrorBefore {
+				corrected = append(corrected, l.Name)
+			}
+		}
+	}
+	// LoRD and RTN left block 0's experts 2 and 3 dense, so EoRA skips
+	// them as dense layers, not as unrouted ones.
+	if len(corrected) != 12 || len(unrouted) != 0 || len(adapters) != 12 {
+		t.Errorf("eora corrected %v, unrouted %v, %d adapters in process; want the 6 routed up and 6 down projections", corrected, unrouted, len(adapters))
+	}
+	for e, x := range comp.Blocks[0].MoE.Experts {
+		if _, dense := x.Down.(*model.Dense); dense != (e >= 2) {
+			t.Errorf("in-process block 0 expert %d down_proj is %T", e, x.Down)
+		}
+	}
+}
+
+// GPTQ of a Mixtral's attention and of its experts 0 and 1 (routed in both
+// blocks) through the workflow, exported in the GPTQ v1 layout: the
+// checkpoint holds the experts packed under their Hub names, reads back
+// through LoadExport with every targeted expert quantized and the router
+// dense, and its logits equal the in-process result's.
+func TestEndToEndMoEExpertsGPTQLayout(t *testing.T) {
+	dir := t.TempDir()
+	j := moeJobOf(t, dir, "mixtral", 64, `
+  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*", "mlp.experts.0.*", "mlp.experts.1.*"]}`, `{format: gptq, dtype: float32}`)
+	if _, err := runJob(t, j, filepath.Join(dir, "store"), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, comp, _ := direct(t, j)
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
+	for i, b := range back.Blocks {
+		for e, x := range b.MoE.Experts {
+			_, q := x.Down.(*model.Quantized)
+			if q != (e < 2) {
+				t.Errorf("read back block %d expert %d down projection is %T", i, e, x.Down)
+			}
+		}
+	}
+	f, err := safetensors.OpenDir(j.Recipe.Output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, name := range []string{"model.layers.1.block_sparse_moe.experts.1.w2.qweight", "model.layers.1.block_sparse_moe.experts.2.w2.weight", "model.layers.1.block_sparse_moe.gate.weight"} {
+		if _, ok := f.Info(name); !ok {
+			t.Errorf("the checkpoint has no tensor %s", name)
+		}
+	}
+	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
+	got, err := back.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := comp.Forward(seqs)
+	t.Logf("exported vs in-process logits: %.2e relative", relErr32(got, want))
+	if e := relErr32(got, want); !(e < 1e-5) {
+		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
 	}
 }
 

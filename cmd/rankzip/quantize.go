@@ -43,7 +43,7 @@ func quantizeFlags(args []string, stderr io.Writer) (*oneStage, *recipe.Job, err
 	sym := fs.Bool("sym", true, "symmetric quantization; --sym=false for asymmetric (recipe: sym)")
 	actOrder := fs.Bool("act-order", false, "GPTQ act-order (desc_act) with static groups (recipe: act_order)")
 	damp := fs.Float64("damp", 0, fmt.Sprintf("GPTQ relative damping (recipe: damp; default %g)", recipe.DefaultDamp))
-	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "self_attn.*" (recipe: targets; default all seven linears)`)
+	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "self_attn.*" (recipe: targets; default all seven linears, the attention of a mixture of experts: add mlp.experts.* for its experts)`)
 	eoraRank := fs.Int("eora-rank", 0, "add an eora stage of this rank (recipe: a second stage {method: eora, rank: R}) and write its PEFT adapter in OUT/eora")
 	if _, err := parse(fs, args, 0); err != nil {
 		return nil, nil, err

@@ -21,7 +21,12 @@ const QuantizationConfigKey = "quantization_config"
 // Export writes m as a GPTQ v1 checkpoint in dir: every model.Quantized
 // linear as qweight, qzeros, scales (fp16) and g_idx (plus its bias), every
 // other tensor as model.Save writes it in dtype, config.json with
-// quantization_config and quantize_config.json. Every quantized layer must
+// quantization_config and quantize_config.json. A mixture of experts
+// (Mixtral, Qwen2-MoE) is written as GPTQModel writes it: each expert's
+// linears under their Hub names (model.layers.N.block_sparse_moe.experts.E.w2,
+// model.layers.N.mlp.experts.E.down_proj), quantized or dense, the router
+// (and Qwen2-MoE's shared expert and its gate) dense, and
+// modules_in_block_to_quantize naming the quantized linears. Every quantized layer must
 // have qc's bits and group size (−1: one group per output channel) and out
 // and in multiples of 32 (the v1 format's packing); a layer that does not
 // fit is an error naming it. Factored and Palu layers have no GPTQ layout:
@@ -73,33 +78,24 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 		if err := errors.Join(add(p+"input_layernorm.weight", []int{h}, b.AttnNorm), add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)); err != nil {
 			return err
 		}
-		for _, mod := range model.Modules {
-			name := p + mod
-			switch d := (*b.Linear(mod)).(type) {
-			case *model.Dense:
-				if err := errors.Join(add(name+".weight", []int{d.Out(), d.In()}, d.Weight), add(name+".bias", []int{d.Out()}, d.Bias)); err != nil {
-					return err
-				}
-			case *model.Quantized:
-				if d.Bits != qc.Bits {
-					return fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
-				}
-				if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
-					return fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
-				}
-				pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
-				if err != nil {
-					return fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
-				}
-				tensors = append(tensors, pk.Tensors(name)...)
-				if d.Bias != nil {
-					data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
-					tensors = append(tensors, safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
-				}
+		var linears []blockLinear
+		for _, mod := range b.Modules() {
+			linears = append(linears, blockLinear{mod, *b.Linear(mod)})
+		}
+		if b.MoE != nil {
+			for _, x := range c.MoELinears(b, p) {
+				linears = append(linears, blockLinear{strings.TrimPrefix(x.Name, p), x.Layer})
+			}
+		}
+		for _, x := range linears {
+			ts, q, err := linearTensors(p+x.mod, x.l, qc, add)
+			if err != nil {
+				return err
+			}
+			tensors = append(tensors, ts...)
+			if q {
 				nq++
-				quantized[l] = append(quantized[l], mod)
-			default:
-				return fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, d)
+				quantized[l] = append(quantized[l], x.mod)
 			}
 		}
 	}
@@ -107,11 +103,13 @@ func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConf
 		return fmt.Errorf("export gptq: the model has no quantized layer")
 	}
 	for l, mods := range quantized {
-		if !slices.Equal(mods, quantized[0]) {
-			return fmt.Errorf("export gptq: block 0 has quantized %v, block %d %v: a GPTQ checkpoint quantizes the same linears in every block", quantized[0], l, mods)
+		if err := sameQuantized(quantized[0], mods, l); err != nil {
+			return err
 		}
 	}
-	if len(quantized[0]) < len(model.Modules) {
+	if len(quantized[0]) < len(model.Modules) || c.MoE != nil {
+		// A mixture of experts always lists them: transformers would
+		// otherwise take its router (an nn.Linear) for a quantized layer.
 		qc.ModulesInBlockToQuantize = [][]string{quantized[0]}
 	}
 	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
@@ -146,8 +144,8 @@ func IsCheckpoint(dir string) bool {
 }
 
 // Load reads a GPTQ v1 checkpoint (as Export writes it, or as GPTQModel and
-// AutoGPTQ write it for a Llama-family model) into a model whose quantized
-// linears are model.Quantized. A linear with a qweight tensor is quantized;
+// AutoGPTQ write it for a Llama-family model or a Mixtral or Qwen2-MoE one)
+// into a model whose quantized linears are model.Quantized. A linear with a qweight tensor is quantized;
 // one with a weight tensor is dense. Tensors that are neither expected nor
 // buffers are an error.
 func Load(dir string, k kernels.Backend) (*model.Model, error) {
@@ -270,18 +268,43 @@ func (r *reader) block(cfg *model.Config, l int) (*model.Block, error) {
 	if b.MLPNorm, err = r.get(p+"post_attention_layernorm.weight", h); err != nil {
 		return nil, err
 	}
-	for _, mod := range model.Modules {
-		name := p + mod
-		lin, err := r.linear(name)
+	if cfg.MoE != nil {
+		b.MoE = cfg.EmptyMoE()
+	}
+	for _, mod := range b.Modules() {
+		out, in := cfg.ModuleShape(mod)
+		lin, err := r.shapedLinear(p+mod, out, in)
 		if err != nil {
 			return nil, err
 		}
-		if out, in := cfg.ModuleShape(mod); lin.Out() != out || lin.In() != in {
-			return nil, fmt.Errorf("load gptq: %s: %s is %d×%d, config.json implies %d×%d", r.dir, name, lin.Out(), lin.In(), out, in)
-		}
 		*b.Linear(mod) = lin
 	}
+	if b.MoE == nil {
+		return b, nil
+	}
+	for _, x := range cfg.MoELinears(b, p) {
+		lin, err := r.shapedLinear(x.Name, x.Out, x.In)
+		if err != nil {
+			return nil, err
+		}
+		if err := x.Set(lin); err != nil {
+			return nil, fmt.Errorf("load gptq: %s: %w", r.dir, err)
+		}
+	}
 	return b, nil
+}
+
+// shapedLinear reads layer name (see linear) and checks that it is
+// out×in, as config.json implies.
+func (r *reader) shapedLinear(name string, out, in int) (model.Linear, error) {
+	lin, err := r.linear(name)
+	if err != nil {
+		return nil, err
+	}
+	if lin.Out() != out || lin.In() != in {
+		return nil, fmt.Errorf("load gptq: %s: %s is %d×%d, config.json implies %d×%d", r.dir, name, lin.Out(), lin.In(), out, in)
+	}
+	return lin, nil
 }
 
 // linear reads layer name: packed 4/8-bit (qweight, qzeros, scales, g_idx)
@@ -334,4 +357,62 @@ func equalShape(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// blockLinear is a linear of a block by its name inside the block
+// (self_attn.q_proj, block_sparse_moe.experts.0.w1).
+type blockLinear struct {
+	mod string
+	l   model.Linear
+}
+
+// linearTensors returns the tensors of linear name: packed when it is
+// quantized (q reports so), else its weight and bias added through add.
+func linearTensors(name string, l model.Linear, qc QuantizeConfig, add func(string, []int, []float32) error) (ts []safetensors.WriteTensor, q bool, err error) {
+	switch d := l.(type) {
+	case *model.Dense:
+		return nil, false, errors.Join(add(name+".weight", []int{d.Out(), d.In()}, d.Weight), add(name+".bias", []int{d.Out()}, d.Bias))
+	case *model.Quantized:
+		if d.Bits != qc.Bits {
+			return nil, false, fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
+		}
+		if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
+			return nil, false, fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
+		}
+		pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
+		if err != nil {
+			return nil, false, fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
+		}
+		ts = pk.Tensors(name)
+		if d.Bias != nil {
+			data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
+			ts = append(ts, safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
+		}
+		return ts, true, nil
+	}
+	return nil, false, fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, l)
+}
+
+// sameQuantized checks that block l quantizes the linears block 0 does (a
+// GPTQ checkpoint's modules_in_block_to_quantize is one list for every
+// block), naming the first few that differ.
+func sameQuantized(first, mods []string, l int) error {
+	if slices.Equal(first, mods) {
+		return nil
+	}
+	var diff []string
+	for _, m := range first {
+		if !slices.Contains(mods, m) {
+			diff = append(diff, m+" (quantized in block 0 only)")
+		}
+	}
+	for _, m := range mods {
+		if !slices.Contains(first, m) {
+			diff = append(diff, fmt.Sprintf("%s (quantized in block %d only)", m, l))
+		}
+	}
+	if len(diff) > 4 {
+		diff = append(diff[:4], fmt.Sprintf("and %d more", len(diff)-4))
+	}
+	return fmt.Errorf("export gptq: blocks 0 and %d quantize different linears: %s; a GPTQ checkpoint quantizes the same linears in every block (an expert no calibration token reached is left dense: calibrate on more data, or export dense)", l, strings.Join(diff, ", "))
 }

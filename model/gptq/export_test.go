@@ -38,31 +38,41 @@ func rtnModel(t *testing.T, m *model.Model, cfg quant.Config) *model.Model {
 	for _, b := range m.Blocks {
 		nb := *b
 		for _, mod := range model.Modules {
-			d := (*nb.Linear(mod)).(*model.Dense)
-			w := make([]float64, len(d.Weight))
-			for i, v := range d.Weight {
-				w[i] = float64(v)
-			}
-			r, err := quant.RTN(mat.NewDense(d.Out(), d.In(), w), cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g := r.Groups()
-			scales := make([]float32, 0, g*d.Out())
-			for i := range g {
-				for j := range d.Out() {
-					scales = append(scales, float32(r.Scales.At(i, j)))
-				}
-			}
-			q, err := model.NewQuantized(d.Out(), d.In(), r.Bits, r.Q, scales, r.Zeros, r.GIdx, d.Bias)
-			if err != nil {
-				t.Fatal(err)
-			}
-			*nb.Linear(mod) = q
+			*nb.Linear(mod) = rtnLinear(t, (*nb.Linear(mod)).(*model.Dense), cfg)
 		}
 		out.Blocks = append(out.Blocks, &nb)
 	}
 	return &out
+}
+
+// rtnLinear is d quantized with RTN, its bias rounded to float16 as the
+// GPTQ layout stores a quantized layer's bias.
+func rtnLinear(t *testing.T, d *model.Dense, cfg quant.Config) *model.Quantized {
+	t.Helper()
+	w := make([]float64, len(d.Weight))
+	for i, v := range d.Weight {
+		w[i] = float64(v)
+	}
+	r, err := quant.RTN(mat.NewDense(d.Out(), d.In(), w), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := r.Groups()
+	scales := make([]float32, 0, g*d.Out())
+	for i := range g {
+		for j := range d.Out() {
+			scales = append(scales, float32(r.Scales.At(i, j)))
+		}
+	}
+	var bias []float32
+	for _, b := range d.Bias {
+		bias = append(bias, safetensors.F16ToFloat32(safetensors.Float32ToF16(b)))
+	}
+	q, err := model.NewQuantized(d.Out(), d.In(), r.Bits, r.Q, scales, r.Zeros, r.GIdx, bias)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
 
 func relErr(a, b []float32) float64 {

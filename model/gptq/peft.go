@@ -202,6 +202,7 @@ func ApplyAdapters(m *model.Model, adapters []Adapter) (*model.Model, error) {
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	for i, b := range m.Blocks {
 		nb := *b
+		nb.MoE = b.MoE.Clone() // an adapted expert must not change m's
 		out.Blocks[i] = &nb
 	}
 	for _, a := range adapters {
