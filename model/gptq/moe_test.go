@@ -108,8 +108,9 @@ func rtnMoE(t *testing.T, m *model.Model, cfg quant.Config) *model.Model {
 }
 
 // A quantized Mixtral and Qwen2-MoE export in GPTQModel's layout (every
-// expert linear packed under its Hub name, the router and shared expert
-// dense, modules_in_block_to_quantize naming the quantized linears) and
+// expert linear packed under its Hub name, Qwen2-MoE's shared expert too
+// (GPTQModel quantizes it), the router and the shared expert's gate dense,
+// modules_in_block_to_quantize naming the quantized linears) and
 // read back: every expert's dequantized weight is the in-memory one's and
 // the logits are the in-memory quantized model's (bit-equal here; the
 // tolerance allows for summation order).
@@ -126,7 +127,7 @@ func TestExportLoadMoE(t *testing.T) {
 	}{
 		{mixtral, "model.layers.1.block_sparse_moe.experts.3.w2", "model.layers.1.block_sparse_moe.gate", nil},
 		{qwen2MoE(t), "model.layers.1.mlp.experts.3.down_proj", "model.layers.1.mlp.gate",
-			[]string{"model.layers.1.mlp.shared_expert.up_proj", "model.layers.1.mlp.shared_expert_gate"}},
+			[]string{"model.layers.1.mlp.shared_expert_gate"}},
 	} {
 		m, typ := tc.m, tc.m.Config.ModelType
 		seqs, err := model.Sample(m, 3, 24, 1, 3)
@@ -154,8 +155,11 @@ func TestExportLoadMoE(t *testing.T) {
 		f.Close()
 		mods := quantizedModules(t, dir)
 		inBlock := func(name string) string { return strings.TrimPrefix(name, "model.layers.1.") }
-		if len(mods) != 4+4*3 || !slices.Contains(mods, inBlock(tc.expert)) || slices.Contains(mods, inBlock(tc.router)) {
-			t.Errorf("%s: modules_in_block_to_quantize %v: want the 4 attention and 12 expert linears, not the router", typ, mods)
+		if len(mods) != len(m.Config.TargetModules()) || !slices.Contains(mods, inBlock(tc.expert)) || slices.Contains(mods, inBlock(tc.router)) {
+			t.Errorf("%s: modules_in_block_to_quantize %v: want all %d targets, not the router", typ, mods, len(m.Config.TargetModules()))
+		}
+		if typ == "qwen2_moe" && !slices.Contains(mods, "mlp.shared_expert.down_proj") {
+			t.Errorf("%s: the shared expert is not quantized: %v", typ, mods)
 		}
 
 		back, err := gptq.Load(dir, m.Backend)
