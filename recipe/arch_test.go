@@ -21,7 +21,7 @@ func archRecipe(t *testing.T, typ, stages, export string) string {
 	switch typ {
 	case "mixtral":
 		s.Experts, s.TopK, s.HeadDim = 4, 2, 0
-	case "qwen3_moe":
+	case "qwen3_moe", "qwen2_moe":
 		s.Experts, s.TopK, s.Intermediate = 4, 2, 64
 	}
 	m, err := model.Synthetic(s, 1, kernels.Default())
@@ -66,6 +66,7 @@ func TestArchRecipes(t *testing.T) {
 		{"mixtral", `  - {method: rtn, bits: 4, group_size: 0, targets: ["mlp.experts.0.*"]}
   - {method: eora, rank: 4, targets: ["mlp.experts.1.*"]}`, `{format: dense}`, "stages[1] (eora): none of its targets (mlp.experts.1.gate_proj, mlp.experts.1.up_proj, mlp.experts.1.down_proj) is compressed"},
 		{"mixtral", `  - {method: eora, rank: 4, targets: ["mlp.gate"]}`, `{format: dense}`, `target "mlp.gate" names the router`},
+		{"qwen2_moe", `  - {method: svd, targets: ["mlp.shared_expert.*"], keep_params: 0.8}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (svd)"},
 		{"mixtral", `  - {method: palu, kv_keep: 0.5}`, `{format: native}`, "not supported for model_type mixtral"},
 	} {
 		_, err := Load(archRecipe(t, tc.typ, tc.stages, tc.export))
