@@ -347,7 +347,14 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 	}
 	q := r.Quality
 	fmt.Fprintf(w, "job        %s\n", r.ID)
-	fmt.Fprintf(w, "output     %s (%s in %d files)\n", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
+	fmt.Fprintf(w, "output     %s (%s in %d files)", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
+	if r.Export.HostQueue != "" { // the directory is on the host of that queue
+		fmt.Fprintf(w, " on the host of task queue %s", r.Export.HostQueue)
+	}
+	if r.Reexports > 0 {
+		fmt.Fprintf(w, "; exported %d more time(s): the exporting host was gone", r.Reexports)
+	}
+	fmt.Fprintln(w)
 	switch {
 	case r.Report != "":
 		fmt.Fprintf(w, "report     %s\n", r.Report)
