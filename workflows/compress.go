@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
@@ -43,7 +44,29 @@ type Input struct {
 	// Device "cuda" sends the job's activities to GPUTaskQueue, which only
 	// workers with a GPU poll; otherwise they go to TaskQueue.
 	Device string `json:"device,omitempty"`
+	// GPUWait is how long the first activity of a cuda job may wait for a
+	// GPU worker to take it (default DefaultGPUWait). Past it the job fails
+	// when no worker polls GPUTaskQueue, and waits again when some do (they
+	// are busy). Later activities wait without a limit: a GPU worker took
+	// the job's work before, and a backlog of blocks is normal.
+	GPUWait time.Duration `json:"gpu_wait,omitempty"`
+	// HostWait is how long Evaluate and Report wait for a worker of the
+	// host that exported (default DefaultHostWait). Past it that host is
+	// taken for gone: the checkpoint is exported again on the job's general
+	// queue, by whichever worker takes it, and the step runs on that
+	// worker's host.
+	HostWait time.Duration `json:"host_wait,omitempty"`
 }
+
+// Default waits of Input.
+const (
+	DefaultGPUWait  = 10 * time.Minute
+	DefaultHostWait = 5 * time.Minute
+)
+
+// maxExports bounds the exports of one step that the exporting host never
+// takes (a host alive but too busy to take it may export again).
+const maxExports = 3
 
 // Stages of a job, in order, as the progress query reports them.
 const (
@@ -111,6 +134,9 @@ type Result struct {
 	Skipped int                        `json:"skipped"`
 	Elapsed time.Duration              `json:"elapsed"`
 	Export  activities.ExportOutput    `json:"export"`
+	// Reexports counts the exports made again because the exporting
+	// host's worker never took the next step (see Input.HostWait).
+	Reexports int `json:"reexports,omitempty"`
 	// Timings are the job's steps (inspect, each recipe stage's blocks,
 	// export, evaluate) and the time each took.
 	Timings []report.Timing `json:"timings,omitempty"`
@@ -229,13 +255,12 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 		return Result{}, temporal.NewNonRetryableApplicationError(err.Error(), activities.BadInput, err)
 	}
 	ctx = workflow.WithActivityOptions(ctx, activityOptions(in))
-	var a *activities.Activities
 	job := in.Job
 	res := Result{ID: job.ID, Output: job.Recipe.Output}
 
-	var ins activities.InspectOutput
-	if err := workflow.ExecuteActivity(ctx, a.Inspect, activities.InspectInput{Job: job}).Get(ctx, &ins); err != nil {
-		return res, stepError("inspect", err)
+	ins, err := inspect(ctx, in)
+	if err != nil {
+		return res, err
 	}
 	stages := job.Recipe.Stages
 	prog.Blocks = ins.Blocks
@@ -246,7 +271,7 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 		if err := laterStages(ctx, in, ins, 0, prog, &res, update, blockDone); err != nil {
 			return res, err
 		}
-		return exportAndEvaluate(ctx, job, &res, update)
+		return exportAndEvaluate(ctx, in, &res, update)
 	}
 
 	if err := lowRankBlocks(ctx, in, ins, prog, &res, update, blockDone); err != nil {
@@ -257,8 +282,49 @@ func run(ctx workflow.Context, in Input, prog *Progress, update func(string), bl
 			return res, err
 		}
 	}
-	return exportAndEvaluate(ctx, job, &res, update)
+	return exportAndEvaluate(ctx, in, &res, update)
 }
+
+// inspect runs the Inspect activity. On the GPU queue it waits GPUWait for
+// a worker to take it, then asks the server whether any worker polls the
+// queue: none fails the job with a message saying what to start; some
+// (busy ones) wait again.
+func inspect(ctx workflow.Context, in Input) (activities.InspectOutput, error) {
+	var a *activities.Activities
+	var ins activities.InspectOutput
+	o := workflow.GetActivityOptions(ctx)
+	if o.TaskQueue != GPUTaskQueue {
+		err := workflow.ExecuteActivity(ctx, a.Inspect, activities.InspectInput{Job: in.Job}).Get(ctx, &ins)
+		return ins, stepErrorOrNil("inspect", err)
+	}
+	wait := in.GPUWait
+	if wait <= 0 {
+		wait = DefaultGPUWait
+	}
+	o.ScheduleToStartTimeout = wait
+	gpu := workflow.WithActivityOptions(ctx, o)
+	o.TaskQueue, o.ScheduleToStartTimeout, o.StartToCloseTimeout, o.HeartbeatTimeout = workflow.GetInfo(ctx).TaskQueueName, 0, time.Minute, 0
+	general := workflow.WithActivityOptions(ctx, o) // every worker polls it
+	for {
+		err := workflow.ExecuteActivity(gpu, a.Inspect, activities.InspectInput{Job: in.Job}).Get(ctx, &ins)
+		if !isScheduleToStart(err) {
+			return ins, stepErrorOrNil("inspect", err)
+		}
+		var pollers int
+		if err := workflow.ExecuteActivity(general, a.Pollers, GPUTaskQueue).Get(ctx, &pollers); err != nil {
+			return ins, stepError("inspect", err)
+		}
+		if pollers == 0 {
+			msg := fmt.Sprintf("inspect: no worker polls task queue %s (the job asks for device cuda; its first task waited %v): "+
+				"start `worker --device cuda` (built with -tags cuda) on a machine with a GPU, or run the job without --device cuda", GPUTaskQueue, wait)
+			return ins, temporal.NewNonRetryableApplicationError(msg, NoGPUWorker, err)
+		}
+		workflow.GetLogger(ctx).Warn("GPU workers poll but took no task: waiting again", "queue", GPUTaskQueue, "pollers", pollers, "waited", wait)
+	}
+}
+
+// NoGPUWorker is the error type of a cuda job that no GPU worker serves.
+const NoGPUWorker = "NoGPUWorker"
 
 // lowRankBlocks runs the first stage, a low-rank one, block by block,
 // recording each block's factors and per-layer ranks in res in block order.
@@ -412,38 +478,100 @@ func laterStages(ctx workflow.Context, in Input, ins activities.InspectOutput, f
 }
 
 // exportAndEvaluate writes the checkpoint, reads it back and evaluates it.
-func exportAndEvaluate(ctx workflow.Context, job recipe.Job, res *Result, update func(string)) (Result, error) {
+func exportAndEvaluate(ctx workflow.Context, in Input, res *Result, update func(string)) (Result, error) {
 	var a *activities.Activities
 	update(StageExport)
-	ex := activities.ExportInput{Job: job, Plan: res.Artifacts.Plan, Blocks: res.Artifacts.Blocks}
-	for _, l := range res.Artifacts.Later {
-		ex.Later = append(ex.Later, l.Blocks)
-	}
-	if err := workflow.ExecuteActivity(ctx, a.Export, ex).Get(ctx, &res.Export); err != nil {
+	if err := workflow.ExecuteActivity(ctx, a.Export, exportInput(in.Job, res)).Get(ctx, &res.Export); err != nil {
 		return *res, stepError("export", err)
 	}
 	res.Files = res.Export.Files
 
 	update(StageEvaluate)
-	if err := workflow.ExecuteActivity(onHost(ctx, res.Export.HostQueue), a.Evaluate, activities.EvaluateInput{Job: job, Export: res.Export}).Get(ctx, &res.Quality); err != nil {
-		return *res, stepError("evaluate", err)
-	}
-	return *res, nil
+	err := onExporter(ctx, in, res, "evaluate", func(ctx workflow.Context) error {
+		return workflow.ExecuteActivity(ctx, a.Evaluate, activities.EvaluateInput{Job: in.Job, Export: res.Export}).Get(ctx, &res.Quality)
+	})
+	return *res, err
 }
 
-// hostWait is how long an activity waits for a worker of the host whose
-// files it needs (ScheduleToStartTimeout; a timeout is not retried).
-const hostWait = time.Hour
+// exportInput is the Export activity's input for the artifacts in res.
+func exportInput(job recipe.Job, res *Result) activities.ExportInput {
+	ex := activities.ExportInput{Job: job, Plan: res.Artifacts.Plan, Blocks: res.Artifacts.Blocks}
+	for _, l := range res.Artifacts.Later {
+		ex.Later = append(ex.Later, l.Blocks)
+	}
+	return ex
+}
+
+// versionHostFailover (workflow.GetVersion) marks jobs that export again
+// when the exporting host takes no task; jobs recorded before it wait an
+// hour (legacyHostWait) and fail.
+const versionHostFailover = "host-failover"
+
+const legacyHostWait = time.Hour
+
+// onExporter runs step, an activity on the exported directory, on the
+// exporting host's queue (res.Export.HostQueue). When no worker of that
+// host takes it within HostWait, the host is taken for gone: Export runs
+// again on ctx's queue (the general or the GPU one), whichever worker takes
+// it, and step runs on that worker's host. Export is content-addressed: it
+// reuses every stored block, and only the checkpoint is written again, to
+// the recipe's output path on the new host (on a shared filesystem it finds
+// the files in place and only checks them). It returns step's error named
+// after it.
+func onExporter(ctx workflow.Context, in Input, res *Result, step string, run func(workflow.Context) error) error {
+	if workflow.GetVersion(ctx, versionHostFailover, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return stepErrorOrNil(step, run(onHost(ctx, res.Export.HostQueue, legacyHostWait)))
+	}
+	wait := in.HostWait
+	if wait <= 0 {
+		wait = DefaultHostWait
+	}
+	var a *activities.Activities
+	for exports := 1; ; exports++ {
+		queue := res.Export.HostQueue
+		err := run(onHost(ctx, queue, wait))
+		if !isScheduleToStart(err) {
+			return stepErrorOrNil(step, err)
+		}
+		if exports == maxExports {
+			msg := fmt.Sprintf("%s: no worker of the exporting host took it from task queue %s within %v, after %d exports on hosts that went away or stayed busy",
+				step, queue, wait, exports)
+			return temporal.NewNonRetryableApplicationError(msg, "HostGone", err)
+		}
+		workflow.GetLogger(ctx).Warn("the exporting host took no task: exporting again on another", "step", step, "queue", queue, "waited", wait)
+		if err := workflow.ExecuteActivity(ctx, a.Export, exportInput(in.Job, res)).Get(ctx, &res.Export); err != nil {
+			return stepError("export", err)
+		}
+		res.Files = res.Export.Files
+		res.Reexports++
+	}
+}
 
 // onHost sends ctx's activities to a host's queue (HostTaskQueue), when
-// queue is set.
-func onHost(ctx workflow.Context, queue string) workflow.Context {
+// queue is set, waiting at most wait for a worker to take each
+// (ScheduleToStartTimeout; a timeout is not retried).
+func onHost(ctx workflow.Context, queue string, wait time.Duration) workflow.Context {
 	if queue == "" {
 		return ctx
 	}
 	o := workflow.GetActivityOptions(ctx)
-	o.TaskQueue, o.ScheduleToStartTimeout = queue, hostWait
+	o.TaskQueue, o.ScheduleToStartTimeout = queue, wait
 	return workflow.WithActivityOptions(ctx, o)
+}
+
+// isScheduleToStart tells whether err is an activity's schedule-to-start
+// timeout: no worker took its task in time.
+func isScheduleToStart(err error) bool {
+	var te *temporal.TimeoutError
+	return errors.As(err, &te) && te.TimeoutType() == enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START
+}
+
+// stepErrorOrNil is stepError, and nil for nil.
+func stepErrorOrNil(step string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return stepError(step, err)
 }
 
 // stepError names the step that failed and keeps the activity's error type

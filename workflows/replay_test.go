@@ -16,10 +16,12 @@ import (
 )
 
 // Recorded histories of CompressModel jobs, made by this package's tests
-// with RANKZIP_RECORD_HISTORY=1. Replaying them with today's code fails
-// when a change alters the commands a running job would see on resume: such
-// a change must be put behind workflow.GetVersion (see CompressModel's
-// comment), never shipped as is.
+// with RANKZIP_RECORD_HISTORY=1 (all of them) or =FILE (the one whose base
+// name is FILE: record a new one without touching the old). Replaying them
+// with today's code fails when a change alters the commands a running job
+// would see on resume: such a change must be put behind workflow.GetVersion
+// (see CompressModel's comment), never shipped as is. The first two predate
+// the host-failover version; the third has its marker.
 var histories = []struct {
 	file, stages, export string
 }{
@@ -27,12 +29,13 @@ var histories = []struct {
 	{"testdata/history-svd-gptq-eora.json", `  - {method: svd, variant: whiten, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}
   - {method: gptq, bits: 4, group_size: 32}
   - {method: eora, rank: 4}`, `{format: native}`},
+	{"testdata/history-svd-native-host-failover.json", `  - {method: svd, variant: whiten, targets: ["mlp.*"], keep_params: 0.8, rank_search: uniform}`, `{format: native}`},
 }
 
 func TestReplayRecordedHistories(t *testing.T) {
 	for _, h := range histories {
 		t.Run(filepath.Base(h.file), func(t *testing.T) {
-			if os.Getenv("RANKZIP_RECORD_HISTORY") != "" {
+			if v := os.Getenv("RANKZIP_RECORD_HISTORY"); v == "1" || v == filepath.Base(h.file) {
 				record(t, h.file, h.stages, h.export)
 			}
 			r := worker.NewWorkflowReplayer()

@@ -94,11 +94,14 @@ func stepName(p *Progress) string {
 // result says why instead.
 func writeReport(ctx workflow.Context, in Input, res *Result) {
 	var a *activities.Activities
-	ctx = onHost(workflow.WithActivityOptions(ctx, activityOptions(in)), res.Export.HostQueue)
+	ctx = workflow.WithActivityOptions(ctx, activityOptions(in))
 	d := ReportData(*res, in.Job)
 	d.Created = workflow.Now(ctx)
 	var out activities.ReportOutput
-	if err := workflow.ExecuteActivity(ctx, a.Report, activities.ReportInput{Data: d}).Get(ctx, &out); err != nil {
+	err := onExporter(ctx, in, res, "report", func(ctx workflow.Context) error {
+		return workflow.ExecuteActivity(ctx, a.Report, activities.ReportInput{Data: d}).Get(ctx, &out)
+	})
+	if err != nil {
 		res.ReportError = err.Error()
 		workflow.GetLogger(ctx).Warn("report not written", "error", err)
 		return

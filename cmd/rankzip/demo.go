@@ -75,7 +75,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "\n4. compressing with the recipe %s as a durable job (embedded Temporal server, state in %s)\n\n%s\n", recipePath, stateDir(*state), demoRecipe)
 	sf := &serviceFlags{state: *state, device: *device}
 	uiOf[sf] = ui
-	res, err := runJob(sf, recipePath, fullWorker, 0, stdout)
+	res, err := runJob(sf, recipePath, fullWorker, jobTimes{}, stdout)
 	if err != nil {
 		return err
 	}

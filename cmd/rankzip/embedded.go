@@ -103,14 +103,22 @@ func randomPorts() (serverPorts, error) {
 	if hi <= lo {
 		lo, hi = 1024, 65535-numPorts
 	}
-	for range 200 {
-		base := lo + rand.IntN(hi-lo)
-		p := consecutive(base)
+	return randomPortsIn(lo, hi)
+}
+
+// randomPortsIn returns the first 8 consecutive free ports with a base in
+// [lo, hi), looking from a random base on and wrapping around: random, so
+// that state directories spread out, and thorough, so that it fails only
+// when no base is free.
+func randomPortsIn(lo, hi int) (serverPorts, error) {
+	start := rand.IntN(hi - lo)
+	for i := range hi - lo {
+		p := consecutive(lo + (start+i)%(hi-lo))
 		if checkFree(p) == nil {
 			return p, nil
 		}
 	}
-	return serverPorts{}, fmt.Errorf("found no %d consecutive free ports in %d-%d; choose them with --port N", numPorts, lo, hi+numPorts)
+	return serverPorts{}, fmt.Errorf("found no %d consecutive free ports in %d-%d; choose them with --port N", numPorts, lo, hi+numPorts-1)
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range.
@@ -176,14 +184,53 @@ func (e *errPortInUse) Unwrap() error { return e.cause }
 // checkFree returns an *errPortInUse for the first of the ports that cannot
 // be bound on 127.0.0.1.
 func checkFree(p serverPorts) error {
+	h, err := holdPorts(p)
+	h.release()
+	return err
+}
+
+// held are listeners on a server's ports, which keep other programs off
+// them until the server itself binds them.
+type held []net.Listener
+
+func (h held) release() {
+	for _, l := range h {
+		l.Close()
+	}
+}
+
+// holdPorts binds the ports on 127.0.0.1 and keeps them, or returns an
+// *errPortInUse for the first it cannot bind.
+func holdPorts(p serverPorts) (held, error) {
+	var h held
 	for _, port := range p.all() {
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return &errPortInUse{port: port, holder: portHolder(port), cause: err}
+			h.release()
+			return nil, &errPortInUse{port: port, holder: portHolder(port), cause: err}
 		}
-		l.Close()
+		h = append(h, l)
 	}
-	return nil
+	return h, nil
+}
+
+// lockPorts takes the machine's ports lock (a file in the temporary
+// directory), which rankzip processes hold while they choose and hold ports
+// and while their server binds the ones it held: a process never probes
+// the ports another is about to bind (two `rankzip run`s with new state
+// directories, started together, clashed so once). Where the file cannot
+// be locked it returns a no-op: the held ports still narrow the race to the
+// moment between their release and the server's bind.
+func lockPorts() (unlock func()) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "rankzip-ports.lock"), os.O_RDONLY|os.O_CREATE, 0o666)
+	if err != nil {
+		return func() {}
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { f.Close() }
 }
 
 // skipPortCheck lets a test hand busy ports to the server itself, to see
@@ -197,36 +244,49 @@ func portsFile(dir string) string { return filepath.Join(dir, "ports.json") }
 // else those recorded there, else new free ones, which it records. It
 // fails with an *errPortInUse when one of them is taken.
 func resolvePorts(dir string, forced int) (serverPorts, error) {
-	var p serverPorts
+	p, h, _, err := reservePorts(dir, forced)
+	h.release()
+	return p, err
+}
+
+// reservePorts is resolvePorts holding the ports (under the machine's ports
+// lock while it picks and binds them); fresh tells whether it picked them.
+func reservePorts(dir string, forced int) (p serverPorts, h held, fresh bool, err error) {
+	unlock := lockPorts()
+	defer unlock()
 	record := portsFile(dir)
 	switch b, err := os.ReadFile(record); {
 	case forced != 0:
 		p = consecutive(forced)
 	case err == nil:
 		if err := json.Unmarshal(b, &p); err != nil || slices.Contains(p.all(), 0) {
-			return p, fmt.Errorf("embedded Temporal server: %s is not a record of ports (%v); remove it to choose new ones", record, err)
+			return p, nil, false, fmt.Errorf("embedded Temporal server: %s is not a record of ports (%v); remove it to choose new ones", record, err)
 		}
 	case errors.Is(err, os.ErrNotExist):
 		if p, err = pickPorts(); err != nil {
-			return p, fmt.Errorf("embedded Temporal server: %w", err)
+			return p, nil, false, fmt.Errorf("embedded Temporal server: %w", err)
 		}
+		fresh = true
 	default:
-		return p, fmt.Errorf("embedded Temporal server: %w", err)
+		return p, nil, false, fmt.Errorf("embedded Temporal server: %w", err)
 	}
-	if err := checkFree(p); err != nil && !skipPortCheck {
-		var inUse *errPortInUse
-		if errors.As(err, &inUse) {
-			inUse.forced, inUse.record = forced != 0, record
+	if !skipPortCheck {
+		if h, err = holdPorts(p); err != nil {
+			var inUse *errPortInUse
+			if errors.As(err, &inUse) {
+				inUse.forced, inUse.record = forced != 0, record
+			}
+			return p, nil, fresh, err
 		}
-		return p, err
 	}
 	b, _ := json.Marshal(p)
 	if old, _ := os.ReadFile(record); !bytes.Equal(old, b) {
 		if err := os.WriteFile(record, b, 0o644); err != nil {
-			return p, fmt.Errorf("embedded Temporal server: record ports: %w", err)
+			h.release()
+			return p, nil, fresh, fmt.Errorf("embedded Temporal server: record ports: %w", err)
 		}
 	}
-	return p, nil
+	return p, h, fresh, nil
 }
 
 // portHolder names the process listening on a TCP port, from /proc (Linux;
@@ -336,10 +396,16 @@ func startEmbedded(dir string, forced int) (e *embedded, err error) {
 			lock.Close()
 		}
 	}()
-	ports, err := resolvePorts(dir, forced)
+	ports, held, fresh, err := reservePorts(dir, forced)
 	if err != nil {
 		return nil, err
 	}
+	defer held.release()
+	defer func() {
+		if err != nil && fresh { // the next start picks others
+			os.Remove(portsFile(dir))
+		}
+	}()
 	hostPort := fmt.Sprintf("127.0.0.1:%d", ports.GRPC[0])
 	lock.Truncate(0)
 	fmt.Fprintf(lock, "%d %s\n", os.Getpid(), hostPort)
@@ -359,6 +425,11 @@ func startEmbedded(dir string, forced int) (e *embedded, err error) {
 	hook := &fatalHook{starting: goid(), log: logPath, forced: forced != 0, record: portsFile(dir)}
 	zl := tlog.BuildZapLogger(tlog.Config{Level: "error", OutputFile: logPath}).WithOptions(zap.WithFatalHook(hook))
 	logger := tlog.NewZapLogger(zl)
+	// The ports go from this process's hands to the server's with no other
+	// rankzip process probing them between.
+	unlock := lockPorts()
+	defer unlock()
+	held.release()
 	defer func() {
 		if r := recover(); r != nil {
 			f, isFatal := r.(*serverFatal)

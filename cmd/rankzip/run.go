@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -26,7 +27,7 @@ func runRun(args []string, stdout, stderr io.Writer) error {
 	addUIFlags(fs, sf)
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	serverOnly := fs.Bool("no-worker", false, "embedded server only: leave the work to cmd/worker processes (--temporal 127.0.0.1:PORT)")
-	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s): how soon the work of a dead worker is retried")
+	times := addJobTimeFlags(fs)
 	pos, err := parse(fs, args, 1)
 	if err != nil {
 		return err
@@ -35,7 +36,7 @@ func runRun(args []string, stdout, stderr io.Writer) error {
 	if *serverOnly {
 		mode = noWorker
 	}
-	res, err := runJob(sf, pos[0], mode, *hb, stderr)
+	res, err := runJob(sf, pos[0], mode, *times, stderr)
 	if err != nil {
 		return err
 	}
@@ -50,7 +51,7 @@ func runRun(args []string, stdout, stderr io.Writer) error {
 // submitted there and followed: the same recipe run twice at once is one
 // workflow, whose result both commands print. Should that process end before
 // the job does, this one takes the server over and resumes the job.
-func runJob(sf *serviceFlags, recipePath string, mode workerMode, hb time.Duration, progressOut io.Writer) (workflows.Result, error) {
+func runJob(sf *serviceFlags, recipePath string, mode workerMode, times jobTimes, progressOut io.Writer) (workflows.Result, error) {
 	job, err := recipe.Load(recipePath)
 	if err != nil {
 		return workflows.Result{}, err
@@ -59,7 +60,7 @@ func runJob(sf *serviceFlags, recipePath string, mode workerMode, hb time.Durati
 	defer stop()
 	takeovers, reruns := 0, 0
 	for {
-		res, err := runOnce(ctx, sf, job, recipePath, mode, hb, progressOut, takeovers > 0)
+		res, err := runOnce(ctx, sf, job, recipePath, mode, times, progressOut, takeovers > 0)
 		switch {
 		case errors.Is(err, errOwnerGone) && takeovers < 3:
 			takeovers++
@@ -83,7 +84,7 @@ var errOwnerGone = errors.New("the rankzip process running the embedded server e
 
 // runOnce connects, submits the job (unless, on a takeover, it already
 // finished) and follows it.
-func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath string, mode workerMode, hb time.Duration, progressOut io.Writer, takeover bool) (workflows.Result, error) {
+func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath string, mode workerMode, times jobTimes, progressOut io.Writer, takeover bool) (workflows.Result, error) {
 	var res workflows.Result
 	s, err := sf.connect(mode)
 	if err != nil {
@@ -101,7 +102,7 @@ func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath 
 		done = err == nil && d.WorkflowExecutionInfo.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
 	}
 	if !done {
-		resumed, err := submit(ctx, s, job, hb)
+		resumed, err := submit(ctx, s, job, times)
 		if err != nil {
 			return res, err
 		}
@@ -137,7 +138,7 @@ func runOnce(ctx context.Context, sf *serviceFlags, job *recipe.Job, recipePath 
 func runSubmit(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("submit", "submit RECIPE --temporal HOST:PORT [flags]", stderr)
 	sf := addServiceFlags(fs)
-	hb := fs.Duration("heartbeat-timeout", 0, "activity heartbeat timeout (default 10s)")
+	times := addJobTimeFlags(fs)
 	pos, err := parse(fs, args, 1)
 	if err != nil {
 		return err
@@ -154,7 +155,7 @@ func runSubmit(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	if _, err := submit(context.Background(), s, job, *hb); err != nil {
+	if _, err := submit(context.Background(), s, job, *times); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, job.ID)
@@ -163,7 +164,7 @@ func runSubmit(args []string, stdout, stderr io.Writer) error {
 
 // submit starts the job's workflow, or attaches to it when it is running
 // (after a crash, or from another terminal), and says which.
-func submit(ctx context.Context, s *session, job *recipe.Job, hb time.Duration) (resumed bool, err error) {
+func submit(ctx context.Context, s *session, job *recipe.Job, times jobTimes) (resumed bool, err error) {
 	if d, err := s.c.DescribeWorkflowExecution(ctx, job.ID, ""); err == nil &&
 		d.WorkflowExecutionInfo.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		resumed = true
@@ -173,11 +174,24 @@ func submit(ctx context.Context, s *session, job *recipe.Job, hb time.Duration) 
 		TaskQueue:                workflows.TaskQueue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
-	}, workflows.CompressModel, workflows.Input{Job: *job, HeartbeatTimeout: hb, Device: jobDevice(s.device)})
+	}, workflows.CompressModel, workflows.Input{Job: *job, HeartbeatTimeout: times.heartbeat, Device: jobDevice(s.device),
+		GPUWait: times.gpuWait, HostWait: times.hostWait})
 	if err != nil {
 		return false, fmt.Errorf("submit job %s: %w", job.ID, err)
 	}
 	return resumed, nil
+}
+
+// jobTimes are the timing flags of run and submit, which go into the job's
+// workflow input.
+type jobTimes struct{ heartbeat, gpuWait, hostWait time.Duration }
+
+func addJobTimeFlags(fs *flag.FlagSet) *jobTimes {
+	var t jobTimes
+	fs.DurationVar(&t.heartbeat, "heartbeat-timeout", 0, "activity heartbeat timeout (default 10s): how soon the work of a dead worker is retried")
+	fs.DurationVar(&t.gpuWait, "gpu-wait", 0, fmt.Sprintf("with --device cuda: how long the job's first task waits for a GPU worker; then the job fails if no worker polls the GPU queue (default %v)", workflows.DefaultGPUWait))
+	fs.DurationVar(&t.hostWait, "host-wait", 0, fmt.Sprintf("how long evaluation and report wait for a worker of the host that exported; then the checkpoint is exported again by another worker, to the recipe's output on its host (default %v)", workflows.DefaultHostWait))
+	return &t
 }
 
 // jobDevice is the device a job asks for: "cuda" (its activities go to the
@@ -333,7 +347,14 @@ func printResult(w io.Writer, r workflows.Result, asJSON bool) error {
 	}
 	q := r.Quality
 	fmt.Fprintf(w, "job        %s\n", r.ID)
-	fmt.Fprintf(w, "output     %s (%s in %d files)\n", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
+	fmt.Fprintf(w, "output     %s (%s in %d files)", r.Output, humanBytes(r.Export.Bytes), len(r.Files))
+	if r.Export.HostQueue != "" { // the directory is on the host of that queue
+		fmt.Fprintf(w, " on the host of task queue %s", r.Export.HostQueue)
+	}
+	if r.Reexports > 0 {
+		fmt.Fprintf(w, "; exported %d more time(s): the exporting host was gone", r.Reexports)
+	}
+	fmt.Fprintln(w)
 	switch {
 	case r.Report != "":
 		fmt.Fprintf(w, "report     %s\n", r.Report)

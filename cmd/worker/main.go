@@ -10,7 +10,10 @@
 // temporal.toml, TEMPORAL_ADDRESS, TEMPORAL_TLS_*, TEMPORAL_API_KEY...,
 // then flags: see internal/temporalconf). A worker polls the general task
 // queue, the GPU queue when its backend is a GPU, and its host's queue, where
-// the steps that read a job's exported directory run.
+// the steps that read a job's exported directory run. When a host's worker
+// stops for good, a job waiting on its queue exports again, after the job's
+// host wait (`rankzip run/submit --host-wait`), on whichever worker takes it,
+// and writes the checkpoint to the recipe's output on that worker's host.
 //
 // Logs are JSON lines (log/slog) on stderr.
 package main

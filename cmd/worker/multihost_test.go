@@ -108,10 +108,12 @@ type multiHost struct {
 
 // A Temporal server (mTLS) and an S3 server on a bridge, and workers each in
 // its own network namespace, reaching them over veth pairs: one job on one
-// worker, the same job on two, and on two of which one is killed (kill -9)
-// while it runs a block; the surviving worker finishes it. The three
-// checkpoints are byte-identical; no log, report or workflow history holds
-// the API key the workers send.
+// worker, the same job on two, on two of which one is killed (kill -9)
+// while it runs a block, and on two hosts of which the one that exported is
+// killed with its checkpoint once Evaluate is scheduled on its host queue;
+// the surviving worker finishes each. The four checkpoints are
+// byte-identical; no log, report or workflow history holds the API key the
+// workers send. A cuda job with no GPU worker fails saying so.
 func TestMultiHost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Temporal server and worker processes, and compresses a model")
@@ -174,18 +176,22 @@ func TestMultiHost(t *testing.T) {
 	}
 	defer m.c.Close()
 
-	m.gpuJobWaits()
+	m.gpuJobFails()
 	one := m.job("one", 1, false)
 	two := m.job("two", 2, false)
 	killed := m.job("killed", 2, true)
-	for _, r := range []jobRun{two, killed} {
+	const hostWait = 3 * time.Second
+	gone := m.hostGone("hostgone", hostWait)
+	for _, r := range []jobRun{two, killed, gone} {
 		if r.digest != one.digest {
 			t.Errorf("job on %s: checkpoint %s, the one-worker run's %s", r.name, r.digest, one.digest)
 		}
 	}
 	t.Logf("job time: one worker %v, two workers %v; two workers with one killed %v (killed while running %s; the survivor started it again %v after the kill)",
 		one.took.Round(time.Millisecond), two.took.Round(time.Millisecond), killed.took.Round(time.Millisecond), killed.activity, killed.pickup.Round(time.Millisecond))
-	for _, r := range []jobRun{one, two, killed} {
+	t.Logf("two workers, each its own host, the exporting one killed once Evaluate was scheduled (at the kill: %s): job %v; the survivor exported again %v after the kill (host wait %v)",
+		strings.TrimSpace(gone.activity), gone.took.Round(time.Millisecond), gone.pickup.Round(time.Millisecond), hostWait)
+	for _, r := range []jobRun{one, two, killed, gone} {
 		t.Logf("steps on %-6s %s", r.name+":", r.steps)
 	}
 	var blocks []string
@@ -194,24 +200,28 @@ func TestMultiHost(t *testing.T) {
 		blocks = append(blocks, fmt.Sprintf("%s %d", strings.TrimSuffix(filepath.Base(p), ".log"), bytes.Count(b, []byte(`"msg":"block done"`))))
 	}
 	t.Logf("blocks computed by each worker: %s", strings.Join(blocks, ", "))
-	t.Logf("checkpoint sha256 (all three): %s", one.digest)
-	m.noSecret(one, two, killed)
+	t.Logf("checkpoint sha256 (all four): %s", one.digest)
+	m.noSecret(one, two, killed, gone)
 }
 
-// gpuJobWaits submits the job with device cuda while only a CPU worker
-// runs: its first activity stays scheduled on the GPU queue, unstarted.
-func (m *multiHost) gpuJobWaits() {
+// gpuJobFails submits the job with device cuda while only a CPU worker
+// runs: its first activity waits on the GPU queue, unstarted, and after
+// GPUWait the job fails saying that no worker polls that queue.
+func (m *multiHost) gpuJobFails() {
 	t := m.t
 	job := m.recipe("gpu")
 	w := m.worker("gpu-w1", m.ns.names[0], "s3://rankzip/gpu")
 	defer func() { w.Process.Signal(syscall.SIGTERM); w.Wait() }()
 	ctx := context.Background()
-	if _, err := m.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: job.ID, TaskQueue: workflows.TaskQueue},
-		workflows.CompressModel, workflows.Input{Job: *job, Device: "cuda"}); err != nil {
+	const wait = 3 * time.Second
+	start := time.Now()
+	run, err := m.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: job.ID, TaskQueue: workflows.TaskQueue},
+		workflows.CompressModel, workflows.Input{Job: *job, Device: "cuda", GPUWait: wait})
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.c.TerminateWorkflow(ctx, job.ID, "", "test over")
-	time.Sleep(3 * time.Second)
+	time.Sleep(wait / 2)
 	d, err := m.c.DescribeWorkflowExecution(ctx, job.ID, "")
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +233,11 @@ func (m *multiHost) gpuJobWaits() {
 	if len(d.PendingActivities) != 1 || d.PendingActivities[0].State != enumspb.PENDING_ACTIVITY_STATE_SCHEDULED {
 		t.Errorf("a cuda job with only a CPU worker: pending activities %v, want one scheduled, not started", pending)
 	}
-	t.Logf("a cuda job with only a CPU worker, after 3 s: %v", pending)
+	err = run.Get(ctx, nil)
+	if err == nil || !strings.Contains(err.Error(), "no worker polls task queue rankzip-gpu") {
+		t.Fatalf("a cuda job with only a CPU worker ended with %v, want the message that no worker polls rankzip-gpu", err)
+	}
+	t.Logf("a cuda job with only a CPU worker: after %v %v; failed after %v: %v", wait/2, pending, time.Since(start).Round(time.Millisecond), err)
 }
 
 // jobRun is what one run of the job showed.
@@ -271,6 +285,15 @@ func (m *multiHost) job(name string, n int, kill bool) jobRun {
 		t.Fatalf("job on %s: %v\n%s", name, err, m.logTails())
 	}
 	r.took = time.Since(start)
+	m.record(&r, res)
+	if kill {
+		r.pickup = m.restarted(job.ID, r.activity, killedAt, ws[1].Process.Pid)
+	}
+	return r
+}
+
+// record notes a finished job's steps and the digest of its checkpoint.
+func (m *multiHost) record(r *jobRun, res workflows.Result) {
 	var steps []string
 	for _, s := range res.Timings {
 		steps = append(steps, fmt.Sprintf("%s %.2fs", s.Name, s.Seconds))
@@ -283,17 +306,123 @@ func (m *multiHost) job(name string, n int, kill bool) jobRun {
 		}
 		b, err := os.ReadFile(f.Path)
 		if err != nil {
-			t.Fatal(err)
+			m.t.Fatal(err)
 		}
 		rel, _ := filepath.Rel(r.out, f.Path)
 		sum := sha256.Sum256(b)
 		sums = append(sums, rel+" "+hex.EncodeToString(sum[:]))
 	}
 	r.digest = strings.Join(sums, ", ")
-	if kill {
-		r.pickup = m.restarted(job.ID, r.activity, killedAt, ws[1].Process.Pid)
+}
+
+// hostGone runs the job on two workers, each a host of its own (--host-id),
+// and kills the one that exported (kill -9) as soon as Evaluate is scheduled
+// on its host queue, moving its checkpoint away too (its disk goes with
+// it). After HostWait the job exports again on the survivor, which
+// evaluates and reports there.
+func (m *multiHost) hostGone(name string, wait time.Duration) jobRun {
+	t := m.t
+	r := jobRun{name: name, out: filepath.Join(m.dir, "out-"+name)}
+	job := m.recipe(name)
+	r.id = job.ID
+	var ws []*exec.Cmd
+	for i := range 2 {
+		id := fmt.Sprintf("%s-w%d", name, i+1)
+		ws = append(ws, m.worker(id, m.ns.names[i], "s3://rankzip/"+name, "--host-id", id))
+	}
+	defer func() {
+		for _, w := range ws {
+			w.Process.Signal(syscall.SIGTERM)
+			w.Wait()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	run, err := m.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: job.ID, TaskQueue: workflows.TaskQueue},
+		workflows.CompressModel, workflows.Input{Job: *job, HeartbeatTimeout: 2 * time.Second, HostWait: wait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exporter, killedAt := m.killExporter(ctx, job.ID, ws)
+	// Evaluate may have started on the exporter before the kill: it is
+	// then retried on the same queue after its heartbeat timeout, and
+	// that attempt waits HostWait.
+	if d, err := m.c.DescribeWorkflowExecution(ctx, job.ID, ""); err == nil {
+		for _, a := range d.PendingActivities {
+			r.activity += fmt.Sprintf("%s %s (attempt %d) ", a.GetActivityType().GetName(), a.State, a.Attempt)
+		}
+	}
+	if err := os.Rename(r.out, r.out+".lost"); err != nil {
+		t.Fatal(err)
+	}
+	var res workflows.Result
+	if err := run.Get(ctx, &res); err != nil {
+		t.Fatalf("job on %s: %v\n%s", name, err, m.logTails())
+	}
+	r.took = time.Since(start)
+	m.record(&r, res)
+	survivor := ws[1-exporter].Process.Pid
+	var exports []string
+	it := m.c.GetWorkflowHistory(context.Background(), job.ID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	scheduled := map[int64]string{}
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := e.GetActivityTaskScheduledEventAttributes(); a != nil {
+			scheduled[e.EventId] = a.ActivityType.GetName()
+		}
+		if a := e.GetActivityTaskStartedEventAttributes(); a != nil && scheduled[a.ScheduledEventId] == "Export" {
+			exports = append(exports, a.Identity)
+			if e.EventTime.AsTime().After(killedAt) && r.pickup == 0 {
+				r.pickup = e.EventTime.AsTime().Sub(killedAt)
+			}
+		}
+	}
+	if res.Reexports != 1 || len(exports) != 2 || !strings.HasPrefix(exports[1], fmt.Sprintf("%d@", survivor)) {
+		t.Errorf("exports by %v (%d again), want a second one by the survivor (pid %d)", exports, res.Reexports, survivor)
+	}
+	if want := workflows.HostTaskQueue(fmt.Sprintf("%s-w%d", name, 2-exporter), false); res.Export.HostQueue != want || res.Report == "" {
+		t.Errorf("the job ended on host queue %q with report %q, want %q and a report", res.Export.HostQueue, res.Report, want)
 	}
 	return r
+}
+
+// killExporter waits until Evaluate is scheduled, kills the worker of ws
+// that ran Export, and returns its index and when it was killed.
+func (m *multiHost) killExporter(ctx context.Context, id string, ws []*exec.Cmd) (int, time.Time) {
+	for ctx.Err() == nil {
+		it := m.c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		scheduled := map[int64]string{}
+		exporter := ""
+		for it.HasNext() {
+			e, err := it.Next()
+			if err != nil {
+				m.t.Fatal(err)
+			}
+			if a := e.GetActivityTaskScheduledEventAttributes(); a != nil {
+				scheduled[e.EventId] = a.ActivityType.GetName()
+				if a.ActivityType.GetName() != "Evaluate" || exporter == "" {
+					continue
+				}
+				for i, w := range ws {
+					if strings.HasPrefix(exporter, fmt.Sprintf("%d@", w.Process.Pid)) {
+						w.Process.Signal(syscall.SIGKILL)
+						return i, time.Now()
+					}
+				}
+				m.t.Fatalf("Export ran on %s, none of the test's workers", exporter)
+			}
+			if a := e.GetActivityTaskStartedEventAttributes(); a != nil && scheduled[a.ScheduledEventId] == "Export" {
+				exporter = a.Identity
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.t.Fatal("Evaluate was never scheduled")
+	return 0, time.Time{}
 }
 
 // logTails are the ends of the workers' logs, for a failure's message.
@@ -326,8 +455,9 @@ stages:
 	return job
 }
 
-// worker starts a worker in namespace ns, and returns once it polls.
-func (m *multiHost) worker(name, ns, store string) *exec.Cmd {
+// worker starts a worker in namespace ns, with more flags, and returns
+// once it polls.
+func (m *multiHost) worker(name, ns, store string, flags ...string) *exec.Cmd {
 	t := m.t
 	logPath := filepath.Join(m.dir, name+".log")
 	m.logs = append(m.logs, logPath)
@@ -335,7 +465,7 @@ func (m *multiHost) worker(name, ns, store string) *exec.Cmd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := exec.Command("ip", "netns", "exec", ns, os.Args[0], "--store", store, "--connect-timeout", "30s")
+	w := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0], "--store", store, "--connect-timeout", "30s"}, flags...)...)
 	w.Env = append(os.Environ(), "RANKZIP_TEST_WORKER=1", "RANKZIP_STORE_CACHE="+filepath.Join(m.dir, "cache-"+name))
 	w.Stdout, w.Stderr = f, f
 	if err := w.Start(); err != nil {
