@@ -111,12 +111,12 @@ func weightFisher(ctx context.Context, m *model.Model, seqs [][]int32, batch int
 		if err != nil {
 			return nil, fmt.Errorf("rank_search fisher: %w", err)
 		}
+		n := float64(g.Tokens)
 		for i, name := range names {
 			w := g.Grads[name].Weight
 			if fisher[i] == nil {
 				fisher[i] = make([]float64, len(w))
 			}
-			n := float64(g.Tokens)
 			for k, x := range w {
 				fisher[i][k] += n * float64(x) * float64(x)
 			}

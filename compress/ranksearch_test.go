@@ -31,6 +31,7 @@ var (
 	depthLayers  = flag.String("depth-layers", "4,8", "depths of BenchmarkRankSearchDepth")
 	depthTargets = flag.String("depth-targets", "self_attn.o_proj,mlp.down_proj", "targets of BenchmarkRankSearchDepth (empty: all seven)")
 	depthSeqLen  = flag.Int("depth-seqlen", 64, "calibration sequence length of BenchmarkRankSearchDepth")
+	depthSearch  = flag.String("depth-searches", "sensitivity,local,fisher,global", "searches BenchmarkRankSearchDepth times (a column of 0 for one left out)")
 )
 
 // BenchmarkRankSearchDepth prints the seconds of the whole-model
@@ -48,7 +49,11 @@ var (
 // model search grew 15× from 4 to 8 layers and the local one 2.1×. A later
 // run with fisher, at load ~15 (so the figures are far noisier): 4 layers
 // 95.8 s sensitivity, 77.0 s local, 62.9 s fisher, 21.7 s global; 8 layers
-// 248.9, 202.6, 162.8 and 55.3 s.
+// 248.9, 202.6, 162.8 and 55.3 s. With -depth-searches fisher,global and
+// -depth-layers 2,4,8 (load ~7): fisher 9.1, 33.3, 91.5 s, global 4.4,
+// 13.8, 31.3 s. The Fisher pass itself (weightFisher, timed alone in the
+// same shape) took 24 s at 4 layers and 43 s at 8: linear in depth, about
+// three forward passes over the calibration set.
 func BenchmarkRankSearchDepth(b *testing.B) {
 	h := *depthHidden
 	shape := synth.Shape{Hidden: h, Intermediate: h * 11 / 4, Heads: h / 64, KVHeads: max(1, h/256), Vocab: 4096,
@@ -67,7 +72,7 @@ func BenchmarkRankSearchDepth(b *testing.B) {
 			}
 			m, seqs := depthModel(b, shape, n)
 			secs := map[string]float64{}
-			for _, search := range []string{"sensitivity", "local", "fisher", "global"} {
+			for _, search := range strings.Split(*depthSearch, ",") {
 				t0 := time.Now()
 				if _, err := NewPlan(context.Background(), m, seqs, Options{Method: "whiten", Targets: targets, KeepParams: 0.6, RankSearch: search}); err != nil {
 					b.Fatal(err)
