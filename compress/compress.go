@@ -30,7 +30,7 @@ type Options struct {
 	Targets    []string   // globs over module names in a block ("mlp.*"); empty: all seven
 	KeepParams float64    // fraction of the targeted parameters to keep, in (0, 1]
 	Rank       int        // if > 0, this rank (capped at min(out, in)) for every targeted matrix instead of a budget
-	RankSearch string     // uniform, global, sensitivity or local (default DefaultRankSearch)
+	RankSearch string     // uniform, global, sensitivity, local or fisher (default model.LowRankSearchFor)
 	Alpha      float64    // ASVD exponent (default 0.5)
 	Mode       calib.Mode // sequential (default) or original
 	Batch      int        // calibration sequences per batch (default 16)
@@ -75,7 +75,7 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 		o.RankSearch = "uniform" // the only search experts have (moe.go)
 	}
 	if o.RankSearch == "" {
-		o.RankSearch = DefaultRankSearch
+		o.RankSearch = model.LowRankSearchFor(m.Config)
 	}
 	if !slices.Contains(Searches, o.RankSearch) {
 		problems = append(problems, fmt.Sprintf("rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(Searches, ", ")))
@@ -96,6 +96,9 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 		problems = append(problems, err.Error())
 	}
 	if err := checkExpertSearch(mods, o); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if err := checkFisherSearch(m.Config, o.RankSearch); err != nil {
 		problems = append(problems, err.Error())
 	}
 	need := 0

@@ -15,7 +15,8 @@ import (
 )
 
 // DefaultRankSearch is the rank search of a keep_params budget when none is
-// named (model.DefaultLowRankSearch says why).
+// named, where the architecture has a backward pass (model.LowRankSearchFor;
+// model.DefaultLowRankSearch says why).
 const DefaultRankSearch = model.DefaultLowRankSearch
 
 // allocate chooses a rank (or dense) for every targeted matrix. A global
@@ -46,10 +47,13 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 			return nil, err
 		}
 		alloc, err = rank.Global(mats, o.KeepParams)
-	case "sensitivity", "local":
-		measure := sensitivity
-		if o.RankSearch == "local" {
+	case "sensitivity", "local", "fisher":
+		measure := lossMeasure(sensitivity)
+		switch o.RankSearch {
+		case "local":
 			measure = localSensitivity
+		case "fisher":
+			measure = fisherSensitivity
 		}
 		loss, err := measure(ctx, m, seqs, o, mods, mats)
 		if err != nil {
@@ -70,6 +74,11 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 	}
 	return choices, nil
 }
+
+// lossMeasure returns, for every matrix of mats and every ratio of
+// sensitivityRatios, the loss of the model with only that matrix
+// compressed at that ratio (0 where the ratio saves no parameters).
+type lossMeasure func(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error)
 
 // originalPass calls fn for every targeted matrix, in block order, with its
 // weight and the original model's statistics of its input.

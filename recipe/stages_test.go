@@ -203,3 +203,20 @@ func TestRankSearchDefaultMatchesCompress(t *testing.T) {
 		t.Errorf("recipe default rank_search %q, compress.Options default %q, want both %q", got, o.RankSearch, compress.DefaultRankSearch)
 	}
 }
+
+// Mixture-of-experts models have no backward pass: their low-rank stages
+// default to the sensitivity search, and asking for fisher names why.
+func TestFisherSearchNeedsBackward(t *testing.T) {
+	job, err := Load(archRecipe(t, "mixtral", `  - {method: svd, keep_params: 0.8}`, `{format: native}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := job.Recipe.Stages[0].RankSearch; got != model.NoBackwardLowRankSearch {
+		t.Errorf("mixtral: default rank_search %q, want %q", got, model.NoBackwardLowRankSearch)
+	}
+	_, err = Load(archRecipe(t, "mixtral", `  - {method: svd, keep_params: 0.8, rank_search: fisher}`, `{format: native}`))
+	const want = "stages[0] (svd): rank_search fisher: the backward pass (fisher ranks) is not supported for model_type mixtral"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("fisher on mixtral: error %v, want it to contain %q", err, want)
+	}
+}

@@ -476,10 +476,15 @@ func (v *validator) lowRank(where string, s *Stage) {
 	}
 	if s.Rank == 0 {
 		if s.RankSearch == "" {
-			s.RankSearch = model.DefaultLowRankSearch // the same default as compress.Options
+			s.RankSearch = model.LowRankSearchFor(v.cfg) // the same default as compress.Options
 		}
 		if !slices.Contains(model.LowRankSearches, s.RankSearch) {
 			v.add("%s: rank_search %q unknown (want one of %s)", where, s.RankSearch, strings.Join(model.LowRankSearches, ", "))
+		}
+		if v.cfg != nil && s.RankSearch == "fisher" {
+			if err := v.cfg.Unsupported(model.FeatureBackward); err != nil {
+				v.add("%s: rank_search fisher: %v; use sensitivity, local, global or uniform", where, err)
+			}
 		}
 	}
 	if v.cfg == nil || !ok {

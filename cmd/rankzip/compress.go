@@ -33,7 +33,7 @@ func compressFlags(args []string, stderr io.Writer) (*oneStage, *recipe.Job, err
 	targets := fs.String("targets", "", `comma-separated globs over module names in a block, e.g. "mlp.*,self_attn.o_proj" (recipe: targets; default all seven linears)`)
 	keep := fs.Float64("keep-params", 0, "fraction of the targeted parameters to keep, in (0, 1] (recipe: keep_params)")
 	rankFlag := fs.Int("rank", 0, "fixed rank for every targeted matrix instead of a budget (recipe: rank)")
-	search := fs.String("rank-search", "", "how a budget is shared out: "+strings.Join(compress.Searches, " | ")+" (recipe: rank_search; default the recipe's)")
+	search := fs.String("rank-search", "", "how a budget is shared out: "+strings.Join(compress.Searches, " | ")+" (recipe: rank_search; default the recipe's: "+model.DefaultLowRankSearch+", or "+model.NoBackwardLowRankSearch+" where the architecture has no backward pass)")
 	alpha := fs.Float64("alpha", 0, fmt.Sprintf("ASVD scaling exponent (recipe: alpha; default %g with --variant asvd)", recipe.DefaultAlpha))
 	export := fs.String("export", "", "native (factored A/B tensors) | dense (factors multiplied back) (recipe: export.format; default native)")
 	if _, err := parse(fs, args, 0); err != nil {

@@ -20,24 +20,54 @@ func Sensitivity(mats []Matrix, keep float64, measure func(i int, keepRatio floa
 	if err != nil {
 		return Allocation{}, err
 	}
+	rs, err := sortedRatios(ratios)
+	if err != nil {
+		return Allocation{}, err
+	}
+	curves, err := measureCurves(mats, measure, rs)
+	if err != nil {
+		return Allocation{}, err
+	}
+	if keep == 1 {
+		return finish(mats, chooseUnder(mats, curves, math.Inf(-1)), total, target), nil
+	}
+	ch, err := thresholdChoices(mats, curves, keep, target)
+	if err != nil {
+		return Allocation{}, err
+	}
+	handOutByLoss(mats, curves, ch, target-params(mats, ch))
+	return finish(mats, ch, total, target), nil
+}
+
+// sortedRatios returns the distinct ratios in increasing order, each checked
+// to be in (0, 1].
+func sortedRatios(ratios []float64) ([]float64, error) {
 	if len(ratios) == 0 {
-		return Allocation{}, fmt.Errorf("%w: no ratios to measure", ErrKeep)
+		return nil, fmt.Errorf("%w: no ratios to measure", ErrKeep)
 	}
 	rs := slices.Clone(ratios)
 	slices.Sort(rs)
 	rs = slices.Compact(rs)
 	for _, r := range rs {
 		if !(r > 0 && r <= 1) {
-			return Allocation{}, fmt.Errorf("%w: measured ratio %v", ErrKeep, r)
+			return nil, fmt.Errorf("%w: measured ratio %v", ErrKeep, r)
 		}
 	}
+	return rs, nil
+}
+
+// measureCurves calls measure for every matrix and ratio, in order, and
+// returns each matrix's loss at the factored ranks the ratios give (ratios
+// that save no parameters left out; of two ratios at one rank, the lower
+// loss kept).
+func measureCurves(mats []Matrix, measure func(i int, keepRatio float64) float64, rs []float64) ([]lossCurve, error) {
 	curves := make([]lossCurve, len(mats))
 	for i, m := range mats {
 		var cv lossCurve
 		for _, rho := range rs {
 			l := measure(i, rho)
 			if math.IsNaN(l) || math.IsInf(l, 0) {
-				return Allocation{}, fmt.Errorf("rank: loss of matrix %q at ratio %v is %v", m.Name, rho, l)
+				return nil, fmt.Errorf("rank: loss of matrix %q at ratio %v is %v", m.Name, rho, l)
 			}
 			r := m.RankFor(rho)
 			if r > m.MaxRank() {
@@ -52,56 +82,66 @@ func Sensitivity(mats []Matrix, keep float64, measure func(i int, keepRatio floa
 		}
 		curves[i] = cv
 	}
+	return curves, nil
+}
 
-	choose := func(tau float64) []Choice {
-		ch := make([]Choice, len(mats))
-		for i, m := range mats {
-			r := curves[i].smallest(tau)
-			if r == 0 {
-				ch[i] = dense(m)
-				continue
-			}
-			ch[i] = Choice{Rank: r}
+// chooseUnder gives every matrix the smallest rank whose loss is at most
+// tau, dense where none is.
+func chooseUnder(mats []Matrix, curves []lossCurve, tau float64) []Choice {
+	ch := make([]Choice, len(mats))
+	for i, m := range mats {
+		r := curves[i].smallest(tau)
+		if r == 0 {
+			ch[i] = dense(m)
+			continue
 		}
-		return ch
+		ch[i] = Choice{Rank: r}
 	}
-	params := func(ch []Choice) int {
-		p := 0
-		for i, m := range mats {
-			p += m.Cost(ch[i])
-		}
-		return p
+	return ch
+}
+
+// params is the parameter count of the choices.
+func params(mats []Matrix, ch []Choice) int {
+	p := 0
+	for i, m := range mats {
+		p += m.Cost(ch[i])
 	}
-	if keep == 1 {
-		return finish(mats, choose(math.Inf(-1)), total, target), nil
-	}
+	return p
+}
+
+// thresholdChoices bisects for the smallest loss threshold whose choices
+// (chooseUnder) fit in target parameters. ErrBudget means even the largest
+// measured loss does not fit.
+func thresholdChoices(mats []Matrix, curves []lossCurve, keep float64, target int) ([]Choice, error) {
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, cv := range curves {
 		for _, l := range cv.loss {
 			lo, hi = math.Min(lo, l), math.Max(hi, l)
 		}
 	}
-	if p := params(choose(hi)); math.IsInf(hi, -1) || p > target {
-		return Allocation{}, fmt.Errorf("%w: keep %v needs %d params at most, the smallest measured ratios take %d", ErrBudget, keep, target, p)
+	if p := params(mats, chooseUnder(mats, curves, hi)); math.IsInf(hi, -1) || p > target {
+		return nil, fmt.Errorf("%w: keep %v needs %d params at most, the smallest measured ratios take %d", ErrBudget, keep, target, p)
 	}
-	// Invariant: choose(lo) does not fit (everything dense once lo is below
-	// every loss), choose(hi) fits.
+	// Invariant: chooseUnder(lo) does not fit (everything dense once lo is
+	// below every loss), chooseUnder(hi) fits.
 	lo -= 1 + math.Abs(lo)
 	for range 200 {
 		mid := lo + (hi-lo)/2
 		if mid <= lo || mid >= hi {
 			break
 		}
-		if params(choose(mid)) <= target {
+		if params(mats, chooseUnder(mats, curves, mid)) <= target {
 			hi = mid
 		} else {
 			lo = mid
 		}
 	}
-	ch := choose(hi)
-	left := target - params(ch)
+	return chooseUnder(mats, curves, hi), nil
+}
 
-	// Hand out the remainder, highest current loss first.
+// handOutByLoss spends up to left more parameters on ch, one rank step (or
+// the step to dense) at a time, highest current loss first.
+func handOutByLoss(mats []Matrix, curves []lossCurve, ch []Choice, left int) {
 	h := &steps{}
 	next := func(i int) (step, bool) {
 		m, c := mats[i], ch[i]
@@ -134,7 +174,6 @@ func Sensitivity(mats []Matrix, keep float64, measure func(i int, keepRatio floa
 			heap.Push(h, n)
 		}
 	}
-	return finish(mats, ch, total, target), nil
 }
 
 // lossCurve is a matrix's measured loss at increasing factored ranks.
