@@ -2,8 +2,8 @@ package gptq
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -27,107 +27,193 @@ const QuantizationConfigKey = "quantization_config"
 // fit is an error naming it. Factored and Palu layers have no GPTQ layout:
 // Densify first.
 func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConfig) error {
-	if err := qc.Validate(); err != nil {
-		return fmt.Errorf("export gptq: %w", err)
-	}
-	if err := m.Config.Unsupported(model.FeatureGPTQ); err != nil {
-		return fmt.Errorf("export gptq: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return fmt.Errorf("export gptq: %w", err)
-	}
-	c := m.Config
-	var tensors []safetensors.WriteTensor
-	add := func(name string, shape []int, v []float32) error {
-		if v == nil {
-			return nil
-		}
-		data, err := safetensors.EncodeFloat32(v, dtype)
-		if err != nil {
-			return fmt.Errorf("export gptq: tensor %q: %w", name, err)
-		}
-		tensors = append(tensors, safetensors.WriteTensor{Name: name, DType: dtype, Shape: shape, Data: data})
-		return nil
-	}
-	h := c.HiddenSize
-	if err := errors.Join(add("model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed), add("model.norm.weight", []int{h}, m.Norm)); err != nil {
+	ex, err := newExporter(m, dir, dtype, qc)
+	if err != nil {
 		return err
 	}
-	if !c.TieWordEmbeddings {
-		head, ok := m.LMHead.(*model.Dense)
-		if !ok {
-			return fmt.Errorf("export gptq: lm_head is %T, not dense", m.LMHead)
-		}
-		if err := add("lm_head.weight", []int{c.VocabSize, h}, head.Weight); err != nil {
-			return err
-		}
-	}
-	nq := 0
+	tensors := ex.top
 	var quantized [][]string // per block
 	for l, b := range m.Blocks {
-		if b.MLA != nil {
-			return fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
-		}
-		quantized = append(quantized, nil)
-		p := model.LayerPrefix(l)
-		if err := errors.Join(add(p+"input_layernorm.weight", []int{h}, b.AttnNorm), add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)); err != nil {
+		mods, err := ex.block(l, b, func(ts ...safetensors.WriteTensor) { tensors = append(tensors, ts...) })
+		if err != nil {
 			return err
 		}
-		for _, mod := range model.Modules {
-			name := p + mod
-			switch d := (*b.Linear(mod)).(type) {
-			case *model.Dense:
-				if err := errors.Join(add(name+".weight", []int{d.Out(), d.In()}, d.Weight), add(name+".bias", []int{d.Out()}, d.Bias)); err != nil {
-					return err
-				}
-			case *model.Quantized:
-				if d.Bits != qc.Bits {
-					return fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
-				}
-				if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
-					return fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
-				}
-				pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
-				if err != nil {
-					return fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
-				}
-				tensors = append(tensors, pk.Tensors(name)...)
-				if d.Bias != nil {
-					data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
-					tensors = append(tensors, safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
-				}
-				nq++
-				quantized[l] = append(quantized[l], mod)
-			default:
-				return fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, d)
-			}
-		}
+		quantized = append(quantized, mods)
 	}
-	if nq == 0 {
+	if len(slices.Concat(quantized...)) == 0 {
 		return fmt.Errorf("export gptq: the model has no quantized layer")
 	}
 	for l, mods := range quantized {
-		if !slices.Equal(mods, quantized[0]) {
-			return fmt.Errorf("export gptq: block 0 has quantized %v, block %d %v: a GPTQ checkpoint quantizes the same linears in every block", quantized[0], l, mods)
+		if err := sameQuantized(quantized[0], l, mods); err != nil {
+			return err
 		}
-	}
-	if len(quantized[0]) < len(model.Modules) {
-		qc.ModulesInBlockToQuantize = [][]string{quantized[0]}
 	}
 	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
 		return err
+	}
+	return ex.writeConfigs(quantized[0])
+}
+
+// ExportBlocks is Export for a model held one block at a time, as
+// model.SaveBlocks reads it: m gives the config, embeddings, final norm and
+// LM head (its Blocks are not read), and block(l) returns block l of n, read
+// afresh on each call (twice: to plan the header, then to write the block's
+// data). The files are those Export writes for the whole model.
+func ExportBlocks(m *model.Model, n int, block func(l int) (*model.Block, error), dir string, dtype safetensors.DType, qc QuantizeConfig) error {
+	ex, err := newExporter(m, dir, dtype, qc)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("export gptq: the model has no quantized layer")
+	}
+	var first []string // the linears block 0 quantizes, which every block must
+	group := func(l int, plan bool) ([]safetensors.WriteTensor, error) {
+		b, err := block(l)
+		if err != nil {
+			return nil, err
+		}
+		var tensors []safetensors.WriteTensor
+		mods, err := ex.block(l, b, func(ts ...safetensors.WriteTensor) { tensors = append(tensors, ts...) })
+		if err != nil || !plan {
+			return tensors, err
+		}
+		// Checked as the header is planned, before any data is written.
+		if l == 0 {
+			first = mods
+		}
+		if err := sameQuantized(first, l, mods); err != nil {
+			return nil, err
+		}
+		if l == n-1 && len(first) == 0 {
+			return nil, fmt.Errorf("export gptq: the model has no quantized layer")
+		}
+		return tensors, nil
+	}
+	if err := safetensors.WriteGroups(filepath.Join(dir, "model.safetensors"), ex.top, n, group, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	return ex.writeConfigs(first)
+}
+
+// sameQuantized checks that block l quantizes the linears block 0 does.
+func sameQuantized(first []string, l int, mods []string) error {
+	if !slices.Equal(mods, first) {
+		return fmt.Errorf("export gptq: block 0 has quantized %v, block %d %v: a GPTQ checkpoint quantizes the same linears in every block", first, l, mods)
+	}
+	return nil
+}
+
+// exporter writes one GPTQ checkpoint: top holds the tensors outside the
+// blocks.
+type exporter struct {
+	c     *model.Config
+	dir   string
+	dtype safetensors.DType
+	qc    QuantizeConfig
+	top   []safetensors.WriteTensor
+}
+
+// newExporter checks the options, creates dir and lays out the embeddings,
+// final norm and untied LM head of m.
+func newExporter(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConfig) (*exporter, error) {
+	if err := qc.Validate(); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	if err := m.Config.Unsupported(model.FeatureGPTQ); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	if _, err := safetensors.EncodeFloat32(nil, dtype); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	c := m.Config
+	ex := &exporter{c: c, dir: dir, dtype: dtype, qc: qc}
+	put := func(ts ...safetensors.WriteTensor) { ex.top = append(ex.top, ts...) }
+	h := c.HiddenSize
+	ex.add(put, "model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed)
+	ex.add(put, "model.norm.weight", []int{h}, m.Norm)
+	if !c.TieWordEmbeddings {
+		head, ok := m.LMHead.(*model.Dense)
+		if !ok {
+			return nil, fmt.Errorf("export gptq: lm_head is %T, not dense", m.LMHead)
+		}
+		ex.add(put, "lm_head.weight", []int{c.VocabSize, h}, head.Weight)
+	}
+	return ex, nil
+}
+
+// add puts float tensor name, converted to the checkpoint's dtype as it is
+// written; nil puts nothing.
+func (ex *exporter) add(put func(...safetensors.WriteTensor), name string, shape []int, v []float32) {
+	if v != nil {
+		dt := ex.dtype
+		put(safetensors.WriteTensor{Name: name, DType: dt, Shape: shape,
+			Fill: func(w io.Writer) error { return safetensors.WriteFloat32(w, v, dt) }})
+	}
+}
+
+// writeConfigs writes quantize_config.json and config.json for a checkpoint
+// whose blocks quantize the linears mods.
+func (ex *exporter) writeConfigs(mods []string) error {
+	qc := ex.qc
+	if len(mods) < len(model.Modules) {
+		qc.ModulesInBlockToQuantize = [][]string{mods}
 	}
 	qj, err := json.MarshalIndent(qc, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := model.WriteFileAtomic(filepath.Join(dir, "quantize_config.json"), append(qj, '\n')); err != nil {
+	if err := model.WriteFileAtomic(filepath.Join(ex.dir, "quantize_config.json"), append(qj, '\n')); err != nil {
 		return err
 	}
-	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
-	set := c.DTypeSettings(torch) // torch_dtype or dtype, as the source had it
+	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[ex.dtype]
+	set := ex.c.DTypeSettings(torch) // torch_dtype or dtype, as the source had it
 	set[QuantizationConfigKey], set[model.NativeSection] = qc, nil
-	return model.WriteConfig(dir, c, set)
+	return model.WriteConfig(ex.dir, ex.c, set)
+}
+
+// block puts the tensors of block l and returns the linears it quantizes.
+func (ex *exporter) block(l int, b *model.Block, put func(...safetensors.WriteTensor)) ([]string, error) {
+	qc, h := ex.qc, ex.c.HiddenSize
+	add := func(name string, shape []int, v []float32) { ex.add(put, name, shape, v) }
+	if b.MLA != nil {
+		return nil, fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
+	}
+	p := model.LayerPrefix(l)
+	add(p+"input_layernorm.weight", []int{h}, b.AttnNorm)
+	add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)
+	var quantized []string
+	for _, mod := range model.Modules {
+		name := p + mod
+		switch d := (*b.Linear(mod)).(type) {
+		case *model.Dense:
+			add(name+".weight", []int{d.Out(), d.In()}, d.Weight)
+			add(name+".bias", []int{d.Out()}, d.Bias)
+		case *model.Quantized:
+			if d.Bits != qc.Bits {
+				return nil, fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
+			}
+			if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
+				return nil, fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
+			}
+			pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
+			if err != nil {
+				return nil, fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
+			}
+			put(pk.Tensors(name)...)
+			if d.Bias != nil {
+				data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
+				put(safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
+			}
+			quantized = append(quantized, mod)
+		default:
+			return nil, fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, d)
+		}
+	}
+	return quantized, nil
 }
 
 // IsCheckpoint reports whether dir's config.json has a GPTQ
