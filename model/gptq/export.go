@@ -237,6 +237,39 @@ func IsCheckpoint(dir string) bool {
 // one with a weight tensor is dense. Tensors that are neither expected nor
 // buffers are an error.
 func Load(dir string, k kernels.Backend) (*model.Model, error) {
+	r, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	m, err := r.Model(k)
+	if err != nil {
+		return nil, err
+	}
+	for l := range r.Config.NumLayers {
+		b, err := r.Block(l)
+		if err != nil {
+			return nil, err
+		}
+		m.Blocks = append(m.Blocks, b)
+	}
+	if err := r.CheckUnused(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Reader reads a GPTQ v1 checkpoint one block at a time, as Load reads it
+// whole: Model reads the embeddings, final norm and LM head, Block one
+// block, and CheckUnused, once every block has been read, refuses a tensor
+// none of them claimed.
+type Reader struct {
+	Config *model.Config
+	r      *reader
+}
+
+// Open opens the GPTQ checkpoint in dir; Close releases its files.
+func Open(dir string) (*Reader, error) {
 	cfg, err := model.ReadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -249,39 +282,55 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ck.Close()
-	r := &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}
+	return &Reader{Config: cfg, r: &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}}, nil
+}
+
+// Close unmaps the checkpoint's files; the tensors read stay valid.
+func (r *Reader) Close() error { return r.r.ck.Close() }
+
+// Model returns the model's embeddings, final norm and LM head, with no
+// blocks.
+func (r *Reader) Model(k kernels.Backend) (*model.Model, error) {
+	cfg := r.Config
 	h, vocab := cfg.HiddenSize, cfg.VocabSize
 	m := &model.Model{Config: cfg, Backend: k}
-	if m.Embed, err = r.get("model.embed_tokens.weight", vocab, h); err != nil {
+	var err error
+	if m.Embed, err = r.r.get("model.embed_tokens.weight", vocab, h); err != nil {
 		return nil, err
 	}
-	if m.Norm, err = r.get("model.norm.weight", h); err != nil {
+	if m.Norm, err = r.r.get("model.norm.weight", h); err != nil {
 		return nil, err
 	}
 	if cfg.TieWordEmbeddings {
 		m.LMHead = model.NewDense(vocab, h, m.Embed, nil)
-		r.used["lm_head.weight"] = true
+		r.r.used["lm_head.weight"] = true
 	} else {
-		head, err := r.get("lm_head.weight", vocab, h)
+		head, err := r.r.get("lm_head.weight", vocab, h)
 		if err != nil {
 			return nil, err
 		}
 		m.LMHead = model.NewDense(vocab, h, head, nil)
 	}
-	for l := range cfg.NumLayers {
-		b, err := r.block(cfg, l)
-		if err != nil {
-			return nil, err
-		}
-		m.Blocks = append(m.Blocks, b)
-	}
-	for _, name := range ck.Names() {
-		if !r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
-			return nil, fmt.Errorf("load gptq: %s: unexpected tensor %q", dir, name)
-		}
-	}
 	return m, nil
+}
+
+// Block reads block l.
+func (r *Reader) Block(l int) (*model.Block, error) {
+	if l < 0 || l >= r.Config.NumLayers {
+		return nil, fmt.Errorf("load gptq: %s: block %d of a model with %d", r.r.dir, l, r.Config.NumLayers)
+	}
+	return r.r.block(r.Config, l)
+}
+
+// CheckUnused fails on a tensor that neither Model nor Block read and that
+// is not a buffer.
+func (r *Reader) CheckUnused() error {
+	for _, name := range r.r.ck.Names() {
+		if !r.r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
+			return fmt.Errorf("load gptq: %s: unexpected tensor %q", r.r.dir, name)
+		}
+	}
+	return nil
 }
 
 // quantizeConfig reads and checks config.json's quantization_config, and
