@@ -550,32 +550,68 @@ func (a *Activities) publish(job recipe.Job, m blocks, write func(dir string) er
 	return out, nil
 }
 
-// checkExport reads the checkpoint written in dir back, checks it against
-// m, the model written, and returns m's parameter count. A GPTQ checkpoint
-// or one with an EoRA adapter is read whole (gptq.Load,
-// gptq.ApplyAdapters); any other is read and checked one block at a time.
-// m is read one block at a time either way, so the check holds one block of
-// it and, but for those two, one of the checkpoint, whatever the depth.
+// checkExport reads the checkpoint written in dir back as LoadExport does
+// (a GPTQ one through gptq's reader, any other through model's, with its
+// EoRA adapter applied when present), checks it against m, the model
+// written, and returns m's parameter count. Both are read one block at a
+// time, so the check holds one block of each whatever the depth.
 func checkExport(dir string, m blocks, exact bool) (int64, error) {
-	_, aerr := os.Stat(filepath.Join(dir, AdapterDir, "adapter_config.json"))
-	if gptq.IsCheckpoint(dir) || aerr == nil {
-		back, err := LoadExport(dir, m.top.Backend)
+	loadErr := func(err error) error {
+		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+	}
+	var (
+		top    func(kernels.Backend) (*model.Model, error)
+		block  func(int) (*model.Block, error)
+		n      int
+		unused = func() error { return nil }
+	)
+	if gptq.IsCheckpoint(dir) {
+		r, err := gptq.Open(dir)
 		if err != nil {
-			return 0, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+			return 0, loadErr(err)
 		}
-		block := func(i int) (*model.Block, error) { return back.Blocks[i], nil }
-		return sameByBlock(m, back, len(back.Blocks), block, exact)
+		defer r.Close()
+		top, block, n, unused = r.Model, r.Block, r.Config.NumLayers, r.CheckUnused
+	} else {
+		r, err := model.Open(dir)
+		if err != nil {
+			return 0, loadErr(err)
+		}
+		defer r.Close()
+		top, block, n = r.Model, r.Block, r.Config.NumLayers
 	}
-	r, err := model.Open(dir)
+	adir := filepath.Join(dir, AdapterDir)
+	if _, err := os.Stat(filepath.Join(adir, "adapter_config.json")); err == nil {
+		adapters, _, err := gptq.ReadAdapter(adir)
+		if err != nil {
+			return 0, loadErr(err)
+		}
+		for _, a := range adapters {
+			if l, _, ok := model.ParseModuleName(a.Module); !ok || l >= n {
+				return 0, loadErr(fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, n))
+			}
+		}
+		base := block
+		block = func(i int) (*model.Block, error) {
+			b, err := base(i)
+			if err != nil {
+				return nil, err
+			}
+			return gptq.ApplyBlockAdapters(i, b, adapters)
+		}
+	}
+	got, err := top(m.top.Backend)
 	if err != nil {
-		return 0, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+		return 0, loadErr(err)
 	}
-	defer r.Close()
-	got, err := r.Model(m.top.Backend)
+	params, err := sameByBlock(m, got, n, block, exact)
 	if err != nil {
-		return 0, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+		return 0, err
 	}
-	return sameByBlock(m, got, r.Config.NumLayers, r.Block, exact)
+	if err := unused(); err != nil {
+		return 0, loadErr(err)
+	}
+	return params, nil
 }
 
 // differs is the error of a checkpoint that does not read back as the model
