@@ -221,27 +221,27 @@ func (c *compressed) assemble() (*model.Model, error) {
 }
 
 // streamed is the compressed model read block by block.
-func (c *compressed) streamed() blocks {
-	return blocks{top: c.top, n: c.r.Config.NumLayers, block: c.block}
+func (c *compressed) streamed() byBlock {
+	return byBlock{top: c.top, n: c.r.Config.NumLayers, block: c.block}
 }
 
-// blocks is a model held one block at a time: top holds its config,
+// byBlock is a model held one block at a time: top holds its config,
 // embeddings, final norm and LM head, and block(i) returns block i of n,
 // read afresh, or from whole when the model is held whole.
-type blocks struct {
+type byBlock struct {
 	top   *model.Model
 	n     int
 	block func(i int) (*model.Block, error)
 	whole *model.Model
 }
 
-// held is m, held whole, read as blocks.
-func held(m *model.Model) blocks {
-	return blocks{top: m, n: len(m.Blocks), block: func(i int) (*model.Block, error) { return m.Blocks[i], nil }, whole: m}
+// held is m, held whole, read block by block.
+func held(m *model.Model) byBlock {
+	return byBlock{top: m, n: len(m.Blocks), block: func(i int) (*model.Block, error) { return m.Blocks[i], nil }, whole: m}
 }
 
 // densified is m with each block densified (Densify) as it is read.
-func (m blocks) densified() blocks {
+func (m byBlock) densified() byBlock {
 	d := m
 	d.whole = nil
 	d.block = func(i int) (*model.Block, error) {
@@ -277,7 +277,7 @@ func splitBlock(i int, b *model.Block) (*model.Block, []gptq.Adapter) {
 // read (splitBlock); adapters returns them, in layer order, once every block
 // has been read. The adapters are small (rank × (in + out) per layer), so
 // they are kept.
-func withoutAdapters(m blocks) (base blocks, adapters func() []gptq.Adapter) {
+func withoutAdapters(m byBlock) (base byBlock, adapters func() []gptq.Adapter) {
 	byLayer := make([][]gptq.Adapter, m.n)
 	base = m
 	base.whole = nil
@@ -295,7 +295,7 @@ func withoutAdapters(m blocks) (base blocks, adapters func() []gptq.Adapter) {
 
 // publishNative writes rankzip's native layout (factored, Palu and
 // quantized layers) with EoRA's corrections, if any, as a PEFT adapter.
-func (a *Activities) publishNative(job recipe.Job, comp blocks, dtype safetensors.DType, exact bool) (ExportOutput, error) {
+func (a *Activities) publishNative(job recipe.Job, comp byBlock, dtype safetensors.DType, exact bool) (ExportOutput, error) {
 	base, adapters := withoutAdapters(comp)
 	return a.publish(job, comp, func(dir string) error {
 		var err error
@@ -313,7 +313,7 @@ func (a *Activities) publishNative(job recipe.Job, comp blocks, dtype safetensor
 }
 
 // wholeOf is m, built from a held model, held whole.
-func wholeOf(m blocks) *model.Model {
+func wholeOf(m byBlock) *model.Model {
 	w := *m.top
 	w.Blocks = make([]*model.Block, m.n)
 	for i := range w.Blocks {
@@ -333,7 +333,7 @@ func writeAdapters(dir string, adapters []gptq.Adapter, dtype safetensors.DType)
 
 // publishGPTQ exports a quantized model as a GPTQ v1 checkpoint and its EoRA
 // corrections, if any, as a PEFT adapter in AdapterDir.
-func (a *Activities) publishGPTQ(job recipe.Job, comp blocks, dtype safetensors.DType) (ExportOutput, error) {
+func (a *Activities) publishGPTQ(job recipe.Job, comp byBlock, dtype safetensors.DType) (ExportOutput, error) {
 	r := job.Recipe
 	qi := QuantStage(r)
 	if qi < 0 {
@@ -346,7 +346,13 @@ func (a *Activities) publishGPTQ(job recipe.Job, comp blocks, dtype safetensors.
 	}
 	base, adapters := withoutAdapters(comp)
 	write := func(dir string) error {
-		if err := gptq.ExportBlocks(base.top, base.n, base.block, dir, dtype, qc); err != nil {
+		var err error
+		if comp.whole != nil {
+			err = gptq.Export(wholeOf(base), dir, dtype, qc)
+		} else {
+			err = gptq.ExportBlocks(base.top, base.n, base.block, dir, dtype, qc)
+		}
+		if err != nil {
 			return err
 		}
 		return writeAdapters(dir, adapters(), dtype)
@@ -462,7 +468,7 @@ func (a *Activities) exported(key string, job recipe.Job) (ExportOutput, bool) {
 // publish writes m to a temporary directory next to the output, reads it
 // back, and renames it into place, replacing an earlier export of the same
 // job.
-func (a *Activities) publish(job recipe.Job, m blocks, write func(dir string) error, exact bool) (ExportOutput, error) {
+func (a *Activities) publish(job recipe.Job, m byBlock, write func(dir string) error, exact bool) (ExportOutput, error) {
 	dst := job.Recipe.Output
 	parent := filepath.Dir(dst)
 	if err := os.MkdirAll(parent, 0o777); err != nil {
@@ -555,7 +561,7 @@ func (a *Activities) publish(job recipe.Job, m blocks, write func(dir string) er
 // EoRA adapter applied when present), checks it against m, the model
 // written, and returns m's parameter count. Both are read one block at a
 // time, so the check holds one block of each whatever the depth.
-func checkExport(dir string, m blocks, exact bool) (int64, error) {
+func checkExport(dir string, m byBlock, exact bool) (int64, error) {
 	loadErr := func(err error) error {
 		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
 	}
@@ -627,7 +633,7 @@ func differs(err error) error {
 // each run on its own hidden states beside want's. It returns want's
 // parameter count (NumParams); a difference is a differs error, one reading
 // want's blocks is returned as it is.
-func sameByBlock(want blocks, got *model.Model, n int, block func(int) (*model.Block, error), exact bool) (int64, error) {
+func sameByBlock(want byBlock, got *model.Model, n int, block func(int) (*model.Block, error), exact bool) (int64, error) {
 	if want.n != n {
 		return 0, differs(fmt.Errorf("%d blocks, want %d", n, want.n))
 	}
