@@ -46,10 +46,14 @@ type ExportOutput struct {
 // AdapterDir is the directory of the EoRA adapter inside a gptq export.
 const AdapterDir = "eora"
 
-// Export assembles the compressed model from the original and the stored
-// blocks, writes it to a temporary directory next to the output, reads it
-// back and checks it, and only then moves it into place: the output
-// directory never holds a partial checkpoint.
+// Export writes the compressed model, the original with the stored blocks
+// applied, to a temporary directory next to the output, reads it back and
+// checks it, and only then moves it into place: the output directory never
+// holds a partial checkpoint. The model is built, written and checked one
+// block at a time (each read from the original's mapped files with its
+// stored layers applied, then let go), so the export holds one block
+// whatever the depth; latent attention (MLA), whose layout is checked across
+// all blocks at once, is assembled whole.
 func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, error) {
 	job := in.Job
 	r := job.Recipe
@@ -73,37 +77,12 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	defer stop()
 	var out ExportOutput
 	err := a.guard(func() error {
-		m, err := a.model(job)
+		src, err := a.openCompressed(ctx, job, append([][]store.Ref{in.Blocks}, in.Later...))
 		if err != nil {
 			return err
 		}
-		if len(in.Blocks) != len(m.Blocks) {
-			return badInput(fmt.Errorf("export: %d compressed blocks for a model with %d", len(in.Blocks), len(m.Blocks)))
-		}
-		comp, err := a.assemble(job, m, append([][]store.Ref{in.Blocks}, in.Later...))
-		if err != nil {
-			return err
-		}
-		if err := canceled(ctx); err != nil {
-			return err
-		}
-		dtype := recipe.SafetensorsDType(r.Export.DType)
-		exact := r.Export.DType == "float32"
-		switch r.Export.Format {
-		case "gptq":
-			out, err = a.publishGPTQ(job, comp, dtype)
-		case "palu":
-			out, err = a.publish(job, comp, func(dir string) error { return model.SavePalu(comp, dir, dtype) }, exact)
-		case "dense":
-			var exp *model.Model
-			if exp, err = Densify(comp); err != nil {
-				return badInput(fmt.Errorf("export: %w", err))
-			}
-			out, err = a.publish(job, exp, func(dir string) error { return model.Save(exp, dir, dtype) }, exact)
-		default:
-			out, err = a.publishNative(job, comp, dtype, exact)
-		}
-		if err != nil {
+		defer src.close()
+		if out, err = a.export(job, src, mayHoldMLA(job, src.top)); err != nil {
 			return err
 		}
 		if _, err := a.Store.PutJSON(key, out); err != nil {
@@ -119,44 +98,242 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 	return out, nil
 }
 
-// splitAdapters returns comp with every EoRA-adapted layer replaced by the
-// layer it wraps, and the adapters: they go to their own PEFT directory
-// (AdapterDir) beside the checkpoint.
-func splitAdapters(comp *model.Model) (*model.Model, []gptq.Adapter) {
-	base := *comp
-	base.Blocks = make([]*model.Block, len(comp.Blocks))
-	var adapters []gptq.Adapter
-	for i, b := range comp.Blocks {
-		nb := *b
-		for _, mod := range b.Modules() {
-			if ad, ok := (*nb.Linear(mod)).(*gptq.Adapted); ok {
-				adapters = append(adapters, gptq.Adapter{Module: model.ModuleName(i, mod), A: ad.A, B: ad.B})
-				*nb.Linear(mod) = ad.Base
-			}
-		}
-		base.Blocks[i] = &nb
+// mayHoldMLA reports whether the compressed model may hold latent
+// attention: an mla stage, or a DeepSeek-MLA original.
+func mayHoldMLA(job recipe.Job, top *model.Model) bool {
+	if top.Config.MLA != nil {
+		return true
 	}
-	return &base, adapters
+	for _, st := range job.Recipe.Stages {
+		if st.Method == recipe.MethodMLA {
+			return true
+		}
+	}
+	return false
+}
+
+// export writes the compressed model src reads in the recipe's format:
+// block by block or, when whole, assembled whole first (the way every
+// export went before the block-by-block writers; the tests compare both).
+func (a *Activities) export(job recipe.Job, src *compressed, whole bool) (ExportOutput, error) {
+	r := job.Recipe
+	dtype := recipe.SafetensorsDType(r.Export.DType)
+	exact := r.Export.DType == "float32"
+	comp := src.streamed()
+	if whole {
+		m, err := src.assemble()
+		if err != nil {
+			return ExportOutput{}, err
+		}
+		comp = held(m)
+	}
+	switch r.Export.Format {
+	case "gptq":
+		return a.publishGPTQ(job, comp, dtype)
+	case "palu":
+		return a.publish(job, comp, func(dir string) error {
+			if whole {
+				return model.SavePalu(comp.whole, dir, dtype)
+			}
+			return model.SavePaluBlocks(comp.top, comp.n, comp.block, dir, dtype)
+		}, exact)
+	case "dense":
+		if whole {
+			d, err := Densify(comp.whole)
+			if err != nil {
+				return ExportOutput{}, badInput(fmt.Errorf("export: %w", err))
+			}
+			exp := held(d)
+			return a.publish(job, exp, func(dir string) error { return model.Save(d, dir, dtype) }, exact)
+		}
+		exp := comp.densified()
+		return a.publish(job, exp, func(dir string) error { return model.SaveBlocks(exp.top, exp.n, exp.block, dir, dtype) }, exact)
+	}
+	return a.publishNative(job, comp, dtype, exact)
+}
+
+// compressed reads the compressed model one block at a time: block i is
+// the original's, read from its mapped files (model.Reader, which lets the
+// pages go once converted), with every stage's stored layers applied.
+type compressed struct {
+	ctx    context.Context
+	a      *Activities
+	top    *model.Model // the original's embeddings, final norm and LM head; no blocks
+	r      *model.Reader
+	stages [][]store.Ref // stages[j][i]: block i after stage j
+}
+
+// openCompressed opens the job's original model and checks that every
+// stage has one stored block per block of it.
+func (a *Activities) openCompressed(ctx context.Context, job recipe.Job, stages [][]store.Ref) (*compressed, error) {
+	if err := checkInputs(job.Model); err != nil {
+		return nil, err
+	}
+	r, err := model.Open(job.Recipe.Model)
+	if err != nil {
+		return nil, inputError(fmt.Errorf("load model: %w", err))
+	}
+	top, err := a.top(job, r)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	n := r.Config.NumLayers
+	for j, refs := range stages {
+		if len(refs) != n {
+			r.Close()
+			return nil, badInput(fmt.Errorf("export: stage %d has %d compressed blocks for a model with %d", j, len(refs), n))
+		}
+	}
+	return &compressed{ctx: ctx, a: a, top: top, r: r, stages: stages}, nil
+}
+
+func (c *compressed) close() { c.r.Close() }
+
+// block returns compressed block i, read afresh: the caller may let it go.
+func (c *compressed) block(i int) (*model.Block, error) {
+	if err := canceled(c.ctx); err != nil {
+		return nil, err
+	}
+	b, err := c.r.Block(i)
+	if err != nil {
+		return nil, inputError(fmt.Errorf("load model: %w", err))
+	}
+	for _, refs := range c.stages {
+		if b, err = getLayers(c.a.Store, refs[i], b); err != nil {
+			return nil, c.a.storeError(err)
+		}
+	}
+	return b, nil
+}
+
+// assemble returns the whole compressed model.
+func (c *compressed) assemble() (*model.Model, error) {
+	m := *c.top
+	m.Blocks = make([]*model.Block, c.r.Config.NumLayers)
+	for i := range m.Blocks {
+		var err error
+		if m.Blocks[i], err = c.block(i); err != nil {
+			return nil, err
+		}
+	}
+	return &m, nil
+}
+
+// streamed is the compressed model read block by block.
+func (c *compressed) streamed() byBlock {
+	return byBlock{top: c.top, n: c.r.Config.NumLayers, block: c.block}
+}
+
+// byBlock is a model held one block at a time: top holds its config,
+// embeddings, final norm and LM head, and block(i) returns block i of n,
+// read afresh, or from whole when the model is held whole.
+type byBlock struct {
+	top   *model.Model
+	n     int
+	block func(i int) (*model.Block, error)
+	whole *model.Model
+}
+
+// held is m, held whole, read block by block.
+func held(m *model.Model) byBlock {
+	return byBlock{top: m, n: len(m.Blocks), block: func(i int) (*model.Block, error) { return m.Blocks[i], nil }, whole: m}
+}
+
+// densified is m with each block densified (Densify) as it is read.
+func (m byBlock) densified() byBlock {
+	d := m
+	d.whole = nil
+	d.block = func(i int) (*model.Block, error) {
+		b, err := m.block(i)
+		if err != nil {
+			return nil, err
+		}
+		one, err := Densify(&model.Model{Config: m.top.Config, Backend: m.top.Backend, Blocks: []*model.Block{b}})
+		if err != nil {
+			return nil, badInput(fmt.Errorf("export: %w", err))
+		}
+		return one.Blocks[0], nil
+	}
+	return d
+}
+
+// splitBlock returns block b (layer i) with every EoRA-adapted layer
+// replaced by the layer it wraps, and the adapters: they go to their own
+// PEFT directory (AdapterDir) beside the checkpoint.
+func splitBlock(i int, b *model.Block) (*model.Block, []gptq.Adapter) {
+	nb := *b
+	var adapters []gptq.Adapter
+	for _, mod := range b.Modules() {
+		if ad, ok := (*nb.Linear(mod)).(*gptq.Adapted); ok {
+			adapters = append(adapters, gptq.Adapter{Module: model.ModuleName(i, mod), A: ad.A, B: ad.B})
+			*nb.Linear(mod) = ad.Base
+		}
+	}
+	return &nb, adapters
+}
+
+// withoutAdapters is m with its EoRA adapters split off each block as it is
+// read (splitBlock); adapters returns them, in layer order, once every block
+// has been read. The adapters are small (rank × (in + out) per layer), so
+// they are kept.
+func withoutAdapters(m byBlock) (base byBlock, adapters func() []gptq.Adapter) {
+	byLayer := make([][]gptq.Adapter, m.n)
+	base = m
+	base.whole = nil
+	base.block = func(i int) (*model.Block, error) {
+		b, err := m.block(i)
+		if err != nil {
+			return nil, err
+		}
+		nb, ads := splitBlock(i, b)
+		byLayer[i] = ads // the same on every read of the block
+		return nb, nil
+	}
+	return base, func() []gptq.Adapter { return slices.Concat(byLayer...) }
 }
 
 // publishNative writes rankzip's native layout (factored, Palu and
 // quantized layers) with EoRA's corrections, if any, as a PEFT adapter.
-func (a *Activities) publishNative(job recipe.Job, comp *model.Model, dtype safetensors.DType, exact bool) (ExportOutput, error) {
-	base, adapters := splitAdapters(comp)
+func (a *Activities) publishNative(job recipe.Job, comp byBlock, dtype safetensors.DType, exact bool) (ExportOutput, error) {
+	base, adapters := withoutAdapters(comp)
 	return a.publish(job, comp, func(dir string) error {
-		if err := model.Save(base, dir, dtype); err != nil {
+		var err error
+		if comp.whole != nil {
+			// Save checks a whole model's latent attention across blocks.
+			err = model.Save(wholeOf(base), dir, dtype)
+		} else {
+			err = model.SaveBlocks(base.top, base.n, base.block, dir, dtype)
+		}
+		if err != nil {
 			return err
 		}
-		if len(adapters) == 0 {
-			return nil
-		}
-		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), gptq.BesideBase, adapters, dtype)
+		return writeAdapters(dir, adapters(), dtype)
 	}, exact)
+}
+
+// wholeOf is m, built from a held model, held whole.
+func wholeOf(m byBlock) *model.Model {
+	w := *m.top
+	w.Blocks = make([]*model.Block, m.n)
+	for i := range w.Blocks {
+		w.Blocks[i], _ = m.block(i) // from a held model: no error
+	}
+	return &w
+}
+
+// writeAdapters writes EoRA's corrections, if any, as a PEFT adapter in
+// dir's AdapterDir.
+func writeAdapters(dir string, adapters []gptq.Adapter, dtype safetensors.DType) error {
+	if len(adapters) == 0 {
+		return nil
+	}
+	return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), gptq.BesideBase, adapters, dtype)
 }
 
 // publishGPTQ exports a quantized model as a GPTQ v1 checkpoint and its EoRA
 // corrections, if any, as a PEFT adapter in AdapterDir.
-func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safetensors.DType) (ExportOutput, error) {
+func (a *Activities) publishGPTQ(job recipe.Job, comp byBlock, dtype safetensors.DType) (ExportOutput, error) {
 	r := job.Recipe
 	qi := QuantStage(r)
 	if qi < 0 {
@@ -167,15 +344,18 @@ func (a *Activities) publishGPTQ(job recipe.Job, comp *model.Model, dtype safete
 	if err != nil {
 		return ExportOutput{}, badInput(fmt.Errorf("export: %w", err))
 	}
-	base, adapters := splitAdapters(comp)
+	base, adapters := withoutAdapters(comp)
 	write := func(dir string) error {
-		if err := gptq.Export(base, dir, dtype, qc); err != nil {
+		var err error
+		if comp.whole != nil {
+			err = gptq.Export(wholeOf(base), dir, dtype, qc)
+		} else {
+			err = gptq.ExportBlocks(base.top, base.n, base.block, dir, dtype, qc)
+		}
+		if err != nil {
 			return err
 		}
-		if len(adapters) == 0 {
-			return nil
-		}
-		return gptq.WriteAdapter(filepath.Join(dir, AdapterDir), gptq.BesideBase, adapters, dtype)
+		return writeAdapters(dir, adapters(), dtype)
 	}
 	// Scales are float16 in the format and methods/quant makes them so: in
 	// float32 the checkpoint reproduces the model up to summation order.
@@ -285,9 +465,10 @@ func (a *Activities) exported(key string, job recipe.Job) (ExportOutput, bool) {
 	return out, true
 }
 
-// publish saves m to a temporary directory next to the output, reads it back,
-// and renames it into place, replacing an earlier export of the same job.
-func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir string) error, exact bool) (ExportOutput, error) {
+// publish writes m to a temporary directory next to the output, reads it
+// back, and renames it into place, replacing an earlier export of the same
+// job.
+func (a *Activities) publish(job recipe.Job, m byBlock, write func(dir string) error, exact bool) (ExportOutput, error) {
 	dst := job.Recipe.Output
 	parent := filepath.Dir(dst)
 	if err := os.MkdirAll(parent, 0o777); err != nil {
@@ -320,7 +501,8 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 		}
 		return nil
 	})
-	if err := checkExport(tmp, m, exact); err != nil {
+	params, err := checkExport(tmp, m, exact)
+	if err != nil {
 		return ExportOutput{}, err
 	}
 	// Move the checkpoint into place. An existing output must be an earlier
@@ -354,7 +536,7 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 		d.Sync()
 		d.Close()
 	}
-	out := ExportOutput{Dir: dst, Params: NumParams(m)}
+	out := ExportOutput{Dir: dst, Params: params}
 	// Every file, in lexical order (an adapter directory's too).
 	err = filepath.WalkDir(dst, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -374,86 +556,123 @@ func (a *Activities) publish(job recipe.Job, m *model.Model, write func(dir stri
 	return out, nil
 }
 
-// checkExport reads the checkpoint written in dir back and checks it
-// against m, the model written. A GPTQ checkpoint or one with an EoRA
-// adapter is read whole (gptq.Load, gptq.ApplyAdapters); any other is read
-// and checked one block at a time, so the check holds one block of the
-// checkpoint in float32 whatever the model's depth.
-func checkExport(dir string, m *model.Model, exact bool) error {
-	differs := func(err error) error {
-		return badInput(fmt.Errorf("export: the written checkpoint differs from the compressed model: %w", err))
+// checkExport reads the checkpoint written in dir back as LoadExport does
+// (a GPTQ one through gptq's reader, any other through model's, with its
+// EoRA adapter applied when present), checks it against m, the model
+// written, and returns m's parameter count. Both are read one block at a
+// time, so the check holds one block of each whatever the depth.
+func checkExport(dir string, m byBlock, exact bool) (int64, error) {
+	loadErr := func(err error) error {
+		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
 	}
-	_, aerr := os.Stat(filepath.Join(dir, AdapterDir, "adapter_config.json"))
-	if gptq.IsCheckpoint(dir) || aerr == nil {
-		back, err := LoadExport(dir, m.Backend)
+	var (
+		top    func(kernels.Backend) (*model.Model, error)
+		block  func(int) (*model.Block, error)
+		n      int
+		unused = func() error { return nil }
+	)
+	if gptq.IsCheckpoint(dir) {
+		r, err := gptq.Open(dir)
 		if err != nil {
-			return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+			return 0, loadErr(err)
 		}
-		if err := sameModel(m, back, exact); err != nil {
-			return differs(err)
+		defer r.Close()
+		top, block, n, unused = r.Model, r.Block, r.Config.NumLayers, r.CheckUnused
+	} else {
+		r, err := model.Open(dir)
+		if err != nil {
+			return 0, loadErr(err)
 		}
-		return nil
+		defer r.Close()
+		top, block, n = r.Model, r.Block, r.Config.NumLayers
 	}
-	r, err := model.Open(dir)
+	adir := filepath.Join(dir, AdapterDir)
+	if _, err := os.Stat(filepath.Join(adir, "adapter_config.json")); err == nil {
+		adapters, _, err := gptq.ReadAdapter(adir)
+		if err != nil {
+			return 0, loadErr(err)
+		}
+		for _, a := range adapters {
+			if l, _, ok := model.ParseModuleName(a.Module); !ok || l >= n {
+				return 0, loadErr(fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, n))
+			}
+		}
+		base := block
+		block = func(i int) (*model.Block, error) {
+			b, err := base(i)
+			if err != nil {
+				return nil, err
+			}
+			return gptq.ApplyBlockAdapters(i, b, adapters)
+		}
+	}
+	got, err := top(m.top.Backend)
 	if err != nil {
-		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+		return 0, loadErr(err)
 	}
-	defer r.Close()
-	got, err := r.Model(m.Backend)
+	params, err := sameByBlock(m, got, n, block, exact)
 	if err != nil {
-		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
+		return 0, err
 	}
-	if err := sameByBlock(m, got, r.Config.NumLayers, r.Block, exact); err != nil {
-		return differs(err)
+	if err := unused(); err != nil {
+		return 0, loadErr(err)
 	}
-	return nil
+	return params, nil
 }
 
-// sameModel checks a checkpoint read back whole against the model written,
-// as sameByBlock does.
-func sameModel(want, got *model.Model, exact bool) error {
-	block := func(i int) (*model.Block, error) { return got.Blocks[i], nil }
-	return sameByBlock(want, got, len(got.Blocks), block, exact)
+// differs is the error of a checkpoint that does not read back as the model
+// written.
+func differs(err error) error {
+	return badInput(fmt.Errorf("export: the written checkpoint differs from the compressed model: %w", err))
 }
 
 // sameByBlock checks a checkpoint read back against the model written: the
 // same layer types and ranks and, on the first few tokens, the same logits
 // (exactly in float32, within rounding otherwise). got holds the
 // checkpoint's embeddings and head; block reads its blocks, one at a time,
-// each run on its own hidden states beside want's.
-func sameByBlock(want, got *model.Model, blocks int, block func(int) (*model.Block, error), exact bool) error {
-	if len(want.Blocks) != blocks {
-		return fmt.Errorf("%d blocks, want %d", blocks, len(want.Blocks))
+// each run on its own hidden states beside want's. It returns want's
+// parameter count (NumParams); a difference is a differs error, one reading
+// want's blocks is returned as it is.
+func sameByBlock(want byBlock, got *model.Model, n int, block func(int) (*model.Block, error), exact bool) (int64, error) {
+	if want.n != n {
+		return 0, differs(fmt.Errorf("%d blocks, want %d", n, want.n))
 	}
-	n := min(16, want.Config.MaxPositions)
-	seq := make([]int32, n)
+	top := want.top
+	params := NumParams(&model.Model{Config: top.Config, Embed: top.Embed, Norm: top.Norm, LMHead: top.LMHead})
+	seqLen := min(16, top.Config.MaxPositions)
+	seq := make([]int32, seqLen)
 	for i := range seq {
-		seq[i] = int32((i*7919 + 1) % want.Config.VocabSize)
+		seq[i] = int32((i*7919 + 1) % top.Config.VocabSize)
 	}
-	hw, err := want.EmbedTokens([][]int32{seq})
+	hw, err := top.EmbedTokens([][]int32{seq})
 	if err != nil {
-		return err
+		return 0, differs(err)
 	}
 	hg, err := got.EmbedTokens([][]int32{seq})
 	if err != nil {
-		return err
+		return 0, differs(err)
 	}
-	for i, wb := range want.Blocks {
+	for i := range n {
+		wb, err := want.block(i)
+		if err != nil {
+			return 0, err
+		}
 		gb, err := block(i)
 		if err != nil {
-			return err
+			return 0, differs(err)
 		}
 		if err := sameLayers(i, wb, gb); err != nil {
-			return err
+			return 0, differs(err)
 		}
-		hw, hg = want.RunBlock(wb, hw, nil), got.RunBlock(gb, hg, nil)
+		params += wb.NumParams()
+		hw, hg = top.RunBlock(wb, hw, nil), got.RunBlock(gb, hg, nil)
 	}
-	lw, lg := want.Logits(hw), got.Logits(hg)
+	lw, lg := top.Logits(hw), got.Logits(hg)
 	if exact {
 		if !slices.Equal(lw, lg) {
-			return fmt.Errorf("float32 logits differ")
+			return 0, differs(fmt.Errorf("float32 logits differ"))
 		}
-		return nil
+		return params, nil
 	}
 	var num, den float64
 	for i := range lw {
@@ -462,9 +681,9 @@ func sameByBlock(want, got *model.Model, blocks int, block func(int) (*model.Blo
 		den += float64(lw[i]) * float64(lw[i])
 	}
 	if rel := math.Sqrt(num / max(den, 1e-30)); !(rel < 0.1) {
-		return fmt.Errorf("logits differ by %.3g (relative) after rounding", rel)
+		return 0, differs(fmt.Errorf("logits differ by %.3g (relative) after rounding", rel))
 	}
-	return nil
+	return params, nil
 }
 
 // sameLayers checks that block got, read back as layer i, has the layer

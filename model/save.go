@@ -42,17 +42,27 @@ var (
 	baseArch = map[string]string{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 )
 
+// SaveBlocks is Save for a model held one block at a time: m gives the
+// config, embeddings, final norm and LM head (its Blocks are not read), and
+// block(l) returns block l of n, read afresh on each call. Each block is read
+// twice, in order to plan the file's header and again when the data reaches
+// its tensors, and let go before the next is read, so the writer holds one
+// block whatever the depth. The files are those Save writes for the whole
+// model. Latent attention (MLA), whose layout is checked across all blocks,
+// is not streamed: Save it.
+func SaveBlocks(m *Model, n int, block func(l int) (*Block, error), dir string, dtype safetensors.DType) error {
+	return saveBlocks(m, n, block, dir, dtype, false)
+}
+
+// SavePaluBlocks is SavePalu for a model held one block at a time, as
+// SaveBlocks reads it.
+func SavePaluBlocks(m *Model, n int, block func(l int) (*Block, error), dir string, dtype safetensors.DType) error {
+	return saveBlocks(m, n, block, dir, dtype, true)
+}
+
 func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
-	if palu && paluArch[m.Config.ModelType] == "" {
-		return fmt.Errorf("save model: Palu's layout exists for llama, mistral and qwen2, not %q", m.Config.ModelType)
-	}
-	switch dtype {
-	case safetensors.F32, safetensors.F16, safetensors.BF16:
-	default:
-		return fmt.Errorf("save model: cannot write float tensors as %q (want F32, F16 or BF16)", string(dtype))
-	}
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return fmt.Errorf("save model: %w", err)
+	if err := checkSave(m, dtype, palu); err != nil {
+		return err
 	}
 	mla, err := mlaLayout(m)
 	if err != nil {
@@ -61,8 +71,10 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 	if palu && mla != nil {
 		return fmt.Errorf("save model: latent attention (MLA) has no place in Palu's layout")
 	}
-	s := &saver{c: m.Config, dtype: dtype, palu: palu, mla: mla != nil, ranks: map[string]int{},
-		grouped: map[string][]int{}, quantized: map[string]QuantSpec{}, latentBits: -1}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return fmt.Errorf("save model: %w", err)
+	}
+	s := newSaver(m.Config, dtype, palu, mla != nil)
 	if err := s.addTop(m); err != nil {
 		return err
 	}
@@ -75,6 +87,62 @@ func save(m *Model, dir string, dtype safetensors.DType, palu bool) error {
 		return err
 	}
 	return s.writeConfig(m, dir, mla)
+}
+
+func saveBlocks(m *Model, n int, block func(l int) (*Block, error), dir string, dtype safetensors.DType, palu bool) error {
+	if err := checkSave(m, dtype, palu); err != nil {
+		return err
+	}
+	if m.Config.MLA != nil {
+		return fmt.Errorf("save model: a model with latent attention (MLA) is saved whole (Save), not block by block")
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return fmt.Errorf("save model: %w", err)
+	}
+	s := newSaver(m.Config, dtype, palu, false)
+	if err := s.addTop(m); err != nil {
+		return err
+	}
+	// Each block is read twice (safetensors.WriteGroups): planning records
+	// what config.json says of its layers, writing needs only its tensors.
+	group := func(l int, plan bool) ([]safetensors.WriteTensor, error) {
+		b, err := block(l)
+		if err != nil {
+			return nil, err
+		}
+		if b.MLA != nil {
+			return nil, fmt.Errorf("save model: layer %d has latent attention (MLA), which is saved whole (Save), not block by block", l)
+		}
+		bs := s
+		if !plan {
+			bs = newSaver(m.Config, dtype, palu, false)
+		}
+		bs.tensors = nil
+		err = bs.addBlock(LayerPrefix(l), b)
+		return bs.tensors, err
+	}
+	if err := safetensors.WriteGroups(filepath.Join(dir, "model.safetensors"), s.tensors, n, group, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	return s.writeConfig(m, dir, nil)
+}
+
+// checkSave checks the layout and dtype asked for.
+func checkSave(m *Model, dtype safetensors.DType, palu bool) error {
+	if palu && paluArch[m.Config.ModelType] == "" {
+		return fmt.Errorf("save model: Palu's layout exists for llama, mistral and qwen2, not %q", m.Config.ModelType)
+	}
+	switch dtype {
+	case safetensors.F32, safetensors.F16, safetensors.BF16:
+	default:
+		return fmt.Errorf("save model: cannot write float tensors as %q (want F32, F16 or BF16)", string(dtype))
+	}
+	return nil
+}
+
+func newSaver(c *Config, dtype safetensors.DType, palu, mla bool) *saver {
+	return &saver{c: c, dtype: dtype, palu: palu, mla: mla, ranks: map[string]int{},
+		grouped: map[string][]int{}, quantized: map[string]QuantSpec{}, latentBits: -1}
 }
 
 // saver collects the tensors of a checkpoint and what its config.json must

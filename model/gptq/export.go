@@ -2,8 +2,8 @@ package gptq
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -25,107 +25,246 @@ const QuantizationConfigKey = "quantization_config"
 // (Mixtral, Qwen2-MoE) is written as GPTQModel writes it: each expert's
 // linears under their Hub names (model.layers.N.block_sparse_moe.experts.E.w2,
 // model.layers.N.mlp.experts.E.down_proj), quantized or dense, the router
-// (and Qwen2-MoE's shared expert and its gate) dense, and
+// and Qwen2-MoE's shared expert gate dense, and
 // modules_in_block_to_quantize naming the quantized linears. Every quantized layer must
 // have qc's bits and group size (−1: one group per output channel) and out
 // and in multiples of 32 (the v1 format's packing); a layer that does not
 // fit is an error naming it. Factored and Palu layers have no GPTQ layout:
 // Densify first.
 func Export(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConfig) error {
-	if err := qc.Validate(); err != nil {
-		return fmt.Errorf("export gptq: %w", err)
-	}
-	if err := m.Config.Unsupported(model.FeatureGPTQ); err != nil {
-		return fmt.Errorf("export gptq: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return fmt.Errorf("export gptq: %w", err)
-	}
-	c := m.Config
-	var tensors []safetensors.WriteTensor
-	add := func(name string, shape []int, v []float32) error {
-		if v == nil {
-			return nil
-		}
-		data, err := safetensors.EncodeFloat32(v, dtype)
-		if err != nil {
-			return fmt.Errorf("export gptq: tensor %q: %w", name, err)
-		}
-		tensors = append(tensors, safetensors.WriteTensor{Name: name, DType: dtype, Shape: shape, Data: data})
-		return nil
-	}
-	h := c.HiddenSize
-	if err := errors.Join(add("model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed), add("model.norm.weight", []int{h}, m.Norm)); err != nil {
+	ex, err := newExporter(m, dir, dtype, qc)
+	if err != nil {
 		return err
 	}
-	if !c.TieWordEmbeddings {
-		head, ok := m.LMHead.(*model.Dense)
-		if !ok {
-			return fmt.Errorf("export gptq: lm_head is %T, not dense", m.LMHead)
-		}
-		if err := add("lm_head.weight", []int{c.VocabSize, h}, head.Weight); err != nil {
-			return err
-		}
-	}
-	nq := 0
+	tensors := ex.top
 	var quantized [][]string // per block
 	for l, b := range m.Blocks {
-		if b.MLA != nil {
-			return fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
-		}
-		quantized = append(quantized, nil)
-		p := model.LayerPrefix(l)
-		if err := errors.Join(add(p+"input_layernorm.weight", []int{h}, b.AttnNorm), add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)); err != nil {
+		mods, err := ex.block(l, b, func(ts ...safetensors.WriteTensor) { tensors = append(tensors, ts...) })
+		if err != nil {
 			return err
 		}
-		var linears []blockLinear
-		for _, mod := range b.Modules() {
-			linears = append(linears, blockLinear{mod, *b.Linear(mod)})
-		}
-		if b.MoE != nil {
-			for _, x := range c.MoELinears(b, p) {
-				linears = append(linears, blockLinear{strings.TrimPrefix(x.Name, p), x.Layer})
-			}
-		}
-		for _, x := range linears {
-			ts, q, err := linearTensors(p+x.mod, x.l, qc, add)
-			if err != nil {
-				return err
-			}
-			tensors = append(tensors, ts...)
-			if q {
-				nq++
-				quantized[l] = append(quantized[l], x.mod)
-			}
-		}
+		quantized = append(quantized, mods)
 	}
-	if nq == 0 {
+	if len(slices.Concat(quantized...)) == 0 {
 		return fmt.Errorf("export gptq: the model has no quantized layer")
 	}
 	for l, mods := range quantized {
-		if err := sameQuantized(quantized[0], mods, l); err != nil {
+		if err := sameQuantized(quantized[0], l, mods); err != nil {
 			return err
 		}
 	}
-	if len(quantized[0]) < len(model.Modules) || c.MoE != nil {
-		// A mixture of experts always lists them: transformers would
-		// otherwise take its router (an nn.Linear) for a quantized layer.
-		qc.ModulesInBlockToQuantize = [][]string{quantized[0]}
-	}
 	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
 		return err
+	}
+	return ex.writeConfigs(quantized[0])
+}
+
+// ExportBlocks is Export for a model held one block at a time, as
+// model.SaveBlocks reads it: m gives the config, embeddings, final norm and
+// LM head (its Blocks are not read), and block(l) returns block l of n, read
+// afresh on each call (twice: to plan the header, then to write the block's
+// data). The files are those Export writes for the whole model.
+func ExportBlocks(m *model.Model, n int, block func(l int) (*model.Block, error), dir string, dtype safetensors.DType, qc QuantizeConfig) error {
+	ex, err := newExporter(m, dir, dtype, qc)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("export gptq: the model has no quantized layer")
+	}
+	var first []string // the linears block 0 quantizes, which every block must
+	group := func(l int, plan bool) ([]safetensors.WriteTensor, error) {
+		b, err := block(l)
+		if err != nil {
+			return nil, err
+		}
+		var tensors []safetensors.WriteTensor
+		mods, err := ex.block(l, b, func(ts ...safetensors.WriteTensor) { tensors = append(tensors, ts...) })
+		if err != nil || !plan {
+			return tensors, err
+		}
+		// Checked as the header is planned, before any data is written.
+		if l == 0 {
+			first = mods
+		}
+		if err := sameQuantized(first, l, mods); err != nil {
+			return nil, err
+		}
+		if l == n-1 && len(first) == 0 {
+			return nil, fmt.Errorf("export gptq: the model has no quantized layer")
+		}
+		return tensors, nil
+	}
+	if err := safetensors.WriteGroups(filepath.Join(dir, "model.safetensors"), ex.top, n, group, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	return ex.writeConfigs(first)
+}
+
+// sameQuantized checks that block l quantizes the linears block 0 does (a
+// GPTQ checkpoint's modules_in_block_to_quantize is one list for every
+// block), naming the first few that differ.
+func sameQuantized(first []string, l int, mods []string) error {
+	if slices.Equal(first, mods) {
+		return nil
+	}
+	var diff []string
+	for _, m := range first {
+		if !slices.Contains(mods, m) {
+			diff = append(diff, m+" (quantized in block 0 only)")
+		}
+	}
+	for _, m := range mods {
+		if !slices.Contains(first, m) {
+			diff = append(diff, fmt.Sprintf("%s (quantized in block %d only)", m, l))
+		}
+	}
+	if len(diff) > 4 {
+		diff = append(diff[:4], fmt.Sprintf("and %d more", len(diff)-4))
+	}
+	return fmt.Errorf("export gptq: blocks 0 and %d quantize different linears: %s; a GPTQ checkpoint quantizes the same linears in every block (an expert no calibration token reached is left dense: calibrate on more data, or export dense)", l, strings.Join(diff, ", "))
+}
+
+// exporter writes one GPTQ checkpoint: top holds the tensors outside the
+// blocks.
+type exporter struct {
+	c     *model.Config
+	dir   string
+	dtype safetensors.DType
+	qc    QuantizeConfig
+	top   []safetensors.WriteTensor
+}
+
+// newExporter checks the options, creates dir and lays out the embeddings,
+// final norm and untied LM head of m.
+func newExporter(m *model.Model, dir string, dtype safetensors.DType, qc QuantizeConfig) (*exporter, error) {
+	if err := qc.Validate(); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	if err := m.Config.Unsupported(model.FeatureGPTQ); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	if _, err := safetensors.EncodeFloat32(nil, dtype); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("export gptq: %w", err)
+	}
+	c := m.Config
+	ex := &exporter{c: c, dir: dir, dtype: dtype, qc: qc}
+	put := func(ts ...safetensors.WriteTensor) { ex.top = append(ex.top, ts...) }
+	h := c.HiddenSize
+	ex.add(put, "model.embed_tokens.weight", []int{c.VocabSize, h}, m.Embed)
+	ex.add(put, "model.norm.weight", []int{h}, m.Norm)
+	if !c.TieWordEmbeddings {
+		head, ok := m.LMHead.(*model.Dense)
+		if !ok {
+			return nil, fmt.Errorf("export gptq: lm_head is %T, not dense", m.LMHead)
+		}
+		ex.add(put, "lm_head.weight", []int{c.VocabSize, h}, head.Weight)
+	}
+	return ex, nil
+}
+
+// add puts float tensor name, converted to the checkpoint's dtype as it is
+// written; nil puts nothing.
+func (ex *exporter) add(put func(...safetensors.WriteTensor), name string, shape []int, v []float32) {
+	if v != nil {
+		dt := ex.dtype
+		put(safetensors.WriteTensor{Name: name, DType: dt, Shape: shape,
+			Fill: func(w io.Writer) error { return safetensors.WriteFloat32(w, v, dt) }})
+	}
+}
+
+// writeConfigs writes quantize_config.json and config.json for a checkpoint
+// whose blocks quantize the linears mods.
+func (ex *exporter) writeConfigs(mods []string) error {
+	qc := ex.qc
+	if len(mods) < len(model.Modules) || ex.c.MoE != nil {
+		// A mixture of experts always lists them: transformers would
+		// otherwise take its router (an nn.Linear) for a quantized layer.
+		qc.ModulesInBlockToQuantize = [][]string{mods}
 	}
 	qj, err := json.MarshalIndent(qc, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := model.WriteFileAtomic(filepath.Join(dir, "quantize_config.json"), append(qj, '\n')); err != nil {
+	if err := model.WriteFileAtomic(filepath.Join(ex.dir, "quantize_config.json"), append(qj, '\n')); err != nil {
 		return err
 	}
-	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[dtype]
-	set := c.DTypeSettings(torch) // torch_dtype or dtype, as the source had it
+	torch := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16"}[ex.dtype]
+	set := ex.c.DTypeSettings(torch) // torch_dtype or dtype, as the source had it
 	set[QuantizationConfigKey], set[model.NativeSection] = qc, nil
-	return model.WriteConfig(dir, c, set)
+	return model.WriteConfig(ex.dir, ex.c, set)
+}
+
+// block puts the tensors of block l and returns the linears it quantizes.
+func (ex *exporter) block(l int, b *model.Block, put func(...safetensors.WriteTensor)) ([]string, error) {
+	h := ex.c.HiddenSize
+	add := func(name string, shape []int, v []float32) { ex.add(put, name, shape, v) }
+	if b.MLA != nil {
+		return nil, fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
+	}
+	p := model.LayerPrefix(l)
+	add(p+"input_layernorm.weight", []int{h}, b.AttnNorm)
+	add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)
+	linears := []blockLinear{}
+	for _, mod := range b.Modules() {
+		linears = append(linears, blockLinear{mod, *b.Linear(mod)})
+	}
+	if b.MoE != nil {
+		for _, x := range ex.c.MoELinears(b, p) {
+			linears = append(linears, blockLinear{strings.TrimPrefix(x.Name, p), x.Layer})
+		}
+	}
+	var quantized []string
+	for _, x := range linears {
+		q, err := ex.linear(put, p+x.mod, x.l)
+		if err != nil {
+			return nil, err
+		}
+		if q {
+			quantized = append(quantized, x.mod)
+		}
+	}
+	return quantized, nil
+}
+
+// blockLinear is a linear of a block by its name inside the block
+// (self_attn.q_proj, block_sparse_moe.experts.0.w1).
+type blockLinear struct {
+	mod string
+	l   model.Linear
+}
+
+// linear puts the tensors of linear name: packed when it is quantized (q
+// reports so), else its weight and bias in the checkpoint's dtype.
+func (ex *exporter) linear(put func(...safetensors.WriteTensor), name string, l model.Linear) (q bool, err error) {
+	qc := ex.qc
+	switch d := l.(type) {
+	case *model.Dense:
+		ex.add(put, name+".weight", []int{d.Out(), d.In()}, d.Weight)
+		ex.add(put, name+".bias", []int{d.Out()}, d.Bias)
+		return false, nil
+	case *model.Quantized:
+		if d.Bits != qc.Bits {
+			return false, fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
+		}
+		if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
+			return false, fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
+		}
+		pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
+		if err != nil {
+			return false, fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
+		}
+		put(pk.Tensors(name)...)
+		if d.Bias != nil {
+			data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
+			put(safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
+		}
+		return true, nil
+	}
+	return false, fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, l)
 }
 
 // IsCheckpoint reports whether dir's config.json has a GPTQ
@@ -149,6 +288,39 @@ func IsCheckpoint(dir string) bool {
 // one with a weight tensor is dense. Tensors that are neither expected nor
 // buffers are an error.
 func Load(dir string, k kernels.Backend) (*model.Model, error) {
+	r, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	m, err := r.Model(k)
+	if err != nil {
+		return nil, err
+	}
+	for l := range r.Config.NumLayers {
+		b, err := r.Block(l)
+		if err != nil {
+			return nil, err
+		}
+		m.Blocks = append(m.Blocks, b)
+	}
+	if err := r.CheckUnused(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Reader reads a GPTQ v1 checkpoint one block at a time, as Load reads it
+// whole: Model reads the embeddings, final norm and LM head, Block one
+// block, and CheckUnused, once every block has been read, refuses a tensor
+// none of them claimed.
+type Reader struct {
+	Config *model.Config
+	r      *reader
+}
+
+// Open opens the GPTQ checkpoint in dir; Close releases its files.
+func Open(dir string) (*Reader, error) {
 	cfg, err := model.ReadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -161,39 +333,55 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ck.Close()
-	r := &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}
+	return &Reader{Config: cfg, r: &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}}, nil
+}
+
+// Close unmaps the checkpoint's files; the tensors read stay valid.
+func (r *Reader) Close() error { return r.r.ck.Close() }
+
+// Model returns the model's embeddings, final norm and LM head, with no
+// blocks.
+func (r *Reader) Model(k kernels.Backend) (*model.Model, error) {
+	cfg := r.Config
 	h, vocab := cfg.HiddenSize, cfg.VocabSize
 	m := &model.Model{Config: cfg, Backend: k}
-	if m.Embed, err = r.get("model.embed_tokens.weight", vocab, h); err != nil {
+	var err error
+	if m.Embed, err = r.r.get("model.embed_tokens.weight", vocab, h); err != nil {
 		return nil, err
 	}
-	if m.Norm, err = r.get("model.norm.weight", h); err != nil {
+	if m.Norm, err = r.r.get("model.norm.weight", h); err != nil {
 		return nil, err
 	}
 	if cfg.TieWordEmbeddings {
 		m.LMHead = model.NewDense(vocab, h, m.Embed, nil)
-		r.used["lm_head.weight"] = true
+		r.r.used["lm_head.weight"] = true
 	} else {
-		head, err := r.get("lm_head.weight", vocab, h)
+		head, err := r.r.get("lm_head.weight", vocab, h)
 		if err != nil {
 			return nil, err
 		}
 		m.LMHead = model.NewDense(vocab, h, head, nil)
 	}
-	for l := range cfg.NumLayers {
-		b, err := r.block(cfg, l)
-		if err != nil {
-			return nil, err
-		}
-		m.Blocks = append(m.Blocks, b)
-	}
-	for _, name := range ck.Names() {
-		if !r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
-			return nil, fmt.Errorf("load gptq: %s: unexpected tensor %q", dir, name)
-		}
-	}
 	return m, nil
+}
+
+// Block reads block l.
+func (r *Reader) Block(l int) (*model.Block, error) {
+	if l < 0 || l >= r.Config.NumLayers {
+		return nil, fmt.Errorf("load gptq: %s: block %d of a model with %d", r.r.dir, l, r.Config.NumLayers)
+	}
+	return r.r.block(r.Config, l)
+}
+
+// CheckUnused fails on a tensor that neither Model nor Block read and that
+// is not a buffer.
+func (r *Reader) CheckUnused() error {
+	for _, name := range r.r.ck.Names() {
+		if !r.r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
+			return fmt.Errorf("load gptq: %s: unexpected tensor %q", r.r.dir, name)
+		}
+	}
+	return nil
 }
 
 // quantizeConfig reads and checks config.json's quantization_config, and
@@ -357,62 +545,4 @@ func equalShape(a, b []int) bool {
 		}
 	}
 	return true
-}
-
-// blockLinear is a linear of a block by its name inside the block
-// (self_attn.q_proj, block_sparse_moe.experts.0.w1).
-type blockLinear struct {
-	mod string
-	l   model.Linear
-}
-
-// linearTensors returns the tensors of linear name: packed when it is
-// quantized (q reports so), else its weight and bias added through add.
-func linearTensors(name string, l model.Linear, qc QuantizeConfig, add func(string, []int, []float32) error) (ts []safetensors.WriteTensor, q bool, err error) {
-	switch d := l.(type) {
-	case *model.Dense:
-		return nil, false, errors.Join(add(name+".weight", []int{d.Out(), d.In()}, d.Weight), add(name+".bias", []int{d.Out()}, d.Bias))
-	case *model.Quantized:
-		if d.Bits != qc.Bits {
-			return nil, false, fmt.Errorf("export gptq: %s has %d bits, the checkpoint %d", name, d.Bits, qc.Bits)
-		}
-		if gs := d.In() / d.Groups(); (qc.GroupSize == -1 && d.Groups() != 1) || (qc.GroupSize > 0 && (d.Groups()*qc.GroupSize != d.In())) {
-			return nil, false, fmt.Errorf("export gptq: %s has %d groups of %d columns, the checkpoint group_size %d", name, d.Groups(), gs, qc.GroupSize)
-		}
-		pk, err := Pack(&Layer{Bits: d.Bits, Out: d.Out(), In: d.In(), Q: d.Q, Scales: d.Scales, Zeros: d.Zeros, GIdx: d.GIdx})
-		if err != nil {
-			return nil, false, fmt.Errorf("export gptq: %s (%d×%d): %w (keep this layer unquantized, e.g. target only layers whose sizes are multiples of 32)", name, d.Out(), d.In(), err)
-		}
-		ts = pk.Tensors(name)
-		if d.Bias != nil {
-			data, _ := safetensors.EncodeFloat32(d.Bias, safetensors.F16)
-			ts = append(ts, safetensors.WriteTensor{Name: name + ".bias", DType: safetensors.F16, Shape: []int{d.Out()}, Data: data})
-		}
-		return ts, true, nil
-	}
-	return nil, false, fmt.Errorf("export gptq: %s is %T, which has no GPTQ layout (densify it first)", name, l)
-}
-
-// sameQuantized checks that block l quantizes the linears block 0 does (a
-// GPTQ checkpoint's modules_in_block_to_quantize is one list for every
-// block), naming the first few that differ.
-func sameQuantized(first, mods []string, l int) error {
-	if slices.Equal(first, mods) {
-		return nil
-	}
-	var diff []string
-	for _, m := range first {
-		if !slices.Contains(mods, m) {
-			diff = append(diff, m+" (quantized in block 0 only)")
-		}
-	}
-	for _, m := range mods {
-		if !slices.Contains(first, m) {
-			diff = append(diff, fmt.Sprintf("%s (quantized in block %d only)", m, l))
-		}
-	}
-	if len(diff) > 4 {
-		diff = append(diff[:4], fmt.Sprintf("and %d more", len(diff)-4))
-	}
-	return fmt.Errorf("export gptq: blocks 0 and %d quantize different linears: %s; a GPTQ checkpoint quantizes the same linears in every block (an expert no calibration token reached is left dense: calibrate on more data, or export dense)", l, strings.Join(diff, ", "))
 }

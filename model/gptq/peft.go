@@ -198,19 +198,37 @@ func ReadAdapter(dir string) ([]Adapter, *AdapterConfig, error) {
 // ApplyAdapters returns a copy of m whose adapted layers compute
 // W_c x + B A x (the layers are wrapped, m is not modified).
 func ApplyAdapters(m *model.Model, adapters []Adapter) (*model.Model, error) {
+	for _, a := range adapters {
+		if layer, _, ok := model.ParseModuleName(a.Module); !ok || layer >= len(m.Blocks) {
+			return nil, fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, len(m.Blocks))
+		}
+	}
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	for i, b := range m.Blocks {
-		nb := *b
-		nb.MoE = b.MoE.Clone() // an adapted expert must not change m's
-		out.Blocks[i] = &nb
+		var err error
+		if out.Blocks[i], err = ApplyBlockAdapters(i, b, adapters); err != nil {
+			return nil, err
+		}
 	}
+	return &out, nil
+}
+
+// ApplyBlockAdapters returns a copy of block b, layer l of its model, whose
+// layers adapted in adapters (the others' are skipped) compute
+// W_c x + B A x; b is not modified.
+func ApplyBlockAdapters(l int, b *model.Block, adapters []Adapter) (*model.Block, error) {
+	nb := *b
+	nb.MoE = b.MoE.Clone() // an adapted expert must not change b's
 	for _, a := range adapters {
 		layer, mod, ok := model.ParseModuleName(a.Module)
-		if !ok || layer >= len(m.Blocks) {
-			return nil, fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, len(m.Blocks))
+		if !ok {
+			return nil, fmt.Errorf("adapter for %q: not a layer of this model", a.Module)
 		}
-		p := out.Blocks[layer].Linear(mod)
+		if layer != l {
+			continue
+		}
+		p := nb.Linear(mod)
 		if p == nil {
 			return nil, fmt.Errorf("adapter for %q: unknown module %q", a.Module, mod)
 		}
@@ -219,5 +237,5 @@ func ApplyAdapters(m *model.Model, adapters []Adapter) (*model.Model, error) {
 		}
 		*p = &Adapted{Base: *p, A: a.A, B: a.B}
 	}
-	return &out, nil
+	return &nb, nil
 }

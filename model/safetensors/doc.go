@@ -43,6 +43,8 @@
 // aligned; the same input always gives the same bytes. A tensor's bytes come
 // from [WriteTensor].Data or, for tensors too large to hold, from a Fill
 // callback that must write exactly the declared number of bytes.
+// [WriteGroups] writes the same file from groups of tensors (a model's
+// blocks) built one at a time, so that a writer holds one group, not all.
 //
 // # 16-bit floats
 //
