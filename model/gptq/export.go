@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
@@ -147,53 +146,25 @@ func IsCheckpoint(dir string) bool {
 
 // Load reads a GPTQ v1 checkpoint (as Export writes it, or as GPTQModel and
 // AutoGPTQ write it for a Llama-family model) into a model whose quantized
-// linears are model.Quantized. A linear with a qweight tensor is quantized;
+// linears are model.Quantized (Open reads it one block at a time). A linear with a qweight tensor is quantized;
 // one with a weight tensor is dense. Tensors that are neither expected nor
 // buffers are an error.
 func Load(dir string, k kernels.Backend) (*model.Model, error) {
-	cfg, err := model.ReadConfig(dir)
+	r, err := Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	qc, err := quantizeConfig(dir, cfg)
+	defer r.Close()
+	m, err := r.Model(k)
 	if err != nil {
 		return nil, err
 	}
-	ck, err := safetensors.OpenDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer ck.Close()
-	r := &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}
-	h, vocab := cfg.HiddenSize, cfg.VocabSize
-	m := &model.Model{Config: cfg, Backend: k}
-	if m.Embed, err = r.get("model.embed_tokens.weight", vocab, h); err != nil {
-		return nil, err
-	}
-	if m.Norm, err = r.get("model.norm.weight", h); err != nil {
-		return nil, err
-	}
-	if cfg.TieWordEmbeddings {
-		m.LMHead = model.NewDense(vocab, h, m.Embed, nil)
-		r.used["lm_head.weight"] = true
-	} else {
-		head, err := r.get("lm_head.weight", vocab, h)
-		if err != nil {
-			return nil, err
-		}
-		m.LMHead = model.NewDense(vocab, h, head, nil)
-	}
-	for l := range cfg.NumLayers {
-		b, err := r.block(cfg, l)
+	for l := range r.Config.NumLayers {
+		b, err := r.Block(l)
 		if err != nil {
 			return nil, err
 		}
 		m.Blocks = append(m.Blocks, b)
-	}
-	for _, name := range ck.Names() {
-		if !r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
-			return nil, fmt.Errorf("load gptq: %s: unexpected tensor %q", dir, name)
-		}
 	}
 	return m, nil
 }
