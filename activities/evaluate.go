@@ -146,17 +146,10 @@ func (a *Activities) compare(ctx context.Context, set func(Progress), job recipe
 }
 
 // openExport opens an exported checkpoint to be read one block at a time
-// (model.Open), with its EoRA adapter, when present, applied to each block
-// as it is read; done closes its files. A GPTQ checkpoint is read whole
-// (LoadExport): gptq.Load has no per-block reader yet.
+// (gptq.Open for a GPTQ one, model.Open for any other), with its EoRA
+// adapter, when present, applied to each block as it is read; done closes
+// its files.
 func openExport(dir string, k kernels.Backend) (src eval.Source, done func(), err error) {
-	if gptq.IsCheckpoint(dir) {
-		m, err := LoadExport(dir, k)
-		if err != nil {
-			return src, nil, err
-		}
-		return eval.Whole(m), func() {}, nil
-	}
 	var adapters []gptq.Adapter
 	adir := filepath.Join(dir, AdapterDir)
 	if _, err := os.Stat(filepath.Join(adir, "adapter_config.json")); err == nil {
@@ -164,7 +157,12 @@ func openExport(dir string, k kernels.Backend) (src eval.Source, done func(), er
 			return src, nil, err
 		}
 	}
-	r, err := model.Open(dir)
+	var r blockReader
+	if gptq.IsCheckpoint(dir) {
+		r, err = gptq.Open(dir)
+	} else {
+		r, err = model.Open(dir)
+	}
 	if err != nil {
 		return src, nil, err
 	}
@@ -173,18 +171,23 @@ func openExport(dir string, k kernels.Backend) (src eval.Source, done func(), er
 		r.Close()
 		return src, nil, err
 	}
-	src = eval.Reader(r, top)
-	if len(adapters) > 0 {
-		layers := r.Config.NumLayers
-		src.Block = func(l int) (*model.Block, error) {
-			b, err := r.Block(l)
-			if err != nil {
-				return nil, err
-			}
-			return gptq.ApplyBlockAdapters(b, l, layers, adapters)
+	layers := top.Config.NumLayers
+	src = eval.Source{Top: top, Block: func(l int) (*model.Block, error) {
+		b, err := r.Block(l)
+		if err != nil || len(adapters) == 0 {
+			return b, err
 		}
-	}
+		return gptq.ApplyBlockAdapters(b, l, layers, adapters)
+	}}
 	return src, func() { r.Close() }, nil
+}
+
+// blockReader is a checkpoint read one block at a time: *model.Reader or
+// *gptq.Reader.
+type blockReader interface {
+	Model(k kernels.Backend) (*model.Model, error)
+	Block(l int) (*model.Block, error)
+	Close() error
 }
 
 // size sums the parameters and KV cache bytes per token of the blocks a

@@ -20,18 +20,6 @@ type Source struct {
 	Block func(l int) (*model.Block, error)
 }
 
-// Whole serves the blocks of a model held in memory.
-func Whole(m *model.Model) Source {
-	top := *m
-	top.Blocks = nil
-	return Source{Top: &top, Block: func(l int) (*model.Block, error) {
-		if l < 0 || l >= len(m.Blocks) || m.Blocks[l] == nil {
-			return nil, fmt.Errorf("block %d of a model with %d blocks is not loaded", l, len(m.Blocks))
-		}
-		return m.Blocks[l], nil
-	}}
-}
-
 // Reader reads the blocks of r (model.Open) on demand, in float32.
 func Reader(r *model.Reader, top *model.Model) Source {
 	return Source{Top: top, Block: r.Block}
