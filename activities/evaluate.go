@@ -127,7 +127,7 @@ func (a *Activities) compare(ctx context.Context, set func(Progress), job recipe
 		return nil, nil, data, err
 	}
 	o := eval.Options{OnBlock: func(l int) error {
-		set(Progress{Stage: "evaluate", Phase: "blocks", Done: fmt.Sprintf("block %d of %d", l+1, orig.Top.Config.NumLayers)})
+		set(Progress{Stage: "evaluate", Block: l, Phase: "blocks", Done: fmt.Sprintf("block %d of %d", l+1, orig.Top.Config.NumLayers)})
 		return canceled(ctx)
 	}}
 	r, b, err := eval.Compare(comp, orig, ds, n, o)
