@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	"github.com/rankzip/rankzip/eval"
 	"github.com/rankzip/rankzip/kernels"
@@ -68,6 +69,10 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (Quality, e
 		if err := checkInputs(job.Model); err != nil {
 			return err
 		}
+		// The export before this held whole models: return that garbage to
+		// the OS now, or this step's reads stack on top of it and set the
+		// job's peak memory.
+		debug.FreeOSMemory()
 		or, err := model.Open(job.Recipe.Model)
 		if err != nil {
 			return inputError(fmt.Errorf("load model: %w", err))
