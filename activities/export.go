@@ -592,18 +592,13 @@ func checkExport(dir string, m byBlock, exact bool) (int64, error) {
 		if err != nil {
 			return 0, loadErr(err)
 		}
-		for _, a := range adapters {
-			if l, _, ok := model.ParseModuleName(a.Module); !ok || l >= n {
-				return 0, loadErr(fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, n))
-			}
-		}
 		base := block
 		block = func(i int) (*model.Block, error) {
 			b, err := base(i)
 			if err != nil {
 				return nil, err
 			}
-			return gptq.ApplyBlockAdapters(i, b, adapters)
+			return gptq.ApplyBlockAdapters(b, i, n, adapters)
 		}
 	}
 	got, err := top(m.top.Backend)

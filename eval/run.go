@@ -1,11 +1,9 @@
 package eval
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 
 	"github.com/rankzip/rankzip/calib"
@@ -17,14 +15,14 @@ var errEnough = errors.New("enough sequences")
 // Evaluate scores m on the first n sequences of ds (every sequence when
 // n ≤ 0), one sequence at a time. With base it also compares against the
 // baseline model. dump, if not nil, receives m's logits as float32
-// little-endian, [sequences × positions × vocab] in row order.
+// little-endian, [sequences × positions × vocab] in row order. It holds
+// both models whole; Compare gives the same reports one block at a time.
 func Evaluate(m, base *model.Model, ds *calib.Dataset, n int, dump io.Writer) (Report, error) {
 	vocab := m.Config.VocabSize
 	if base != nil && base.Config.VocabSize != vocab {
 		return Report{}, fmt.Errorf("baseline vocabulary %d differs from the model's %d", base.Config.VocabSize, vocab)
 	}
 	acc := NewAccumulator(vocab)
-	var buf []byte
 	err := ds.Each(func(row int64, ids []int32) error {
 		if n > 0 && row >= int64(n) {
 			return errEnough
@@ -44,13 +42,7 @@ func Evaluate(m, base *model.Model, ds *calib.Dataset, n int, dump io.Writer) (R
 			return fmt.Errorf("%s row %d: %w", ds.Path(), row, err)
 		}
 		if dump != nil {
-			buf = slices.Grow(buf[:0], 4*len(logits))[:4*len(logits)]
-			for i, v := range logits {
-				binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v))
-			}
-			if _, err := dump.Write(buf); err != nil {
-				return fmt.Errorf("write logits: %w", err)
-			}
+			return dumpLogits(dump, logits)
 		}
 		return nil
 	})

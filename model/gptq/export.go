@@ -284,7 +284,8 @@ func IsCheckpoint(dir string) bool {
 
 // Load reads a GPTQ v1 checkpoint (as Export writes it, or as GPTQModel and
 // AutoGPTQ write it for a Llama-family model or a Mixtral or Qwen2-MoE one)
-// into a model whose quantized linears are model.Quantized. A linear with a qweight tensor is quantized;
+// into a model whose quantized linears are model.Quantized (Open reads it
+// one block at a time). A linear with a qweight tensor is quantized;
 // one with a weight tensor is dense. Tensors that are neither expected nor
 // buffers are an error.
 func Load(dir string, k kernels.Backend) (*model.Model, error) {
@@ -304,84 +305,7 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 		}
 		m.Blocks = append(m.Blocks, b)
 	}
-	if err := r.CheckUnused(); err != nil {
-		return nil, err
-	}
 	return m, nil
-}
-
-// Reader reads a GPTQ v1 checkpoint one block at a time, as Load reads it
-// whole: Model reads the embeddings, final norm and LM head, Block one
-// block, and CheckUnused, once every block has been read, refuses a tensor
-// none of them claimed.
-type Reader struct {
-	Config *model.Config
-	r      *reader
-}
-
-// Open opens the GPTQ checkpoint in dir; Close releases its files.
-func Open(dir string) (*Reader, error) {
-	cfg, err := model.ReadConfig(dir)
-	if err != nil {
-		return nil, err
-	}
-	qc, err := quantizeConfig(dir, cfg)
-	if err != nil {
-		return nil, err
-	}
-	ck, err := safetensors.OpenDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	return &Reader{Config: cfg, r: &reader{ck: ck, dir: dir, bits: qc.Bits, used: map[string]bool{}}}, nil
-}
-
-// Close unmaps the checkpoint's files; the tensors read stay valid.
-func (r *Reader) Close() error { return r.r.ck.Close() }
-
-// Model returns the model's embeddings, final norm and LM head, with no
-// blocks.
-func (r *Reader) Model(k kernels.Backend) (*model.Model, error) {
-	cfg := r.Config
-	h, vocab := cfg.HiddenSize, cfg.VocabSize
-	m := &model.Model{Config: cfg, Backend: k}
-	var err error
-	if m.Embed, err = r.r.get("model.embed_tokens.weight", vocab, h); err != nil {
-		return nil, err
-	}
-	if m.Norm, err = r.r.get("model.norm.weight", h); err != nil {
-		return nil, err
-	}
-	if cfg.TieWordEmbeddings {
-		m.LMHead = model.NewDense(vocab, h, m.Embed, nil)
-		r.r.used["lm_head.weight"] = true
-	} else {
-		head, err := r.r.get("lm_head.weight", vocab, h)
-		if err != nil {
-			return nil, err
-		}
-		m.LMHead = model.NewDense(vocab, h, head, nil)
-	}
-	return m, nil
-}
-
-// Block reads block l.
-func (r *Reader) Block(l int) (*model.Block, error) {
-	if l < 0 || l >= r.Config.NumLayers {
-		return nil, fmt.Errorf("load gptq: %s: block %d of a model with %d", r.r.dir, l, r.Config.NumLayers)
-	}
-	return r.r.block(r.Config, l)
-}
-
-// CheckUnused fails on a tensor that neither Model nor Block read and that
-// is not a buffer.
-func (r *Reader) CheckUnused() error {
-	for _, name := range r.r.ck.Names() {
-		if !r.r.used[name] && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
-			return fmt.Errorf("load gptq: %s: unexpected tensor %q", r.r.dir, name)
-		}
-	}
-	return nil
 }
 
 // quantizeConfig reads and checks config.json's quantization_config, and

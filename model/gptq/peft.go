@@ -198,34 +198,35 @@ func ReadAdapter(dir string) ([]Adapter, *AdapterConfig, error) {
 // ApplyAdapters returns a copy of m whose adapted layers compute
 // W_c x + B A x (the layers are wrapped, m is not modified).
 func ApplyAdapters(m *model.Model, adapters []Adapter) (*model.Model, error) {
-	for _, a := range adapters {
-		if layer, _, ok := model.ParseModuleName(a.Module); !ok || layer >= len(m.Blocks) {
-			return nil, fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, len(m.Blocks))
-		}
+	if err := checkAdapterLayers(adapters, len(m.Blocks)); err != nil {
+		return nil, err
 	}
 	out := *m
 	out.Blocks = make([]*model.Block, len(m.Blocks))
 	for i, b := range m.Blocks {
-		var err error
-		if out.Blocks[i], err = ApplyBlockAdapters(i, b, adapters); err != nil {
+		nb, err := ApplyBlockAdapters(b, i, len(m.Blocks), adapters)
+		if err != nil {
 			return nil, err
 		}
+		out.Blocks[i] = nb
 	}
 	return &out, nil
 }
 
-// ApplyBlockAdapters returns a copy of block b, layer l of its model, whose
-// layers adapted in adapters (the others' are skipped) compute
-// W_c x + B A x; b is not modified.
-func ApplyBlockAdapters(l int, b *model.Block, adapters []Adapter) (*model.Block, error) {
+// ApplyBlockAdapters returns a copy of block layer of a model with layers
+// blocks, its adapted layers wrapped as ApplyAdapters wraps them (b is not
+// modified): the form for a model read one block at a time. Adapters of
+// other layers are checked to be layers of the model and otherwise left
+// for their block.
+func ApplyBlockAdapters(b *model.Block, layer, layers int, adapters []Adapter) (*model.Block, error) {
+	if err := checkAdapterLayers(adapters, layers); err != nil {
+		return nil, err
+	}
 	nb := *b
 	nb.MoE = b.MoE.Clone() // an adapted expert must not change b's
 	for _, a := range adapters {
-		layer, mod, ok := model.ParseModuleName(a.Module)
-		if !ok {
-			return nil, fmt.Errorf("adapter for %q: not a layer of this model", a.Module)
-		}
-		if layer != l {
+		l, mod, _ := model.ParseModuleName(a.Module)
+		if l != layer {
 			continue
 		}
 		p := nb.Linear(mod)
@@ -238,4 +239,15 @@ func ApplyBlockAdapters(l int, b *model.Block, adapters []Adapter) (*model.Block
 		*p = &Adapted{Base: *p, A: a.A, B: a.B}
 	}
 	return &nb, nil
+}
+
+// checkAdapterLayers fails on an adapter that names no layer of a model
+// with layers blocks.
+func checkAdapterLayers(adapters []Adapter, layers int) error {
+	for _, a := range adapters {
+		if l, _, ok := model.ParseModuleName(a.Module); !ok || l >= layers {
+			return fmt.Errorf("adapter for %q: not a layer of this %d-layer model", a.Module, layers)
+		}
+	}
+	return nil
 }
