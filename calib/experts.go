@@ -75,12 +75,7 @@ func (p *Pass) Experts(down bool) ([]*SiteStats, error) {
 				return nil, err
 			}
 		}
-		if p.once {
-			p.drop(i)
-		} else if err := p.pause(i); err != nil {
-			return nil, err
-		}
-		if err := p.done(i); err != nil {
+		if err := p.leave(i); err != nil {
 			return nil, err
 		}
 	}

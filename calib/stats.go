@@ -227,6 +227,18 @@ func (p *Pass) runs(i int) (orig, comp *model.BlockRun) {
 	return p.origRuns[i], comp
 }
 
+// leave ends a site's work on batch i: its state goes when the pass runs
+// once, else it stays paused at the site (spilled with the streams), and
+// the batch counts as done.
+func (p *Pass) leave(i int) error {
+	if p.once {
+		p.drop(i)
+	} else if err := p.pause(i); err != nil {
+		return err
+	}
+	return p.done(i)
+}
+
 // drop lets batch i's state go.
 func (p *Pass) drop(i int) {
 	p.origRuns[i] = nil
@@ -323,12 +335,7 @@ func (p *Pass) Stats(site model.Site) (*SiteStats, error) {
 				return nil, err
 			}
 		}
-		if p.once {
-			p.drop(i)
-		} else if err := p.pause(i); err != nil {
-			return nil, err
-		}
-		if err := p.done(i); err != nil {
+		if err := p.leave(i); err != nil {
 			return nil, err
 		}
 	}

@@ -21,19 +21,7 @@ func fisherImportance(ctx context.Context, m *model.Model, seqs [][]int32, batch
 	for i := range imp {
 		imp[i] = make([]float64, groups)
 	}
-	used := 0
-	for lo := 0; lo < len(seqs); lo += batch {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		b := seqs[lo:min(len(seqs), lo+batch)]
-		if !slices.ContainsFunc(b, func(s []int32) bool { return len(s) > 1 }) {
-			continue // no token to predict in this batch
-		}
-		g, err := m.Backward(b, names)
-		if err != nil {
-			return nil, fmt.Errorf("fisher rank search: %w", err)
-		}
+	_, err := eachBackward(ctx, m, seqs, batch, names, "fisher rank search", func(g *model.Gradients) {
 		for i, name := range names {
 			w := g.Grads[name].Weight
 			per := len(w) / groups // a group's rows are contiguous in the out×in layout
@@ -45,12 +33,39 @@ func fisherImportance(ctx context.Context, m *model.Model, seqs [][]int32, batch
 				imp[i][j] += s
 			}
 		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return imp, nil
+}
+
+// eachBackward runs the backward pass of the original model m over seqs,
+// batch sequences at a time, for the weights names, and hands each batch's
+// gradients to add; batches with no token to predict are skipped, and it
+// is an error (named after what) when every batch is. It returns the
+// number of batches used.
+func eachBackward(ctx context.Context, m *model.Model, seqs [][]int32, batch int, names []string, what string, add func(*model.Gradients)) (int, error) {
+	used := 0
+	for lo := 0; lo < len(seqs); lo += batch {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		b := seqs[lo:min(len(seqs), lo+batch)]
+		if !slices.ContainsFunc(b, func(s []int32) bool { return len(s) > 1 }) {
+			continue // no token to predict in this batch
+		}
+		g, err := m.Backward(b, names)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+		add(g)
 		used++
 	}
 	if used == 0 {
-		return nil, fmt.Errorf("fisher rank search: no calibration sequence has two tokens")
+		return 0, fmt.Errorf("%s: no calibration sequence has two tokens", what)
 	}
-	return imp, nil
+	return used, nil
 }
 
 // fisherRanks allocates the uniform search's total rank over the groups in

@@ -98,19 +98,7 @@ func candidateRanks(mt rank.Matrix) []int {
 // token.
 func weightFisher(ctx context.Context, m *model.Model, seqs [][]int32, batch int, names []string) ([][]float64, error) {
 	fisher := make([][]float64, len(names))
-	used := 0
-	for lo := 0; lo < len(seqs); lo += batch {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		b := seqs[lo:min(len(seqs), lo+batch)]
-		if !slices.ContainsFunc(b, func(s []int32) bool { return len(s) > 1 }) {
-			continue // no token to predict in this batch
-		}
-		g, err := m.Backward(b, names)
-		if err != nil {
-			return nil, fmt.Errorf("rank_search fisher: %w", err)
-		}
+	used, err := eachBackward(ctx, m, seqs, batch, names, "rank_search fisher", func(g *model.Gradients) {
 		n := float64(g.Tokens)
 		for i, name := range names {
 			w := g.Grads[name].Weight
@@ -121,10 +109,9 @@ func weightFisher(ctx context.Context, m *model.Model, seqs [][]int32, batch int
 				fisher[i][k] += n * float64(x) * float64(x)
 			}
 		}
-		used++
-	}
-	if used == 0 {
-		return nil, fmt.Errorf("rank_search fisher: no calibration sequence has two tokens")
+	})
+	if err != nil {
+		return nil, err
 	}
 	for _, f := range fisher {
 		for k := range f {
