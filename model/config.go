@@ -176,11 +176,29 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		}
 	}
 	deepseek := strings.HasPrefix(c.ModelType, "deepseek_")
+	p.heads(c, a, deepseek)
+	if !(c.RMSNormEps > 0) {
+		p.fail("rms_norm_eps", fmt.Errorf("must be positive, got %v", c.RMSNormEps))
+	}
+	p.biasesAndWindow(c, deepseek)
+	if a.parse != nil {
+		a.parse(&p, c)
+	}
+	p.nativeSettings(c)
+	if p.err != nil {
+		return nil, p.err
+	}
+	return c, nil
+}
+
+// heads reads the attention heads' size (MLA's dims for DeepSeek, else
+// head_dim or hidden_size / num_attention_heads) and checks the head counts.
+func (p *parser) heads(c *Config, a arch, deepseek bool) {
 	if deepseek {
 		c.MLA = p.mla(c)
 	} else if c.NumHeads > 0 && c.HiddenSize > 0 {
 		c.HeadDim = c.HiddenSize / c.NumHeads
-		if p.has("head_dim") && string(raw["head_dim"]) != "null" {
+		if p.has("head_dim") && string(p.raw["head_dim"]) != "null" {
 			c.HeadDim = p.positive("head_dim")
 		} else if a.headDim > 0 {
 			c.HeadDim = a.headDim // the config class's default, not hidden_size / num_attention_heads
@@ -194,9 +212,11 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if c.NumKVHeads > 0 && c.NumHeads%c.NumKVHeads != 0 {
 		p.fail("num_key_value_heads", fmt.Errorf("%d does not divide num_attention_heads %d", c.NumKVHeads, c.NumHeads))
 	}
-	if !(c.RMSNormEps > 0) {
-		p.fail("rms_norm_eps", fmt.Errorf("must be positive, got %v", c.RMSNormEps))
-	}
+}
+
+// biasesAndWindow reads the linear layers' biases and the sliding window
+// that applies to every layer (Mistral, Phi-3); Qwen2's is refused.
+func (p *parser) biasesAndWindow(c *Config, deepseek bool) {
 	switch c.ModelType {
 	case "qwen2":
 		c.QKVBias = true
@@ -216,9 +236,11 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 			p.fail("sliding_window", errors.New("sliding-window attention with latent attention (MLA) is not supported"))
 		}
 	}
-	if a.parse != nil {
-		a.parse(&p, c)
-	}
+}
+
+// nativeSettings reads rankzip's own config section (factored, Palu,
+// quantized and latent-attention layers) and Palu's head_wise_ranks.
+func (p *parser) nativeSettings(c *Config) {
 	sec := p.native()
 	c.Factored, c.Grouped, c.LatentBits, c.LatentGroup, c.Quantized = sec.Ranks, sec.Palu, sec.LatentBits, sec.LatentGroup, sec.Quantized
 	if c.PaluLayout {
@@ -236,10 +258,6 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		p.mlaRope(c.MLA, sec.RopeSourceHeadDim, sec.RopeFreqIndex)
 		p.mlaLayerRope(c, sec.LayerRopeFreqIndex)
 	}
-	if p.err != nil {
-		return nil, p.err
-	}
-	return c, nil
 }
 
 // parser reads typed fields, keeping the first error.
