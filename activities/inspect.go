@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/rankzip/rankzip/calib"
@@ -65,6 +66,10 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 			return out, nil
 		}
 	}
+	// This step reads the whole model; once it returns, the model is
+	// garbage: hand it back to the OS, or the block steps' memory stacks on
+	// the heap it left and sets the job's peak (Evaluate does the same).
+	defer debug.FreeOSMemory()
 	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"}, 0)
 	defer stop()
 	err := a.guard(func() error {

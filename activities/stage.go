@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -135,6 +136,10 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		out.Skipped = true
 		return out, nil
 	}
+	// This step reads the whole model; once it returns, the model is
+	// garbage: hand it back to the OS, or the block steps' memory stacks on
+	// the heap it left and sets the job's peak (Evaluate does the same).
+	defer debug.FreeOSMemory()
 	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"}, 0)
 	defer stop()
 	err := a.guard(func() error {
