@@ -39,6 +39,12 @@ func runGC(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// A job just submitted may not be listed yet (the server indexes new
+	// jobs asynchronously): whatever the store got in the last gcGrace is
+	// kept, as the output of work in flight.
+	if recent := time.Now().Add(-gcGrace); since.IsZero() || recent.Before(since) {
+		since = recent
+	}
 	rep, err := st.Collect(live, since, *dryRun)
 	if err != nil {
 		return err
@@ -53,6 +59,10 @@ func runGC(args []string, stdout, stderr io.Writer) error {
 }
 
 var sha256Pattern = regexp.MustCompile(`[0-9a-f]{64}`)
+
+// gcGrace is how long a fresh artifact is kept even when no job listed
+// references it.
+const gcGrace = 10 * time.Minute
 
 // liveArtifacts returns the sha256 of every artifact named in the history of
 // a completed or running job, the number of those jobs and of the running
