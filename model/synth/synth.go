@@ -54,6 +54,13 @@ var Shapes = map[string]Shape{
 		MaxPositions: 4096, RopeTheta: 10000},
 	"tinyllama-1.1b": {Hidden: 2048, Intermediate: 5632, Layers: 22, Heads: 32, KVHeads: 4, Vocab: 32000,
 		MaxPositions: 2048, RopeTheta: 10000},
+	// The shapes of the CPU measurements (compress's BenchmarkBlockShape, the
+	// peak-memory runs at 4 and 8 layers): not a released model's, sized so a
+	// block runs in seconds to minutes on a laptop.
+	"bench-1024": {Hidden: 1024, Intermediate: 2816, Layers: 8, Heads: 16, KVHeads: 4, Vocab: 32000,
+		MaxPositions: 4096, RopeTheta: 10000},
+	"bench-2048": {Hidden: 2048, Intermediate: 5632, Layers: 8, Heads: 16, KVHeads: 4, Vocab: 32000,
+		MaxPositions: 4096, RopeTheta: 10000},
 	// tiny is for tests.
 	"tiny": {Hidden: 64, Intermediate: 160, Layers: 2, Heads: 4, KVHeads: 2, Vocab: 256, MaxPositions: 256,
 		RopeTheta: 10000},
