@@ -157,15 +157,36 @@ func (c *Config) Unsupported(f Feature) error {
 		why = "keys pass through a per-head RMSNorm (k_norm), which is not linear, so keys cannot be a linear map of a shared latent"
 	case c.Gemma != nil && f == FeatureMLA: // Gemma 2
 		why = "the latent attention has neither Gemma's score scale and soft cap nor its sliding layers"
-	case (c.Gemma != nil || c.QKNorm || c.Fused) && f == FeatureGPTQ:
+	case c.Fused && f == FeatureGPTQ:
 		// Quantized layers of these models go to the native layout.
-		why = "it is written and read here with Llama's tensors only (no q/k norms, Gemma's norms or fused tensors); use the native export"
+		why = "its fused qkv_proj and gate_up_proj are not re-fused in this layout; use the native export"
 	}
 	if why == "" {
 		return nil
 	}
 	return fmt.Errorf("%s is not supported for model_type %s: %s", f, c.ModelType, why)
 }
+
+// NormTensor is one norm weight of a block as a checkpoint names it, for
+// writers and readers of other layouts (the GPTQ one: model/gptq).
+type NormTensor struct {
+	Name string     // inside the layer, without ".weight" (self_attn.q_norm)
+	Size int        // head_dim or hidden_size values
+	W    *[]float32 // where the block holds it
+}
+
+// NormTensors lists the norms of block b of a model of config c.
+func (c *Config) NormTensors(b *Block) []NormTensor {
+	var out []NormTensor
+	for _, n := range blockNorms(c) {
+		out = append(out, NormTensor{Name: n.name, Size: normSize(c, n), W: n.get(b)})
+	}
+	return out
+}
+
+// EmptyBlock is block l of a model of config c with its per-layer settings
+// (whether it slides) and no weights yet, for readers of other layouts.
+func (c *Config) EmptyBlock(l int) *Block { return &Block{Sliding: c.layerSlides(l)} }
 
 // normSize is the number of weights of norm n.
 func normSize(c *Config, n blockNorm) int {

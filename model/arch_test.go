@@ -228,19 +228,20 @@ func TestPhi3NativeSplitsAGroup(t *testing.T) {
 	}
 }
 
-// What an architecture does not support is refused naming it: MLA and the
-// GPTQ layout on Qwen3 and Gemma 3 (Palu and fisher run); Phi-3 runs
-// backward as Llama.
+// What an architecture does not support is refused naming it: MLA on Qwen3
+// and Gemma 3 (Palu, fisher and the GPTQ layout run: model/gptq's
+// TestExportLoadArchs); Phi-3 runs backward as Llama and refuses the GPTQ
+// layout (its fused projections).
 func TestArchUnsupportedFeatures(t *testing.T) {
 	for _, name := range []string{"qwen3", "gemma3_text"} {
 		m, a, _, _ := loadRef(t, name, false)
-		for _, f := range []Feature{FeatureMLA, FeatureGPTQ} {
-			if err := m.Config.Unsupported(f); err == nil || !strings.Contains(err.Error(), a.typ) {
-				t.Errorf("%s: %s: %v", name, f, err)
-			}
+		if err := m.Config.Unsupported(FeatureMLA); err == nil || !strings.Contains(err.Error(), a.typ) {
+			t.Errorf("%s: %s: %v", name, FeatureMLA, err)
 		}
-		if err := m.Config.Unsupported(FeaturePalu); err != nil {
-			t.Errorf("%s: %v", name, err)
+		for _, f := range []Feature{FeaturePalu, FeatureGPTQ} {
+			if err := m.Config.Unsupported(f); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
 		}
 	}
 	m, a, _, _ := loadRef(t, "phi3", false)
@@ -253,7 +254,7 @@ func TestArchUnsupportedFeatures(t *testing.T) {
 		}
 	}
 	if err := m.Config.Unsupported(FeatureGPTQ); err == nil {
-		t.Error("phi3: the GPTQ layout (Llama's tensors) accepted")
+		t.Error("phi3: the GPTQ layout accepted fused projections")
 	}
 }
 
@@ -456,14 +457,14 @@ func TestMoEFusedExpertsLayout(t *testing.T) {
 }
 
 // Mixture-of-experts models refuse fisher, Palu and MLA naming the
-// architecture, and Qwen3-MoE the GPTQ layout (its q/k norms; Mixtral's
-// experts have it: model/gptq); routing matters to the logits.
+// architecture (their experts have the GPTQ layout: model/gptq); routing
+// matters to the logits.
 func TestMoEUnsupportedAndRouting(t *testing.T) {
 	for _, name := range []string{"mixtral", "qwen3_moe"} {
 		m, a, tensors, _ := loadRef(t, name, false)
 		for _, f := range []Feature{FeatureBackward, FeaturePalu, FeatureMLA, FeatureGPTQ} {
 			err := m.Config.Unsupported(f)
-			if f == FeatureGPTQ && name == "mixtral" {
+			if f == FeatureGPTQ {
 				if err != nil {
 					t.Errorf("%s: %s: %v, want supported", name, f, err)
 				}

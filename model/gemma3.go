@@ -39,7 +39,7 @@ import (
 // Qwen3's, the latent cache rebuilds keys, then k_norm and the layer's
 // RoPE). Refused: attn_logit_softcapping (see above),
 // use_bidirectional_attention, other activations;
-// and, through Config.Unsupported, MLA and the GPTQ v1 layout.
+// and, through Config.Unsupported, MLA.
 
 // GemmaConfig is what Gemma 3 adds to the common config.
 type GemmaConfig struct {

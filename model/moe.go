@@ -38,8 +38,8 @@ import (
 // never a target. Refused, naming the architecture: fisher (no backward
 // through the router), Palu, MLA, and a native checkpoint of compressed
 // experts (not implemented: their layout is the Hub's dense one). The GPTQ
-// layout holds Mixtral's and Qwen2-MoE's quantized experts (model/gptq,
-// through MoELinears); Qwen3-MoE's q/k norms keep it from that layout.
+// layout holds every MoE architecture's quantized experts (model/gptq,
+// through MoELinears).
 // Refused in config.json: Qwen3-MoE's decoder_sparse_step other than 1 and
 // mlp_only_layers (dense MLP layers among the sparse ones), layer_types
 // that disagree with use_sliding_window on Qwen3-MoE, and routing options the forward pass does not honour

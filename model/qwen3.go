@@ -18,10 +18,10 @@ import (
 // norms: fisher ranks), every linear-layer stage (svd, lord, rtn, gptq,
 // eora), Palu (the latent rebuilds k_proj x; k_norm and RoPE apply to the
 // rebuilt keys, in the forward pass and the latent cache alike, so only the
-// factorization is approximate) and the dense and native exports in the
-// Qwen3 layout. Refused (Config.Unsupported): MLA (a key is k_norm(k_proj
-// x), not linear in a shared latent, so no conversion is exact) and the
-// GPTQ v1 layout (written with Llama's tensors only).
+// factorization is approximate), the dense and native exports in the
+// Qwen3 layout and the GPTQ v1 layout (q/k norms beside the packed
+// linears). Refused (Config.Unsupported): MLA (a key is k_norm(k_proj x),
+// not linear in a shared latent, so no conversion is exact).
 //
 // Sliding-window layers (Qwen3Config.__post_init__ and Qwen3Attention,
 // transformers 4.5x to 5.x): sliding_window counts only when

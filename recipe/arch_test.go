@@ -49,12 +49,10 @@ func TestArchRecipes(t *testing.T) {
 		typ, stages, export, want string
 	}{
 		{"qwen3", `  - {method: mla, kv_lora_rank: 16, qk_rope_head_dim: 8}`, `{format: deepseek-mla}`, "not supported for model_type qwen3"},
-		{"qwen3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type qwen3"},
 		{"gemma3_text", `  - {method: palu, kv_keep: 0.5}`, `{format: palu}`, "Palu's layout exists for llama, mistral and qwen2, not model_type gemma3_text"},
 		{"phi3", `  - {method: rtn, bits: 4, group_size: 32}`, `{format: gptq}`, "model_type phi3"},
 		{"mixtral", `  - {method: svd, targets: ["mlp.*"], keep_params: 0.8}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (svd)"},
 		{"mixtral", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: native}`, "export.format native cannot hold the compressed experts of stages[0] (gptq)"},
-		{"qwen3_moe", `  - {method: gptq, bits: 4, targets: ["mlp.experts.*.down_proj"]}`, `{format: gptq}`, "GPTQ v1 checkpoint layout is not supported for model_type qwen3_moe"},
 		{"mixtral", `  - {method: gptq, bits: 4, group_size: 32, targets: ["self_attn.*", "mlp.experts.*"]}
   - {method: eora, rank: 4}`, `{format: gptq}`, "export.format gptq cannot hold the expert corrections of stages[1] (eora)"},
 		{"mixtral", `  - {method: svd, targets: ["mlp.gate"], keep_params: 0.8}`, `{format: dense}`, `target "mlp.gate" names the router (mlp.gate) of model_type mixtral, which is never compressed`},
@@ -72,6 +70,15 @@ func TestArchRecipes(t *testing.T) {
 		_, err := Load(archRecipe(t, tc.typ, tc.stages, tc.export))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s %s: got %v, want %q", tc.typ, tc.stages, err, tc.want)
+		}
+	}
+	// Qwen3's q/k norms and Qwen3-MoE's experts have the GPTQ layout.
+	for _, tc := range []struct{ typ, stages string }{
+		{"qwen3", `  - {method: rtn, bits: 4, group_size: 32}`},
+		{"qwen3_moe", `  - {method: gptq, bits: 4, group_size: 32, targets: ["mlp.experts.*.down_proj"]}`},
+	} {
+		if _, err := Load(archRecipe(t, tc.typ, tc.stages, `{format: gptq}`)); err != nil {
+			t.Errorf("%s with a gptq export: %v", tc.typ, err)
 		}
 	}
 	for _, stage := range []string{`{method: svd, keep_params: 0.8}`, `{method: gptq, bits: 4, group_size: 32}`} {

@@ -21,8 +21,9 @@ const QuantizationConfigKey = "quantization_config"
 // Export writes m as a GPTQ v1 checkpoint in dir: every model.Quantized
 // linear as qweight, qzeros, scales (fp16) and g_idx (plus its bias), every
 // other tensor as model.Save writes it in dtype, config.json with
-// quantization_config and quantize_config.json. A mixture of experts
-// (Mixtral, Qwen2-MoE) is written as GPTQModel writes it: each expert's
+// quantization_config and quantize_config.json. Each block's norms are
+// those of its architecture (Qwen3's q/k norms, Gemma's four) under their
+// usual names. A mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) is written as GPTQModel writes it: each expert's
 // linears under their Hub names (model.layers.N.block_sparse_moe.experts.E.w2,
 // model.layers.N.mlp.experts.E.down_proj), quantized or dense, the router
 // and Qwen2-MoE's shared expert gate dense, and
@@ -200,14 +201,14 @@ func (ex *exporter) writeConfigs(mods []string) error {
 
 // block puts the tensors of block l and returns the linears it quantizes.
 func (ex *exporter) block(l int, b *model.Block, put func(...safetensors.WriteTensor)) ([]string, error) {
-	h := ex.c.HiddenSize
 	add := func(name string, shape []int, v []float32) { ex.add(put, name, shape, v) }
 	if b.MLA != nil {
 		return nil, fmt.Errorf("gptq export: layer %d has latent attention (MLA); the GPTQ layout here is for Llama-family attention", l)
 	}
 	p := model.LayerPrefix(l)
-	add(p+"input_layernorm.weight", []int{h}, b.AttnNorm)
-	add(p+"post_attention_layernorm.weight", []int{h}, b.MLPNorm)
+	for _, n := range ex.c.NormTensors(b) {
+		add(p+n.Name+".weight", []int{n.Size}, *n.W)
+	}
 	linears := []blockLinear{}
 	for _, mod := range b.Modules() {
 		linears = append(linears, blockLinear{mod, *b.Linear(mod)})
@@ -283,7 +284,7 @@ func IsCheckpoint(dir string) bool {
 }
 
 // Load reads a GPTQ v1 checkpoint (as Export writes it, or as GPTQModel and
-// AutoGPTQ write it for a Llama-family model or a Mixtral or Qwen2-MoE one)
+// AutoGPTQ write it for a Llama-family, Qwen3, Gemma 2/3 or MoE model)
 // into a model whose quantized linears are model.Quantized (Open reads it
 // one block at a time). A linear with a qweight tensor is quantized;
 // one with a weight tensor is dense. Tensors that are neither expected nor
@@ -370,15 +371,14 @@ func (r *reader) optional(name string, n int) ([]float32, error) {
 
 // block reads block l: its two norms and every linear.
 func (r *reader) block(cfg *model.Config, l int) (*model.Block, error) {
-	h := cfg.HiddenSize
 	p := model.LayerPrefix(l)
-	b := &model.Block{}
-	var err error
-	if b.AttnNorm, err = r.get(p+"input_layernorm.weight", h); err != nil {
-		return nil, err
-	}
-	if b.MLPNorm, err = r.get(p+"post_attention_layernorm.weight", h); err != nil {
-		return nil, err
+	b := cfg.EmptyBlock(l)
+	for _, n := range cfg.NormTensors(b) {
+		w, err := r.get(p+n.Name+".weight", n.Size)
+		if err != nil {
+			return nil, err
+		}
+		*n.W = w
 	}
 	if cfg.MoE != nil {
 		b.MoE = cfg.EmptyMoE()
