@@ -112,8 +112,10 @@ func TestArchitecturesCompress(t *testing.T) {
 		}
 
 		err = gptq.Export(q.Model, filepath.Join(dir, "gptq"), safetensors.F16, gptq.QuantizeConfig{Bits: 4, GroupSize: 32, Sym: true, QuantMethod: "gptq", CheckpointFormat: "gptq", PackDType: "int32"})
-		if err == nil || !strings.Contains(err.Error(), typ) {
-			t.Errorf("%s: gptq export: %v", typ, err)
+		// Phi-3's fused projections have no GPTQ layout; the others have one
+		// (model/gptq's TestExportLoadArchs), but not for the factored MLP.
+		if want := map[bool]string{true: typ, false: "densify it first"}[typ == "phi3"]; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: gptq export: %v, want an error naming %q", typ, err, want)
 		}
 		if typ == "phi3" {
 			continue
