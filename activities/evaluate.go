@@ -162,7 +162,7 @@ func openExport(dir string, k kernels.Backend) (src eval.Source, done func(), er
 			return src, nil, err
 		}
 	}
-	var r blockReader
+	var r model.BlockReader
 	if gptq.IsCheckpoint(dir) {
 		r, err = gptq.Open(dir)
 	} else {
@@ -185,14 +185,6 @@ func openExport(dir string, k kernels.Backend) (src eval.Source, done func(), er
 		return gptq.ApplyBlockAdapters(b, l, layers, adapters)
 	}}
 	return src, func() { r.Close() }, nil
-}
-
-// blockReader is a checkpoint read one block at a time: *model.Reader or
-// *gptq.Reader.
-type blockReader interface {
-	Model(k kernels.Backend) (*model.Model, error)
-	Block(l int) (*model.Block, error)
-	Close() error
 }
 
 // size sums the parameters and KV cache bytes per token of the blocks a

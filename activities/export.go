@@ -562,57 +562,12 @@ func (a *Activities) publish(job recipe.Job, m byBlock, write func(dir string) e
 // written, and returns m's parameter count. Both are read one block at a
 // time, so the check holds one block of each whatever the depth.
 func checkExport(dir string, m byBlock, exact bool) (int64, error) {
-	loadErr := func(err error) error {
-		return badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
-	}
-	var (
-		top    func(kernels.Backend) (*model.Model, error)
-		block  func(int) (*model.Block, error)
-		n      int
-		unused = func() error { return nil }
-	)
-	if gptq.IsCheckpoint(dir) {
-		r, err := gptq.Open(dir)
-		if err != nil {
-			return 0, loadErr(err)
-		}
-		defer r.Close()
-		top, block, n, unused = r.Model, r.Block, r.Config.NumLayers, r.CheckUnused
-	} else {
-		r, err := model.Open(dir)
-		if err != nil {
-			return 0, loadErr(err)
-		}
-		defer r.Close()
-		top, block, n = r.Model, r.Block, r.Config.NumLayers
-	}
-	adir := filepath.Join(dir, AdapterDir)
-	if _, err := os.Stat(filepath.Join(adir, "adapter_config.json")); err == nil {
-		adapters, _, err := gptq.ReadAdapter(adir)
-		if err != nil {
-			return 0, loadErr(err)
-		}
-		base := block
-		block = func(i int) (*model.Block, error) {
-			b, err := base(i)
-			if err != nil {
-				return nil, err
-			}
-			return gptq.ApplyBlockAdapters(b, i, n, adapters)
-		}
-	}
-	got, err := top(m.top.Backend)
+	src, done, err := openExport(dir, m.top.Backend)
 	if err != nil {
-		return 0, loadErr(err)
+		return 0, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
 	}
-	params, err := sameByBlock(m, got, n, block, exact)
-	if err != nil {
-		return 0, err
-	}
-	if err := unused(); err != nil {
-		return 0, loadErr(err)
-	}
-	return params, nil
+	defer done()
+	return sameByBlock(m, src.Top, src.Top.Config.NumLayers, src.Block, exact)
 }
 
 // differs is the error of a checkpoint that does not read back as the model

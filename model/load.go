@@ -287,12 +287,26 @@ func Load(dir string, k kernels.Backend) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ReadAll(r, k)
+}
+
+// BlockReader reads a checkpoint one block at a time: a *Reader, or gptq's
+// for a GPTQ checkpoint. Model returns the embeddings, final norm and LM
+// head with no blocks.
+type BlockReader interface {
+	Model(k kernels.Backend) (*Model, error)
+	Block(l int) (*Block, error)
+	Close() error
+}
+
+// ReadAll reads r's model with every block, then closes r.
+func ReadAll(r BlockReader, k kernels.Backend) (*Model, error) {
 	defer r.Close()
 	m, err := r.Model(k)
 	if err != nil {
 		return nil, err
 	}
-	for l := range r.Config.NumLayers {
+	for l := range m.Config.NumLayers {
 		b, err := r.Block(l)
 		if err != nil {
 			return nil, err

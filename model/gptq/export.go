@@ -294,19 +294,7 @@ func Load(dir string, k kernels.Backend) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer r.Close()
-	m, err := r.Model(k)
-	if err != nil {
-		return nil, err
-	}
-	for l := range r.Config.NumLayers {
-		b, err := r.Block(l)
-		if err != nil {
-			return nil, err
-		}
-		m.Blocks = append(m.Blocks, b)
-	}
-	return m, nil
+	return model.ReadAll(r, k)
 }
 
 // quantizeConfig reads and checks config.json's quantization_config, and

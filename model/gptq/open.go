@@ -116,14 +116,3 @@ func buffer(name string) bool { return strings.HasSuffix(name, ".rotary_emb.inv_
 func unexpected(dir, name string) error {
 	return fmt.Errorf("load gptq: %s: unexpected tensor %q", dir, name)
 }
-
-// CheckUnused, once every block has been read, fails on a tensor that
-// neither Model nor Block used and that is not a buffer.
-func (r *Reader) CheckUnused() error {
-	for _, name := range r.r.ck.Names() {
-		if !r.r.used[name] && !buffer(name) {
-			return unexpected(r.r.dir, name)
-		}
-	}
-	return nil
-}
