@@ -128,13 +128,3 @@ func addShared(m *model.Model, st *SiteStats, s, orig *model.Expert, x, xOrig []
 	}
 	return nil
 }
-
-// CollectExperts is Experts on a pass of its own, for a caller that needs
-// one group of expert statistics only (a Pass that stops at the experts).
-// orig and comp are as in Collect.
-func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
-	p := NewPass(m, orig, comp, st)
-	defer p.Release()
-	p.once = true
-	return p.Experts(down)
-}

@@ -367,3 +367,13 @@ func BenchmarkExpertStatistics(b *testing.B) {
 		})
 	}
 }
+
+// CollectExperts is Experts on a pass of its own (a Pass that stops at the
+// experts), for the tests of one group of expert statistics.
+// orig and comp are as in Collect.
+func CollectExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
+	p := NewPass(m, orig, comp, st)
+	defer p.Release()
+	p.once = true
+	return p.Experts(down)
+}

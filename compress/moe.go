@@ -80,7 +80,7 @@ func forExperts(i int, pass *calib.Pass, mods []string, fn func(name, mod string
 		}
 		for _, mod := range group {
 			e, _, _ := model.ParseExpertModule(mod)
-			if e == model.SharedExpert { // CollectExperts puts it last
+			if e == model.SharedExpert { // calib.Pass.Experts puts it last
 				e = len(stats) - 1
 			}
 			if err := fn(model.ModuleName(i, mod), mod, stats[e]); err != nil {
