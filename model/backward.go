@@ -175,71 +175,95 @@ func toF32[T float32 | float64](x []T) []float32 {
 }
 
 func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
-	if err := m.Config.Unsupported(FeatureBackward); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
-	}
-	lin := func(l Linear, what string) (*dense[T], error) {
-		switch d := l.(type) {
-		case *Dense:
-			return &dense[T]{w: convert[T](d.Weight), b: convert[T](d.Bias), out: d.out, in: d.in}, nil
-		case *Factored:
-			// Gradients flow through it as through its product B A; its
-			// own factors are not differentiated.
-			w, b := product(d)
-			return &dense[T]{w: convert[T](w), b: convert[T](b), out: d.Out(), in: d.In(), frozen: true}, nil
-		}
-		return nil, fmt.Errorf("%w: %s is %T; the backward pass runs through dense and factored linear layers only", ErrBackward, what, l)
-	}
-	n := &net[T]{m: m, c: m.Config, kb: m.Backend, embed: convert[T](m.Embed)}
-	n.norm = n.normVec(m.Norm)
-	var err error
-	if n.head, err = lin(m.LMHead, "lm_head"); err != nil {
+	n, err := newTopNet[T](m)
+	if err != nil {
 		return nil, err
 	}
 	for i, b := range m.Blocks {
-		if b.MLA != nil {
-			return nil, fmt.Errorf("%w: block %d uses latent attention (MLA), which the backward pass does not support", ErrBackward, i)
+		if n.blocks[i], err = n.newBlock(i, b); err != nil {
+			return nil, err
 		}
-		c := m.Config
-		nb := &netBlock[T]{attnNorm: n.normVec(b.AttnNorm), mlpNorm: n.normVec(b.MLPNorm),
-			scores: scoring{window: c.window(b), scale: float64(c.attnScale()), softcap: c.attnSoftcap()}, local: c.Gemma != nil && b.Sliding, gelu: c.Act == "gelu_pytorch_tanh"}
-		if c.Gemma == nil {
-			nb.scores.scale = 1 / math.Sqrt(float64(c.HeadDim))
-		}
-		if b.QNorm != nil {
-			nb.qNorm, nb.kNorm = n.normVec(b.QNorm), n.normVec(b.KNorm)
-		}
-		if b.PostAttnNorm != nil {
-			nb.postAttn, nb.postFFN = n.normVec(b.PostAttnNorm), n.normVec(b.PostFFNNorm)
-		}
-		for _, mod := range Modules {
-			d, err := lin(*b.Linear(mod), ModuleName(i, mod))
-			if err != nil {
-				return nil, err
-			}
-			*nb.linear(mod) = d
-		}
-		n.blocks = append(n.blocks, nb)
 	}
+	return n, n.want(names)
+}
+
+// newTopNet returns the net of m's embeddings, final norm and LM head, with
+// room for every block (nil until newBlock fills it).
+func newTopNet[T float32 | float64](m *Model) (*net[T], error) {
+	if err := m.Config.Unsupported(FeatureBackward); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
+	}
+	n := &net[T]{m: m, c: m.Config, kb: m.Backend, embed: convert[T](m.Embed), blocks: make([]*netBlock[T], m.Config.NumLayers)}
+	n.norm = n.normVec(m.Norm)
+	var err error
+	if n.head, err = netLinear[T](m.LMHead, "lm_head"); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// netLinear is a linear layer in T.
+func netLinear[T float32 | float64](l Linear, what string) (*dense[T], error) {
+	switch d := l.(type) {
+	case *Dense:
+		return &dense[T]{w: convert[T](d.Weight), b: convert[T](d.Bias), out: d.out, in: d.in}, nil
+	case *Factored:
+		// Gradients flow through it as through its product B A; its
+		// own factors are not differentiated.
+		w, b := product(d)
+		return &dense[T]{w: convert[T](w), b: convert[T](b), out: d.Out(), in: d.In(), frozen: true}, nil
+	}
+	return nil, fmt.Errorf("%w: %s is %T; the backward pass runs through dense and factored linear layers only", ErrBackward, what, l)
+}
+
+// newBlock returns block i of the model, b, in T.
+func (n *net[T]) newBlock(i int, b *Block) (*netBlock[T], error) {
+	if b.MLA != nil {
+		return nil, fmt.Errorf("%w: block %d uses latent attention (MLA), which the backward pass does not support", ErrBackward, i)
+	}
+	c := n.c
+	nb := &netBlock[T]{attnNorm: n.normVec(b.AttnNorm), mlpNorm: n.normVec(b.MLPNorm),
+		scores: scoring{window: c.window(b), scale: float64(c.attnScale()), softcap: c.attnSoftcap()}, local: c.Gemma != nil && b.Sliding, gelu: c.Act == "gelu_pytorch_tanh"}
+	if c.Gemma == nil {
+		nb.scores.scale = 1 / math.Sqrt(float64(c.HeadDim))
+	}
+	if b.QNorm != nil {
+		nb.qNorm, nb.kNorm = n.normVec(b.QNorm), n.normVec(b.KNorm)
+	}
+	if b.PostAttnNorm != nil {
+		nb.postAttn, nb.postFFN = n.normVec(b.PostAttnNorm), n.normVec(b.PostFFNNorm)
+	}
+	for _, mod := range Modules {
+		d, err := netLinear[T](*b.Linear(mod), ModuleName(i, mod))
+		if err != nil {
+			return nil, err
+		}
+		*nb.linear(mod) = d
+	}
+	return nb, nil
+}
+
+// want marks the named parameters for gradients.
+func (n *net[T]) want(names []string) error {
 	seen := map[string]bool{}
 	for _, name := range names {
 		if seen[name] {
-			return nil, fmt.Errorf("%w: parameter %q requested twice", ErrBackward, name)
+			return fmt.Errorf("%w: parameter %q requested twice", ErrBackward, name)
 		}
 		seen[name] = true
 		d, v := n.param(name)
 		switch {
 		case d != nil && d.frozen:
-			return nil, fmt.Errorf("%w: %s is factored; only the gradients of dense weights are computed", ErrBackward, name)
+			return fmt.Errorf("%w: %s is factored; only the gradients of dense weights are computed", ErrBackward, name)
 		case d != nil:
 			d.wantGrad = true
 		case v != nil:
 			v.g = make([]T, len(v.w))
 		default:
-			return nil, fmt.Errorf("%w: no gradient for %q (want model.layers.<i>.<module or norm> or model.norm)", ErrBackward, name)
+			return fmt.Errorf("%w: no gradient for %q (want model.layers.<i>.<module or norm> or model.norm)", ErrBackward, name)
 		}
 	}
-	return n, nil
+	return nil
 }
 
 func (b *netBlock[T]) linear(mod string) **dense[T] {
@@ -268,7 +292,7 @@ func (n *net[T]) param(name string) (*dense[T], *vec[T]) {
 		return nil, n.norm
 	}
 	i, mod, ok := ParseModuleName(name)
-	if !ok || i >= len(n.blocks) {
+	if !ok || i >= len(n.blocks) || n.blocks[i] == nil {
 		return nil, nil
 	}
 	b := n.blocks[i]
@@ -773,7 +797,6 @@ const headChunk = 1024
 // run computes the mean next-token loss of seqs and, when grads is true,
 // accumulates the requested gradients (which start from zero).
 func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
-	c := n.c
 	if len(seqs) == 0 {
 		return 0, 0, fmt.Errorf("%w: no sequences", ErrBackward)
 	}
@@ -784,41 +807,62 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	if tokens == 0 {
 		return 0, 0, fmt.Errorf("%w: no sequence has two tokens, so there is nothing to predict", ErrBackward)
 	}
-	rows, dim := len(pos), c.HiddenSize
-	h := n.embedRows(seqs, rows)
-	rot := newRotary(c.InvFreq(), pos)
-	local := rot
-	if c.Gemma != nil {
-		local = newRotary(c.LocalInvFreq(), pos)
-	}
-	rotOf := func(b *netBlock[T]) *rotary {
-		if b.local {
-			return local
-		}
-		return rot
-	}
+	h := n.embedRows(seqs, len(pos))
+	rotOf := n.rotaries(starts)
 	acts := make([]*saved[T], len(n.blocks))
 	for i, b := range n.blocks {
 		h, acts[i] = n.blockForward(b, h, starts, rotOf(b))
 	}
-
-	xf, inv := make([]T, rows*dim), make([]T, rows)
-	normForward(xf, h, n.norm.w, inv, rows, dim, c.RMSNormEps)
-	var dxf []T
-	if grads {
-		dxf = make([]T, rows*dim)
-	}
-	loss := n.headLoss(xf, dxf, targets(seqs, rows), tokens)
+	loss, dh := n.lossAt(h, targets(seqs, len(pos)), tokens, grads)
 	if !grads {
 		return loss, tokens, nil
 	}
-	dh := make([]T, rows*dim)
-	normBackward(dh, dxf, h, n.norm.w, inv, n.norm.g, rows, dim)
 	for i := len(n.blocks) - 1; i >= 0; i-- {
 		dh = n.blockBackward(n.blocks[i], acts[i], dh, starts, rotOf(n.blocks[i]))
 		acts[i] = nil // free as we go
 	}
 	return loss, tokens, nil
+}
+
+// rotaries returns the rotary tables of rows laid out by starts, by block
+// (Gemma's local blocks have their own).
+func (n *net[T]) rotaries(starts []int) func(*netBlock[T]) *rotary {
+	pos := make([]int, 0, starts[len(starts)-1])
+	for s := range len(starts) - 1 {
+		for r := starts[s]; r < starts[s+1]; r++ {
+			pos = append(pos, r-starts[s])
+		}
+	}
+	rot := newRotary(n.c.InvFreq(), pos)
+	local := rot
+	if n.c.Gemma != nil {
+		local = newRotary(n.c.LocalInvFreq(), pos)
+	}
+	return func(b *netBlock[T]) *rotary {
+		if b.local {
+			return local
+		}
+		return rot
+	}
+}
+
+// lossAt returns the mean loss of the last block's output h predicting
+// target (tokens of them) and, with grads, its gradient with respect to h.
+func (n *net[T]) lossAt(h []T, target []int32, tokens int, grads bool) (float64, []T) {
+	rows, dim := len(target), n.c.HiddenSize
+	xf, inv := make([]T, rows*dim), make([]T, rows)
+	normForward(xf, h, n.norm.w, inv, rows, dim, n.c.RMSNormEps)
+	var dxf []T
+	if grads {
+		dxf = make([]T, rows*dim)
+	}
+	loss := n.headLoss(xf, dxf, target, tokens)
+	if !grads {
+		return loss, nil
+	}
+	dh := make([]T, rows*dim)
+	normBackward(dh, dxf, h, n.norm.w, inv, n.norm.g, rows, dim)
+	return loss, dh
 }
 
 // layout returns where each sequence starts in the stacked rows (and the
