@@ -205,13 +205,6 @@ func ModelDigest(job recipe.Job) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// model returns the job's whole original model, read for the caller alone:
-// the stages that need every block at once (rank search, planning, export,
-// evaluation) hold it for their duration, and nothing keeps it afterwards.
-func (a *Activities) model(job recipe.Job) (*model.Model, error) {
-	return a.modelBlocks(job, func(int) bool { return true })
-}
-
 // blockModel returns the job's original model with only block i read: its
 // other blocks are nil. The block activities hold one block's weights
 // whatever the model's depth.

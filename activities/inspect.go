@@ -66,9 +66,9 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 			return out, nil
 		}
 	}
-	// This step reads the whole model; once it returns, the model is
-	// garbage: hand it back to the OS, or the block steps' memory stacks on
-	// the heap it left and sets the job's peak (Evaluate does the same).
+	// This step reads every block, one at a time; once it returns, what it
+	// read is garbage: hand it back to the OS, or the block steps' memory
+	// stacks on the heap it left (Evaluate does the same).
 	defer debug.FreeOSMemory()
 	set, stop := a.heartbeat(ctx, Progress{Stage: "inspect", Phase: "load model"}, 0)
 	defer stop()
@@ -85,10 +85,12 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 		if err != nil {
 			return badInput(err)
 		}
-		m, err := a.model(job)
+		src, err := a.openSource(job)
 		if err != nil {
 			return err
 		}
+		defer src.Close()
+		m := src.Top
 		seqs, ref, err := a.calibration(job)
 		if err != nil {
 			return err
@@ -99,12 +101,12 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 		}
 		t0 := time.Now()
 		set(Progress{Stage: "inspect", Phase: "plan ranks"})
-		plan, err := compress.NewPlan(ctx, m, seqs, opts)
+		plan, err := compress.NewPlan(ctx, src.Source, seqs, opts)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return badInput(err)
+			return src.failed(badInput(err))
 		}
 		a.log().Info("planned", "job", job.ID, "search", plan.Options.RankSearch, "seconds", fmt.Sprintf("%.2f", time.Since(t0).Seconds()))
 		set(Progress{Stage: "inspect", Phase: "embed calibration"})
@@ -118,17 +120,21 @@ func (a *Activities) Inspect(ctx context.Context, in InspectInput) (InspectOutpu
 		if out.Streams, err = putStreams(a.Store, jobKey("streams", job, 0), st); err != nil {
 			return a.storeError(err)
 		}
-		out.Blocks = len(m.Blocks)
+		out.Blocks = src.Layers()
 		if st.Mode == calib.Original {
 			// One forward pass of the original model gives the input of
 			// every block.
 			out.BlockStreams = []store.Ref{out.Streams}
-			for i := 1; i < len(m.Blocks); i++ {
+			for i := 1; i < out.Blocks; i++ {
 				if err := canceled(ctx); err != nil {
 					return err
 				}
 				set(Progress{Stage: "inspect", Block: i, Phase: "original streams"})
-				next, err := calib.Advance(m, m.Blocks[i-1], m.Blocks[i-1], st)
+				prev, err := src.Block(i - 1)
+				if err != nil {
+					return err
+				}
+				next, err := calib.Advance(m, prev, prev, st)
 				if err != nil {
 					return err
 				}

@@ -83,10 +83,9 @@ func shas(refs []store.Ref) []string {
 	return s
 }
 
-// priorBlock returns block i of the original model with the artifacts of
-// the earlier stages applied in order.
-func (a *Activities) priorBlock(m *model.Model, i int, prior []store.Ref) (*model.Block, error) {
-	b := m.Blocks[i]
+// applyStages returns b, a block of the original model, with the
+// artifacts of the earlier stages applied in order.
+func (a *Activities) applyStages(b *model.Block, prior []store.Ref) (*model.Block, error) {
 	for _, ref := range prior {
 		var err error
 		if b, err = getLayers(a.Store, ref, b); err != nil {
@@ -94,29 +93,6 @@ func (a *Activities) priorBlock(m *model.Model, i int, prior []store.Ref) (*mode
 		}
 	}
 	return b, nil
-}
-
-// assemble returns the model after the stages whose block artifacts are
-// given: stages[j][i] is block i after stage j. m is not modified.
-func (a *Activities) assemble(job recipe.Job, m *model.Model, stages [][]store.Ref) (*model.Model, error) {
-	out := *m
-	out.Blocks = make([]*model.Block, len(m.Blocks))
-	for j, refs := range stages {
-		if len(refs) != len(m.Blocks) {
-			return nil, badInput(fmt.Errorf("stage %d has %d blocks for a model with %d", j, len(refs), len(m.Blocks)))
-		}
-	}
-	for i := range m.Blocks {
-		prior := make([]store.Ref, len(stages))
-		for j := range stages {
-			prior[j] = stages[j][i]
-		}
-		var err error
-		if out.Blocks[i], err = a.priorBlock(m, i, prior); err != nil {
-			return nil, err
-		}
-	}
-	return &out, nil
 }
 
 // PlanStage validates a palu, rtn, gptq or eora stage against the model the
@@ -136,9 +112,9 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		out.Skipped = true
 		return out, nil
 	}
-	// This step reads the whole model; once it returns, the model is
-	// garbage: hand it back to the OS, or the block steps' memory stacks on
-	// the heap it left and sets the job's peak (Evaluate does the same).
+	// This step reads every block, one at a time; once it returns, what it
+	// read is garbage: hand it back to the OS, or the block steps' memory
+	// stacks on the heap it left (Evaluate does the same).
 	defer debug.FreeOSMemory()
 	_, stop := a.heartbeat(ctx, Progress{Stage: "plan", Block: in.Stage, Phase: "plan stage"}, 0)
 	defer stop()
@@ -146,14 +122,16 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 		if in.Stage < 0 || in.Stage >= len(r.Stages) || len(in.Prior) != in.Stage {
 			return badInput(fmt.Errorf("plan stage %d of %d with %d earlier stages", in.Stage, len(r.Stages), len(in.Prior)))
 		}
-		m, err := a.model(job)
+		src, err := a.openSource(job)
 		if err != nil {
 			return err
 		}
-		cur, err := a.assemble(job, m, in.Prior)
-		if err != nil {
+		defer src.Close()
+		orig := src.Top.Config
+		if err := src.applyStages(a, in.Prior); err != nil {
 			return err
 		}
+		cur := src.Source
 		where := fmt.Sprintf("stages[%d] (%s)", in.Stage, r.Stages[in.Stage].Method)
 		plan := StagePlan{Method: r.Stages[in.Stage].Method}
 		switch plan.Method {
@@ -170,7 +148,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return badInput(fmt.Errorf("%s: %w", where, err))
+				return src.failed(badInput(fmt.Errorf("%s: %w", where, err)))
 			}
 		case recipe.MethodRTN, recipe.MethodGPTQ:
 			o, err := QuantOptions(r, in.Stage)
@@ -178,7 +156,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return badInput(err)
 			}
 			if err := o.Validate(cur); err != nil {
-				return badInput(fmt.Errorf("%s: %w", where, err))
+				return src.failed(badInput(fmt.Errorf("%s: %w", where, err)))
 			}
 			plan.Quant = &o
 		case recipe.MethodEoRA:
@@ -186,8 +164,8 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 			if err != nil {
 				return badInput(err)
 			}
-			if err := o.Check(cur, m); err != nil {
-				return badInput(fmt.Errorf("%s: %w", where, err))
+			if err := o.Check(cur, orig); err != nil {
+				return src.failed(badInput(fmt.Errorf("%s: %w", where, err)))
 			}
 			plan.EoRA = &o
 		case recipe.MethodMLA:
@@ -200,7 +178,7 @@ func (a *Activities) PlanStage(ctx context.Context, in PlanStageInput) (PlanStag
 				return err
 			}
 			if err := o.Check(cur, seqs); err != nil {
-				return badInput(fmt.Errorf("%s: %w", where, err))
+				return src.failed(badInput(fmt.Errorf("%s: %w", where, err)))
 			}
 			plan.MLA = &o
 		default:
@@ -248,7 +226,7 @@ func (a *Activities) StageBlock(ctx context.Context, in StageBlockInput) (StageB
 		if err := a.Store.GetJSON(in.Plan, &plan); err != nil {
 			return a.storeError(err)
 		}
-		base, err := a.priorBlock(m, in.Index, in.Prior)
+		base, err := a.applyStages(m.Blocks[in.Index], in.Prior)
 		if err != nil {
 			return err
 		}

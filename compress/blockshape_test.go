@@ -103,7 +103,7 @@ const blockTol = 1e-5
 // The single-pass block gives the legacy block's layers and next streams.
 func TestBlockMatchesLegacy(t *testing.T) {
 	m, seqs := shapeModel(t, 48, 80, 4, 2, 64, 6, 24, 7)
-	p, err := NewPlan(context.Background(), m, seqs, Options{KeepParams: 0.6, RankSearch: "uniform", Batch: 4})
+	p, err := NewPlan(context.Background(), Whole(m), seqs, Options{KeepParams: 0.6, RankSearch: "uniform", Batch: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func BenchmarkBlockShape(b *testing.B) {
 	}
 	m, seqs := shapeModel(b, hidden, inter, heads, kv, vocab, nseq, n, 1)
 	k := m.Backend
-	p, err := NewPlan(context.Background(), m, seqs, Options{Method: "whiten", KeepParams: 0.8, RankSearch: "uniform"})
+	p, err := NewPlan(context.Background(), Whole(m), seqs, Options{Method: "whiten", KeepParams: 0.8, RankSearch: "uniform"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestBlockCancelBetweenLayers(t *testing.T) {
 		}
 		seqs = append(seqs, seq)
 	}
-	p, err := NewPlan(context.Background(), m, seqs, Options{Rank: 8, Batch: 4})
+	p, err := NewPlan(context.Background(), Whole(m), seqs, Options{Rank: 8, Batch: 4})
 	if err != nil {
 		t.Fatal(err)
 	}

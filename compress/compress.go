@@ -63,6 +63,11 @@ func modulesOf(targets []string) ([]string, error) {
 // Validate checks the options against the model and the calibration set and
 // fills in defaults. It reports every problem at once.
 func (o *Options) Validate(m *model.Model, calibTokens int) error {
+	return o.validate(m.Config, m.Blocks[0], calibTokens)
+}
+
+// validate is Validate given the model's configuration and its first block.
+func (o *Options) validate(c *model.Config, first *model.Block, calibTokens int) error {
 	var problems []string
 	if o.Method == "" {
 		o.Method = "whiten"
@@ -70,12 +75,12 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	if !slices.Contains(Methods, o.Method) {
 		problems = append(problems, fmt.Sprintf("method %q unknown (want one of %s)", o.Method, strings.Join(Methods, ", ")))
 	}
-	mods, err := targetModules(m.Config, o.Targets)
+	mods, err := targetModules(c, o.Targets)
 	if o.RankSearch == "" && hasExperts(mods) {
 		o.RankSearch = "uniform" // the only search experts have (moe.go)
 	}
 	if o.RankSearch == "" {
-		o.RankSearch = model.LowRankSearchFor(m.Config)
+		o.RankSearch = model.LowRankSearchFor(c)
 	}
 	if !slices.Contains(Searches, o.RankSearch) {
 		problems = append(problems, fmt.Sprintf("rank_search %q unknown (want one of %s)", o.RankSearch, strings.Join(Searches, ", ")))
@@ -98,12 +103,12 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	if err := checkExpertSearch(mods, o); err != nil {
 		problems = append(problems, err.Error())
 	}
-	if err := checkFisherSearch(m.Config, o.RankSearch); err != nil {
+	if err := checkFisherSearch(c, o.RankSearch); err != nil {
 		problems = append(problems, err.Error())
 	}
 	need := 0
 	for _, mod := range mods {
-		_, in := dims(m, mod)
+		_, in := dims(first, mod)
 		need = max(need, in)
 	}
 	if calibTokens < need {
@@ -115,8 +120,9 @@ func (o *Options) Validate(m *model.Model, calibTokens int) error {
 	return nil
 }
 
-func dims(m *model.Model, module string) (out, in int) {
-	l := *m.Blocks[0].Linear(module)
+// dims is the shape of module, as block first has it.
+func dims(first *model.Block, module string) (out, in int) {
+	l := *first.Linear(module)
 	return l.Out(), l.In()
 }
 

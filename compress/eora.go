@@ -79,7 +79,7 @@ func f64s(x []float32) []float64 {
 // correction sees the model it will be part of. Layers that are still dense
 // are skipped. comp is not modified.
 func RunEoRA(ctx context.Context, comp, orig *model.Model, seqs [][]int32, o EoRAOptions) (*EoRAResult, error) {
-	if err := o.Check(comp, orig); err != nil {
+	if err := o.Check(Whole(comp), orig.Config); err != nil {
 		return nil, err
 	}
 	if len(seqs) == 0 {

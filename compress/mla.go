@@ -42,8 +42,8 @@ const DefaultRotation = mla.Rotation(model.DefaultRotation)
 
 // Check validates o against m and the calibration sequences and fills in
 // its defaults.
-func (o *MLAOptions) Check(m *model.Model, seqs [][]int32) error {
-	c := m.Config
+func (o *MLAOptions) Check(src Source, seqs [][]int32) error {
+	c := src.Top.Config
 	tokens := 0
 	for _, s := range seqs {
 		tokens += len(s)
@@ -72,7 +72,11 @@ func (o *MLAOptions) Check(m *model.Model, seqs [][]int32) error {
 	if c.SlidingWindow > 0 {
 		problems = append(problems, fmt.Sprintf("sliding_window %d: latent attention here is full causal", c.SlidingWindow))
 	}
-	for i, b := range m.Blocks {
+	for i := range src.Layers() {
+		b, err := src.Block(i)
+		if err != nil {
+			return err
+		}
 		if b.MLA != nil {
 			problems = append(problems, fmt.Sprintf("model.layers.%d already has latent attention", i))
 			continue
@@ -101,7 +105,7 @@ func (o *MLAOptions) options() mla.Options {
 // calibration stream (each block sees the inputs the converted blocks
 // before it produce, in sequential mode).
 func RunMLA(ctx context.Context, m *model.Model, seqs [][]int32, o MLAOptions) (*MLAResult, error) {
-	if err := o.Check(m, seqs); err != nil {
+	if err := o.Check(Whole(m), seqs); err != nil {
 		return nil, err
 	}
 	c := m.Config

@@ -43,15 +43,15 @@ var paluModules = []string{"self_attn.k_proj", "self_attn.v_proj"}
 // PaluSearches lists Palu's rank searches.
 var PaluSearches = model.PaluSearches
 
-func (o *PaluOptions) validate(m *model.Model, tokens int) error {
+func (o *PaluOptions) validate(c *model.Config, first *model.Block, tokens int) error {
 	var problems []string
-	if err := m.Config.Unsupported(model.FeaturePalu); err != nil {
+	if err := c.Unsupported(model.FeaturePalu); err != nil {
 		return err
 	}
 	if !(o.KVKeep > 0 && o.KVKeep <= 1) {
 		problems = append(problems, fmt.Sprintf("kv_keep %v must be in (0, 1]", o.KVKeep))
 	}
-	g, err := palu.GroupHeads(m.Config.NumKVHeads, o.GroupHeads)
+	g, err := palu.GroupHeads(c.NumKVHeads, o.GroupHeads)
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
@@ -62,11 +62,11 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 		// pass over the calibration set. Where the architecture has no
 		// backward pass (Qwen3, Gemma 3), spectrum.
 		o.RankSearch = "fisher"
-		if m.Config.Unsupported(model.FeatureBackward) != nil {
+		if c.Unsupported(model.FeatureBackward) != nil {
 			o.RankSearch = "spectrum"
 		}
 	}
-	if err := m.Config.Unsupported(model.FeatureBackward); err != nil && o.RankSearch == "fisher" {
+	if err := c.Unsupported(model.FeatureBackward); err != nil && o.RankSearch == "fisher" {
 		problems = append(problems, fmt.Sprintf("rank_search fisher needs %v; use spectrum or uniform", err))
 	}
 	if !slices.Contains(PaluSearches, o.RankSearch) {
@@ -87,12 +87,12 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 		problems = append(problems, fmt.Sprintf("latent_group_size %d must be positive", o.LatentGroupSize))
 	}
 	for _, mod := range paluModules {
-		if _, ok := (*m.Blocks[0].Linear(mod)).(*model.Dense); !ok {
-			problems = append(problems, fmt.Sprintf("%s is %T: palu needs separate dense k and v projections", mod, *m.Blocks[0].Linear(mod)))
+		if _, ok := (*first.Linear(mod)).(*model.Dense); !ok {
+			problems = append(problems, fmt.Sprintf("%s is %T: palu needs separate dense k and v projections", mod, *first.Linear(mod)))
 		}
 	}
-	if tokens < m.Config.HiddenSize {
-		problems = append(problems, fmt.Sprintf("the calibration set has %d tokens; palu needs at least hidden_size = %d", tokens, m.Config.HiddenSize))
+	if tokens < c.HiddenSize {
+		problems = append(problems, fmt.Sprintf("the calibration set has %d tokens; palu needs at least hidden_size = %d", tokens, c.HiddenSize))
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid palu stage: %s", strings.Join(problems, "; "))
@@ -102,7 +102,7 @@ func (o *PaluOptions) validate(m *model.Model, tokens int) error {
 
 // RunPalu compresses the KV cache of m with Palu calibrated on seqs.
 func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions) (*PaluResult, error) {
-	p, err := NewPaluPlan(ctx, m, seqs, o)
+	p, err := NewPaluPlan(ctx, Whole(m), seqs, o)
 	if err != nil {
 		return nil, err
 	}
@@ -135,9 +135,10 @@ func RunPalu(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions)
 // group's total (spectrum), starting from rank 1 everywhere, or in
 // proportion to the groups' Fisher importance (fisher, see fisherRanks),
 // which spends uniform's total rank.
-func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions, groups, groupRows int) (map[string][]int, error) {
+func paluRanks(ctx context.Context, src Source, seqs [][]int32, o PaluOptions, groups, groupRows int) (map[string][]int, error) {
+	m := src.Top
 	var names []string
-	for i := range m.Blocks {
+	for i := range src.Layers() {
 		for _, mod := range paluModules {
 			names = append(names, model.ModuleName(i, mod))
 		}
@@ -151,11 +152,11 @@ func paluRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOption
 		return ranks, nil
 	}
 	if o.RankSearch == "fisher" {
-		return fisherRanks(ctx, m, seqs, o, names, groups, per)
+		return fisherRanks(ctx, src, seqs, o, names, groups, per)
 	}
 	// Normalised spectra of every group, from the original model's statistics.
 	var spectra [][]float64 // flat: layer-module-major, then group
-	err := originalPass(ctx, m, seqs, Options{Batch: o.Batch}, paluModules, func(_, _ int, _ string, w *mat.Dense, _ []float64, stats *calib.SiteStats) error {
+	err := originalPass(ctx, src, seqs, Options{Batch: o.Batch}, paluModules, func(_, _ int, _ string, w *mat.Dense, _ []float64, stats *calib.SiteStats) error {
 		s, err := palu.Spectra(m.Backend, w, stats.C, m.Config.HeadDim, o.GroupHeads)
 		if err != nil {
 			return err

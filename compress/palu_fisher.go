@@ -2,7 +2,6 @@ package compress
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"slices"
 
@@ -15,57 +14,32 @@ import (
 // over the elements and over the calibration batches: the unit's diagonal
 // empirical Fisher mass. (Palu's code averages, over the unit, the root of
 // each element's mean squared gradient instead; both rank units by the same
-// gradients.) The gradients are those of the original model.
-func fisherImportance(ctx context.Context, m *model.Model, seqs [][]int32, batch int, names []string, groups int) ([][]float64, error) {
+// gradients.) The gradients are those of the model src, taken one block at
+// a time (gradientPass); dir holds the blocks' inputs meanwhile.
+func fisherImportance(ctx context.Context, src Source, seqs [][]int32, batch int, dir string, names []string, groups int) ([][]float64, error) {
+	index := make(map[string]int, len(names))
 	imp := make([][]float64, len(names))
-	for i := range imp {
+	for i, name := range names {
+		index[name] = i
 		imp[i] = make([]float64, groups)
 	}
-	_, err := eachBackward(ctx, m, seqs, batch, names, "fisher rank search", func(g *model.Gradients) {
-		for i, name := range names {
-			w := g.Grads[name].Weight
+	err := gradientPass(ctx, src, seqs, batch, paluModules, dir, "fisher rank search", func(_ int, g map[string]*model.Grad) {
+		for name, gr := range g {
+			w, acc := gr.Weight, imp[index[name]]
 			per := len(w) / groups // a group's rows are contiguous in the out×in layout
 			for j := range groups {
 				var s float64
 				for _, x := range w[j*per : (j+1)*per] {
 					s += float64(x) * float64(x)
 				}
-				imp[i][j] += s
+				acc[j] += s
 			}
 		}
-	})
+	}, nil)
 	if err != nil {
 		return nil, err
 	}
 	return imp, nil
-}
-
-// eachBackward runs the backward pass of the original model m over seqs,
-// batch sequences at a time, for the weights names, and hands each batch's
-// gradients to add; batches with no token to predict are skipped, and it
-// is an error (named after what) when every batch is. It returns the
-// number of batches used.
-func eachBackward(ctx context.Context, m *model.Model, seqs [][]int32, batch int, names []string, what string, add func(*model.Gradients)) (int, error) {
-	used := 0
-	for lo := 0; lo < len(seqs); lo += batch {
-		if err := ctx.Err(); err != nil {
-			return 0, err
-		}
-		b := seqs[lo:min(len(seqs), lo+batch)]
-		if !slices.ContainsFunc(b, func(s []int32) bool { return len(s) > 1 }) {
-			continue // no token to predict in this batch
-		}
-		g, err := m.Backward(b, names)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", what, err)
-		}
-		add(g)
-		used++
-	}
-	if used == 0 {
-		return 0, fmt.Errorf("%s: no calibration sequence has two tokens", what)
-	}
-	return used, nil
 }
 
 // fisherRanks allocates the uniform search's total rank over the groups in
@@ -74,8 +48,9 @@ func eachBackward(ctx context.Context, m *model.Model, seqs [][]int32, batch int
 // rank is spread, so ranks are then taken back, least important per rank first,
 // until the cache is no larger than uniform's, and given back where they
 // still fit.
-func fisherRanks(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions, names []string, groups, per int) (map[string][]int, error) {
-	imp, err := fisherImportance(ctx, m, seqs, o.Batch, names, groups)
+func fisherRanks(ctx context.Context, src Source, seqs [][]int32, o PaluOptions, names []string, groups, per int) (map[string][]int, error) {
+	m := src.Top
+	imp, err := fisherImportance(ctx, src, seqs, o.Batch, "", names, groups)
 	if err != nil {
 		return nil, err
 	}

@@ -47,7 +47,7 @@ func (o *QuantOptions) config() quant.Config {
 // Validate checks the options against m and fills in defaults, reporting
 // every problem at once; a group size that does not divide a targeted
 // layer's input features is reported with the layer's name.
-func (o *QuantOptions) Validate(m *model.Model) error {
+func (o *QuantOptions) Validate(src Source) error {
 	var problems []string
 	if o.Method == "" {
 		o.Method = "gptq"
@@ -61,15 +61,25 @@ func (o *QuantOptions) Validate(m *model.Model) error {
 	cfg := o.config()
 	if err := cfg.Validate(); err != nil {
 		problems = append(problems, err.Error())
-	} else if mods, err := targetModules(m.Config, o.Targets); err != nil {
+	} else if mods, err := targetModules(src.Top.Config, o.Targets); err != nil {
 		problems = append(problems, err.Error())
 	} else {
+		first, err := src.Block(0)
+		if err != nil {
+			return err
+		}
 		for _, mod := range mods {
-			l := *m.Blocks[0].Linear(mod)
+			l := *first.Linear(mod)
 			if _, _, err := cfg.Groups(l.In()); err != nil {
 				problems = append(problems, fmt.Sprintf("model.layers.*.%s (%d×%d): %v", mod, l.Out(), l.In(), err))
 			}
-			for i, b := range m.Blocks {
+		}
+		for i := range src.Layers() {
+			b, err := src.Block(i)
+			if err != nil {
+				return err
+			}
+			for _, mod := range mods {
 				if _, ok := (*b.Linear(mod)).(*model.Dense); !ok {
 					problems = append(problems, fmt.Sprintf("%s is %T; quantization needs a dense layer", model.ModuleName(i, mod), *b.Linear(mod)))
 				}
@@ -92,7 +102,7 @@ func (o *QuantOptions) Validate(m *model.Model) error {
 // objective on the compressed inputs is the reference algorithm's). m itself
 // is not modified.
 func RunQuant(ctx context.Context, m *model.Model, seqs [][]int32, o QuantOptions, progress Progress) (*QuantResult, error) {
-	if err := o.Validate(m); err != nil {
+	if err := o.Validate(Whole(m)); err != nil {
 		return nil, err
 	}
 	if len(seqs) == 0 {

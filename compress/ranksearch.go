@@ -22,11 +22,11 @@ const DefaultRankSearch = model.DefaultLowRankSearch
 // allocate chooses a rank (or dense) for every targeted matrix. A global
 // search first needs each matrix's whitened spectrum, taken from the
 // original model's statistics in one pass over the blocks.
-func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string) (map[string]rank.Choice, error) {
+func allocate(ctx context.Context, src Source, first *model.Block, seqs [][]int32, o Options, mods []string) (map[string]rank.Choice, error) {
 	var mats []rank.Matrix
-	for i := range m.Blocks {
+	for i := range src.Layers() {
 		for _, mod := range mods {
-			out, in := dims(m, mod)
+			out, in := dims(first, mod)
 			mats = append(mats, rank.Matrix{Name: model.ModuleName(i, mod), Out: out, In: in})
 		}
 	}
@@ -43,19 +43,17 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 	case "uniform":
 		alloc, err = rank.Uniform(mats, o.KeepParams)
 	case "global":
-		if err := spectra(ctx, m, seqs, o, mods, mats); err != nil {
+		if err := spectra(ctx, src, seqs, o, mods, mats); err != nil {
 			return nil, err
 		}
 		alloc, err = rank.Global(mats, o.KeepParams)
 	case "sensitivity", "local", "fisher":
-		measure := lossMeasure(sensitivity)
-		switch o.RankSearch {
-		case "local":
-			measure = localSensitivity
-		case "fisher":
-			measure = fisherSensitivity
+		var loss [][]float64
+		if o.RankSearch == "fisher" {
+			loss, err = fisherSensitivity(ctx, src, seqs, o, mods, mats)
+		} else {
+			loss, err = wholeSearch(ctx, src, seqs, o, mods, mats)
 		}
-		loss, err := measure(ctx, m, seqs, o, mods, mats)
 		if err != nil {
 			return nil, err
 		}
@@ -75,23 +73,40 @@ func allocate(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mo
 	return choices, nil
 }
 
-// lossMeasure returns, for every matrix of mats and every ratio of
-// sensitivityRatios, the loss of the model with only that matrix
-// compressed at that ratio (0 where the ratio saves no parameters).
-type lossMeasure func(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error)
+// wholeSearch runs the sensitivity or local search (they return, for every
+// matrix of mats and every ratio of sensitivityRatios, the loss of the model
+// with only that matrix compressed at that ratio, 0 where the ratio saves no
+// parameters). Both run the whole model per candidate or per block, so
+// they hold every block at once.
+func wholeSearch(ctx context.Context, src Source, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error) {
+	m, err := src.whole()
+	if err != nil {
+		return nil, err
+	}
+	if o.RankSearch == "local" {
+		return localSensitivity(ctx, m, seqs, o, mods, mats)
+	}
+	return sensitivity(ctx, m, seqs, o, mods, mats)
+}
 
 // originalPass calls fn for every targeted matrix, in block order, with its
-// weight and the original model's statistics of its input.
-func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string,
+// weight and the original model's statistics of its input, holding one
+// block of src at a time.
+func originalPass(ctx context.Context, src Source, seqs [][]int32, o Options, mods []string,
 	fn func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error) error {
+	m := src.Top
 	st, err := calib.EmbedSpill(m, seqs, o.Batch, calib.Original, o.Spill)
 	if err != nil {
 		return err
 	}
 	defer func() { st.Release() }()
 	j := 0
-	for i, b := range m.Blocks {
+	for i := range src.Layers() {
 		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b, err := src.Block(i)
+		if err != nil {
 			return err
 		}
 		var stats *calib.SiteStats
@@ -113,7 +128,7 @@ func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options
 			}
 			j++
 		}
-		if i+1 < len(m.Blocks) {
+		if i+1 < src.Layers() {
 			next, err := calib.Advance(m, b, b, st)
 			if err != nil {
 				return err
@@ -127,10 +142,10 @@ func originalPass(ctx context.Context, m *model.Model, seqs [][]int32, o Options
 
 // spectra fills mats[j].Sigma with the whitened singular values of each
 // targeted matrix under the original model's statistics.
-func spectra(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) error {
-	return originalPass(ctx, m, seqs, o, mods, func(j, _ int, _ string, w *mat.Dense, _ []float64, stats *calib.SiteStats) error {
+func spectra(ctx context.Context, src Source, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) error {
+	return originalPass(ctx, src, seqs, o, mods, func(j, _ int, _ string, w *mat.Dense, _ []float64, stats *calib.SiteStats) error {
 		var err error
-		mats[j].Sigma, err = svd.Spectrum(m.Backend, w, stats.C)
+		mats[j].Sigma, err = svd.Spectrum(src.Top.Backend, w, stats.C)
 		return err
 	})
 }
@@ -154,7 +169,7 @@ func sensitivity(ctx context.Context, m *model.Model, seqs [][]int32, o Options,
 		return nil, err
 	}
 	loss := make([][]float64, len(mats))
-	err = originalPass(ctx, m, seqs, o, mods, func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error {
+	err = originalPass(ctx, Whole(m), seqs, o, mods, func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error {
 		for _, rho := range sensitivityRatios {
 			r := mats[j].RankFor(rho)
 			l := 0.0
@@ -227,7 +242,7 @@ func localSensitivity(ctx context.Context, m *model.Model, seqs [][]int32, o Opt
 			}
 		}
 	}
-	err = originalPass(ctx, m, seqs, o, mods, func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error {
+	err = originalPass(ctx, Whole(m), seqs, o, mods, func(j, block int, mod string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error {
 		if at != block || ref == nil {
 			finish(j)
 			for ; at < block; at++ {

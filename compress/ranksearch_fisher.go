@@ -15,33 +15,81 @@ import (
 // fisherSensitivity predicts, for every targeted matrix and ratio of
 // sensitivityRatios, the loss of the model with only that matrix truncated,
 // from a second-order expansion: 0.5·Σ F_jk·ΔW_jk², F the empirical Fisher
-// diagonal of the weight (one backward pass over the calibration set, for
-// every matrix at once) and ΔW = W − W_r the stage's own truncation error at
-// rank r. One decomposition per matrix, at the largest candidate rank, gives
-// every candidate: the stage's factors are nested (B A at rank r is the
-// leading r columns of B times the leading r rows of A). The cost is one
-// backward and one forward pass plus one decomposition per matrix, linear in
-// depth.
-func fisherSensitivity(ctx context.Context, m *model.Model, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error) {
-	if err := m.Config.Unsupported(model.FeatureBackward); err != nil {
+// diagonal of the weight and ΔW = W − W_r the stage's own truncation error at
+// rank r. One backward pass over the calibration set, block by block from
+// the last (gradientPass), gives each block's Fisher diagonal; the block's
+// candidates are priced as soon as it is complete, with the block's input
+// statistics taken from the same pass, so one block's weights, Fisher and
+// statistics are held at a time. One decomposition per matrix, at the
+// largest candidate rank, gives every candidate: the stage's factors are
+// nested (B A at rank r is the leading r columns of B times the leading r
+// rows of A). The cost is one backward and two forward passes plus one
+// decomposition per matrix, linear in depth.
+func fisherSensitivity(ctx context.Context, src Source, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error) {
+	top := src.Top
+	if err := top.Config.Unsupported(model.FeatureBackward); err != nil {
 		return nil, fmt.Errorf("rank_search fisher: %w", err)
 	}
-	names := make([]string, len(mats))
+	index := make(map[string]int, len(mats))
 	for j, mt := range mats {
-		names[j] = mt.Name
+		index[mt.Name] = j
 	}
-	fisher, err := weightFisher(ctx, m, seqs, o.Batch, names)
-	if err != nil {
+	used := predicting(splitBatches(seqs, o.Batch))
+	loss := make([][]float64, len(mats))
+	fisher := map[string][]float64{} // the current block's
+	add := func(tokens int, g map[string]*model.Grad) {
+		for name, gr := range g {
+			if fisher[name] == nil {
+				fisher[name] = make([]float64, len(gr.Weight))
+			}
+			addFisher(fisher[name], tokens, gr.Weight)
+		}
+	}
+	done := func(l int, b *model.Block, in *calib.Streams) error {
+		pass := calib.NewPass(top, b, b, in)
+		defer pass.Release()
+		var stats *calib.SiteStats
+		site := model.Site(-1)
+		for _, mod := range mods {
+			name := model.ModuleName(l, mod)
+			if s := siteOf(mod); s != site {
+				var err error
+				if stats, err = pass.Stats(s); err != nil {
+					return fmt.Errorf("calibrate %s: %w", name, err)
+				}
+				site = s
+			}
+			w, bias, err := weight(*b.Linear(mod), name)
+			if err != nil {
+				return err
+			}
+			f := fisher[name]
+			for k := range f {
+				f[k] /= float64(used)
+			}
+			j := index[name]
+			if loss[j], err = predictedLosses(top, w, bias, stats, o, f, candidateRanks(mats[j])); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			delete(fisher, name) // priced: let it go
+		}
+		return nil
+	}
+	if err := gradientPass(ctx, src, seqs, o.Batch, mods, o.Spill, "rank_search fisher", add, done); err != nil {
 		return nil, err
 	}
-	loss := make([][]float64, len(mats))
-	err = originalPass(ctx, m, seqs, o, mods, func(j, _ int, _ string, w *mat.Dense, bias []float64, stats *calib.SiteStats) error {
-		var err error
-		loss[j], err = predictedLosses(m, w, bias, stats, o, fisher[j], candidateRanks(mats[j]))
-		fisher[j] = nil // done with it: free as the pass goes on
-		return err
-	})
-	return loss, err
+	return loss, nil
+}
+
+// addFisher adds one batch's tokens·g⊙g to the Fisher sum f. A batch's mean
+// gradient has about 1/tokens of a token's gradient variance, so the sum
+// over batches divided by their number estimates the per-token Fisher,
+// which makes 0.5·Σ F·ΔW² an estimate of the KL per token.
+func addFisher(f []float64, tokens int, g []float32) {
+	n := float64(tokens)
+	for k, x := range g {
+		f[k] += n * float64(x) * float64(x)
+	}
 }
 
 // predictedLosses returns 0.5·Σ F⊙(W − W_r)² for each of ranks (0 where r
@@ -87,38 +135,6 @@ func candidateRanks(mt rank.Matrix) []int {
 		}
 	}
 	return ranks
-}
-
-// weightFisher returns the empirical Fisher diagonal of every named weight
-// (out×in, row-major): Σ_b N_b·g_b⊙g_b over the calibration batches b, g_b
-// the gradient of batch b's mean next-token loss and N_b its predicted
-// tokens, divided by the number of batches. A batch's mean gradient has
-// about 1/N_b of a token's gradient variance, so this estimates the
-// per-token Fisher, which makes 0.5·Σ F·ΔW² an estimate of the KL per
-// token.
-func weightFisher(ctx context.Context, m *model.Model, seqs [][]int32, batch int, names []string) ([][]float64, error) {
-	fisher := make([][]float64, len(names))
-	used, err := eachBackward(ctx, m, seqs, batch, names, "rank_search fisher", func(g *model.Gradients) {
-		n := float64(g.Tokens)
-		for i, name := range names {
-			w := g.Grads[name].Weight
-			if fisher[i] == nil {
-				fisher[i] = make([]float64, len(w))
-			}
-			for k, x := range w {
-				fisher[i][k] += n * float64(x) * float64(x)
-			}
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range fisher {
-		for k := range f {
-			f[k] /= float64(used)
-		}
-	}
-	return fisher, nil
 }
 
 // truncationError returns W − B_r A_r for the leading r components of the

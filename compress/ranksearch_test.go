@@ -74,7 +74,7 @@ func BenchmarkRankSearchDepth(b *testing.B) {
 			secs := map[string]float64{}
 			for _, search := range strings.Split(*depthSearch, ",") {
 				t0 := time.Now()
-				if _, err := NewPlan(context.Background(), m, seqs, Options{Method: "whiten", Targets: targets, KeepParams: 0.6, RankSearch: search}); err != nil {
+				if _, err := NewPlan(context.Background(), Whole(m), seqs, Options{Method: "whiten", Targets: targets, KeepParams: 0.6, RankSearch: search}); err != nil {
 					b.Fatal(err)
 				}
 				secs[search] = time.Since(t0).Seconds()
@@ -146,11 +146,11 @@ func TestFisherRanksLikeSensitivity(t *testing.T) {
 	var mats []rank.Matrix
 	for i := range m.Blocks {
 		for _, mod := range mods {
-			out, in := dims(m, mod)
+			out, in := dims(m.Blocks[0], mod)
 			mats = append(mats, rank.Matrix{Name: model.ModuleName(i, mod), Out: out, In: in})
 		}
 	}
-	predicted, err := fisherSensitivity(context.Background(), m, cal, o, mods, mats)
+	predicted, err := fisherSensitivity(context.Background(), Whole(m), cal, o, mods, mats)
 	if err != nil {
 		t.Fatal(err)
 	}

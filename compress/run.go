@@ -45,18 +45,23 @@ type Plan struct {
 	Ranks   map[string]rank.Choice // by model.layers.i.<module>
 }
 
-// NewPlan validates o against m and the calibration set and chooses ranks
-// (a global search runs one calibration pass for the spectra).
-func NewPlan(ctx context.Context, m *model.Model, seqs [][]int32, o Options) (*Plan, error) {
+// NewPlan validates o against the model of src and the calibration set and
+// chooses ranks. The uniform, global and fisher searches hold one block of
+// src at a time; sensitivity and local read every block.
+func NewPlan(ctx context.Context, src Source, seqs [][]int32, o Options) (*Plan, error) {
 	tokens := 0
 	for _, s := range seqs {
 		tokens += len(s)
 	}
-	if err := o.Validate(m, tokens); err != nil {
+	first, err := src.Block(0)
+	if err != nil {
 		return nil, err
 	}
-	mods, _ := targetModules(m.Config, o.Targets)
-	ranks, err := allocate(ctx, m, seqs, o, mods)
+	if err := o.validate(src.Top.Config, first, tokens); err != nil {
+		return nil, err
+	}
+	mods, _ := targetModules(src.Top.Config, o.Targets)
+	ranks, err := allocate(ctx, src, first, seqs, o, mods)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +71,7 @@ func NewPlan(ctx context.Context, m *model.Model, seqs [][]int32, o Options) (*P
 // Run compresses m with one low-rank stage calibrated on seqs. m itself is
 // not modified: the result shares its unchanged tensors.
 func Run(ctx context.Context, m *model.Model, seqs [][]int32, o Options, progress Progress) (*Result, error) {
-	p, err := NewPlan(ctx, m, seqs, o)
+	p, err := NewPlan(ctx, Whole(m), seqs, o)
 	if err != nil {
 		return nil, err
 	}

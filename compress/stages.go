@@ -26,18 +26,23 @@ type PaluPlan struct {
 	Ranks   map[string][]int // per module (model.layers.i.self_attn.k_proj), per group
 }
 
-// NewPaluPlan validates o against m and chooses the ranks as RunPalu does
-// (a spectrum search runs one calibration pass over m).
-func NewPaluPlan(ctx context.Context, m *model.Model, seqs [][]int32, o PaluOptions) (*PaluPlan, error) {
+// NewPaluPlan validates o against the model of src and chooses the ranks
+// as RunPalu does (a spectrum search runs one calibration pass, a fisher
+// search one backward pass, over src one block at a time).
+func NewPaluPlan(ctx context.Context, src Source, seqs [][]int32, o PaluOptions) (*PaluPlan, error) {
 	tokens := 0
 	for _, s := range seqs {
 		tokens += len(s)
 	}
-	if err := o.validate(m, tokens); err != nil {
+	first, err := src.Block(0)
+	if err != nil {
 		return nil, err
 	}
-	c := m.Config
-	ranks, err := paluRanks(ctx, m, seqs, o, c.NumKVHeads/o.GroupHeads, o.GroupHeads*c.HeadDim)
+	if err := o.validate(src.Top.Config, first, tokens); err != nil {
+		return nil, err
+	}
+	c := src.Top.Config
+	ranks, err := paluRanks(ctx, src, seqs, o, c.NumKVHeads/o.GroupHeads, o.GroupHeads*c.HeadDim)
 	if err != nil {
 		return nil, err
 	}
@@ -164,15 +169,16 @@ func (o *QuantOptions) Block(ctx context.Context, m *model.Model, i int, st *cal
 }
 
 // Check validates o as RunEoRA does and fills in its defaults; it also
-// fails when no targeted layer of comp is compressed.
-func (o *EoRAOptions) Check(comp, orig *model.Model) error {
+// fails when no targeted layer of comp is compressed. orig is the original
+// model's configuration.
+func (o *EoRAOptions) Check(comp Source, orig *model.Config) error {
 	if o.Rank <= 0 {
 		return fmt.Errorf("eora: rank %d must be positive", o.Rank)
 	}
-	if len(comp.Blocks) != len(orig.Blocks) || comp.Config.HiddenSize != orig.Config.HiddenSize {
-		return fmt.Errorf("eora: the compressed model (%d layers) and the original (%d layers) differ in shape", len(comp.Blocks), len(orig.Blocks))
+	if comp.Layers() != orig.NumLayers || comp.Top.Config.HiddenSize != orig.HiddenSize {
+		return fmt.Errorf("eora: the compressed model (%d layers) and the original (%d layers) differ in shape", comp.Layers(), orig.NumLayers)
 	}
-	mods, err := targetModules(comp.Config, o.Targets)
+	mods, err := targetModules(comp.Top.Config, o.Targets)
 	if err != nil {
 		return fmt.Errorf("eora: %w", err)
 	}
@@ -184,7 +190,11 @@ func (o *EoRAOptions) Check(comp, orig *model.Model) error {
 	if err := calibDefaults(&o.Mode, &o.Batch); err != nil {
 		return fmt.Errorf("eora: %w", err)
 	}
-	for _, b := range comp.Blocks {
+	for i := range comp.Layers() {
+		b, err := comp.Block(i)
+		if err != nil {
+			return err
+		}
 		for _, mod := range mods {
 			if _, dense := (*b.Linear(mod)).(*model.Dense); !dense {
 				return nil
