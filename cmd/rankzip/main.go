@@ -36,6 +36,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/rankzip/rankzip/internal/gcpolicy"
 )
 
 const usage = `usage: rankzip <command> [flags]
@@ -71,6 +73,7 @@ Run "rankzip <command> -h" for the flags of a command.
 var errUsage = errors.New("usage")
 
 func main() {
+	gcpolicy.Apply()
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, errUsage) && !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "rankzip:", err)

@@ -32,6 +32,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/rankzip/rankzip/activities"
+	"github.com/rankzip/rankzip/internal/gcpolicy"
 	"github.com/rankzip/rankzip/internal/temporalconf"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/store"
@@ -39,6 +40,7 @@ import (
 )
 
 func main() {
+	gcpolicy.Apply()
 	if err := run(os.Args[1:], os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "worker:", err)
