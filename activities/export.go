@@ -156,61 +156,39 @@ func (a *Activities) export(job recipe.Job, src *compressed, whole bool) (Export
 // the original's, read from its mapped files (model.Reader, which lets the
 // pages go once converted), with every stage's stored layers applied.
 type compressed struct {
-	ctx    context.Context
-	a      *Activities
-	top    *model.Model // the original's embeddings, final norm and LM head; no blocks
-	r      *model.Reader
-	stages [][]store.Ref // stages[j][i]: block i after stage j
+	*modelSource
+	ctx context.Context
+	top *model.Model // the original's embeddings, final norm and LM head; no blocks
 }
 
 // openCompressed opens the job's original model and checks that every
 // stage has one stored block per block of it.
 func (a *Activities) openCompressed(ctx context.Context, job recipe.Job, stages [][]store.Ref) (*compressed, error) {
-	if err := checkInputs(job.Model); err != nil {
+	src, err := a.openSource(job)
+	if err != nil {
 		return nil, err
 	}
-	r, err := model.Open(job.Recipe.Model)
-	if err != nil {
-		return nil, inputError(fmt.Errorf("load model: %w", err))
-	}
-	top, err := a.top(job, r)
-	if err != nil {
-		r.Close()
+	if err := src.applyStages(a, stages); err != nil {
+		src.Close()
 		return nil, err
 	}
-	n := r.Config.NumLayers
-	for j, refs := range stages {
-		if len(refs) != n {
-			r.Close()
-			return nil, badInput(fmt.Errorf("export: stage %d has %d compressed blocks for a model with %d", j, len(refs), n))
-		}
-	}
-	return &compressed{ctx: ctx, a: a, top: top, r: r, stages: stages}, nil
+	return &compressed{modelSource: src, ctx: ctx, top: src.Top}, nil
 }
 
-func (c *compressed) close() { c.r.Close() }
+func (c *compressed) close() { c.Close() }
 
 // block returns compressed block i, read afresh: the caller may let it go.
 func (c *compressed) block(i int) (*model.Block, error) {
 	if err := canceled(c.ctx); err != nil {
 		return nil, err
 	}
-	b, err := c.r.Block(i)
-	if err != nil {
-		return nil, inputError(fmt.Errorf("load model: %w", err))
-	}
-	for _, refs := range c.stages {
-		if b, err = getLayers(c.a.Store, refs[i], b); err != nil {
-			return nil, c.a.storeError(err)
-		}
-	}
-	return b, nil
+	return c.Block(i)
 }
 
 // assemble returns the whole compressed model.
 func (c *compressed) assemble() (*model.Model, error) {
 	m := *c.top
-	m.Blocks = make([]*model.Block, c.r.Config.NumLayers)
+	m.Blocks = make([]*model.Block, c.Layers())
 	for i := range m.Blocks {
 		var err error
 		if m.Blocks[i], err = c.block(i); err != nil {
@@ -222,7 +200,7 @@ func (c *compressed) assemble() (*model.Model, error) {
 
 // streamed is the compressed model read block by block.
 func (c *compressed) streamed() byBlock {
-	return byBlock{top: c.top, n: c.r.Config.NumLayers, block: c.block}
+	return byBlock{top: c.top, n: c.Layers(), block: c.block}
 }
 
 // byBlock is a model held one block at a time: top holds its config,

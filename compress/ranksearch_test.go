@@ -51,9 +51,12 @@ var (
 // 95.8 s sensitivity, 77.0 s local, 62.9 s fisher, 21.7 s global; 8 layers
 // 248.9, 202.6, 162.8 and 55.3 s. With -depth-searches fisher,global and
 // -depth-layers 2,4,8 (load ~7): fisher 9.1, 33.3, 91.5 s, global 4.4,
-// 13.8, 31.3 s. The Fisher pass itself (weightFisher, timed alone in the
-// same shape) took 24 s at 4 layers and 43 s at 8: linear in depth, about
-// three forward passes over the calibration set.
+// 13.8, 31.3 s. The Fisher pass itself (then whole-model, timed alone in
+// the same shape) took 24 s at 4 layers and 43 s at 8: linear in depth,
+// about three forward passes over the calibration set. With the backward
+// pass block by block (gradientPass), on an idle machine, -depth-searches
+// sensitivity,fisher,global -depth-layers 2,4,8: sensitivity 4.9, 13.1,
+// 32.2 s; fisher 4.8, 10.3, 18.8 s; global 1.5, 4.2, 7.2 s.
 func BenchmarkRankSearchDepth(b *testing.B) {
 	h := *depthHidden
 	shape := synth.Shape{Hidden: h, Intermediate: h * 11 / 4, Heads: h / 64, KVHeads: max(1, h/256), Vocab: 4096,
