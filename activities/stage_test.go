@@ -2,12 +2,16 @@ package activities
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"go.temporal.io/sdk/temporal"
+
 	"github.com/rankzip/rankzip/recipe"
+	"github.com/rankzip/rankzip/store"
 )
 
 // stageFixture is fixture with the given stages and export.
@@ -73,5 +77,23 @@ func TestPlanStageBadInput(t *testing.T) {
 	_, _, err := exec[PlanStageOutput](t, acts, nil, acts.PlanStage, PlanStageInput{Job: job, Stage: 0})
 	if err == nil || !strings.Contains(err.Error(), "stages[0] (rtn)") || !strings.Contains(err.Error(), "bits 5") || !strings.Contains(err.Error(), BadInput) {
 		t.Errorf("error %v, want BadInput naming stages[0] (rtn) and bits 5", err)
+	}
+}
+
+// PlanStage reads the model a block at a time, with the earlier stages'
+// layers applied as each is read; a read that fails (here: a stored layer
+// gone from the store) is the step's error as the store classified it, not
+// a bad-input error about the stage that was being checked.
+func TestPlanStageReadErrorKeepsItsClass(t *testing.T) {
+	job, acts, _ := stageFixture(t, `[{method: rtn, bits: 4, group_size: 0}, {method: eora, rank: 2}]`, `{format: dense}`)
+	gone := store.Ref{SHA256: strings.Repeat("ab", 32), Bytes: 10}
+	prior := [][]store.Ref{{gone, gone, gone}}
+	_, _, err := exec[PlanStageOutput](t, acts, nil, acts.PlanStage, PlanStageInput{Job: job, Stage: 1, Prior: prior})
+	var ae *temporal.ApplicationError
+	if err == nil || strings.Contains(err.Error(), "stages[1]") || (errors.As(err, &ae) && ae.Type() == BadInput) {
+		t.Errorf("plan over a missing stored layer: error %v, want the store's read error, not bad input about stages[1]", err)
+	}
+	if _, _, err := exec[PlanStageOutput](t, acts, nil, acts.PlanStage, PlanStageInput{Job: job, Stage: 1, Prior: [][]store.Ref{{gone}}}); err == nil || !strings.Contains(err.Error(), "stage 0 has 1 blocks for a model with 3") {
+		t.Errorf("plan with one stored block of three: error %v", err)
 	}
 }
