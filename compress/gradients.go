@@ -68,8 +68,8 @@ func gradientPass(ctx context.Context, src Source, seqs [][]int32, batch int, mo
 		if _, tokens[b], dh[b], err = top.GradHead(bs, hs[b]); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		hs[b] = nil
 	}
+	clear(hs) // the last block's outputs: not needed again
 	for l := src.Layers() - 1; l >= 0; l-- {
 		if err := ctx.Err(); err != nil {
 			return err
