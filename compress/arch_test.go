@@ -42,6 +42,18 @@ func archModel(t *testing.T, typ string) (*model.Model, [][]int32, [][]int32) {
 	return m, cal, ev
 }
 
+// archModelLogits is archModel with the model's logits on the evaluation
+// sequences.
+func archModelLogits(t *testing.T, typ string) (*model.Model, [][]int32, [][]int32, []float32) {
+	t.Helper()
+	m, cal, ev := archModel(t, typ)
+	logits, err := m.Forward(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, cal, ev, logits
+}
+
 // Qwen3, Phi-3 and Gemma 3 run a recipe end to end (whitened SVD on the
 // MLPs keeping 80% of their parameters, then 4-bit GPTQ of the attention
 // projections), reporting the KL to the original; the native checkpoint
@@ -51,11 +63,7 @@ func archModel(t *testing.T, typ string) (*model.Model, [][]int32, [][]int32) {
 func TestArchitecturesCompress(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"qwen3", "phi3", "gemma3_text"} {
-		m, cal, ev := archModel(t, typ)
-		base, err := m.Forward(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, cal, ev, base := archModelLogits(t, typ)
 		lr, err := Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"mlp.*"}, KeepParams: 0.8}, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", typ, err)
@@ -133,11 +141,7 @@ func TestArchitecturesCompress(t *testing.T) {
 func TestMoECompressAttention(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"mixtral", "qwen3_moe"} {
-		m, cal, ev := archModel(t, typ)
-		base, err := m.Forward(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, cal, ev, base := archModelLogits(t, typ)
 		lr, err := Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"self_attn.*"}, KeepParams: 0.8}, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", typ, err)
@@ -189,8 +193,7 @@ func TestMoECompressAttention(t *testing.T) {
 func TestPaluWithQKNorms(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"qwen3", "gemma3_text"} {
-		m, cal, ev := archModel(t, typ)
-		want, _ := m.Forward(ev)
+		m, cal, ev, want := archModelLogits(t, typ)
 		full, err := RunPalu(ctx, m, cal, PaluOptions{KVKeep: 1, GroupHeads: 1, RankSearch: "uniform"})
 		if err != nil {
 			t.Fatalf("%s: %v", typ, err)

@@ -62,7 +62,7 @@ func gradientPass(ctx context.Context, src Source, seqs [][]int32, batch int, mo
 	dh := make([][]float32, len(batches))
 	tokens := make([]int, len(batches))
 	for b, bs := range batches {
-		if predicting(batches[b:b+1]) == 0 {
+		if !predicts(bs) {
 			continue // nothing to predict: no gradient
 		}
 		if _, tokens[b], dh[b], err = top.GradHead(bs, hs[b]); err != nil {
@@ -119,11 +119,16 @@ func splitBatches(seqs [][]int32, batch int) [][][]int32 {
 	return out
 }
 
+// predicts tells whether a batch has a token to predict.
+func predicts(batch [][]int32) bool {
+	return slices.ContainsFunc(batch, func(s []int32) bool { return len(s) > 1 })
+}
+
 // predicting counts the batches with a token to predict.
 func predicting(batches [][][]int32) int {
 	n := 0
 	for _, b := range batches {
-		if slices.ContainsFunc(b, func(s []int32) bool { return len(s) > 1 }) {
+		if predicts(b) {
 			n++
 		}
 	}

@@ -24,11 +24,7 @@ import (
 func TestMoECompressExperts(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"mixtral", "qwen3_moe"} {
-		m, cal, ev := archModel(t, typ)
-		base, err := m.Forward(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, cal, ev, base := archModelLogits(t, typ)
 		lr, err := Run(ctx, m, cal, Options{Method: "whiten", Targets: []string{"mlp.*"}, KeepParams: 0.8}, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", typ, err)
@@ -198,11 +194,7 @@ func TestMoETargetErrors(t *testing.T) {
 func TestMoELoRDAndEoRAExperts(t *testing.T) {
 	ctx := context.Background()
 	for _, typ := range []string{"mixtral", "qwen3_moe"} {
-		m, cal, ev := archModel(t, typ)
-		base, err := m.Forward(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, cal, ev, base := archModelLogits(t, typ)
 		kl := func(mm *model.Model) float64 {
 			t.Helper()
 			logits, err := mm.Forward(ev)

@@ -64,22 +64,17 @@ func (o *QuantOptions) Validate(src Source) error {
 	} else if mods, err := targetModules(src.Top.Config, o.Targets); err != nil {
 		problems = append(problems, err.Error())
 	} else {
-		first, err := src.Block(0)
-		if err != nil {
-			return err
-		}
-		for _, mod := range mods {
-			l := *first.Linear(mod)
-			if _, _, err := cfg.Groups(l.In()); err != nil {
-				problems = append(problems, fmt.Sprintf("model.layers.*.%s (%d×%d): %v", mod, l.Out(), l.In(), err))
-			}
-		}
 		for i := range src.Layers() {
 			b, err := src.Block(i)
 			if err != nil {
 				return err
 			}
 			for _, mod := range mods {
+				if l := *b.Linear(mod); i == 0 {
+					if _, _, err := cfg.Groups(l.In()); err != nil {
+						problems = append(problems, fmt.Sprintf("model.layers.*.%s (%d×%d): %v", mod, l.Out(), l.In(), err))
+					}
+				}
 				if _, ok := (*b.Linear(mod)).(*model.Dense); !ok {
 					problems = append(problems, fmt.Sprintf("%s is %T; quantization needs a dense layer", model.ModuleName(i, mod), *b.Linear(mod)))
 				}
