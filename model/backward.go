@@ -190,16 +190,25 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 // newTopNet returns the net of m's embeddings, final norm and LM head, with
 // room for every block (nil until newBlock fills it).
 func newTopNet[T float32 | float64](m *Model) (*net[T], error) {
-	if err := m.Config.Unsupported(FeatureBackward); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
+	n, err := newBareNet[T](m)
+	if err != nil {
+		return nil, err
 	}
-	n := &net[T]{m: m, c: m.Config, kb: m.Backend, embed: convert[T](m.Embed), blocks: make([]*netBlock[T], m.Config.NumLayers)}
+	n.embed = convert[T](m.Embed)
 	n.norm = n.normVec(m.Norm)
-	var err error
 	if n.head, err = netLinear[T](m.LMHead, "lm_head"); err != nil {
 		return nil, err
 	}
 	return n, nil
+}
+
+// newBareNet returns a net of m with room for every block and without its
+// embeddings, final norm and LM head, for steps that run blocks only.
+func newBareNet[T float32 | float64](m *Model) (*net[T], error) {
+	if err := m.Config.Unsupported(FeatureBackward); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
+	}
+	return &net[T]{m: m, c: m.Config, kb: m.Backend, blocks: make([]*netBlock[T], m.Config.NumLayers)}, nil
 }
 
 // netLinear is a linear layer in T.

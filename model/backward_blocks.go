@@ -10,8 +10,10 @@ import (
 // memory): GradEmbed gives block 0's input, GradForward runs a block,
 // GradHead takes the loss and its gradient at the last block's output, and
 // GradBackward carries that gradient back through a block, giving its
-// parameters' gradients. m needs its embeddings, final norm and LM head;
-// its blocks may be nil, each step taking the block it runs. The steps run
+// parameters' gradients. GradEmbed needs m's embeddings and GradHead its
+// final norm and LM head; the block steps read neither (they build no top,
+// so a factored LM head is not multiplied out per block), and m's blocks
+// may be nil, each step taking the block it runs. The steps run
 // Backward's own code in Backward's order, so a caller that chains them
 // over one batch gets Backward's gradients bit for bit.
 
@@ -90,7 +92,7 @@ func (m *Model) GradBackward(l int, b *Block, h *States, dh []float32, names []s
 	return grads, nil
 }
 
-// blockNet returns the net of m's top with b as its block l, checking h.
+// blockNet returns a net of m with b as its block l and no top, checking h.
 func (m *Model) blockNet(l int, b *Block, h *States) (*net[float32], *netBlock[float32], error) {
 	if l < 0 || l >= m.Config.NumLayers {
 		return nil, nil, fmt.Errorf("%w: block %d of a model with %d", ErrBackward, l, m.Config.NumLayers)
@@ -98,7 +100,7 @@ func (m *Model) blockNet(l int, b *Block, h *States) (*net[float32], *netBlock[f
 	if h.Dim != m.Config.HiddenSize || len(h.X) != h.Rows()*h.Dim {
 		return nil, nil, fmt.Errorf("%w: block %d: hidden states of width %d and %d values for %d rows (want width %d)", ErrBackward, l, h.Dim, len(h.X), h.Rows(), m.Config.HiddenSize)
 	}
-	n, err := newTopNet[float32](m)
+	n, err := newBareNet[float32](m)
 	if err != nil {
 		return nil, nil, err
 	}
