@@ -155,7 +155,9 @@ func TestCollectExpertsUnrouted(t *testing.T) {
 // rerunExperts is the expert statistics as CollectExperts took them before
 // the pass did: each batch runs the block again from its input up to the
 // MoE site (mlpInput), for the original and the compressed block, beside
-// the pass that has already run them there.
+// the pass that has already run them there; the rows then go to the
+// experts as the pass sends them (addRouted, whose routing
+// TestCollectExpertsRoutedRows checks by hand).
 func rerunExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
 	seq := st.Mode == Sequential
 	blk := orig
@@ -176,25 +178,8 @@ func rerunExperts(m *model.Model, orig, comp *model.Block, st *Streams, down boo
 		if seq {
 			xc = mlpInput(m, comp, st.Comp[i])
 		}
-		for e, picks := range blk.MoE.Route(m, xc, h.Rows()) {
-			k := len(picks)
-			if k == 0 {
-				continue
-			}
-			xs := model.Gather(xc, h.Dim, picks)
-			var xsOrig []float32
-			if seq {
-				xsOrig = model.Gather(xo, h.Dim, picks)
-			}
-			if down {
-				xs = blk.MoE.Experts[e].Hidden(m, xs, k)
-				if seq {
-					xsOrig = orig.MoE.Experts[e].Hidden(m, xsOrig, k)
-				}
-			}
-			if err := stats[e].add(m.Backend, xs, xsOrig, k); err != nil {
-				return nil, err
-			}
+		if err := addRouted(m, stats, blk, orig, xc, xo, h.Rows(), h.Dim, down, seq); err != nil {
+			return nil, err
 		}
 	}
 	return stats, nil
