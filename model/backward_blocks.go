@@ -51,8 +51,11 @@ func (m *Model) GradHead(seqs [][]int32, h *States) (loss float64, tokens int, d
 		return 0, 0, nil, err
 	}
 	starts, _, tokens := layout(seqs)
-	if !slices.Equal(starts, h.Starts) || h.Dim != m.Config.HiddenSize {
+	if !slices.Equal(starts, h.Starts) {
 		return 0, 0, nil, fmt.Errorf("%w: hidden states of %d rows in %d sequences for %d sequences of %d tokens", ErrBackward, h.Rows(), h.Sequences(), len(seqs), starts[len(starts)-1])
+	}
+	if err := m.checkStates(h); err != nil {
+		return 0, 0, nil, fmt.Errorf("%w: %v", ErrBackward, err)
 	}
 	if tokens == 0 {
 		return 0, 0, nil, fmt.Errorf("%w: no sequence has two tokens, so there is nothing to predict", ErrBackward)
@@ -97,8 +100,8 @@ func (m *Model) blockNet(l int, b *Block, h *States) (*net[float32], *netBlock[f
 	if l < 0 || l >= m.Config.NumLayers {
 		return nil, nil, fmt.Errorf("%w: block %d of a model with %d", ErrBackward, l, m.Config.NumLayers)
 	}
-	if h.Dim != m.Config.HiddenSize || len(h.X) != h.Rows()*h.Dim {
-		return nil, nil, fmt.Errorf("%w: block %d: hidden states of width %d and %d values for %d rows (want width %d)", ErrBackward, l, h.Dim, len(h.X), h.Rows(), m.Config.HiddenSize)
+	if err := m.checkStates(h); err != nil {
+		return nil, nil, fmt.Errorf("%w: block %d: %v", ErrBackward, l, err)
 	}
 	n, err := newBareNet[float32](m)
 	if err != nil {
@@ -110,4 +113,13 @@ func (m *Model) blockNet(l int, b *Block, h *States) (*net[float32], *netBlock[f
 	}
 	n.blocks[l] = nb
 	return n, nb, nil
+}
+
+// checkStates refuses hidden states whose width is not the model's or whose
+// values do not fill their rows.
+func (m *Model) checkStates(h *States) error {
+	if h.Dim != m.Config.HiddenSize || len(h.X) != h.Rows()*h.Dim {
+		return fmt.Errorf("hidden states of width %d and %d values for %d rows (want width %d)", h.Dim, len(h.X), h.Rows(), m.Config.HiddenSize)
+	}
+	return nil
 }

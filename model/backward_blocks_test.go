@@ -110,6 +110,12 @@ func TestGradStepsBadInput(t *testing.T) {
 		{"block 2 of a model with 2", func() error { _, err := m.GradForward(2, m.Blocks[0], h); return err }},
 		{"gradient of 3 values", func() error { _, err := m.GradBackward(0, m.Blocks[0], h, dh[:3], nil); return err }},
 		{"for 1 sequences", func() error { _, _, _, err := m.GradHead(seqs[:1], h); return err }},
+		{"values for", func() error {
+			short := *h
+			short.X = h.X[:len(h.X)-1]
+			_, _, _, err := m.GradHead(seqs, &short)
+			return err
+		}},
 		{"token id 99", func() error { _, err := m.GradEmbed([][]int32{{1, 99}}); return err }},
 	} {
 		if err := c.err(); err == nil || !strings.Contains(err.Error(), c.want) {
