@@ -812,17 +812,18 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	if err := n.m.CheckTokens(seqs); err != nil {
 		return 0, 0, err
 	}
-	starts, pos, tokens := layout(seqs)
+	starts, tokens := layout(seqs)
+	rows := starts[len(starts)-1]
 	if tokens == 0 {
 		return 0, 0, fmt.Errorf("%w: no sequence has two tokens, so there is nothing to predict", ErrBackward)
 	}
-	h := n.embedRows(seqs, len(pos))
+	h := n.embedRows(seqs, rows)
 	rotOf := n.rotaries(starts)
 	acts := make([]*saved[T], len(n.blocks))
 	for i, b := range n.blocks {
 		h, acts[i] = n.blockForward(b, h, starts, rotOf(b))
 	}
-	loss, dh := n.lossAt(h, targets(seqs, len(pos)), tokens, grads)
+	loss, dh := n.lossAt(h, targets(seqs, rows), tokens, grads)
 	if !grads {
 		return loss, tokens, nil
 	}
@@ -875,18 +876,15 @@ func (n *net[T]) lossAt(h []T, target []int32, tokens int, grads bool) (float64,
 }
 
 // layout returns where each sequence starts in the stacked rows (and the
-// total at the end), every row's position in its sequence, and how many
-// tokens are predicted (each sequence's length less one).
-func layout(seqs [][]int32) (starts, pos []int, tokens int) {
+// total at the end; rotaries derives the rows' positions from them) and how
+// many tokens are predicted (each sequence's length less one).
+func layout(seqs [][]int32) (starts []int, tokens int) {
 	starts = []int{0}
 	for _, s := range seqs {
 		starts = append(starts, starts[len(starts)-1]+len(s))
-		for p := range s {
-			pos = append(pos, p)
-		}
 		tokens += max(0, len(s)-1)
 	}
-	return starts, pos, tokens
+	return starts, tokens
 }
 
 // embedRows stacks the embeddings of every token of seqs (scaled by

@@ -27,8 +27,8 @@ func (m *Model) GradEmbed(seqs [][]int32) (*States, error) {
 	if err := m.CheckTokens(seqs); err != nil {
 		return nil, err
 	}
-	starts, pos, _ := layout(seqs)
-	return &States{X: n.embedRows(seqs, len(pos)), Dim: m.Config.HiddenSize, Starts: starts}, nil
+	starts, _ := layout(seqs)
+	return &States{X: n.embedRows(seqs, starts[len(starts)-1]), Dim: m.Config.HiddenSize, Starts: starts}, nil
 }
 
 // GradForward runs b, block l of m, on h as the backward pass does and
@@ -50,7 +50,7 @@ func (m *Model) GradHead(seqs [][]int32, h *States) (loss float64, tokens int, d
 	if err != nil {
 		return 0, 0, nil, err
 	}
-	starts, _, tokens := layout(seqs)
+	starts, tokens := layout(seqs)
 	if !slices.Equal(starts, h.Starts) {
 		return 0, 0, nil, fmt.Errorf("%w: hidden states of %d rows in %d sequences for %d sequences of %d tokens", ErrBackward, h.Rows(), h.Sequences(), len(seqs), starts[len(starts)-1])
 	}
