@@ -837,12 +837,7 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 // rotaries returns the rotary tables of rows laid out by starts, by block
 // (Gemma's local blocks have their own).
 func (n *net[T]) rotaries(starts []int) func(*netBlock[T]) *rotary {
-	pos := make([]int, 0, starts[len(starts)-1])
-	for s := range len(starts) - 1 {
-		for r := starts[s]; r < starts[s+1]; r++ {
-			pos = append(pos, r-starts[s])
-		}
-	}
+	pos := rowPositions(starts)
 	rot := newRotary(n.c.InvFreq(), pos)
 	local := rot
 	if n.c.Gemma != nil {
@@ -854,6 +849,28 @@ func (n *net[T]) rotaries(starts []int) func(*netBlock[T]) *rotary {
 		}
 		return rot
 	}
+}
+
+// blockRotary is rotaries' table for block b alone, for the steps that run
+// one block (which need not build the other kind's table).
+func (n *net[T]) blockRotary(b *netBlock[T], starts []int) *rotary {
+	inv := n.c.InvFreq()
+	if b.local {
+		inv = n.c.LocalInvFreq()
+	}
+	return newRotary(inv, rowPositions(starts))
+}
+
+// rowPositions is every row's position in its sequence, for rows laid out
+// by starts.
+func rowPositions(starts []int) []int {
+	pos := make([]int, 0, starts[len(starts)-1])
+	for s := range len(starts) - 1 {
+		for r := starts[s]; r < starts[s+1]; r++ {
+			pos = append(pos, r-starts[s])
+		}
+	}
+	return pos
 }
 
 // lossAt returns the mean loss of the last block's output h predicting

@@ -38,7 +38,7 @@ func (m *Model) GradForward(l int, b *Block, h *States) (*States, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, _ := n.blockForward(nb, h.X, h.Starts, n.rotaries(h.Starts)(nb))
+	out, _ := n.blockForward(nb, h.X, h.Starts, n.blockRotary(nb, h.Starts))
 	return &States{X: out, Dim: h.Dim, Starts: h.Starts}, nil
 }
 
@@ -84,7 +84,7 @@ func (m *Model) GradBackward(l int, b *Block, h *States, dh []float32, names []s
 	if err := n.want(names); err != nil {
 		return nil, err
 	}
-	rot := n.rotaries(h.Starts)(nb)
+	rot := n.blockRotary(nb, h.Starts)
 	_, s := n.blockForward(nb, h.X, h.Starts, rot)
 	copy(dh, n.blockBackward(nb, s, dh, h.Starts, rot))
 	grads := make(map[string]*Grad, len(names))
