@@ -96,13 +96,7 @@ func addRouted(m *model.Model, stats []*SiteStats, blk, orig *model.Block, xc, x
 		if seq {
 			xsOrig = model.Gather(xo, dim, picks)
 		}
-		if down {
-			xs = blk.MoE.Experts[e].Hidden(m, xs, k)
-			if seq {
-				xsOrig = orig.MoE.Experts[e].Hidden(m, xsOrig, k)
-			}
-		}
-		if err := stats[e].add(m.Backend, xs, xsOrig, k); err != nil {
+		if err := addExpert(m, stats[e], &blk.MoE.Experts[e], &orig.MoE.Experts[e], xs, xsOrig, k, down); err != nil {
 			return fmt.Errorf("expert %d: %w", e, err)
 		}
 	}
@@ -113,18 +107,24 @@ func addRouted(m *model.Model, stats []*SiteStats, blk, orig *model.Block, xc, x
 // those its source orig sees, for the cross-Gram); with down, the input of
 // the down projection they make.
 func addShared(m *model.Model, st *SiteStats, s, orig *model.Expert, x, xOrig []float32, rows int, down, seq bool) error {
-	var paired []float32
-	if seq {
-		paired = xOrig
+	if !seq {
+		xOrig = nil
 	}
-	if down {
-		x = s.Hidden(m, x, rows)
-		if seq {
-			paired = orig.Hidden(m, xOrig, rows)
-		}
-	}
-	if err := st.add(m.Backend, x, paired, rows); err != nil {
+	if err := addExpert(m, st, s, orig, x, xOrig, rows, down); err != nil {
 		return fmt.Errorf("shared expert: %w", err)
 	}
 	return nil
+}
+
+// addExpert adds to st the k rows x that expert ex sees, paired (when xOrig
+// is not nil) with the rows xOrig that its source orig sees; with down, the
+// input of the down projection each expert makes of them.
+func addExpert(m *model.Model, st *SiteStats, ex, orig *model.Expert, x, xOrig []float32, k int, down bool) error {
+	if down {
+		x = ex.Hidden(m, x, k)
+		if xOrig != nil {
+			xOrig = orig.Hidden(m, xOrig, k)
+		}
+	}
+	return st.add(m.Backend, x, xOrig, k)
 }

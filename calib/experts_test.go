@@ -14,10 +14,12 @@ import (
 	"github.com/rankzip/rankzip/model"
 )
 
-// tinyMoE is a random Qwen3-MoE (4 experts, top 2) and calibration data.
-func tinyMoE(t *testing.T) (*model.Model, [][]int32) {
+// tinyMoE is a random mixture of experts of model type typ (qwen3_moe, or
+// qwen2_moe with its shared expert of 48; 4 experts of 24, top 2, hidden
+// 32) and calibration data.
+func tinyMoE(t *testing.T, typ string) (*model.Model, [][]int32) {
 	t.Helper()
-	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "qwen3_moe", Hidden: 32, Intermediate: 24, Layers: 2, Heads: 4, KVHeads: 2,
+	m, err := model.Synthetic(model.SyntheticConfig{ModelType: typ, Hidden: 32, Intermediate: 24, Layers: 2, Heads: 4, KVHeads: 2,
 		HeadDim: 8, Vocab: 50, MaxPositions: 32, Experts: 4, TopK: 2}, 7, kernels.Default())
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +57,7 @@ func handRouted(router *model.Dense, x []float32, rows, dim, experts, k, e int) 
 // the one computed by hand from the rows the router sends to it, and only
 // those; the experts together see every token k times.
 func TestCollectExpertsRoutedRows(t *testing.T) {
-	m, seqs := tinyMoE(t)
+	m, seqs := tinyMoE(t, "qwen3_moe")
 	st, err := Embed(m, seqs, 3, Original)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +133,7 @@ func TestCollectExpertsRoutedRows(t *testing.T) {
 
 // An expert the router never picks gets statistics with no tokens.
 func TestCollectExpertsUnrouted(t *testing.T) {
-	m, seqs := tinyMoE(t)
+	m, seqs := tinyMoE(t, "qwen3_moe")
 	st, err := Embed(m, seqs, 6, Original)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +157,9 @@ func TestCollectExpertsUnrouted(t *testing.T) {
 // rerunExperts is the expert statistics as CollectExperts took them before
 // the pass did: each batch runs the block again from its input up to the
 // MoE site (mlpInput), for the original and the compressed block, beside
-// the pass that has already run them there.
+// the pass that has already run them there; the rows then go to the
+// experts as the pass sends them (addRouted, whose routing
+// TestCollectExpertsRoutedRows checks by hand).
 func rerunExperts(m *model.Model, orig, comp *model.Block, st *Streams, down bool) ([]*SiteStats, error) {
 	seq := st.Mode == Sequential
 	blk := orig
@@ -176,25 +180,8 @@ func rerunExperts(m *model.Model, orig, comp *model.Block, st *Streams, down boo
 		if seq {
 			xc = mlpInput(m, comp, st.Comp[i])
 		}
-		for e, picks := range blk.MoE.Route(m, xc, h.Rows()) {
-			k := len(picks)
-			if k == 0 {
-				continue
-			}
-			xs := model.Gather(xc, h.Dim, picks)
-			var xsOrig []float32
-			if seq {
-				xsOrig = model.Gather(xo, h.Dim, picks)
-			}
-			if down {
-				xs = blk.MoE.Experts[e].Hidden(m, xs, k)
-				if seq {
-					xsOrig = orig.MoE.Experts[e].Hidden(m, xsOrig, k)
-				}
-			}
-			if err := stats[e].add(m.Backend, xs, xsOrig, k); err != nil {
-				return nil, err
-			}
+		if err := addRouted(m, stats, blk, orig, xc, xo, h.Rows(), h.Dim, down, seq); err != nil {
+			return nil, err
 		}
 	}
 	return stats, nil
@@ -236,7 +223,7 @@ func compressGateUp(comp *model.Block) {
 // and up projections changed between the calls as a compression changes
 // them; the streams entering the next block are RunBlock's.
 func TestPassExpertsMatchRerun(t *testing.T) {
-	m, seqs := tinyMoE(t)
+	m, seqs := tinyMoE(t, "qwen3_moe")
 	for _, mode := range []Mode{Sequential, Original} {
 		for _, spill := range []bool{false, true} {
 			dir := ""

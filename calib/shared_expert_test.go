@@ -4,9 +4,6 @@ import (
 	"testing"
 
 	"gonum.org/v1/gonum/mat"
-
-	"github.com/rankzip/rankzip/kernels"
-	"github.com/rankzip/rankzip/model"
 )
 
 // Qwen2-MoE's shared expert, which every row goes through, gets statistics
@@ -15,15 +12,7 @@ import (
 // activation; in Sequential mode with comp the same block, the cross-Gram
 // equals the Gram.
 func TestCollectExpertsSharedExpert(t *testing.T) {
-	m, err := model.Synthetic(model.SyntheticConfig{ModelType: "qwen2_moe", Hidden: 32, Intermediate: 12, Layers: 2, Heads: 4, KVHeads: 2,
-		Vocab: 50, MaxPositions: 32, Experts: 4, TopK: 2}, 7, kernels.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	seqs, err := model.Sample(m, 5, 20, 1, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, seqs := tinyMoE(t, "qwen2_moe")
 	b := m.Blocks[1]
 	for _, mode := range []Mode{Original, Sequential} {
 		st, err := Embed(m, seqs, 3, mode)
@@ -45,7 +34,7 @@ func TestCollectExpertsSharedExpert(t *testing.T) {
 			s := stats[4]
 			dim := 32
 			if down {
-				dim = 24 // shared_expert_intermediate_size: 2 × 12
+				dim = 48 // shared_expert_intermediate_size: 2 × 24
 			}
 			want := mat.NewSymDense(dim, nil)
 			for _, h := range st.Orig {

@@ -190,16 +190,25 @@ func newNet[T float32 | float64](m *Model, names []string) (*net[T], error) {
 // newTopNet returns the net of m's embeddings, final norm and LM head, with
 // room for every block (nil until newBlock fills it).
 func newTopNet[T float32 | float64](m *Model) (*net[T], error) {
-	if err := m.Config.Unsupported(FeatureBackward); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
+	n, err := newBareNet[T](m)
+	if err != nil {
+		return nil, err
 	}
-	n := &net[T]{m: m, c: m.Config, kb: m.Backend, embed: convert[T](m.Embed), blocks: make([]*netBlock[T], m.Config.NumLayers)}
+	n.embed = convert[T](m.Embed)
 	n.norm = n.normVec(m.Norm)
-	var err error
 	if n.head, err = netLinear[T](m.LMHead, "lm_head"); err != nil {
 		return nil, err
 	}
 	return n, nil
+}
+
+// newBareNet returns a net of m with room for every block and without its
+// embeddings, final norm and LM head, for steps that run blocks only.
+func newBareNet[T float32 | float64](m *Model) (*net[T], error) {
+	if err := m.Config.Unsupported(FeatureBackward); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBackward, err)
+	}
+	return &net[T]{m: m, c: m.Config, kb: m.Backend, blocks: make([]*netBlock[T], m.Config.NumLayers)}, nil
 }
 
 // netLinear is a linear layer in T.
@@ -803,17 +812,18 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 	if err := n.m.CheckTokens(seqs); err != nil {
 		return 0, 0, err
 	}
-	starts, pos, tokens := layout(seqs)
+	starts, tokens := layout(seqs)
+	rows := starts[len(starts)-1]
 	if tokens == 0 {
 		return 0, 0, fmt.Errorf("%w: no sequence has two tokens, so there is nothing to predict", ErrBackward)
 	}
-	h := n.embedRows(seqs, len(pos))
+	h := n.embedRows(seqs, rows)
 	rotOf := n.rotaries(starts)
 	acts := make([]*saved[T], len(n.blocks))
 	for i, b := range n.blocks {
 		h, acts[i] = n.blockForward(b, h, starts, rotOf(b))
 	}
-	loss, dh := n.lossAt(h, targets(seqs, len(pos)), tokens, grads)
+	loss, dh := n.lossAt(h, targets(seqs, rows), tokens, grads)
 	if !grads {
 		return loss, tokens, nil
 	}
@@ -827,12 +837,7 @@ func (n *net[T]) run(seqs [][]int32, grads bool) (float64, int, error) {
 // rotaries returns the rotary tables of rows laid out by starts, by block
 // (Gemma's local blocks have their own).
 func (n *net[T]) rotaries(starts []int) func(*netBlock[T]) *rotary {
-	pos := make([]int, 0, starts[len(starts)-1])
-	for s := range len(starts) - 1 {
-		for r := starts[s]; r < starts[s+1]; r++ {
-			pos = append(pos, r-starts[s])
-		}
-	}
+	pos := rowPositions(starts)
 	rot := newRotary(n.c.InvFreq(), pos)
 	local := rot
 	if n.c.Gemma != nil {
@@ -844,6 +849,28 @@ func (n *net[T]) rotaries(starts []int) func(*netBlock[T]) *rotary {
 		}
 		return rot
 	}
+}
+
+// blockRotary is rotaries' table for block b alone, for the steps that run
+// one block (which need not build the other kind's table).
+func (n *net[T]) blockRotary(b *netBlock[T], starts []int) *rotary {
+	inv := n.c.InvFreq()
+	if b.local {
+		inv = n.c.LocalInvFreq()
+	}
+	return newRotary(inv, rowPositions(starts))
+}
+
+// rowPositions is every row's position in its sequence, for rows laid out
+// by starts.
+func rowPositions(starts []int) []int {
+	pos := make([]int, 0, starts[len(starts)-1])
+	for s := range len(starts) - 1 {
+		for r := starts[s]; r < starts[s+1]; r++ {
+			pos = append(pos, r-starts[s])
+		}
+	}
+	return pos
 }
 
 // lossAt returns the mean loss of the last block's output h predicting
@@ -866,18 +893,15 @@ func (n *net[T]) lossAt(h []T, target []int32, tokens int, grads bool) (float64,
 }
 
 // layout returns where each sequence starts in the stacked rows (and the
-// total at the end), every row's position in its sequence, and how many
-// tokens are predicted (each sequence's length less one).
-func layout(seqs [][]int32) (starts, pos []int, tokens int) {
+// total at the end; rotaries derives the rows' positions from them) and how
+// many tokens are predicted (each sequence's length less one).
+func layout(seqs [][]int32) (starts []int, tokens int) {
 	starts = []int{0}
 	for _, s := range seqs {
 		starts = append(starts, starts[len(starts)-1]+len(s))
-		for p := range s {
-			pos = append(pos, p)
-		}
 		tokens += max(0, len(s)-1)
 	}
-	return starts, pos, tokens
+	return starts, tokens
 }
 
 // embedRows stacks the embeddings of every token of seqs (scaled by

@@ -10,8 +10,10 @@ import (
 // memory): GradEmbed gives block 0's input, GradForward runs a block,
 // GradHead takes the loss and its gradient at the last block's output, and
 // GradBackward carries that gradient back through a block, giving its
-// parameters' gradients. m needs its embeddings, final norm and LM head;
-// its blocks may be nil, each step taking the block it runs. The steps run
+// parameters' gradients. GradEmbed needs m's embeddings and GradHead its
+// final norm and LM head; the block steps read neither (they build no top,
+// so a factored LM head is not multiplied out per block), and m's blocks
+// may be nil, each step taking the block it runs. The steps run
 // Backward's own code in Backward's order, so a caller that chains them
 // over one batch gets Backward's gradients bit for bit.
 
@@ -25,8 +27,8 @@ func (m *Model) GradEmbed(seqs [][]int32) (*States, error) {
 	if err := m.CheckTokens(seqs); err != nil {
 		return nil, err
 	}
-	starts, pos, _ := layout(seqs)
-	return &States{X: n.embedRows(seqs, len(pos)), Dim: m.Config.HiddenSize, Starts: starts}, nil
+	starts, _ := layout(seqs)
+	return &States{X: n.embedRows(seqs, starts[len(starts)-1]), Dim: m.Config.HiddenSize, Starts: starts}, nil
 }
 
 // GradForward runs b, block l of m, on h as the backward pass does and
@@ -36,7 +38,7 @@ func (m *Model) GradForward(l int, b *Block, h *States) (*States, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, _ := n.blockForward(nb, h.X, h.Starts, n.rotaries(h.Starts)(nb))
+	out, _ := n.blockForward(nb, h.X, h.Starts, n.blockRotary(nb, h.Starts))
 	return &States{X: out, Dim: h.Dim, Starts: h.Starts}, nil
 }
 
@@ -48,9 +50,12 @@ func (m *Model) GradHead(seqs [][]int32, h *States) (loss float64, tokens int, d
 	if err != nil {
 		return 0, 0, nil, err
 	}
-	starts, _, tokens := layout(seqs)
-	if !slices.Equal(starts, h.Starts) || h.Dim != m.Config.HiddenSize {
+	starts, tokens := layout(seqs)
+	if !slices.Equal(starts, h.Starts) {
 		return 0, 0, nil, fmt.Errorf("%w: hidden states of %d rows in %d sequences for %d sequences of %d tokens", ErrBackward, h.Rows(), h.Sequences(), len(seqs), starts[len(starts)-1])
+	}
+	if err := m.checkStates(h); err != nil {
+		return 0, 0, nil, fmt.Errorf("%w: %v", ErrBackward, err)
 	}
 	if tokens == 0 {
 		return 0, 0, nil, fmt.Errorf("%w: no sequence has two tokens, so there is nothing to predict", ErrBackward)
@@ -79,7 +84,7 @@ func (m *Model) GradBackward(l int, b *Block, h *States, dh []float32, names []s
 	if err := n.want(names); err != nil {
 		return nil, err
 	}
-	rot := n.rotaries(h.Starts)(nb)
+	rot := n.blockRotary(nb, h.Starts)
 	_, s := n.blockForward(nb, h.X, h.Starts, rot)
 	copy(dh, n.blockBackward(nb, s, dh, h.Starts, rot))
 	grads := make(map[string]*Grad, len(names))
@@ -90,15 +95,15 @@ func (m *Model) GradBackward(l int, b *Block, h *States, dh []float32, names []s
 	return grads, nil
 }
 
-// blockNet returns the net of m's top with b as its block l, checking h.
+// blockNet returns a net of m with b as its block l and no top, checking h.
 func (m *Model) blockNet(l int, b *Block, h *States) (*net[float32], *netBlock[float32], error) {
 	if l < 0 || l >= m.Config.NumLayers {
 		return nil, nil, fmt.Errorf("%w: block %d of a model with %d", ErrBackward, l, m.Config.NumLayers)
 	}
-	if h.Dim != m.Config.HiddenSize || len(h.X) != h.Rows()*h.Dim {
-		return nil, nil, fmt.Errorf("%w: block %d: hidden states of width %d and %d values for %d rows (want width %d)", ErrBackward, l, h.Dim, len(h.X), h.Rows(), m.Config.HiddenSize)
+	if err := m.checkStates(h); err != nil {
+		return nil, nil, fmt.Errorf("%w: block %d: %v", ErrBackward, l, err)
 	}
-	n, err := newTopNet[float32](m)
+	n, err := newBareNet[float32](m)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -108,4 +113,13 @@ func (m *Model) blockNet(l int, b *Block, h *States) (*net[float32], *netBlock[f
 	}
 	n.blocks[l] = nb
 	return n, nb, nil
+}
+
+// checkStates refuses hidden states whose width is not the model's or whose
+// values do not fill their rows.
+func (m *Model) checkStates(h *States) error {
+	if h.Dim != m.Config.HiddenSize || len(h.X) != h.Rows()*h.Dim {
+		return fmt.Errorf("hidden states of width %d and %d values for %d rows (want width %d)", h.Dim, len(h.X), h.Rows(), m.Config.HiddenSize)
+	}
+	return nil
 }

@@ -13,6 +13,8 @@ func gradSteps(t *testing.T, m *Model, seqs [][]int32, names []string) (float64,
 	t.Helper()
 	top := *m
 	top.Blocks = nil // the steps take their block as an argument
+	bare := top      // the block steps read no embeddings, final norm or LM head
+	bare.Embed, bare.Norm, bare.LMHead = nil, nil, nil
 	h, err := top.GradEmbed(seqs)
 	if err != nil {
 		t.Fatal(err)
@@ -20,7 +22,7 @@ func gradSteps(t *testing.T, m *Model, seqs [][]int32, names []string) (float64,
 	inputs := make([]*States, len(m.Blocks))
 	for l, b := range m.Blocks {
 		inputs[l] = h
-		if h, err = top.GradForward(l, b, h); err != nil {
+		if h, err = bare.GradForward(l, b, h); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -36,7 +38,7 @@ func gradSteps(t *testing.T, m *Model, seqs [][]int32, names []string) (float64,
 				mine = append(mine, n)
 			}
 		}
-		g, err := top.GradBackward(l, m.Blocks[l], inputs[l], dh, mine)
+		g, err := bare.GradBackward(l, m.Blocks[l], inputs[l], dh, mine)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,6 +110,12 @@ func TestGradStepsBadInput(t *testing.T) {
 		{"block 2 of a model with 2", func() error { _, err := m.GradForward(2, m.Blocks[0], h); return err }},
 		{"gradient of 3 values", func() error { _, err := m.GradBackward(0, m.Blocks[0], h, dh[:3], nil); return err }},
 		{"for 1 sequences", func() error { _, _, _, err := m.GradHead(seqs[:1], h); return err }},
+		{"values for", func() error {
+			short := *h
+			short.X = h.X[:len(h.X)-1]
+			_, _, _, err := m.GradHead(seqs, &short)
+			return err
+		}},
 		{"token id 99", func() error { _, err := m.GradEmbed([][]int32{{1, 99}}); return err }},
 	} {
 		if err := c.err(); err == nil || !strings.Contains(err.Error(), c.want) {

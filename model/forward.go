@@ -552,9 +552,10 @@ func attendRow(o, qi, kk, v []float32, ks, ko, vs, vo, first, last int, scale fl
 const smallAttention = 8192
 
 // capScores replaces the scores each row i of the n×n sc attends to (see
-// causalSoftmax) by softcap·tanh(score/softcap); softcap 0 leaves them.
-func capScores(sc []float32, n, window int, softcap float64) {
-	if softcap == 0 {
+// causalSoftmax) by c·tanh(score/c) (softcap, as the final logits); c 0
+// leaves them.
+func capScores(sc []float32, n, window int, c float64) {
+	if c == 0 {
 		return
 	}
 	parallelFor(n, max(1, 8192/n), func(lo, hi int) {
@@ -563,17 +564,9 @@ func capScores(sc []float32, n, window int, softcap float64) {
 			if window > 0 {
 				first = max(0, i-window+1)
 			}
-			softcapScores(sc[i*n+first:i*n+i+1], softcap)
+			softcap(sc[i*n+first:i*n+i+1], c)
 		}
 	})
-}
-
-// softcapScores replaces each score x by softcap·tanh(x/softcap), in float64
-// as transformers' float32 division, tanh and product round about the same.
-func softcapScores(x []float32, softcap float64) {
-	for j, v := range x {
-		x[j] = float32(softcap * math.Tanh(float64(v)/softcap))
-	}
 }
 
 // causalSoftmax turns each row i of the n×n scores into softmax over the

@@ -542,11 +542,7 @@ func HasExperts(mods []string) bool {
 type MoELinear struct {
 	// Name is the tensor name without ".weight"
 	// (model.layers.3.block_sparse_moe.experts.1.w2).
-	Name string
-	// Target is the compression target name (mlp.experts.1.down_proj), ""
-	// for the router and Qwen2-MoE's shared expert and its gate, which are
-	// never compressed.
-	Target  string
+	Name    string
 	Out, In int
 	Layer   Linear // the block's layer (nil in an EmptyMoE)
 	// Set replaces the block's layer; the router and the shared expert's
@@ -589,7 +585,7 @@ func (c *Config) MoELinears(b *Block, p string) []MoELinear {
 		for j, l := range []*Linear{&x.Gate, &x.Up, &x.Down} {
 			o, in := expertShape(c, j)
 			name := strings.TrimSuffix(moeName(c, p, i, j), ".weight")
-			out = append(out, MoELinear{Name: name, Target: ExpertModule(i, j), Out: o, In: in, Layer: *l, Set: set(l)})
+			out = append(out, MoELinear{Name: name, Out: o, In: in, Layer: *l, Set: set(l)})
 		}
 	}
 	if s := e.Shared; s != nil {

@@ -36,18 +36,19 @@ func (p *parser) qwen3(c *Config) {
 	c.QKNorm = true
 	window := p.qwenWindow()
 	types := p.layerTypes(c.NumLayers)
+	sliding := make([]bool, len(types))
+	for i, t := range types {
+		sliding[i] = t == "sliding_attention"
+	}
 	if types == nil && window > 0 {
 		first := 28 // Qwen3Config's max_window_layers
 		if p.has("max_window_layers") && !p.isNull("max_window_layers") {
 			first = p.nonNegative("max_window_layers")
 		}
-		for i := range c.NumLayers {
-			types = append(types, map[bool]string{true: "sliding_attention", false: "full_attention"}[i >= first])
+		sliding = make([]bool, c.NumLayers)
+		for i := range sliding {
+			sliding[i] = i >= first
 		}
-	}
-	sliding := make([]bool, len(types))
-	for i, t := range types {
-		sliding[i] = t == "sliding_attention"
 	}
 	switch {
 	case !slices.Contains(sliding, true):

@@ -107,31 +107,10 @@ func TestArchTransformersLogits(t *testing.T) {
 			t.Errorf("%s: transformers failed: %s", r.Name, r.Error)
 			continue
 		}
-		name, v5 := refgenArch(r.Name)
-		if name == "" {
-			t.Errorf("%s: unknown checkpoint %q", f, r.Name)
+		e, eRef, ok := refLogitErrs(t, f, r.Name, r.Logits, "transformers")
+		if !ok {
 			continue
 		}
-		m, a, tensors, _ := loadRef(t, name, v5)
-		seqs := refSequences(a.vocab)
-		got, err := m.Forward(seqs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ref []float64
-		for _, s := range seqs {
-			ref = append(ref, refForward(a, tensors, s)...)
-		}
-		if len(r.Logits) != len(got) {
-			t.Errorf("%s: %d logits from transformers, %d here", r.Name, len(r.Logits), len(got))
-			continue
-		}
-		var d, w float64
-		for i, x := range r.Logits {
-			d += (ref[i] - x) * (ref[i] - x)
-			w += x * x
-		}
-		e, eRef := refRelErr(got, r.Logits), math.Sqrt(d/w)
 		t.Logf("%s: rankzip vs transformers %s (float64): %.2e; the float64 reference vs transformers: %.2e; at generation: rankzip vs transformers float32 %.2e, dense export reloaded in transformers max |Δ| %.1e",
 			r.Name, r.Transformers, e, eRef, r.RankzipVsTF32, r.ExportMaxDiff)
 		// transformers computes the RoPE tables in float32 even in a
@@ -171,31 +150,10 @@ func TestArchPythonReferenceLogits(t *testing.T) {
 		if err := readGzipJSON(f, &r); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
-		name, v5 := refgenArch(r.Name)
-		if name == "" {
-			t.Errorf("%s: unknown checkpoint %q", f, r.Name)
+		e, eRef, ok := refLogitErrs(t, f, r.Name, r.Logits, "pyref.py")
+		if !ok {
 			continue
 		}
-		m, a, tensors, _ := loadRef(t, name, v5)
-		seqs := refSequences(a.vocab)
-		got, err := m.Forward(seqs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ref []float64
-		for _, s := range seqs {
-			ref = append(ref, refForward(a, tensors, s)...)
-		}
-		if len(r.Logits) != len(got) {
-			t.Errorf("%s: %d logits from pyref.py, %d here", r.Name, len(r.Logits), len(got))
-			continue
-		}
-		var d, w float64
-		for i, x := range r.Logits {
-			d += (ref[i] - x) * (ref[i] - x)
-			w += x * x
-		}
-		e, eRef := refRelErr(got, r.Logits), math.Sqrt(d/w)
 		t.Logf("%s: rankzip vs pyref.py %.2e; Go float64 reference vs pyref.py %.2e", r.Name, e, eRef)
 		if !(e < archTol) {
 			t.Errorf("%s: relative error %.3e against pyref.py", r.Name, e)
@@ -204,6 +162,39 @@ func TestArchPythonReferenceLogits(t *testing.T) {
 			t.Errorf("%s: the Go reference differs from pyref.py by %.3e", r.Name, eRef)
 		}
 	}
+}
+
+// refLogitErrs compares the logits that the generator from stored in file f
+// for checkpoint dir with Forward's and with the Go float64 reference's
+// (archref_test.go), returning both relative errors; ok is false, the
+// failure reported, when the checkpoint is unknown or the counts differ.
+func refLogitErrs(t *testing.T, f, dir string, logits []float64, from string) (e, eRef float64, ok bool) {
+	t.Helper()
+	name, v5 := refgenArch(dir)
+	if name == "" {
+		t.Errorf("%s: unknown checkpoint %q", f, dir)
+		return 0, 0, false
+	}
+	m, a, tensors, _ := loadRef(t, name, v5)
+	seqs := refSequences(a.vocab)
+	got, err := m.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref []float64
+	for _, s := range seqs {
+		ref = append(ref, refForward(a, tensors, s)...)
+	}
+	if len(logits) != len(got) {
+		t.Errorf("%s: %d logits from %s, %d here", dir, len(logits), from, len(got))
+		return 0, 0, false
+	}
+	var d, w float64
+	for i, x := range logits {
+		d += (ref[i] - x) * (ref[i] - x)
+		w += x * x
+	}
+	return refRelErr(got, logits), math.Sqrt(d / w), true
 }
 
 // readGzipJSON decodes the gzipped JSON file path into v.

@@ -13,15 +13,15 @@ import (
 
 // SaveBlocks, reading one block at a time, writes Save's files byte for
 // byte for every architecture's layout (Phi-3's fused projections, q/k
-// norms, Gemma 3's extra norms, experts) and for factored layers; a model
+// norms, Gemma 3's extra norms, experts, Qwen2-MoE's shared expert) and for factored layers; a model
 // with latent attention is refused, it is saved whole.
 func TestSaveBlocksMatchesSave(t *testing.T) {
 	k := kernels.Default()
 	base := SyntheticConfig{Hidden: 32, Intermediate: 48, Layers: 11, Heads: 4, KVHeads: 2, Vocab: 64, MaxPositions: 64}
-	for _, typ := range []string{"", "phi3", "qwen3", "gemma3_text", "mixtral", "qwen3_moe"} {
+	for _, typ := range []string{"", "phi3", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "qwen2_moe"} {
 		s := base
 		s.ModelType = typ
-		if typ == "mixtral" || typ == "qwen3_moe" {
+		if typ == "mixtral" || typ == "qwen3_moe" || typ == "qwen2_moe" {
 			s.Experts, s.TopK, s.Layers = 4, 2, 3
 		}
 		m, err := Synthetic(s, 5, k)

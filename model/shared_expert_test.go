@@ -63,21 +63,19 @@ func TestQwen2MoESharedExpertModules(t *testing.T) {
 	cm := *m
 	cm.Blocks = []*Block{&comp}
 	seqs := [][]int32{{1, 5, 9, 3, 7, 2}}
-	want, _ := cm.Forward(seqs)
+	want, err := cm.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := Densify(&cm)
 	if _, dense := d.Blocks[0].MoE.Shared.Down.(*Dense); !dense {
 		t.Fatalf("Densify left the shared down_proj %T", d.Blocks[0].MoE.Shared.Down)
 	}
-	got, _ := d.Forward(seqs)
-	if e := refRelErr(got, widen(want)); !(e < 1e-5) {
+	got, err := d.Forward(seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := refRelErr(got, convert[float64](want)); !(e < 1e-5) {
 		t.Errorf("Densify changed the logits by %.2e", e)
 	}
-}
-
-func widen(x []float32) []float64 {
-	y := make([]float64, len(x))
-	for i, v := range x {
-		y[i] = float64(v)
-	}
-	return y
 }

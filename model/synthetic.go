@@ -136,6 +136,15 @@ func (r randomWeights) linear(out, in int) *Dense {
 	return NewDense(out, in, r.gauss(out*in, 1/math.Sqrt(float64(in))), nil)
 }
 
+// expert is an expert's gate, up and down projections, shaped by shape.
+func (r randomWeights) expert(cfg *Config, shape func(*Config, int) (int, int)) Expert {
+	var x [3]Linear
+	for j := range 3 {
+		x[j] = r.linear(shape(cfg, j))
+	}
+	return Expert{Gate: x[0], Up: x[1], Down: x[2]}
+}
+
 // block is layer i of a model of cfg: its norms, then its latent attention
 // (MLA) and experts (MoE) if any, then its linear modules.
 func (r randomWeights) block(cfg *Config, i int) *Block {
@@ -159,18 +168,11 @@ func (r randomWeights) block(cfg *Config, i int) *Block {
 	if e := cfg.MoE; e != nil {
 		b.MoE = &MoE{Router: r.linear(e.Experts, cfg.HiddenSize), TopK: e.TopK, Norm: e.NormTopK}
 		for range e.Experts {
-			var x [3]Linear
-			for j := range 3 {
-				x[j] = r.linear(expertShape(cfg, j))
-			}
-			b.MoE.Experts = append(b.MoE.Experts, Expert{Gate: x[0], Up: x[1], Down: x[2]})
+			b.MoE.Experts = append(b.MoE.Experts, r.expert(cfg, expertShape))
 		}
 		if e.SharedInter > 0 {
-			var x [3]Linear
-			for j := range 3 {
-				x[j] = r.linear(sharedShape(cfg, j))
-			}
-			b.MoE.Shared, b.MoE.SharedGate = &Expert{Gate: x[0], Up: x[1], Down: x[2]}, r.linear(1, cfg.HiddenSize)
+			shared := r.expert(cfg, sharedShape)
+			b.MoE.Shared, b.MoE.SharedGate = &shared, r.linear(1, cfg.HiddenSize)
 		}
 	}
 	for _, mod := range b.Modules() {
