@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,36 +21,9 @@ import (
 	"go.temporal.io/server/temporaltest"
 
 	"github.com/rankzip/rankzip/activities"
-	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/recipe"
-	"github.com/rankzip/rankzip/store"
 	"github.com/rankzip/rankzip/workflows"
 )
-
-// testActivities are activities on a store in storeDir, logging nowhere.
-func testActivities(t *testing.T, storeDir string) *activities.Activities {
-	t.Helper()
-	st, err := store.Open(storeDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &activities.Activities{Store: st, Backend: kernels.Default(), Log: slog.New(slog.DiscardHandler), HeartbeatEvery: 100 * time.Millisecond}
-}
-
-// history returns a workflow's events.
-func history(t *testing.T, c client.Client, id string) []*historypb.HistoryEvent {
-	t.Helper()
-	var events []*historypb.HistoryEvent
-	it := c.GetWorkflowHistory(context.Background(), id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-	for it.HasNext() {
-		e, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		events = append(events, e)
-	}
-	return events
-}
 
 // scheduleToStartTimeouts returns the activities of a history that timed
 // out waiting for a worker, as "Type@queue", and when each was scheduled.
@@ -155,7 +127,7 @@ func TestExportingHostGone(t *testing.T) {
 	if compared == 0 {
 		t.Fatal("the checkpoint has no files")
 	}
-	events := history(t, c, j.ID)
+	events := history(t, c, run)
 	timeouts, at := scheduleToStartTimeouts(events)
 	if len(timeouts) != 1 || timeouts[0] != "Evaluate@"+dead {
 		t.Fatalf("schedule-to-start timeouts %v, want Evaluate on %s only", timeouts, dead)
@@ -225,7 +197,6 @@ func TestCudaJobWaitsForBusyGPUWorker(t *testing.T) {
 	}, worker.Options{MaxConcurrentActivityExecutionSize: 1})
 	c := ts.GetDefaultClient()
 	var runs []client.WorkflowRun
-	var ids []string
 	for i, name := range []string{"first", "second"} {
 		j := job(t, filepath.Join(dir, name))
 		run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: j.ID, TaskQueue: workflows.TaskQueue},
@@ -233,7 +204,7 @@ func TestCudaJobWaitsForBusyGPUWorker(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		runs, ids = append(runs, run), append(ids, j.ID)
+		runs = append(runs, run)
 		if i == 0 {
 			for !held.Load() { // the first job's Inspect holds the slot
 				time.Sleep(10 * time.Millisecond)
@@ -245,7 +216,7 @@ func TestCudaJobWaitsForBusyGPUWorker(t *testing.T) {
 			t.Fatalf("job %d: %v", i, err)
 		}
 	}
-	timeouts, _ := scheduleToStartTimeouts(history(t, c, ids[1]))
+	timeouts, _ := scheduleToStartTimeouts(history(t, c, runs[1]))
 	if len(timeouts) == 0 || timeouts[0] != "Inspect@"+workflows.GPUTaskQueue {
 		t.Fatalf("second job's schedule-to-start timeouts %v, want its Inspect on %s", timeouts, workflows.GPUTaskQueue)
 	}
