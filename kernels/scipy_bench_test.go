@@ -2,7 +2,6 @@ package kernels_test
 
 import (
 	"bufio"
-	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -74,7 +73,7 @@ func BenchmarkCholeskyScipy(b *testing.B) {
 
 func median(x []float64) float64 {
 	s := slices.Clone(x)
-	slices.SortFunc(s, cmp.Compare)
+	slices.Sort(s)
 	return s[len(s)/2]
 }
 

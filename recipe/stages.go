@@ -324,13 +324,15 @@ func (v *validator) combine() {
 			// Palu's grouped projections are not compensated (their latent
 			// cache has no place for a correction): left out of the default
 			// targets, refused when named.
+			named := slices.Contains(s.keys, "targets")
 			var keep []string
 			for _, m := range s.Targets {
-				if _, _, expert := model.ParseExpertModule(m); expert && !slices.Contains(s.keys, "targets") && v.changedBefore(i, m) < 0 {
+				j := v.changedBefore(i, m)
+				if _, _, expert := model.ParseExpertModule(m); expert && !named && j < 0 {
 					continue // by default only the experts an earlier stage compressed
 				}
-				if j := v.changedBefore(i, m); j >= 0 && st[j].Method == MethodPalu {
-					if slices.Contains(s.keys, "targets") {
+				if j >= 0 && st[j].Method == MethodPalu {
+					if named {
 						v.add("%s cannot compensate %s: stages[%d] (palu) made it a grouped latent projection, which eora does not correct; leave it out of the targets", where, m, j)
 					}
 					continue

@@ -46,7 +46,7 @@ func (s *Store) Collect(live map[string]bool, keepSince time.Time, dryRun bool) 
 	if err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
-	m := &gcMarker{s: s, objects: objects, keep: map[string]bool{}}
+	m := &gcMarker{s: s, objects: objects, keep: map[string]bool{}, read: map[string]gcNames{}}
 	if err := m.markReachable(live, keepSince); err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
@@ -68,7 +68,14 @@ type gcMarker struct {
 	s       *Store
 	objects map[string]gcObject
 	keep    map[string]bool
-	queue   []string // kept objects whose references are not yet marked
+	queue   []string           // kept objects whose references are not yet marked
+	read    map[string]gcNames // what names has read: a kept record's object is not read again by expand
+}
+
+// gcNames is what a small object names and whether it is JSON.
+type gcNames struct {
+	sums   []string
+	isJSON bool
 }
 
 // markReachable keeps everything reachable from the live set, and
@@ -133,10 +140,13 @@ func (m *gcMarker) expand() error {
 }
 
 // names returns the sums a small JSON object names (nil for others) and
-// whether it is JSON.
+// whether it is JSON, reading each object once.
 func (m *gcMarker) names(sum string) ([]string, bool, error) {
 	if m.objects[sum].size > scanLimit {
 		return nil, false, nil
+	}
+	if r, ok := m.read[sum]; ok {
+		return r.sums, r.isJSON, nil
 	}
 	data, err := m.s.gcRead(sum)
 	if err != nil {
@@ -146,7 +156,9 @@ func (m *gcMarker) names(sum string) ([]string, bool, error) {
 	for _, match := range sumPattern.FindAll(data, -1) {
 		sums = append(sums, string(match))
 	}
-	return sums, json.Valid(data), nil
+	r := gcNames{sums, json.Valid(data)}
+	m.read[sum] = r
+	return r.sums, r.isJSON, nil
 }
 
 // removeUnkept removes (or with dryRun counts) the records and objects not

@@ -295,7 +295,7 @@ func inspect(ctx workflow.Context, in Input) (activities.InspectOutput, error) {
 	o := workflow.GetActivityOptions(ctx)
 	if o.TaskQueue != GPUTaskQueue {
 		err := workflow.ExecuteActivity(ctx, a.Inspect, activities.InspectInput{Job: in.Job}).Get(ctx, &ins)
-		return ins, stepErrorOrNil("inspect", err)
+		return ins, stepError("inspect", err)
 	}
 	wait := in.GPUWait
 	if wait <= 0 {
@@ -308,7 +308,7 @@ func inspect(ctx workflow.Context, in Input) (activities.InspectOutput, error) {
 	for {
 		err := workflow.ExecuteActivity(gpu, a.Inspect, activities.InspectInput{Job: in.Job}).Get(ctx, &ins)
 		if !isScheduleToStart(err) {
-			return ins, stepErrorOrNil("inspect", err)
+			return ins, stepError("inspect", err)
 		}
 		var pollers int
 		if err := workflow.ExecuteActivity(general, a.Pollers, GPUTaskQueue).Get(ctx, &pollers); err != nil {
@@ -520,7 +520,7 @@ const legacyHostWait = time.Hour
 // after it.
 func onExporter(ctx workflow.Context, in Input, res *Result, step string, run func(workflow.Context) error) error {
 	if workflow.GetVersion(ctx, versionHostFailover, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
-		return stepErrorOrNil(step, run(onHost(ctx, res.Export.HostQueue, legacyHostWait)))
+		return stepError(step, run(onHost(ctx, res.Export.HostQueue, legacyHostWait)))
 	}
 	wait := in.HostWait
 	if wait <= 0 {
@@ -531,7 +531,7 @@ func onExporter(ctx workflow.Context, in Input, res *Result, step string, run fu
 		queue := res.Export.HostQueue
 		err := run(onHost(ctx, queue, wait))
 		if !isScheduleToStart(err) {
-			return stepErrorOrNil(step, err)
+			return stepError(step, err)
 		}
 		if exports == maxExports {
 			msg := fmt.Sprintf("%s: no worker of the exporting host took it from task queue %s within %v, after %d exports on hosts that went away or stayed busy",
@@ -566,21 +566,13 @@ func isScheduleToStart(err error) bool {
 	return errors.As(err, &te) && te.TimeoutType() == enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START
 }
 
-// stepErrorOrNil is stepError, and nil for nil.
-func stepErrorOrNil(step string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return stepError(step, err)
-}
-
 // stepError names the step that failed and keeps the activity's error type
 // (BadInput, StoreUnwritable) at the top of the workflow's failure, where
-// status and result show it. A cancellation is returned as is.
+// status and result show it. A cancellation, or nil, is returned as is.
 func stepError(step string, err error) error {
 	var ae *temporal.ApplicationError
 	switch {
-	case temporal.IsCanceledError(err):
+	case err == nil, temporal.IsCanceledError(err):
 		return err
 	case errors.As(err, &ae):
 		return temporal.NewNonRetryableApplicationError(step+": "+ae.Message(), ae.Type(), err)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -62,6 +64,21 @@ func job(t *testing.T, dir string) *recipe.Job {
 // override replaces activities by name (a test's wrappers).
 func service(t *testing.T, storeDir string, override map[string]any) (client.Client, *activities.Activities) {
 	t.Helper()
+	acts := testActivities(t, storeDir)
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker(workflows.TaskQueue, func(r worker.Registry) {
+		workflows.Register(r, acts)
+		for name, fn := range override {
+			r.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name, DisableAlreadyRegisteredCheck: true})
+		}
+	})
+	return ts.GetDefaultClient(), acts
+}
+
+// testActivities are activities on a store in storeDir, logging nowhere
+// (or, with RANKZIP_E2E_LOG=FILE, as JSON lines appended to FILE).
+func testActivities(t *testing.T, storeDir string) *activities.Activities {
+	t.Helper()
 	st, err := store.Open(storeDir)
 	if err != nil {
 		t.Fatal(err)
@@ -75,15 +92,22 @@ func service(t *testing.T, storeDir string, override map[string]any) (client.Cli
 		t.Cleanup(func() { f.Close() })
 		log = slog.New(slog.NewJSONHandler(f, nil))
 	}
-	acts := &activities.Activities{Store: st, Backend: kernels.Default(), Log: log, HeartbeatEvery: 100 * time.Millisecond}
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	ts.NewWorker(workflows.TaskQueue, func(r worker.Registry) {
-		workflows.Register(r, acts)
-		for name, fn := range override {
-			r.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name, DisableAlreadyRegisteredCheck: true})
+	return &activities.Activities{Store: st, Backend: kernels.Default(), Log: log, HeartbeatEvery: 100 * time.Millisecond}
+}
+
+// history returns the events of a workflow run.
+func history(t *testing.T, c client.Client, run client.WorkflowRun) []*historypb.HistoryEvent {
+	t.Helper()
+	var events []*historypb.HistoryEvent
+	it := c.GetWorkflowHistory(context.Background(), run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	return ts.GetDefaultClient(), acts
+		events = append(events, e)
+	}
+	return events
 }
 
 func start(t *testing.T, c client.Client, j *recipe.Job) client.WorkflowRun {

@@ -79,22 +79,10 @@ func TestEndToEndMoEExperts(t *testing.T) {
 		t.Fatal(err)
 	}
 	orig, comp, _ := direct(t, j)
-	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
-	if err != nil {
-		t.Fatalf("the exported checkpoint does not load: %v", err)
-	}
-	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}, {3, 3, 150, 42, 8, 511, 60, 7}}
-	got, err := back.Forward(seqs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := comp.Forward(seqs)
+	seqs := [][]int32{moeSeq, {3, 3, 150, 42, 8, 511, 60, 7}}
+	_, want := exportMatches(t, j, comp, seqs)
 	base, _ := orig.Forward(seqs)
-	// Tolerance: the dense export multiplies the factors back in float32.
-	if e := relErr32(got, want); !(e < 1e-5) {
-		t.Errorf("exported logits differ from compress.Run's by %.2e relative (tolerance 1e-5)", e)
-	}
-	t.Logf("exported vs compress.Run logits: %.2e relative; compressed vs original: %.2e", relErr32(got, want), relErr32(want, base))
+	t.Logf("compressed vs original logits: %.2e relative", relErr32(want, base))
 	if e := relErr32(want, base); !(e > 1e-4) {
 		t.Errorf("compressed logits differ from the original's by only %.2e: nothing was compressed", e)
 	}
@@ -131,20 +119,7 @@ func TestEndToEndMoEExpertsGPTQ(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, comp, _ := direct(t, j)
-	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
-	if err != nil {
-		t.Fatalf("the exported checkpoint does not load: %v", err)
-	}
-	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
-	got, err := back.Forward(seqs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := comp.Forward(seqs)
-	t.Logf("exported vs in-process logits: %.2e relative", relErr32(got, want))
-	if e := relErr32(got, want); !(e < 1e-5) {
-		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
-	}
+	exportMatches(t, j, comp, [][]int32{moeSeq})
 	var quantized, unrouted int
 	for _, b := range res.Stages[1] {
 		for _, l := range b.Quant {
@@ -185,22 +160,10 @@ func TestEndToEndMoEExpertsLoRDEoRA(t *testing.T) {
 		t.Fatal(err)
 	}
 	orig, comp, adapters := direct(t, j)
-	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
-	if err != nil {
-		t.Fatalf("the exported checkpoint does not load: %v", err)
-	}
-	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
-	got, err := back.Forward(seqs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := comp.Forward(seqs)
+	seqs := [][]int32{moeSeq}
+	_, want := exportMatches(t, j, comp, seqs)
 	base, _ := orig.Forward(seqs)
-	t.Logf("exported vs in-process logits: %.2e relative; compressed vs original: %.2e", relErr32(got, want), relErr32(want, base))
-	// Tolerance: the dense export multiplies factors and adapters back in float32.
-	if e := relErr32(got, want); !(e < 1e-5) {
-		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
-	}
+	t.Logf("compressed vs original logits: %.2e relative", relErr32(want, base))
 	var corrected, unrouted []string
 	for _, b := range res.Stages[2] {
 		for _, l := range b.EoRA {
@@ -236,10 +199,7 @@ func TestEndToEndMoEExpertsGPTQLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, comp, _ := direct(t, j)
-	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
-	if err != nil {
-		t.Fatalf("the exported checkpoint does not load: %v", err)
-	}
+	back, _ := exportMatches(t, j, comp, [][]int32{moeSeq})
 	for i, b := range back.Blocks {
 		for e, x := range b.MoE.Experts {
 			_, q := x.Down.(*model.Quantized)
@@ -258,16 +218,35 @@ func TestEndToEndMoEExpertsGPTQLayout(t *testing.T) {
 			t.Errorf("the checkpoint has no tensor %s", name)
 		}
 	}
-	seqs := [][]int32{{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}}
+}
+
+// moeSeq is a token sequence the MoE tests compare logits on.
+var moeSeq = []int32{1, 5, 9, 200, 17, 33, 4, 480, 2, 77, 301, 12}
+
+// exportMatches loads j's exported checkpoint as rankzip eval does and
+// checks that its logits on seqs are comp's (the in-process result's),
+// returning the loaded model and comp's logits. Tolerance 1e-5 relative:
+// a dense export multiplies factors and adapters back in float32, and a
+// GPTQ one stores what comp dequantizes.
+func exportMatches(t *testing.T, j *recipe.Job, comp *model.Model, seqs [][]int32) (back *model.Model, want []float32) {
+	t.Helper()
+	back, err := activities.LoadExport(j.Recipe.Output, kernels.Default())
+	if err != nil {
+		t.Fatalf("the exported checkpoint does not load: %v", err)
+	}
 	got, err := back.Forward(seqs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := comp.Forward(seqs)
-	t.Logf("exported vs in-process logits: %.2e relative", relErr32(got, want))
-	if e := relErr32(got, want); !(e < 1e-5) {
+	if want, err = comp.Forward(seqs); err != nil {
+		t.Fatal(err)
+	}
+	e := relErr32(got, want)
+	t.Logf("exported vs in-process logits: %.2e relative", e)
+	if !(e < 1e-5) {
 		t.Errorf("exported logits differ from the in-process ones by %.2e relative (tolerance 1e-5)", e)
 	}
+	return back, want
 }
 
 // relErr32 is ‖a−b‖/‖b‖ over every logit, in float64.

@@ -57,15 +57,7 @@ func record(t *testing.T, file, stages, export string) {
 	if err := run.Get(context.Background(), &res); err != nil {
 		t.Fatal(err)
 	}
-	var events []*historypb.HistoryEvent
-	it := c.GetWorkflowHistory(context.Background(), run.GetID(), run.GetRunID(), false, 0)
-	for it.HasNext() {
-		e, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		events = append(events, e)
-	}
+	events := history(t, c, run)
 	b, err := protojson.MarshalOptions{Indent: " "}.Marshal(&historypb.History{Events: events})
 	if err != nil {
 		t.Fatal(err)

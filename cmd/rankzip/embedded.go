@@ -240,17 +240,11 @@ var skipPortCheck = false
 // portsFile records a state directory's ports.
 func portsFile(dir string) string { return filepath.Join(dir, "ports.json") }
 
-// resolvePorts returns the ports of the server of dir: forced (--port),
-// else those recorded there, else new free ones, which it records. It
-// fails with an *errPortInUse when one of them is taken.
-func resolvePorts(dir string, forced int) (serverPorts, error) {
-	p, h, _, err := reservePorts(dir, forced)
-	h.release()
-	return p, err
-}
-
-// reservePorts is resolvePorts holding the ports (under the machine's ports
-// lock while it picks and binds them); fresh tells whether it picked them.
+// reservePorts returns the ports of the server of dir: forced (--port),
+// else those recorded there, else new free ones, which it records. It binds
+// and holds them (h; none under skipPortCheck), under the machine's ports
+// lock while it picks and binds them; fresh tells whether it picked them.
+// It fails with an *errPortInUse when one of them is taken.
 func reservePorts(dir string, forced int) (p serverPorts, h held, fresh bool, err error) {
 	unlock := lockPorts()
 	defer unlock()

@@ -58,6 +58,14 @@ func recordPorts(t *testing.T, state string, p serverPorts) {
 	}
 }
 
+// resolvePorts is reservePorts letting the ports go at once: the ports a
+// server of dir would get.
+func resolvePorts(dir string, forced int) (serverPorts, error) {
+	p, h, _, err := reservePorts(dir, forced)
+	h.release()
+	return p, err
+}
+
 // The first start in a state directory picks ports and records them; later
 // starts reuse them; --port forces others, which are then recorded.
 func TestPortsRecorded(t *testing.T) {

@@ -132,11 +132,20 @@ func TestGC(t *testing.T) {
 	if res := runA(); fmt.Sprint(res["skipped"]) != "5" {
 		t.Errorf("rerun of the completed job after gc skipped %v blocks, want all 5 found in the store", res["skipped"])
 	}
+	// An artifact no listed job references, written just now (as by a job
+	// the server does not list yet), outlives gc for gcGrace.
+	fresh := store.Key("block", "not-listed-yet", 0)
+	if _, err := st.Put(fresh, []byte("not JSON: no report")); err != nil {
+		t.Fatal(err)
+	}
 	out, _, err = rankzip("gc", "--state", state)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("gc after both jobs: %s", out)
+	if _, ok, _ := st.Lookup(fresh); !ok {
+		t.Errorf("gc with no running job removed an artifact written just now (%s)", fresh)
+	}
 	// Completed jobs keep what a rerun needs.
 	if res := runA(); fmt.Sprint(res["skipped"]) != "5" {
 		t.Errorf("rerun of the completed job after the last gc skipped %v blocks, want all 5 found in the store", res["skipped"])

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -258,16 +259,8 @@ func (m *multiHost) job(name string, n int, kill bool) jobRun {
 	r := jobRun{name: name, out: filepath.Join(m.dir, "out-"+name)}
 	job := m.recipe(name)
 	r.id = job.ID
-	var ws []*exec.Cmd
-	for i := range n {
-		ws = append(ws, m.worker(fmt.Sprintf("%s-w%d", name, i+1), m.ns.names[i], "s3://rankzip/"+name))
-	}
-	defer func() {
-		for _, w := range ws {
-			w.Process.Signal(syscall.SIGTERM)
-			w.Wait()
-		}
-	}()
+	ws, stop := m.workers(name, n, false)
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -290,6 +283,42 @@ func (m *multiHost) job(name string, n int, kill bool) jobRun {
 		r.pickup = m.restarted(job.ID, r.activity, killedAt, ws[1].Process.Pid)
 	}
 	return r
+}
+
+// workers starts n workers named NAME-w1, NAME-w2... on the store prefix
+// of the job name, one in each namespace and, with ownHosts, each a host of
+// its own (--host-id its name), and returns them with a function that stops
+// them (SIGTERM) and waits for them.
+func (m *multiHost) workers(name string, n int, ownHosts bool) ([]*exec.Cmd, func()) {
+	var ws []*exec.Cmd
+	for i := range n {
+		id := fmt.Sprintf("%s-w%d", name, i+1)
+		var flags []string
+		if ownHosts {
+			flags = []string{"--host-id", id}
+		}
+		ws = append(ws, m.worker(id, m.ns.names[i], "s3://rankzip/"+name, flags...))
+	}
+	return ws, func() {
+		for _, w := range ws {
+			w.Process.Signal(syscall.SIGTERM)
+			w.Wait()
+		}
+	}
+}
+
+// history returns a workflow's events.
+func (m *multiHost) history(ctx context.Context, id string) []*historypb.HistoryEvent {
+	var events []*historypb.HistoryEvent
+	it := m.c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			m.t.Fatal(err)
+		}
+		events = append(events, e)
+	}
+	return events
 }
 
 // record notes a finished job's steps and the digest of its checkpoint.
@@ -325,17 +354,8 @@ func (m *multiHost) hostGone(name string, wait time.Duration) jobRun {
 	r := jobRun{name: name, out: filepath.Join(m.dir, "out-"+name)}
 	job := m.recipe(name)
 	r.id = job.ID
-	var ws []*exec.Cmd
-	for i := range 2 {
-		id := fmt.Sprintf("%s-w%d", name, i+1)
-		ws = append(ws, m.worker(id, m.ns.names[i], "s3://rankzip/"+name, "--host-id", id))
-	}
-	defer func() {
-		for _, w := range ws {
-			w.Process.Signal(syscall.SIGTERM)
-			w.Wait()
-		}
-	}()
+	ws, stop := m.workers(name, 2, true)
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -364,13 +384,8 @@ func (m *multiHost) hostGone(name string, wait time.Duration) jobRun {
 	m.record(&r, res)
 	survivor := ws[1-exporter].Process.Pid
 	var exports []string
-	it := m.c.GetWorkflowHistory(context.Background(), job.ID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	scheduled := map[int64]string{}
-	for it.HasNext() {
-		e, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, e := range m.history(context.Background(), job.ID) {
 		if a := e.GetActivityTaskScheduledEventAttributes(); a != nil {
 			scheduled[e.EventId] = a.ActivityType.GetName()
 		}
@@ -394,14 +409,9 @@ func (m *multiHost) hostGone(name string, wait time.Duration) jobRun {
 // that ran Export, and returns its index and when it was killed.
 func (m *multiHost) killExporter(ctx context.Context, id string, ws []*exec.Cmd) (int, time.Time) {
 	for ctx.Err() == nil {
-		it := m.c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		scheduled := map[int64]string{}
 		exporter := ""
-		for it.HasNext() {
-			e, err := it.Next()
-			if err != nil {
-				m.t.Fatal(err)
-			}
+		for _, e := range m.history(ctx, id) {
 			if a := e.GetActivityTaskScheduledEventAttributes(); a != nil {
 				scheduled[e.EventId] = a.ActivityType.GetName()
 				if a.ActivityType.GetName() != "Evaluate" || exporter == "" {
@@ -510,13 +520,8 @@ func (m *multiHost) killWhileBlock(ctx context.Context, id string, w *exec.Cmd) 
 // worker with pid survivor (the start of its last attempt, in the history).
 func (m *multiHost) restarted(id, activity string, killedAt time.Time, survivor int) time.Duration {
 	t := m.t
-	it := m.c.GetWorkflowHistory(context.Background(), id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	scheduled := int64(-1)
-	for it.HasNext() {
-		e, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, e := range m.history(context.Background(), id) {
 		if a := e.GetActivityTaskScheduledEventAttributes(); a != nil && a.ActivityId == activity {
 			scheduled = e.EventId
 		}
@@ -546,13 +551,8 @@ func (m *multiHost) noSecret(runs ...jobRun) {
 			files = append(files, filepath.Join(r.out, e.Name()))
 		}
 		hist := filepath.Join(m.dir, r.name+"-history.json")
-		it := m.c.GetWorkflowHistory(context.Background(), r.id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		var b bytes.Buffer
-		for it.HasNext() {
-			e, err := it.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
+		for _, e := range m.history(context.Background(), r.id) {
 			j, _ := protojson.Marshal(e)
 			b.Write(j)
 			b.WriteByte('\n')
