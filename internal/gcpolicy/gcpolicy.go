@@ -11,9 +11,10 @@ import (
 // none. Go's default, 100, lets the heap grow to twice what is live before
 // a collection. A job's heap is mostly large float arrays without pointers,
 // which a collection does not scan, so collecting four times as often costs
-// little: on a whole `rankzip run` (bench-1024, 4 layers, fisher search,
-// 2 cores) the peak RSS was 1.87 GB at 100, 1.40 GB at 50 and 1.26 GB at 25,
-// for 87, 90 and 92 s, the collector's share of the CPU 1% at 25 (gctrace).
+// little. Measured on 2 cores in one run of
+// `SEARCHES=fisher LAYERS=4 GOGCS="100 50 25" tools/peak-rss.sh` (a whole
+// `rankzip run` of a 4-layer bench-1024 checkpoint): peak RSS 1,624,396,
+// 1,394,740 and 1,292,328 KiB, in 85.2, 86.8 and 85.4 s.
 const Percent = 25
 
 // Apply sets Percent unless the user set GOGC, which wins.

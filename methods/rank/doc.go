@@ -90,9 +90,11 @@
 // fisher, 2.58 with sensitivity, 3.05 with local, 4.87 with global and 4.30
 // with uniform, so fisher is the default where the architecture has a
 // backward pass; local measured at the block's output (3.67) or one block
-// after (3.22), or without gains (4.24), does worse. On 32 evaluation
-// sequences fisher gives 2.33, sensitivity 2.40, uniform 4.00. A
-// Kronecker-factored variant of fisher (an output-side Fisher estimated
+// after (3.22), or without gains (4.24), does worse (compress's
+// TestSensitivityBeatsUniform logs the five KLs). Two records of experiments
+// whose code is gone, not reproducible from this repository: on 32
+// evaluation sequences fisher gave 2.33, sensitivity 2.40, uniform 4.00; and
+// a Kronecker-factored variant of fisher (an output-side Fisher estimated
 // from the weight Fisher, times the input Gram) ordered the candidates'
 // measured KLs better (Spearman 0.98 against 0.96) but allocated worse
 // (2.61 on 8 sequences, 2.42 on 32), so the diagonal form stays.
