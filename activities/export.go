@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/rankzip/rankzip/compress"
 	"github.com/rankzip/rankzip/internal/perm"
 	"github.com/rankzip/rankzip/kernels"
 	"github.com/rankzip/rankzip/model"
@@ -82,7 +83,7 @@ func (a *Activities) Export(ctx context.Context, in ExportInput) (ExportOutput, 
 			return err
 		}
 		defer src.close()
-		if out, err = a.export(job, src, mayHoldMLA(job, src.top)); err != nil {
+		if out, err = a.export(job, src, mayHoldMLA(job, src.Top)); err != nil {
 			return err
 		}
 		if _, err := a.Store.PutJSON(key, out); err != nil {
@@ -135,7 +136,7 @@ func (a *Activities) export(job recipe.Job, src *compressed, whole bool) (Export
 			if whole {
 				return model.SavePalu(comp.whole, dir, dtype)
 			}
-			return model.SavePaluBlocks(comp.top, comp.n, comp.block, dir, dtype)
+			return model.SavePaluBlocks(comp.Top, comp.Layers(), comp.Block, dir, dtype)
 		}, exact)
 	case "dense":
 		if whole {
@@ -147,7 +148,7 @@ func (a *Activities) export(job recipe.Job, src *compressed, whole bool) (Export
 			return a.publish(job, exp, func(dir string) error { return model.Save(d, dir, dtype) }, exact)
 		}
 		exp := comp.densified()
-		return a.publish(job, exp, func(dir string) error { return model.SaveBlocks(exp.top, exp.n, exp.block, dir, dtype) }, exact)
+		return a.publish(job, exp, func(dir string) error { return model.SaveBlocks(exp.Top, exp.Layers(), exp.Block, dir, dtype) }, exact)
 	}
 	return a.publishNative(job, comp, dtype, exact)
 }
@@ -158,7 +159,6 @@ func (a *Activities) export(job recipe.Job, src *compressed, whole bool) (Export
 type compressed struct {
 	*modelSource
 	ctx context.Context
-	top *model.Model // the original's embeddings, final norm and LM head; no blocks
 }
 
 // openCompressed opens the job's original model and checks that every
@@ -172,7 +172,7 @@ func (a *Activities) openCompressed(ctx context.Context, job recipe.Job, stages 
 		src.Close()
 		return nil, err
 	}
-	return &compressed{modelSource: src, ctx: ctx, top: src.Top}, nil
+	return &compressed{modelSource: src, ctx: ctx}, nil
 }
 
 func (c *compressed) close() { c.Close() }
@@ -187,47 +187,37 @@ func (c *compressed) block(i int) (*model.Block, error) {
 
 // assemble returns the whole compressed model.
 func (c *compressed) assemble() (*model.Model, error) {
-	m := *c.top
-	m.Blocks = make([]*model.Block, c.Layers())
-	for i := range m.Blocks {
-		var err error
-		if m.Blocks[i], err = c.block(i); err != nil {
-			return nil, err
-		}
-	}
-	return &m, nil
+	return c.streamed().ReadAll()
 }
 
-// streamed is the compressed model read block by block.
+// streamed is the compressed model read block by block, checking for
+// cancellation before each block.
 func (c *compressed) streamed() byBlock {
-	return byBlock{top: c.top, n: c.Layers(), block: c.block}
+	return byBlock{Source: compress.Source{Top: c.Top, Block: c.block}}
 }
 
-// byBlock is a model held one block at a time: top holds its config,
-// embeddings, final norm and LM head, and block(i) returns block i of n,
-// read afresh, or from whole when the model is held whole.
+// byBlock is a model read one block at a time (compress.Source: each block
+// read afresh) or, when whole is set, held whole and read from it.
 type byBlock struct {
-	top   *model.Model
-	n     int
-	block func(i int) (*model.Block, error)
+	compress.Source
 	whole *model.Model
 }
 
 // held is m, held whole, read block by block.
 func held(m *model.Model) byBlock {
-	return byBlock{top: m, n: len(m.Blocks), block: func(i int) (*model.Block, error) { return m.Blocks[i], nil }, whole: m}
+	return byBlock{Source: compress.Whole(m), whole: m}
 }
 
 // densified is m with each block densified (Densify) as it is read.
 func (m byBlock) densified() byBlock {
 	d := m
 	d.whole = nil
-	d.block = func(i int) (*model.Block, error) {
-		b, err := m.block(i)
+	d.Block = func(i int) (*model.Block, error) {
+		b, err := m.Block(i)
 		if err != nil {
 			return nil, err
 		}
-		one, err := Densify(&model.Model{Config: m.top.Config, Backend: m.top.Backend, Blocks: []*model.Block{b}})
+		one, err := Densify(&model.Model{Config: m.Top.Config, Backend: m.Top.Backend, Blocks: []*model.Block{b}})
 		if err != nil {
 			return nil, badInput(fmt.Errorf("export: %w", err))
 		}
@@ -256,11 +246,11 @@ func splitBlock(i int, b *model.Block) (*model.Block, []gptq.Adapter) {
 // has been read. The adapters are small (rank × (in + out) per layer), so
 // they are kept.
 func withoutAdapters(m byBlock) (base byBlock, adapters func() []gptq.Adapter) {
-	byLayer := make([][]gptq.Adapter, m.n)
+	byLayer := make([][]gptq.Adapter, m.Layers())
 	base = m
 	base.whole = nil
-	base.block = func(i int) (*model.Block, error) {
-		b, err := m.block(i)
+	base.Block = func(i int) (*model.Block, error) {
+		b, err := m.Block(i)
 		if err != nil {
 			return nil, err
 		}
@@ -279,25 +269,18 @@ func (a *Activities) publishNative(job recipe.Job, comp byBlock, dtype safetenso
 		var err error
 		if comp.whole != nil {
 			// Save checks a whole model's latent attention across blocks.
-			err = model.Save(wholeOf(base), dir, dtype)
+			var w *model.Model
+			if w, err = base.ReadAll(); err == nil {
+				err = model.Save(w, dir, dtype)
+			}
 		} else {
-			err = model.SaveBlocks(base.top, base.n, base.block, dir, dtype)
+			err = model.SaveBlocks(base.Top, base.Layers(), base.Block, dir, dtype)
 		}
 		if err != nil {
 			return err
 		}
 		return writeAdapters(dir, adapters(), dtype)
 	}, exact)
-}
-
-// wholeOf is m, built from a held model, held whole.
-func wholeOf(m byBlock) *model.Model {
-	w := *m.top
-	w.Blocks = make([]*model.Block, m.n)
-	for i := range w.Blocks {
-		w.Blocks[i], _ = m.block(i) // from a held model: no error
-	}
-	return &w
 }
 
 // writeAdapters writes EoRA's corrections, if any, as a PEFT adapter in
@@ -326,9 +309,12 @@ func (a *Activities) publishGPTQ(job recipe.Job, comp byBlock, dtype safetensors
 	write := func(dir string) error {
 		var err error
 		if comp.whole != nil {
-			err = gptq.Export(wholeOf(base), dir, dtype, qc)
+			var w *model.Model
+			if w, err = base.ReadAll(); err == nil {
+				err = gptq.Export(w, dir, dtype, qc)
+			}
 		} else {
-			err = gptq.ExportBlocks(base.top, base.n, base.block, dir, dtype, qc)
+			err = gptq.ExportBlocks(base.Top, base.Layers(), base.Block, dir, dtype, qc)
 		}
 		if err != nil {
 			return err
@@ -540,7 +526,7 @@ func (a *Activities) publish(job recipe.Job, m byBlock, write func(dir string) e
 // written, and returns m's parameter count. Both are read one block at a
 // time, so the check holds one block of each whatever the depth.
 func checkExport(dir string, m byBlock, exact bool) (int64, error) {
-	src, done, err := openExport(dir, m.top.Backend)
+	src, done, err := openExport(dir, m.Top.Backend)
 	if err != nil {
 		return 0, badInput(fmt.Errorf("export: the written checkpoint does not load back: %w", err))
 	}
@@ -562,10 +548,10 @@ func differs(err error) error {
 // parameter count (NumParams); a difference is a differs error, one reading
 // want's blocks is returned as it is.
 func sameByBlock(want byBlock, got *model.Model, n int, block func(int) (*model.Block, error), exact bool) (int64, error) {
-	if want.n != n {
-		return 0, differs(fmt.Errorf("%d blocks, want %d", n, want.n))
+	if want.Layers() != n {
+		return 0, differs(fmt.Errorf("%d blocks, want %d", n, want.Layers()))
 	}
-	top := want.top
+	top := want.Top
 	params := NumParams(&model.Model{Config: top.Config, Embed: top.Embed, Norm: top.Norm, LMHead: top.LMHead})
 	seqLen := min(16, top.Config.MaxPositions)
 	seq := make([]int32, seqLen)
@@ -581,7 +567,7 @@ func sameByBlock(want byBlock, got *model.Model, n int, block func(int) (*model.
 		return 0, differs(err)
 	}
 	for i := range n {
-		wb, err := want.block(i)
+		wb, err := want.Block(i)
 		if err != nil {
 			return 0, err
 		}

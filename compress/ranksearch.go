@@ -79,7 +79,7 @@ func allocate(ctx context.Context, src Source, first *model.Block, seqs [][]int3
 // parameters). Both run the whole model per candidate or per block, so
 // they hold every block at once.
 func wholeSearch(ctx context.Context, src Source, seqs [][]int32, o Options, mods []string, mats []rank.Matrix) ([][]float64, error) {
-	m, err := src.whole()
+	m, err := src.ReadAll()
 	if err != nil {
 		return nil, err
 	}

@@ -28,9 +28,9 @@ func Whole(m *model.Model) Source {
 // Layers is the model's number of blocks.
 func (s Source) Layers() int { return s.Top.Config.NumLayers }
 
-// whole reads every block into one model: for the searches that run the
-// whole model once per candidate (sensitivity, local), which hold it all.
-func (s Source) whole() (*model.Model, error) {
+// ReadAll reads every block into one model, which then holds them all (the
+// sensitivity and local searches, a whole export).
+func (s Source) ReadAll() (*model.Model, error) {
 	m := *s.Top
 	m.Blocks = make([]*model.Block, s.Layers())
 	for l := range m.Blocks {
